@@ -1,0 +1,33 @@
+# make run   create the environment, then run the whole pipeline (dvc repro)
+# make test  create the environment, then run the fast test suite
+VENV ?= .venv
+STAMP := $(VENV)/.installed
+# Stage commands call `python`, which must be the environment's.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export GX_ANALYTICS_ENABLED := false
+
+.PHONY: setup run test test-slow test-all lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints/cpu.txt scripts/setup_env.sh
+	scripts/setup_env.sh $(VENV)
+	touch $@
+
+run: $(STAMP)
+	dvc repro
+
+test: $(STAMP)
+	python -m pytest
+
+test-slow: $(STAMP)
+	python -m pytest -m slow
+
+test-all: $(STAMP)
+	python -m pytest -m "slow or not slow"
+
+lint: $(STAMP)
+	ruff check src pipeline tests benchmarks
+
+clean:
+	rm -rf $(VENV)

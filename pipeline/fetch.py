@@ -1,0 +1,33 @@
+"""Stage fetch: `data` params -> data/prepared/ (images.npy, manifest.parquet, info.json)."""
+
+import logging
+from pathlib import Path
+
+from genpipe.cli import run_stage
+from genpipe.data import fetch_dataset, write_prepared
+from genpipe.params import load_params
+
+OUT = Path("data/prepared")
+log = logging.getLogger("genpipe.fetch")
+
+
+def main() -> None:
+    params = load_params()
+    prepared = fetch_dataset(params.data)
+    write_prepared(prepared, OUT)
+    info = prepared.info
+    log.info(
+        "wrote %s: %d images %s from %s (train %d, test %d, %d classes, %d files skipped)",
+        OUT,
+        len(prepared.images),
+        "x".join(map(str, info["shape"][1:])),
+        info["source"],
+        info["counts"]["train"],
+        info["counts"]["test"],
+        info["num_classes"],
+        info["skipped_files"],
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)

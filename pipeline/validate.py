@@ -1,0 +1,41 @@
+"""Stage validate: data/prepared/ -> reports/validation/ (summary.json, data_docs/).
+
+Exits non-zero when any expectation fails, so `dvc repro` stops before training.
+"""
+
+import logging
+from pathlib import Path
+
+from genpipe.cli import run_stage, write_json
+from genpipe.data import read_prepared
+from genpipe.errors import ValidationFailed
+from genpipe.params import load_params
+from genpipe.validation import validate_dataset
+
+PREPARED = Path("data/prepared")
+OUT = Path("reports/validation")
+log = logging.getLogger("genpipe.validate")
+
+
+def main() -> None:
+    params = load_params()
+    prepared = read_prepared(PREPARED)
+    report = validate_dataset(prepared, params.data, params.validation, docs_dir=OUT / "data_docs")
+    write_json(OUT / "summary.json", report.summary())
+    for check in report.failures:
+        log.error("FAILED %s: %s", check.id, check.detail)
+    if not report.passed:
+        raise ValidationFailed(
+            f"{len(report.failures)} of {len(report.checks)} data checks failed "
+            f"({', '.join(c.id for c in report.failures)}); see {OUT / 'summary.json'} "
+            f"and {OUT / 'data_docs' / 'index.html'}"
+        )
+    log.info(
+        "all %d data checks passed; Data Docs: %s",
+        len(report.checks),
+        OUT / "data_docs" / "index.html",
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)

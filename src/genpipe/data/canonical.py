@@ -1,0 +1,155 @@
+"""The canonical dataset: images.npy, manifest.parquet and info.json in one directory.
+
+- ``images.npy``: uint8, (N, C, H, W), memory-mappable.
+- ``manifest.parquet``: one row per image (see ``MANIFEST_COLUMNS``).
+- ``info.json``: the source, the class names and the counts.
+
+Splits are a function of content (the SHA-1 of the pixel bytes) unless the
+source has an official split, so adding images never moves existing ones
+between train and test, and identical images always share a split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps
+
+from genpipe.errors import DataError
+
+IMAGES_FILE = "images.npy"
+MANIFEST_FILE = "manifest.parquet"
+INFO_FILE = "info.json"
+
+# column -> pandas dtype family, in file order
+MANIFEST_COLUMNS = {
+    "index": "int64",
+    "split": "str",
+    "label": "int64",
+    "sha1": "str",
+    "mean": "float64",
+    "std": "float64",
+    "min": "int64",
+    "max": "int64",
+    "source": "str",
+}
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    images: np.ndarray  # (N, C, H, W) uint8
+    manifest: pd.DataFrame  # one row per image, MANIFEST_COLUMNS
+    info: dict[str, Any]  # source, class_names, shape, counts
+
+
+def fit_image(image: Image.Image, size: int, channels: int) -> np.ndarray:
+    """Convert to `channels`, centre-crop to a square and resize to `size`: (C, S, S) uint8."""
+    image = ImageOps.exif_transpose(image)
+    image = image.convert("L" if channels == 1 else "RGB")
+    if image.size != (size, size):
+        # crops to the target aspect ratio around the centre, then resizes (antialiased)
+        image = ImageOps.fit(image, (size, size), method=Image.Resampling.BICUBIC)
+    pixels = np.asarray(image, dtype=np.uint8)
+    return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1).copy()
+
+
+def fit_array(images: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """`fit_image` over an (N, C, H, W) uint8 array; a no-op when the shape already fits."""
+    if images.shape[1:] == (channels, size, size):
+        return np.ascontiguousarray(images)
+    out = np.empty((len(images), channels, size, size), dtype=np.uint8)
+    for i, pixels in enumerate(images):
+        mode_pixels = pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)
+        out[i] = fit_image(Image.fromarray(mode_pixels), size, channels)
+    return out
+
+
+def image_sha1(images: np.ndarray) -> list[str]:
+    """SHA-1 of each image's pixel bytes (C, H, W, C-order)."""
+    return [hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest() for image in images]
+
+
+def content_split(sha1: list[str], test_fraction: float) -> np.ndarray:
+    """'test' for images whose hash falls in the lowest `test_fraction` of the hash space."""
+    position = np.array([int(h[:15], 16) for h in sha1], dtype=np.float64) / 16.0**15
+    return np.where(position < test_fraction, "test", "train")
+
+
+def build_manifest(
+    images: np.ndarray, labels: np.ndarray, splits: np.ndarray, sources: list[str]
+) -> pd.DataFrame:
+    n = len(images)
+    flat = images.reshape(n, -1)
+    mean = np.empty(n)
+    std = np.empty(n)
+    for start in range(0, n, 4096):  # chunks keep the float64 copy small
+        chunk = flat[start : start + 4096].astype(np.float64)
+        mean[start : start + 4096] = chunk.mean(axis=1)
+        std[start : start + 4096] = chunk.std(axis=1)
+    manifest = pd.DataFrame(
+        {
+            "index": np.arange(n, dtype=np.int64),
+            "split": pd.array(splits, dtype="str"),
+            "label": np.asarray(labels, dtype=np.int64),
+            "sha1": pd.array(image_sha1(images), dtype="str"),
+            "mean": mean,
+            "std": std,
+            "min": flat.min(axis=1, initial=255).astype(np.int64),
+            "max": flat.max(axis=1, initial=0).astype(np.int64),
+            "source": pd.array(sources, dtype="str"),
+        }
+    )
+    return manifest
+
+
+def write_prepared(prepared: Prepared, out_dir: Path) -> None:
+    """Write the three files into `out_dir`, replacing it only once all are complete."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        np.save(tmp / IMAGES_FILE, prepared.images, allow_pickle=False)
+        prepared.manifest.to_parquet(tmp / MANIFEST_FILE, index=False, engine="pyarrow")
+        (tmp / INFO_FILE).write_text(json.dumps(prepared.info, indent=2, sort_keys=True) + "\n")
+        replace_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move the finished directory `src` to `dst`, replacing what was there."""
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_prepared(directory: Path) -> Prepared:
+    """Open a prepared dataset; images are memory-mapped, never unpickled."""
+    directory = Path(directory)
+    for name in (IMAGES_FILE, MANIFEST_FILE, INFO_FILE):
+        if not (directory / name).is_file():
+            raise DataError(
+                f"{directory / name}: expected the fetch stage's output; found no such file "
+                "(run `dvc repro fetch`)"
+            )
+    try:
+        images = np.load(directory / IMAGES_FILE, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        raise DataError(f"{directory / IMAGES_FILE}: expected a .npy array; {exc}") from None
+    manifest = pd.read_parquet(directory / MANIFEST_FILE)
+    info = json.loads((directory / INFO_FILE).read_text())
+    return Prepared(images=images, manifest=manifest, info=info)

@@ -1,0 +1,231 @@
+"""The data sources and `fetch_dataset`, which turns any of them into the canonical format.
+
+The remote sources' mirrors and SHA-256 pins below are defaults: params
+(`data.mirrors`, `data.sha256`) override them, e.g. to use an internal mirror.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from genpipe.data import download, formats
+from genpipe.data.canonical import Prepared, build_manifest, content_split, fit_array, image_sha1
+from genpipe.data.folder import read_folder
+from genpipe.errors import ParamsError
+from genpipe.params import DataParams
+
+log = logging.getLogger(__name__)
+
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+CIFAR_DIR = "cifar-10-batches-bin"
+CIFAR_BATCHES = {
+    "train": [f"{CIFAR_DIR}/data_batch_{i}.bin" for i in range(1, 6)],
+    "test": [f"{CIFAR_DIR}/test_batch.bin"],
+}
+
+
+@dataclass(frozen=True)
+class RemoteSource:
+    files: dict[str, str]  # file name -> pinned SHA-256
+    mirrors: tuple[str, ...]  # base URLs, tried in order
+    class_names: tuple[str, ...]
+
+
+REMOTE_SOURCES = {
+    "mnist": RemoteSource(
+        files={
+            "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+            "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+            "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+            "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+        },
+        mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+            "http://yann.lecun.com/exdb/mnist/",
+        ),
+        class_names=tuple("0123456789"),
+    ),
+    "fashion-mnist": RemoteSource(
+        files={
+            "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+            "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+            "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+            "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+        },
+        mirrors=(
+            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+            "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+        ),
+        class_names=(
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
+    ),
+    "cifar10": RemoteSource(
+        files={
+            "cifar-10-binary.tar.gz": "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd",
+        },
+        mirrors=("https://www.cs.toronto.edu/~kriz/",),
+        class_names=(
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
+        ),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class RawImages:
+    images: np.ndarray  # (N, C, H, W) uint8, the source's own size
+    labels: np.ndarray  # (N,) int64, -1 when unlabeled
+    sources: list[str]  # per-image provenance: file name (and record index)
+    class_names: list[str]
+    splits: np.ndarray | None = None  # the official split, or None to split by content
+    skipped: int = 0  # bad files skipped (folder source)
+
+
+def check_source_params(data: DataParams) -> None:
+    """Params rules that need the source registry; run before anything is written."""
+    remote = REMOTE_SOURCES.get(data.source)
+    known = sorted(remote.files) if remote else []
+    for name in data.sha256:
+        if name not in known:
+            allowed = (
+                ", ".join(known) if known else f"none: source {data.source!r} downloads nothing"
+            )
+            raise ParamsError(f"data.sha256.{name}: unknown file (allowed: {allowed})")
+
+
+def fetch_dataset(data: DataParams, cache: Path | None = None) -> Prepared:
+    """Fetch `data.source` and convert it to the canonical format in memory."""
+    check_source_params(data)
+    if data.source == "digits":
+        raw = load_digits()
+    elif data.source == "folder":
+        raw = load_folder(data)
+    elif data.source == "cifar10":
+        raw = load_cifar10(fetch_files(data, cache))
+    else:
+        raw = load_idx(fetch_files(data, cache), REMOTE_SOURCES[data.source].class_names)
+
+    images = fit_array(raw.images, data.image_size, data.channels)
+    sha1 = image_sha1(images)
+    splits = raw.splits if raw.splits is not None else content_split(sha1, data.test_fraction)
+    manifest = build_manifest(images, raw.labels, splits, raw.sources)
+    counts = manifest["split"].value_counts()
+    info = {
+        "source": data.source,
+        "class_names": raw.class_names,
+        "num_classes": len(raw.class_names),
+        "shape": list(images.shape),
+        "counts": {split: int(counts.get(split, 0)) for split in ("train", "test")},
+        "skipped_files": raw.skipped,
+    }
+    return Prepared(images=images, manifest=manifest, info=info)
+
+
+def fetch_files(data: DataParams, cache: Path | None = None) -> dict[str, Path]:
+    """Download (or reuse from the cache) every file of a remote source, verified."""
+    remote = REMOTE_SOURCES[data.source]
+    mirrors = data.mirrors or remote.mirrors
+    dest = (cache or download.cache_dir()) / data.source
+    opts = data.download
+    return {
+        name: download.download(
+            name,
+            data.sha256.get(name, sha256),
+            mirrors,
+            dest,
+            timeout=opts.timeout,
+            retries=opts.retries,
+            backoff=opts.backoff,
+        )
+        for name, sha256 in remote.files.items()
+    }
+
+
+def load_digits() -> RawImages:
+    """scikit-learn's bundled 8x8 digits, 0-16 rescaled to 0-255."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    digits = sklearn_digits()
+    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (N, 1, 8, 8)
+    return RawImages(
+        images=images,
+        labels=digits.target.astype(np.int64),
+        sources=[f"sklearn-digits#{i}" for i in range(len(images))],
+        class_names=[str(c) for c in digits.target_names],
+    )
+
+
+def load_idx(paths: dict[str, Path], class_names: tuple[str, ...]) -> RawImages:
+    """MNIST-style IDX files with the official train/test split."""
+    parts = {}
+    for split, (images_file, labels_file) in IDX_FILES.items():
+        images, labels = formats.read_idx_pair(paths[images_file], paths[labels_file])
+        parts[split] = (images, labels, [f"{images_file}#{i}" for i in range(len(images))])
+    return _official_split(parts, class_names)
+
+
+def load_cifar10(paths: dict[str, Path]) -> RawImages:
+    """The CIFAR-10 binary version with its official split."""
+    archive = paths["cifar-10-binary.tar.gz"]
+    members = formats.read_tar_members(archive, [m for ms in CIFAR_BATCHES.values() for m in ms])
+    parts = {}
+    for split, names in CIFAR_BATCHES.items():
+        batches = [formats.parse_cifar_batch(name, members[name]) for name in names]
+        sources = [
+            f"{name}#{i}" for name, b in zip(names, batches, strict=True) for i in range(len(b[1]))
+        ]
+        images = np.concatenate([b[0] for b in batches])
+        parts[split] = (images, np.concatenate([b[1] for b in batches]), sources)
+    return _official_split(parts, REMOTE_SOURCES["cifar10"].class_names)
+
+
+def _official_split(
+    parts: dict[str, tuple[np.ndarray, np.ndarray, list[str]]], class_names: tuple[str, ...]
+) -> RawImages:
+    """Train then test, each split as (images, labels, sources)."""
+    order = ("train", "test")
+    return RawImages(
+        images=np.concatenate([parts[s][0] for s in order]),
+        labels=np.concatenate([parts[s][1] for s in order]),
+        sources=[source for s in order for source in parts[s][2]],
+        class_names=list(class_names),
+        splits=np.concatenate([np.full(len(parts[s][0]), s) for s in order]),
+    )
+
+
+def load_folder(data: DataParams) -> RawImages:
+    folder = read_folder(Path(data.path), data.image_size, data.channels, data.on_bad_file)
+    return RawImages(
+        images=folder.images,
+        labels=folder.labels,
+        sources=folder.sources,
+        class_names=folder.class_names,
+        skipped=len(folder.skipped),
+    )

@@ -1,0 +1,184 @@
+"""The typed schema of params.yaml.
+
+Every section is a pydantic model that forbids unknown keys, so a typo fails
+before any output is touched, with the key path, what is allowed and what was
+found, on one line (``ParamsError``, exit code 2).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from genpipe.errors import ParamsError
+
+PARAMS_FILE = Path("params.yaml")
+
+SOURCES = ("digits", "mnist", "fashion-mnist", "cifar10", "folder")
+IMAGE_SIZES = (8, 16, 28, 32, 64)
+
+
+class Section(BaseModel):
+    # strict: YAML already gives typed values, so "8" for an int is a mistake.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DownloadParams(Section):
+    timeout: float = Field(30.0, gt=0)  # seconds per request (connect and read)
+    retries: int = Field(3, ge=0)  # extra attempts per mirror for transient failures
+    backoff: float = Field(1.0, ge=0)  # seconds before the first retry, doubled each retry
+
+
+class DataParams(Section):
+    source: Literal["digits", "mnist", "fashion-mnist", "cifar10", "folder"] = "digits"
+    path: str | None = None  # folder source: directory of images, optionally in class subfolders
+    image_size: Literal[8, 16, 28, 32, 64] = 8
+    channels: Literal[1, 3] = 1
+    # sources without an official split (digits, folder) split by content hash
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    on_bad_file: Literal["fail", "skip"] = "fail"
+    mirrors: list[str] | None = None  # base URLs tried in order; null: the source's own
+    sha256: dict[str, str] = {}  # file name -> SHA-256, overrides the pinned checksums
+    download: DownloadParams = DownloadParams()
+
+
+class ValidateParams(Section):
+    min_images_per_split: int = Field(100, ge=1)
+    # within each split: count of the most frequent class / the least frequent
+    max_class_imbalance: float = Field(2.0, ge=1)
+    max_duplicate_fraction: float = Field(0.01, ge=0, le=1)
+    # images whose pixel standard deviation is below this are flagged as blank
+    min_image_std: float = Field(1.0, ge=0)
+
+
+class Params(Section):
+    seed: int = Field(0, ge=0)
+    data: DataParams = DataParams()
+    # `validate` would shadow BaseModel.validate, hence the alias.
+    validation: ValidateParams = Field(ValidateParams(), alias="validate")
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    """Read and check params.yaml; raise ParamsError with one line on any mistake."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: expected a params file; found none") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ParamsError(f"{path}: expected valid YAML; found a syntax error{where}") from None
+    return parse_params(raw if raw is not None else {}, source=str(path))
+
+
+def parse_params(raw: Any, source: str = "params") -> Params:
+    """Check a params mapping against the schema (and the rules that span keys)."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections; got {_kind(raw)}")
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ParamsError(_describe(exc)) from None
+    _check_context(params)
+    return params
+
+
+def _check_context(params: Params) -> None:
+    """Rules that depend on more than one key."""
+    data = params.data
+    if data.source == "folder" and not data.path:
+        raise ParamsError(
+            "data.path: expected a directory of images when data.source is 'folder'; "
+            f"got {_show(data.path)}"
+        )
+    for name, digest in data.sha256.items():
+        if not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ParamsError(
+                f"data.sha256.{name}: expected 64 lowercase hex digits; got {digest!r}"
+            )
+    for i, url in enumerate(data.mirrors or []):
+        if not re.match(r"https?://", url):
+            raise ParamsError(f"data.mirrors[{i}]: expected an http(s):// URL; got {url!r}")
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line for the first error: key path, what is allowed, what was found."""
+    errors = exc.errors()
+    err = errors[0]
+    loc = [part for part in err["loc"] if not isinstance(part, str) or part != "__root__"]
+    key = _key_path(loc)
+    found = err.get("input")
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        allowed = sorted(_field_names(parent)) if parent else []
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"; did you mean '{_key_path([*loc[:-1], close[0]])}'?" if close else ""
+        line = f"{key}: unknown key (allowed: {', '.join(allowed)}){hint}"
+    elif kind == "literal_error":
+        choices = err["ctx"]["expected"]
+        close = difflib.get_close_matches(str(found), [c.strip("'") for c in _choices(err)], n=1)
+        if close and close[0] != str(found):
+            hint = f"; did you mean '{close[0]}'?"
+        else:
+            hint = f" ({_kind(found)})" if close else ""
+        line = f"{key}: expected one of {choices}; got {_show(found)}{hint}"
+    elif kind == "missing":
+        line = f"{key}: required key is missing"
+    elif kind == "model_type":
+        line = f"{key}: expected a mapping of keys; got {_kind(found)}"
+    else:
+        # pydantic says "Input should be greater than 0": reword as "expected ..."
+        expected = re.sub(r"^Input should (be )?", "", err["msg"])
+        expected = re.sub(r"^(greater|less) ", r"a value \1 ", expected)
+        line = f"{key}: expected {expected}; got {_show(found)}"
+        if kind.endswith("_type"):
+            line += f" ({_kind(found)})"
+    if len(errors) > 1:
+        line += f" (and {len(errors) - 1} more)"
+    return line
+
+
+def _choices(err: dict[str, Any]) -> list[str]:
+    return [c.strip() for c in re.split(r",| or ", err["ctx"]["expected"]) if c.strip()]
+
+
+def _key_path(loc: list[Any]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    return [info.alias or name for name, info in model.model_fields.items()]
+
+
+def _model_at(loc: list[Any]) -> type[BaseModel] | None:
+    """The section model that sits at a key path, for listing its allowed keys."""
+    model: type[BaseModel] = Params
+    for part in loc:
+        fields = {info.alias or name: info for name, info in model.model_fields.items()}
+        info = fields.get(part)
+        annotation = info.annotation if info else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _show(value: Any) -> str:
+    """A value as it would be written in YAML."""
+    if value is None or isinstance(value, bool):
+        return yaml.safe_dump(value).split("\n")[0]
+    return repr(value)
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
