@@ -10,10 +10,11 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
 from genpipe.errors import ParamsError
 
@@ -21,6 +22,16 @@ PARAMS_FILE = Path("params.yaml")
 
 SOURCES = ("digits", "mnist", "fashion-mnist", "cifar10", "folder")
 IMAGE_SIZES = (8, 16, 28, 32, 64)
+
+
+def _reject_bool(value: Any) -> Any:
+    # True == 1, so without this `channels: true` would pass as Literal[1, 3]
+    if isinstance(value, bool):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+NoBool = BeforeValidator(_reject_bool)
 
 
 class Section(BaseModel):
@@ -37,8 +48,8 @@ class DownloadParams(Section):
 class DataParams(Section):
     source: Literal["digits", "mnist", "fashion-mnist", "cifar10", "folder"] = "digits"
     path: str | None = None  # folder source: directory of images, optionally in class subfolders
-    image_size: Literal[8, 16, 28, 32, 64] = 8
-    channels: Literal[1, 3] = 1
+    image_size: Annotated[Literal[8, 16, 28, 32, 64], NoBool] = 8
+    channels: Annotated[Literal[1, 3], NoBool] = 1
     # sources without an official split (digits, folder) split by content hash
     test_fraction: float = Field(0.2, gt=0, lt=1)
     on_bad_file: Literal["fail", "skip"] = "fail"

@@ -1,0 +1,90 @@
+"""Builders of tiny, valid (or deliberately broken) dataset files for tests."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import struct
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:
+    """An IDX file of unsigned bytes, gzip-compressed (mtime 0: reproducible bytes)."""
+    array = np.asarray(array, dtype=np.uint8)
+    magic = 0x0800 + array.ndim if magic is None else magic
+    header = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
+    return gzip.compress(header + array.tobytes(), mtime=0)
+
+
+def random_images(n: int, channels: int, size: int, seed: int = 0) -> np.ndarray:
+    """(n, channels, size, size) uint8 noise: every image distinct and far from blank."""
+    return np.random.default_rng(seed).integers(0, 256, (n, channels, size, size), np.uint8)
+
+
+def balanced_labels(n: int, classes: int = 10) -> np.ndarray:
+    return (np.arange(n) % classes).astype(np.uint8)
+
+
+def idx_dataset(n_train: int = 40, n_test: int = 20, size: int = 28) -> dict[str, bytes]:
+    """The four MNIST-style files: file name -> gzip bytes."""
+    return {
+        "train-images-idx3-ubyte.gz": idx_bytes(random_images(n_train, 1, size, seed=1)[:, 0]),
+        "train-labels-idx1-ubyte.gz": idx_bytes(balanced_labels(n_train)),
+        "t10k-images-idx3-ubyte.gz": idx_bytes(random_images(n_test, 1, size, seed=2)[:, 0]),
+        "t10k-labels-idx1-ubyte.gz": idx_bytes(balanced_labels(n_test)),
+    }
+
+
+def cifar_batch(n: int, seed: int) -> bytes:
+    """n CIFAR-10 binary records: a label byte then 3x32x32 pixels."""
+    images = random_images(n, 3, 32, seed=seed).reshape(n, -1)
+    labels = balanced_labels(n)[:, None]
+    return np.concatenate([labels, images], axis=1).tobytes()
+
+
+def tar_gz(
+    members: dict[str, bytes],
+    links: dict[str, str] | None = None,
+    hardlinks: dict[str, str] | None = None,
+) -> bytes:
+    """A tar.gz of regular files (name -> bytes), plus symlinks/hardlinks (name -> target)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for kind, mapping in ((tarfile.SYMTYPE, links), (tarfile.LNKTYPE, hardlinks)):
+            for name, target in (mapping or {}).items():
+                info = tarfile.TarInfo(name)
+                info.type = kind
+                info.linkname = target
+                tar.addfile(info)
+    return buffer.getvalue()
+
+
+def cifar_archive(per_batch: int = 10, test: int = 10) -> bytes:
+    root = "cifar-10-batches-bin"
+    members = {f"{root}/data_batch_{i}.bin": cifar_batch(per_batch, seed=i) for i in range(1, 6)}
+    members[f"{root}/test_batch.bin"] = cifar_batch(test, seed=99)
+    members[f"{root}/batches.meta.txt"] = b"airplane\nautomobile\n"
+    return tar_gz(members)
+
+
+def write_png(path: Path, size: tuple[int, int], mode: str = "RGB", seed: int = 0) -> Path:
+    """A noise PNG of `size` (width, height) in `mode` ('L' or 'RGB')."""
+    channels = 1 if mode == "L" else 3
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (size[1], size[0], channels), np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels[..., 0] if channels == 1 else pixels, mode).save(path)
+    return path

@@ -1,0 +1,283 @@
+"""fetch: every source into the canonical format; stable splits; byte-identical outputs;
+failures leave earlier outputs intact."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from genpipe.data import fetch_dataset, read_prepared, write_prepared
+from genpipe.data.canonical import MANIFEST_COLUMNS, content_split, image_sha1
+from genpipe.errors import DataError, DownloadError
+from genpipe.params import parse_params
+
+from builders import cifar_archive, idx_bytes, idx_dataset, sha256, tar_gz, write_png
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_params(**data):
+    return parse_params({"data": {"download": {"retries": 0, "timeout": 5}, **data}}).data
+
+
+def serve(http_server, prefix: str, files: dict[str, bytes]) -> dict:
+    """Serve `files` under /prefix/; the params that point a source at them."""
+    for name, body in files.items():
+        http_server.route(f"/{prefix}/{name}", (200, body))
+    return {
+        "mirrors": [f"{http_server.url}/{prefix}/"],
+        "sha256": {n: sha256(b) for n, b in files.items()},
+    }  # noqa: E501
+
+
+# --- digits (the offline default) -------------------------------------------------------
+
+
+def test_digits_canonical_format():
+    prepared = fetch_dataset(data_params())
+    images, manifest = prepared.images, prepared.manifest
+    assert images.shape == (1797, 1, 8, 8) and images.dtype == np.uint8
+    assert images.min() == 0 and images.max() == 255  # 0..16 rescaled to 0..255
+    # sklearn's values are the integers 0..16, so exactly 17 grey levels appear
+    assert np.array_equal(np.unique(images), np.rint(np.arange(17) * 255 / 16))
+    assert list(manifest.columns) == list(MANIFEST_COLUMNS)
+    assert manifest["index"].tolist() == list(range(1797))
+    assert sorted(manifest["label"].unique()) == list(range(10))
+    assert manifest["sha1"].tolist() == image_sha1(images)
+    np.testing.assert_allclose(manifest["mean"], images.reshape(1797, -1).mean(1))
+    np.testing.assert_allclose(manifest["std"], images.reshape(1797, -1).std(1))
+    assert (manifest["min"] == images.reshape(1797, -1).min(1)).all()
+    assert prepared.info["class_names"] == [str(i) for i in range(10)]
+    test_share = (manifest["split"] == "test").mean()
+    assert 0.15 < test_share < 0.25  # data.test_fraction 0.2 of the hash space
+    assert prepared.info["counts"] == {
+        "train": int((manifest["split"] == "train").sum()),
+        "test": int((manifest["split"] == "test").sum()),
+    }
+
+
+def test_digits_resized_to_rgb():
+    images = fetch_dataset(data_params(image_size=16, channels=3)).images
+    assert images.shape == (1797, 3, 16, 16)
+    assert np.array_equal(images[:, 0], images[:, 1]) and np.array_equal(images[:, 1], images[:, 2])
+
+
+def test_outputs_are_byte_identical(tmp_path):
+    for out in ("a", "b"):
+        write_prepared(fetch_dataset(data_params()), tmp_path / out)
+    for name in ("images.npy", "manifest.parquet", "info.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]  # no staging dirs left
+
+
+def test_round_trip_memory_maps_images(tmp_path):
+    prepared = fetch_dataset(data_params())
+    write_prepared(prepared, tmp_path / "prepared")
+    again = read_prepared(tmp_path / "prepared")
+    assert isinstance(again.images, np.memmap)
+    assert np.array_equal(again.images, prepared.images)
+    assert again.manifest.equals(prepared.manifest)
+    assert again.info == prepared.info
+
+
+def test_read_prepared_names_a_missing_file(tmp_path):
+    with pytest.raises(DataError, match=r"images.npy: expected the fetch stage's output"):
+        read_prepared(tmp_path)
+
+
+# --- splits -------------------------------------------------------------------------------
+
+
+def test_content_split_depends_only_on_the_hash():
+    hashes = [hashlib.sha1(str(i).encode()).hexdigest() for i in range(2000)]
+    full = content_split(hashes, 0.2)
+    assert np.array_equal(content_split(hashes[:500], 0.2), full[:500])
+    assert np.array_equal(content_split(hashes[::-1], 0.2), full[::-1])
+    assert 0.17 < (full == "test").mean() < 0.23
+
+
+def test_adding_images_never_moves_existing_ones(tmp_path):
+    for i in range(30):
+        write_png(tmp_path / f"{i:03d}.png", (12, 12), seed=i)
+    before = fetch_dataset(data_params(source="folder", path=str(tmp_path))).manifest
+    for i in range(30, 60):
+        write_png(tmp_path / f"{i:03d}.png", (12, 12), seed=i)
+    after = fetch_dataset(data_params(source="folder", path=str(tmp_path))).manifest
+    assert len(after) == 60
+    old = dict(zip(before["sha1"], before["split"], strict=True))
+    moved = [h for h, split in zip(after["sha1"], after["split"], strict=True)
+             if h in old and old[h] != split]  # fmt: skip
+    assert len(old) == 30 and not moved
+
+
+def test_identical_images_share_a_split(tmp_path):
+    for i in range(20):
+        write_png(tmp_path / f"{i:02d}a.png", (8, 8), mode="L", seed=i)
+        write_png(tmp_path / f"{i:02d}b.png", (8, 8), mode="L", seed=i)  # an exact copy
+    manifest = fetch_dataset(data_params(source="folder", path=str(tmp_path))).manifest
+    assert (manifest.groupby("sha1")["split"].nunique() == 1).all()
+
+
+# --- folder ---------------------------------------------------------------------------------
+
+
+def test_folder_of_rgb_pngs_of_assorted_sizes(tmp_path):
+    sizes = [(40, 30), (17, 50), (64, 64), (9, 9)]
+    for cls in ("cats", "dogs"):
+        for i, size in enumerate(sizes):
+            write_png(tmp_path / cls / f"{i}.png", size, seed=i + 10 * len(cls))
+    prepared = fetch_dataset(data_params(source="folder", path=str(tmp_path), channels=3,
+                                         image_size=16))  # fmt: skip
+    assert prepared.images.shape == (8, 3, 16, 16)
+    assert prepared.info["class_names"] == ["cats", "dogs"]
+    assert prepared.manifest["label"].tolist() == [0] * 4 + [1] * 4
+    assert prepared.manifest["source"].tolist()[:2] == ["cats/0.png", "cats/1.png"]
+
+
+def test_folder_skip_reports_the_count(tmp_path):
+    for i in range(5):
+        write_png(tmp_path / f"{i}.png", (10, 10), seed=i)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    with pytest.raises(DataError, match=r"found 1 unreadable or non-image file\(s\): broken.png"):
+        fetch_dataset(data_params(source="folder", path=str(tmp_path)))
+    prepared = fetch_dataset(data_params(source="folder", path=str(tmp_path), on_bad_file="skip"))
+    assert len(prepared.images) == 5 and prepared.info["skipped_files"] == 1
+
+
+# --- remote sources, served from 127.0.0.1 --------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["mnist", "fashion-mnist"])
+def test_idx_sources_keep_the_official_split(http_server, tmp_path, source):
+    files = idx_dataset(n_train=40, n_test=20)
+    params = data_params(source=source, image_size=28, **serve(http_server, source, files))
+    prepared = fetch_dataset(params, cache=tmp_path)
+    assert prepared.images.shape == (60, 1, 28, 28)
+    assert prepared.manifest["split"].tolist() == ["train"] * 40 + ["test"] * 20
+    assert prepared.manifest["source"][0] == "train-images-idx3-ubyte.gz#0"
+    assert prepared.manifest["source"][40] == "t10k-images-idx3-ubyte.gz#0"
+    assert prepared.manifest["label"].tolist()[:12] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    assert len(prepared.info["class_names"]) == 10
+    assert sorted(p.name for p in (tmp_path / source).iterdir()) == sorted(files)
+    # a second fetch reads the verified cache: no more requests
+    hits = sum(http_server.hits.values())
+    fetch_dataset(params, cache=tmp_path)
+    assert sum(http_server.hits.values()) == hits
+
+
+def test_cifar10_binary_archive(http_server, tmp_path):
+    served = serve(http_server, "c", {"cifar-10-binary.tar.gz": cifar_archive()})
+    params = data_params(source="cifar10", image_size=32, channels=3, **served)
+    prepared = fetch_dataset(params, cache=tmp_path)
+    assert prepared.images.shape == (60, 3, 32, 32)
+    assert (prepared.manifest["split"] == "test").sum() == 10
+    assert prepared.manifest["source"][0] == "cifar-10-batches-bin/data_batch_1.bin#0"
+    assert prepared.info["class_names"][:2] == ["airplane", "automobile"]
+
+
+def test_pinned_checksum_rejects_other_content(http_server, tmp_path):
+    files = idx_dataset()
+    params = data_params(source="mnist", mirrors=[f"{http_server.url}/m/"])  # real MNIST pins
+    for name, body in files.items():
+        http_server.route(f"/m/{name}", (200, body))
+    with pytest.raises(DownloadError, match="sha256 mismatch"):
+        fetch_dataset(params, cache=tmp_path)
+    assert not (tmp_path / "mnist").exists() or not any((tmp_path / "mnist").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"train-images-idx3-ubyte.gz": idx_bytes(np.zeros((4, 8, 8)), magic=0x12345678)},
+         r"train-images-idx3-ubyte.gz: expected an IDX file .* \(magic 0x00000803\); found 0x12345678"),  # noqa: E501
+        ({"train-labels-idx1-ubyte.gz": idx_bytes(np.zeros(39))},
+         "has 40 images but train-labels-idx1-ubyte.gz has 39 labels"),
+        ({"t10k-images-idx3-ubyte.gz": idx_dataset()["t10k-images-idx3-ubyte.gz"][:500]},
+         "t10k-images-idx3-ubyte.gz: expected a complete gzip file; found a truncated"),
+    ],
+)  # fmt: skip
+def test_broken_idx_files(http_server, tmp_path, change, message):
+    files = {**idx_dataset(), **change}  # checksums pinned to the broken files themselves
+    with pytest.raises(DataError, match=message):
+        fetch_dataset(data_params(source="mnist", **serve(http_server, "m", files)), cache=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("archive", "problem"),
+    [
+        (tar_gz({"../evil.bin": b"x"}), "a '..' path component"),
+        (tar_gz({"/tmp/evil.bin": b"x"}), "an absolute path"),
+        (tar_gz({"ok.bin": b"x"}, links={"cifar-10-batches-bin/test_batch.bin": "/etc/passwd"}),
+         "a link to '/etc/passwd'"),
+    ],
+)  # fmt: skip
+def test_unsafe_archives_are_refused(http_server, tmp_path, archive, problem):
+    served = serve(http_server, "c", {"cifar-10-binary.tar.gz": archive})
+    params = data_params(source="cifar10", image_size=32, channels=3, **served)
+    with pytest.raises(DataError, match=f"cifar-10-binary.tar.gz: .*is {problem}"):
+        fetch_dataset(params, cache=tmp_path)
+    assert not (tmp_path.parent / "evil.bin").exists()
+
+
+# --- the stage script: exit codes, and earlier outputs stay intact -------------------------
+
+
+def run_fetch(workdir: Path, params: dict) -> subprocess.CompletedProcess:
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "GENPIPE_CACHE_DIR": str(workdir / "cache")}
+    return subprocess.run([sys.executable, str(REPO / "pipeline" / "fetch.py")], cwd=workdir,
+                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+@pytest.fixture
+def workdir_with_outputs(tmp_path) -> Path:
+    """A working directory in which fetch has already succeeded once."""
+    result = run_fetch(tmp_path, {"data": {"source": "digits"}})
+    assert result.returncode == 0, result.stderr
+    assert "wrote data/prepared: 1797 images 1x8x8 from digits" in result.stderr
+    return tmp_path
+
+
+def assert_failed_cleanly(result, workdir: Path, before: dict, code: int, message: str):
+    assert result.returncode == code, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, result.stderr
+    assert "Traceback" not in result.stderr
+    assert snapshot(workdir / "data" / "prepared") == before
+    assert sorted(p.name for p in (workdir / "data").iterdir()) == ["prepared"]  # nothing half
+
+
+def test_stage_params_error_exits_2_and_touches_nothing(workdir_with_outputs):
+    before = snapshot(workdir_with_outputs / "data" / "prepared")
+    result = run_fetch(workdir_with_outputs, {"data": {"source": "mnsit"}})
+    assert_failed_cleanly(result, workdir_with_outputs, before, 2, "did you mean 'mnist'?")
+
+
+def test_stage_unreachable_mirrors_keep_earlier_outputs(workdir_with_outputs, http_server):
+    before = snapshot(workdir_with_outputs / "data" / "prepared")
+    params = {"data": {"source": "mnist", "mirrors": [f"{http_server.url}/nothing/"],
+                       "download": {"retries": 0}}}  # fmt: skip
+    result = run_fetch(workdir_with_outputs, params)
+    assert_failed_cleanly(result, workdir_with_outputs, before, 1, "HTTP 404")
+
+
+def test_stage_bad_folder_keeps_earlier_outputs(workdir_with_outputs):
+    before = snapshot(workdir_with_outputs / "data" / "prepared")
+    empty = workdir_with_outputs / "empty"
+    empty.mkdir()
+    result = run_fetch(workdir_with_outputs, {"data": {"source": "folder", "path": "empty"}})
+    assert_failed_cleanly(result, workdir_with_outputs, before, 1, "found no files")
+    info = json.loads(before["info.json"])
+    assert info["source"] == "digits"

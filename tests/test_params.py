@@ -1,0 +1,186 @@
+"""params.yaml: the schema rejects every kind of mistake with one line naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from genpipe.data.sources import check_source_params
+from genpipe.errors import ParamsError
+from genpipe.params import IMAGE_SIZES, SOURCES, Params, load_params, parse_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def error_for(raw) -> str:
+    with pytest.raises(ParamsError) as excinfo:
+        parse_params(raw)
+    message = str(excinfo.value)
+    assert "\n" not in message
+    assert excinfo.value.exit_code == 2
+    return message
+
+
+def test_repo_params_file_loads_and_names_every_schema_key():
+    # DVC tracks params by key, so every key of the schema must be written out
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = load_params(REPO / "params.yaml")
+    assert params.data.source == "digits"
+
+    def keys(model, prefix=""):
+        for name, info in type(model).model_fields.items():
+            key = info.alias or name
+            value = getattr(model, name)
+            if hasattr(type(value), "model_fields"):
+                yield from keys(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}"
+
+    def lookup(path):
+        node = raw
+        for part in path.split("."):
+            node = node[part]
+        return node
+
+    for key in keys(Params()):
+        lookup(key)  # KeyError names a schema key missing from params.yaml
+
+
+def test_defaults_fill_missing_sections():
+    params = parse_params({"data": {"source": "digits"}})
+    assert params.data.image_size == 8
+    assert params.validation.min_images_per_split == 100
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"data": {"sourse": "mnist"}}, "data.sourse: unknown key"),
+        ({"data": {"sourse": "mnist"}}, "did you mean 'data.source'?"),
+        ({"dat": {}}, "did you mean 'data'?"),
+        ({"data": {"download": {"retrys": 1}}}, "did you mean 'data.download.retries'?"),
+        ({"validate": {"min_image_stdd": 1.0}}, "did you mean 'validate.min_image_std'?"),
+    ],
+)
+def test_unknown_key_names_path_and_suggests(raw, expected):
+    assert expected in error_for(raw)
+
+
+def test_unknown_key_lists_allowed_keys():
+    message = error_for({"validate": {"zzz": 1}})
+    assert "allowed: max_class_imbalance, max_duplicate_fraction" in message
+    assert "did you mean" not in message
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"seed": "zero"}, "seed: expected a valid integer; got 'zero' (str)"),
+        ({"seed": 1.5}, "seed: expected a valid integer; got 1.5 (float)"),
+        ({"data": {"test_fraction": "half"}}, "data.test_fraction: expected a valid number"),
+        ({"data": {"image_size": "8"}}, "data.image_size: expected one of 8, 16, 28, 32 or 64; "
+                                        "got '8' (str)"),
+        ({"data": {"channels": True}}, "data.channels: expected a valid integer; got true (bool)"),
+        ({"data": {"download": 3}}, "data.download: expected a mapping of keys; got int"),
+        ({"data": {"mirrors": "http://a"}}, "data.mirrors: expected a valid list"),
+        ({"data": {"sha256": ["a"]}}, "data.sha256: expected a valid dictionary"),
+    ],
+)  # fmt: skip
+def test_wrong_types(raw, expected):
+    assert expected in error_for(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"seed": -1}, "seed: expected a value greater than or equal to 0; got -1"),
+        ({"data": {"test_fraction": 1.0}}, "data.test_fraction: expected a value less than 1"),
+        ({"data": {"test_fraction": 0}}, "data.test_fraction: expected a value greater than 0"),
+        ({"data": {"download": {"timeout": 0}}}, "data.download.timeout: expected a value greater"),
+        ({"data": {"download": {"retries": -1}}}, "data.download.retries: expected a value"),
+        ({"validate": {"max_class_imbalance": 0.5}},
+         "validate.max_class_imbalance: expected a value greater than or equal to 1; got 0.5"),
+        ({"validate": {"max_duplicate_fraction": 2}},
+         "validate.max_duplicate_fraction: expected a value less than or equal to 1; got 2"),
+        ({"validate": {"min_images_per_split": 0}},
+         "validate.min_images_per_split: expected a value greater than or equal to 1; got 0"),
+    ],
+)  # fmt: skip
+def test_out_of_range(raw, expected):
+    assert expected in error_for(raw)
+
+
+def test_unknown_choice_suggests_the_closest():
+    message = error_for({"data": {"source": "mnsit"}})
+    assert message.startswith("data.source: expected one of 'digits', 'mnist'")
+    assert "got 'mnsit'; did you mean 'mnist'?" in message
+
+
+def test_image_size_outside_the_allowed_set():
+    message = error_for({"data": {"image_size": 30}})
+    assert message == "data.image_size: expected one of 8, 16, 28, 32 or 64; got 30"
+    assert set(IMAGE_SIZES) == {8, 16, 28, 32, 64}
+
+
+def test_on_bad_file_choice():
+    assert "data.on_bad_file: expected one of 'fail' or 'skip'; got 'ignore'" in error_for(
+        {"data": {"on_bad_file": "ignore"}}
+    )
+
+
+@pytest.mark.parametrize("path", [None, ""])
+def test_folder_source_requires_a_path(path):
+    message = error_for({"data": {"source": "folder", "path": path}})
+    assert message.startswith("data.path: expected a directory of images when data.source is")
+
+
+def test_folder_path_is_not_required_for_other_sources():
+    assert parse_params({"data": {"source": "digits", "path": None}}).data.path is None
+
+
+def test_bad_checksum_and_mirror_values():
+    assert "data.sha256.train-images-idx3-ubyte.gz: expected 64 lowercase hex digits" in error_for(
+        {"data": {"sha256": {"train-images-idx3-ubyte.gz": "ABC"}}}
+    )
+    assert "data.mirrors[1]: expected an http(s):// URL; got 'ftp://x/'" in error_for(
+        {"data": {"mirrors": ["http://ok/", "ftp://x/"]}}
+    )
+
+
+def test_checksum_override_for_a_file_the_source_lacks():
+    params = parse_params({"data": {"source": "mnist", "sha256": {"train.gz": "0" * 64}}})
+    with pytest.raises(ParamsError, match=r"data.sha256.train.gz: unknown file \(allowed: t10k"):
+        check_source_params(params.data)
+    digits = parse_params({"data": {"sha256": {"x.gz": "0" * 64}}})
+    with pytest.raises(ParamsError, match="source 'digits' downloads nothing"):
+        check_source_params(digits.data)
+
+
+def test_several_errors_report_the_first_and_a_count():
+    message = error_for({"data": {"image_size": 30, "channels": 2}})
+    assert message.startswith("data.image_size:")
+    assert message.endswith("(and 1 more)")
+
+
+def test_not_a_mapping():
+    assert error_for(["data"]) == "params: expected a mapping of sections; got list"
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ParamsError, match="expected a params file; found none"):
+        load_params(tmp_path / "params.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  source: [digits\n")
+    with pytest.raises(ParamsError, match="expected valid YAML; found a syntax error at line"):
+        load_params(bad)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_params(empty) == Params()
+
+
+def test_every_source_is_a_valid_choice():
+    for source in SOURCES:
+        extra = {"path": "somewhere"} if source == "folder" else {}
+        assert parse_params({"data": {"source": source, **extra}}).data.source == source

@@ -1,0 +1,97 @@
+"""End to end: `dvc repro` in a temporary copy of the repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from builders import write_png
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the environment's dvc, and the `python` stages call
+
+pytestmark = pytest.mark.slow
+
+
+def sh(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+           "GX_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1"}  # fmt: skip
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def ran(result: subprocess.CompletedProcess) -> list[str]:
+    """The stages `dvc repro` ran, from its output."""
+    return [line.split("'")[1] for line in result.stdout.splitlines()
+            if line.startswith("Running stage")]  # fmt: skip
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    """The repository's files (committed or not, minus ignored ones) in a fresh git repo."""
+    files = sh("git", "ls-files", "-co", "--exclude-standard", cwd=REPO).stdout.split()
+    dest = tmp_path / "project"
+    for name in files:
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    for name in ("dvc.lock", "reports/validation/summary.json"):  # produced by the run itself
+        (dest / name).unlink(missing_ok=True)
+    sh("git", "init", "-q", cwd=dest)
+    return dest
+
+
+def set_params(project: Path, **sections) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for section, values in sections.items():
+        params[section].update(values)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_repro_runs_once_then_nothing(project):
+    first = sh("dvc", "repro", cwd=project)
+    assert ran(first) == ["fetch", "validate"]
+    summary = json.loads((project / "reports/validation/summary.json").read_text())
+    assert summary["passed"] is True and summary["images"]["total"] == 1797
+    assert (project / "reports/validation/data_docs/index.html").is_file()
+
+    second = sh("dvc", "repro", cwd=project)
+    assert ran(second) == []
+    assert "Data and pipelines are up to date." in second.stdout
+
+    # a validate threshold reruns validate alone, and failing it stops the pipeline
+    set_params(project, validate={"min_images_per_split": 100_000})
+    failed = sh("dvc", "repro", cwd=project, check=False)
+    assert failed.returncode != 0
+    assert ran(failed) == ["validate"]
+    assert "FAILED splits.min_images" in failed.stderr
+
+
+def test_repro_on_a_folder_of_rgb_pngs_of_assorted_sizes(project, tmp_path):
+    images = tmp_path / "my_images"
+    sizes = [(8, 8), (12, 40), (33, 21), (64, 64), (100, 75)]
+    for c, cls in enumerate(("apple", "banana", "cherry")):
+        for i in range(200):
+            write_png(images / cls / f"{i:03d}.png", sizes[i % len(sizes)], seed=1000 * c + i)
+
+    set_params(project, data={"source": "folder", "path": str(images), "channels": 3,
+                              "image_size": 16})  # fmt: skip
+    result = sh("dvc", "repro", cwd=project)
+    assert ran(result) == ["fetch", "validate"]
+    info = json.loads((project / "data/prepared/info.json").read_text())
+    assert info["shape"] == [600, 3, 16, 16]
+    assert info["class_names"] == ["apple", "banana", "cherry"]
+
+    # new images in the folder rerun the pipeline; nothing else does
+    assert ran(sh("dvc", "repro", cwd=project)) == []
+    write_png(images / "apple" / "new.png", (20, 20), seed=5)
+    assert ran(sh("dvc", "repro", cwd=project)) == ["fetch", "validate"]
