@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -241,43 +242,114 @@ def snapshot(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
 
 
-@pytest.fixture
-def workdir_with_outputs(tmp_path) -> Path:
-    """A working directory in which fetch has already succeeded once."""
-    result = run_fetch(tmp_path, {"data": {"source": "digits"}})
+@pytest.fixture(scope="module")
+def digits_outputs(tmp_path_factory) -> Path:
+    """data/prepared/ from one successful run of the stage on digits."""
+    workdir = tmp_path_factory.mktemp("digits")
+    result = run_fetch(workdir, {"data": {"source": "digits"}})
     assert result.returncode == 0, result.stderr
     assert "wrote data/prepared: 1797 images 1x8x8 from digits" in result.stderr
+    return workdir / "data" / "prepared"
+
+
+@pytest.fixture
+def workdir(tmp_path, digits_outputs) -> Path:
+    """A working directory holding the outputs of an earlier successful fetch."""
+    shutil.copytree(digits_outputs, tmp_path / "data" / "prepared")
     return tmp_path
 
 
-def assert_failed_cleanly(result, workdir: Path, before: dict, code: int, message: str):
+def idx_files(**changes: bytes) -> dict[str, bytes]:
+    return {**idx_dataset(), **changes}
+
+
+def cifar_files(archive: bytes) -> dict[str, bytes]:
+    return {"cifar-10-binary.tar.gz": archive}
+
+
+# (served files or a folder builder, data params, exit code, what the error line says)
+BAD_INPUTS = {
+    "unknown source": (None, {"source": "mnsit"}, 2, "did you mean 'mnist'?"),
+    "checksum mismatch": (
+        idx_files(), {"source": "mnist", "sha256": {"t10k-labels-idx1-ubyte.gz": "0" * 64}},
+        1, "t10k-labels-idx1-ubyte.gz from 1 mirror: ",
+    ),
+    "truncated gz, checksum pinned to it": (
+        idx_files(**{"t10k-images-idx3-ubyte.gz": idx_files()["t10k-images-idx3-ubyte.gz"][:300]}),
+        {"source": "mnist"}, 1, "expected a complete gzip file; found a truncated",
+    ),
+    "HTTP 404 on every mirror": ({}, {"source": "fashion-mnist"}, 1, "HTTP 404"),
+    "connection refused": (None, {"source": "mnist", "mirrors": ["http://127.0.0.1:9/"]},
+                           1, "connection refused"),
+    "wrong IDX magic": (
+        idx_files(**{"train-labels-idx1-ubyte.gz": idx_bytes(np.zeros((40, 2, 2)))}),
+        {"source": "mnist"}, 1, "expected an IDX file of unsigned bytes with 1 dimensions",
+    ),
+    "image/label count mismatch": (
+        idx_files(**{"t10k-labels-idx1-ubyte.gz": idx_bytes(np.zeros(7))}),
+        {"source": "mnist"}, 1, "has 20 images but t10k-labels-idx1-ubyte.gz has 7 labels",
+    ),
+    "archive member with ..": (cifar_files(tar_gz({"a/../../x": b"1"})), {"source": "cifar10"},
+                               1, "member 'a/../../x' is a '..' path component"),
+    "archive member with an absolute path": (cifar_files(tar_gz({"/x": b"1"})),
+                                             {"source": "cifar10"}, 1, "is an absolute path"),
+    "archive member that is a symlink": (
+        cifar_files(tar_gz({}, links={"cifar-10-batches-bin/test_batch.bin": "../../secret"})),
+        {"source": "cifar10"}, 1, "is a link to '../../secret'",
+    ),
+    "corrupt PNG": ("corrupt", {"source": "folder", "path": "images"}, 1,
+                    "found 1 unreadable or non-image file(s): b/bad.png"),
+    "folder without images": ("empty", {"source": "folder", "path": "images"}, 1,
+                              "expected PNG or JPEG images; found no files"),
+    "missing folder": (None, {"source": "folder", "path": "nowhere"}, 1,
+                       "expected a directory of images; found nothing at nowhere"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_stage_bad_input_fails_cleanly(case, workdir, http_server):
+    files, data, code, message = BAD_INPUTS[case]
+    if isinstance(files, dict):
+        for name, body in files.items():
+            http_server.route(f"/src/{name}", (200, body))
+        pins = {name: sha256(body) for name, body in files.items()}
+        data = {"mirrors": [f"{http_server.url}/src/"], **data,
+                "sha256": {**pins, **data.get("sha256", {})}}  # fmt: skip
+    elif files in ("corrupt", "empty"):
+        (workdir / "images").mkdir()
+        if files == "corrupt":
+            write_png(workdir / "images" / "a" / "ok.png", (9, 9))
+            good = write_png(workdir / "images" / "b" / "good.png", (9, 9)).read_bytes()
+            (workdir / "images" / "b" / "bad.png").write_bytes(good[: len(good) // 2])
+    if data.get("source") == "cifar10":
+        data = {**data, "image_size": 32, "channels": 3}
+    before = snapshot(workdir / "data" / "prepared")
+
+    result = run_fetch(workdir, {"data": {"download": {"retries": 0, "timeout": 5}, **data}})
+
     assert result.returncode == code, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last, result.stderr
     assert "Traceback" not in result.stderr
-    assert snapshot(workdir / "data" / "prepared") == before
+    assert snapshot(workdir / "data" / "prepared") == before  # earlier outputs intact
     assert sorted(p.name for p in (workdir / "data").iterdir()) == ["prepared"]  # nothing half
+    cached = workdir / "cache"
+    leftovers = [p.name for p in cached.rglob("*") if p.is_file()] if cached.exists() else []
+    assert not [name for name in leftovers if name.endswith(".part")]
 
 
-def test_stage_params_error_exits_2_and_touches_nothing(workdir_with_outputs):
-    before = snapshot(workdir_with_outputs / "data" / "prepared")
-    result = run_fetch(workdir_with_outputs, {"data": {"source": "mnsit"}})
-    assert_failed_cleanly(result, workdir_with_outputs, before, 2, "did you mean 'mnist'?")
+def test_stage_retries_a_server_error_then_replaces_outputs(workdir, http_server):
+    files = idx_dataset()
+    for name, body in files.items():
+        http_server.route(f"/src/{name}", (500, b"busy"), (200, body))
+    data = {"source": "mnist", "image_size": 28, "mirrors": [f"{http_server.url}/src/"],
+            "sha256": {name: sha256(body) for name, body in files.items()},
+            "download": {"retries": 1, "backoff": 0.01}}  # fmt: skip
 
+    result = run_fetch(workdir, {"data": data})
 
-def test_stage_unreachable_mirrors_keep_earlier_outputs(workdir_with_outputs, http_server):
-    before = snapshot(workdir_with_outputs / "data" / "prepared")
-    params = {"data": {"source": "mnist", "mirrors": [f"{http_server.url}/nothing/"],
-                       "download": {"retries": 0}}}  # fmt: skip
-    result = run_fetch(workdir_with_outputs, params)
-    assert_failed_cleanly(result, workdir_with_outputs, before, 1, "HTTP 404")
-
-
-def test_stage_bad_folder_keeps_earlier_outputs(workdir_with_outputs):
-    before = snapshot(workdir_with_outputs / "data" / "prepared")
-    empty = workdir_with_outputs / "empty"
-    empty.mkdir()
-    result = run_fetch(workdir_with_outputs, {"data": {"source": "folder", "path": "empty"}})
-    assert_failed_cleanly(result, workdir_with_outputs, before, 1, "found no files")
-    info = json.loads(before["info.json"])
-    assert info["source"] == "digits"
+    assert result.returncode == 0, result.stderr
+    assert "retrying" in result.stderr and "HTTP 500" in result.stderr
+    assert all(http_server.hits[f"/src/{name}"] == 2 for name in files)
+    assert json.loads((workdir / "data/prepared/info.json").read_text())["source"] == "mnist"
+    assert sorted(p.name for p in (workdir / "data").iterdir()) == ["prepared"]

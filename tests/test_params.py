@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
+from genpipe.cli import main
 from genpipe.data.sources import check_source_params
 from genpipe.errors import ParamsError
 from genpipe.params import IMAGE_SIZES, SOURCES, Params, load_params, parse_params
@@ -184,3 +186,21 @@ def test_every_source_is_a_valid_choice():
     for source in SOURCES:
         extra = {"path": "somewhere"} if source == "folder" else {}
         assert parse_params({"data": {"source": source, **extra}}).data.source == source
+
+
+def test_genpipe_params_command(tmp_path, capsys):
+    good = tmp_path / "good.yaml"
+    good.write_text("data:\n  image_size: 16\n")
+    main(["params", "--file", str(good)])
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["data"]["image_size"] == 16
+    assert shown["validate"]["min_images_per_split"] == 100  # defaults filled in, by alias
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  image_size: 30\n")
+    with pytest.raises(SystemExit) as excinfo:
+        main(["params", "--file", str(bad)])
+    assert excinfo.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: data.image_size: expected one of 8, 16, 28, 32 or 64; got 30"
+    )

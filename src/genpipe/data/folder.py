@@ -22,7 +22,7 @@ from genpipe.errors import DataError
 
 log = logging.getLogger(__name__)
 
-IMAGE_FORMATS = {"PNG", "JPEG"}
+IMAGE_FORMATS = {"PNG", "JPEG", "MPO"}  # MPO: a camera JPEG with extra frames
 SHOWN_BAD_FILES = 5
 
 
@@ -104,6 +104,9 @@ def _read_image(path: Path, size: int, channels: int) -> np.ndarray | None:
                 if image.format not in IMAGE_FORMATS:
                     return None
                 image.load()  # decodes fully: truncated or corrupt data raises here
+                if image.mode.startswith("I"):
+                    # 16-bit grey PNG: convert("L") would clip every value above 255 to white
+                    image = Image.fromarray((np.asarray(image) >> 8).astype(np.uint8))
                 return fit_image(image, size, channels)
     except (
         OSError,

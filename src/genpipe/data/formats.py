@@ -4,6 +4,7 @@ CIFAR-10 binary version inside its tar.gz. Never the pickled CIFAR version."""
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import tarfile
 import zlib
@@ -18,13 +19,19 @@ IDX_UBYTE = 0x08
 CIFAR_RECORD = 1 + 3 * 32 * 32  # label byte + 3x32x32 pixels
 
 
+def _one_line(exc: BaseException) -> str:
+    """The exception's message on one line: tarfile's "r:*" lists each method it tried."""
+    return " ".join(str(exc).split())
+
+
 def read_gzip(path: Path) -> bytes:
     try:
         with gzip.open(path, "rb") as f:
             return f.read()
     except (EOFError, OSError, zlib.error) as exc:
         raise DataError(
-            f"{path.name}: expected a complete gzip file; found a truncated or corrupt one ({exc})"
+            f"{path.name}: expected a complete gzip file; "
+            f"found a truncated or corrupt one ({_one_line(exc)})"
         ) from None
 
 
@@ -42,7 +49,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     if len(raw) < header:
         raise DataError(f"{path.name}: expected a {header}-byte IDX header; found {len(raw)} bytes")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
-    size = int(np.prod(dims))
+    size = math.prod(dims)  # exact: np.prod wraps around in int64 for huge dims
     if len(raw) - header != size:
         raise DataError(
             f"{path.name}: expected {size} bytes of data for shape {dims}; "
@@ -97,7 +104,7 @@ def read_tar_members(path: Path, names: Iterable[str]) -> dict[str, bytes]:
                     found[member.name] = tar.extractfile(member).read()
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise DataError(
-            f"{path.name}: expected a readable tar archive; found a corrupt one ({exc})"
+            f"{path.name}: expected a readable tar archive; found a corrupt one ({_one_line(exc)})"
         ) from None
     missing = sorted(wanted - found.keys())
     if missing:
