@@ -114,10 +114,14 @@ def test_constant_images_are_blank():
     images[0] = 0
     images[1] = 128
 
-    result = summary(prepare(images, labels, splits))
+    report = validate_dataset(prepare(images, labels, splits), DATA, RULES, docs_dir=None)
+    result = report.summary()
 
     assert_failed(result, "pixels.not_blank")
     assert result["blank_images"] == 2
+    # the failure names the images by their manifest index
+    (detail,) = [check.detail for check in report.failures]
+    assert "2 of 200 rows fail (e.g. index 0: 0.0, index 1: 0.0)" in detail
 
 
 def test_same_image_in_train_and_test_is_leakage():

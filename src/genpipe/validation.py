@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 TYPE_NAMES = {"int64": ["int64", "Int64Dtype"], "float64": ["float64", "Float64Dtype"]}
 
 
+# the column that names a row of each table in failure details
+ROW_KEYS = {"manifest": "index", "splits": "split", "images_by_hash": "sha1"}
+
+
 @dataclass(frozen=True)
 class Check:
     id: str  # stable key in summary.json
@@ -292,7 +296,11 @@ def run_expectations(
                     name=f"genpipe-{table}",
                     validation_definitions=[definition],
                     actions=actions,
-                    result_format={"result_format": "SUMMARY"},
+                    # failures name the rows by their key (image index, split, sha1)
+                    result_format={
+                        "result_format": "SUMMARY",
+                        "unexpected_index_column_names": [ROW_KEYS[table]],
+                    },
                 )
             )
             frame = tables[table]
@@ -327,11 +335,14 @@ def _describe(result: Any, table: str) -> str:
     if result.exception_info and result.exception_info.get("raised_exception"):
         found = f"error: {result.exception_info.get('exception_message')}"
     elif res.get("unexpected_count"):
-        examples = ", ".join(map(str, res.get("partial_unexpected_list", [])[:5]))
-        found = (
-            f"{res['unexpected_count']} of {res.get('element_count')} rows outside "
-            f"(e.g. {examples})"
+        key = ROW_KEYS[table]
+        rows = [row.get(key) for row in (res.get("partial_unexpected_index_list") or [])[:5]]
+        values = (res.get("partial_unexpected_list") or [])[:5]
+        examples = ", ".join(
+            f"{key} {row}: {value}" for row, value in zip(rows, values, strict=False)
         )
+        found = f"{res['unexpected_count']} of {res.get('element_count')} rows fail"
+        found += f" (e.g. {examples})" if examples else ""
     else:
         found = f"observed {res.get('observed_value')}"
     return f"{config.type} on {target} ({expected}): {found}"
