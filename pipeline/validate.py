@@ -6,9 +6,10 @@ Exits non-zero when any expectation fails, so `dvc repro` stops before training.
 import logging
 from pathlib import Path
 
-from genpipe.cli import run_stage, write_json
+from genpipe.cli import run_stage
 from genpipe.data import read_prepared
 from genpipe.errors import ValidationFailed
+from genpipe.fileio import write_json
 from genpipe.params import load_params
 from genpipe.validation import validate_dataset
 

@@ -76,3 +76,11 @@ def http_server():
     server.shutdown()
     server.server_close()
     thread.join(timeout=5)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_cpu_thread():
+    """Tiny networks run fastest on one thread, and a busy second core cannot stall them."""
+    import torch
+
+    torch.set_num_threads(1)

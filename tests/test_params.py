@@ -204,3 +204,9 @@ def test_genpipe_params_command(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         "error: data.image_size: expected one of 8, 16, 28, 32 or 64; got 30"
     )
+
+
+def test_yaml_1_2_numbers_as_dvc_reads_them(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("gan:\n  lr_g: 1e-4\n")  # a string to YAML 1.1 (PyYAML), a float to DVC
+    assert load_params(path).gan.lr_g == 1e-4

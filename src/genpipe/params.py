@@ -67,21 +67,72 @@ class ValidateParams(Section):
     min_image_std: float = Field(1.0, ge=0)
 
 
+class TrainParams(Section):
+    """Shared by every model's training stage."""
+
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: cuda, then mps, then cpu
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, else fp32
+    compile: bool = False  # torch.compile the networks
+    # CPU threads for training; 0: torch's default (all cores). Small networks run fastest,
+    # and are least sensitive to a busy machine, on one thread.
+    cpu_threads: int = Field(1, ge=0)
+    batch_size: int = Field(128, ge=1)
+    checkpoint_every: int = Field(500, ge=1)  # steps between checkpoints
+    log_every: int = Field(50, ge=1)  # steps between logged metrics
+    experiment: str = Field("genpipe", min_length=1)  # MLflow experiment name
+
+
+class GanParams(Section):
+    steps: int = Field(2000, ge=1)
+    z_dim: int = Field(64, ge=1)
+    width: int = Field(64, ge=1)  # feature maps of the widest layer
+    depth: int = Field(1, ge=0)  # extra 3x3 conv layers per resolution
+    loss: Literal["non-saturating", "hinge", "wgan-gp"] = "non-saturating"
+    spectral_norm: bool = False  # in the discriminator
+    lr_g: float = Field(2e-4, gt=0)
+    lr_d: float = Field(2e-4, gt=0)
+    beta1: float = Field(0.5, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    d_steps: int = Field(1, ge=1)  # discriminator updates per generator update
+    gp_weight: float = Field(10.0, ge=0)  # wgan-gp gradient penalty
+    ema_decay: float = Field(0.999, ge=0, lt=1)  # EMA of the generator, used for evaluation
+
+
+class AutoencoderParams(Section):
+    steps: int = Field(3000, ge=1)
+    kind: Literal["ae", "vae"] = "ae"
+    latent_dim: int = Field(16, ge=1)
+    width: int = Field(32, ge=1)  # feature maps of the first encoder layer
+    depth: int = Field(0, ge=0)  # extra 3x3 conv layers per resolution
+    lr: float = Field(1e-3, gt=0)
+    kl_weight: float = Field(1.0, ge=0)  # vae: weight of the KL term
+
+
+MODELS = ("gan", "autoencoder")
+
+
 class Params(Section):
     seed: int = Field(0, ge=0)
+    models: list[Literal["gan", "autoencoder"]] = list(MODELS)
     data: DataParams = DataParams()
     # `validate` would shadow BaseModel.validate, hence the alias.
     validation: ValidateParams = Field(ValidateParams(), alias="validate")
+    train: TrainParams = TrainParams()
+    gan: GanParams = GanParams()
+    autoencoder: AutoencoderParams = AutoencoderParams()
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:
     """Read and check params.yaml; raise ParamsError with one line on any mistake."""
+    from ruamel.yaml import YAML, YAMLError
+
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        # YAML 1.2, as DVC reads it: `1e-4` is a number and `yes` is a string
+        raw = YAML(typ="safe", pure=True).load(path.read_text())
     except FileNotFoundError:
         raise ParamsError(f"{path}: expected a params file; found none") from None
-    except yaml.YAMLError as exc:
+    except YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ParamsError(f"{path}: expected valid YAML; found a syntax error{where}") from None

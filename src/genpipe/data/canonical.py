@@ -25,6 +25,7 @@ import pandas as pd
 from PIL import Image, ImageOps
 
 from genpipe.errors import DataError
+from genpipe.fileio import current_umask
 
 IMAGES_FILE = "images.npy"
 MANIFEST_FILE = "manifest.parquet"
@@ -117,6 +118,7 @@ def write_prepared(prepared: Prepared, out_dir: Path) -> None:
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; outputs are not
     try:
         np.save(tmp / IMAGES_FILE, prepared.images, allow_pickle=False)
         prepared.manifest.to_parquet(tmp / MANIFEST_FILE, index=False, engine="pyarrow")

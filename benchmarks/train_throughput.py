@@ -1,0 +1,495 @@
+"""Images/s of genpipe's GAN training step against a DataLoader baseline, and the cost of
+MLflow metric logging on the hot path.
+
+genpipe   one iteration of train_gan's loop: a batch drawn by index from the whole uint8
+          dataset on the device (common.DeviceImages), (1) update D, (2) update G,
+          (3) ema_update, the losses kept on the device by common.LossMonitor.
+baseline  pytorch/examples dcgan style: a Dataset that converts ONE image per __getitem__
+          (ToTensor + Normalize), a DataLoader with the default collate, `.to(device)`,
+          then the same D/G update and EMA on the same networks and batch size.
+
+Both run with the networks, optimizers and precision train_gan sets up from params.yaml.
+Each is warmed up, then timed over --iters iterations, three times, interleaved; the
+median images/s (real images consumed per second) is reported. On a busy machine the
+numbers move by several per cent from run to run.
+
+Run (from the repository root):
+    .venv/bin/python benchmarks/train_throughput.py
+    .venv/bin/python benchmarks/train_throughput.py --device cuda --batch-size 256 --image-size 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from genpipe import tracking
+from genpipe.data.canonical import read_prepared
+from genpipe.errors import GenpipeError
+from genpipe.models.gan import (
+    Discriminator,
+    Generator,
+    discriminator_loss,
+    ema_update,
+    generator_loss,
+    gradient_penalty,
+)
+from genpipe.params import IMAGE_SIZES, GanParams, Params, load_params
+from genpipe.train import common
+
+ROUNDS = 3  # timed repeats of each measurement; the median is reported
+RANDOM_IMAGES = 50_000  # stand-in dataset size without prepared data (CIFAR-10's train split)
+TARGETS = "target >= 1.5x on CPU, >= 3x on GPU at batch 256, 32x32"
+TRACKING_TARGET = 0.02  # of step time
+
+
+# --- the networks and one training step, as train_gan has them --------------------------------
+
+
+@dataclass
+class Gan:
+    """What train_gan builds before its loop: networks, EMA, optimizers, scalers, precision."""
+
+    cfg: GanParams
+    device: torch.device
+    dtype: torch.dtype | None
+    netG: torch.nn.Module
+    netD: torch.nn.Module
+    stepG: torch.nn.Module  # torch.compile'd views when train.compile
+    stepD: torch.nn.Module
+    ema: torch.nn.Module
+    optG: torch.optim.Optimizer
+    optD: torch.optim.Optimizer
+    scalerG: torch.amp.GradScaler
+    scalerD: torch.amp.GradScaler
+
+
+def build_gan(params: Params, channels: int, size: int, device: torch.device) -> Gan:
+    """train_gan's setup, call for call (it is not importable apart from the loop)."""
+    cfg, train = params.gan, params.train
+    dtype = common.resolve_precision(train.precision, device)
+    common.seed_everything(params.seed, device, train.cpu_threads)  # sets the CPU threads
+    netG = Generator(size, channels, cfg.z_dim, cfg.width, cfg.depth)
+    netD = Discriminator(
+        size,
+        channels,
+        cfg.width,
+        cfg.depth,
+        spectral_norm=cfg.spectral_norm,
+        batch_norm=cfg.loss != "wgan-gp" and not cfg.spectral_norm,
+    )
+    netG = common.prepare_module(netG, device)  # channels_last on CUDA
+    netD = common.prepare_module(netD, device)
+    ema = copy.deepcopy(netG).eval().requires_grad_(False)
+    betas = (cfg.beta1, cfg.beta2)
+    netG.train()
+    netD.train()
+    return Gan(
+        cfg=cfg,
+        device=device,
+        dtype=dtype,
+        netG=netG,
+        netD=netD,
+        stepG=torch.compile(netG) if train.compile else netG,
+        stepD=torch.compile(netD) if train.compile else netD,
+        ema=ema,
+        optG=torch.optim.Adam(netG.parameters(), lr=cfg.lr_g, betas=betas),
+        optD=torch.optim.Adam(netD.parameters(), lr=cfg.lr_d, betas=betas),
+        scalerG=common.grad_scaler(device, dtype),
+        scalerD=common.grad_scaler(device, dtype),
+    )
+
+
+def gan_step(
+    gan: Gan, real_batch: Callable[[], torch.Tensor], B: int, noise: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The body of train_gan's loop, copied call for call and in the same order: it is not
+    importable as a function. Only where the real images come from is a parameter."""
+    cfg, device, dtype = gan.cfg, gan.device, gan.dtype
+    # (1) Update D: maximise D(x) - D(G(z)) in the chosen loss's form
+    for _ in range(cfg.d_steps):
+        real = real_batch()  # (B, C, S, S) in [-1, 1]
+        z = torch.randn(B, cfg.z_dim, device=device, generator=noise)
+        with common.autocast(device, dtype):
+            fake = gan.stepG(z).detach()
+            loss_d = discriminator_loss(cfg.loss, gan.stepD(real), gan.stepD(fake))
+        if cfg.loss == "wgan-gp":  # the penalty's double backward stays in fp32
+            loss_d = loss_d + cfg.gp_weight * gradient_penalty(
+                gan.stepD, real, fake.float(), generator=noise
+            )
+        gan.optD.zero_grad(set_to_none=True)
+        gan.scalerD.scale(loss_d).backward()
+        gan.scalerD.step(gan.optD)
+        gan.scalerD.update()
+
+    # (2) Update G: make D score G(z) as real
+    z = torch.randn(B, cfg.z_dim, device=device, generator=noise)
+    with common.autocast(device, dtype):
+        loss_g = generator_loss(cfg.loss, gan.stepD(gan.stepG(z)))
+    gan.optG.zero_grad(set_to_none=True)
+    gan.scalerG.scale(loss_g).backward()
+    gan.scalerG.step(gan.optG)
+    gan.scalerG.update()
+
+    # (3) The EMA of G's weights is what gets evaluated
+    ema_update(gan.ema, gan.netG, cfg.ema_decay)
+    return loss_d, loss_g
+
+
+# --- the two ways of feeding it ------------------------------------------------------------
+
+
+class GenpipeLoop:
+    """train_gan's loop without checkpoints and progress bar: on-device batches, the losses
+    kept on the device and checked every log_every steps, metrics to `run` when one is set."""
+
+    def __init__(self, params: Params, images: np.ndarray, device: torch.device):
+        _, channels, size, _ = images.shape
+        self.gan = build_gan(params, channels, size, device)
+        self.B = params.train.batch_size
+        self.log_every = params.train.log_every
+        self.data = common.DeviceImages(images, device)  # (N, C, S, S) uint8 on the device
+        self.batches = common.make_generator(device, params.seed + 1)  # which images
+        self.noise = common.make_generator(device, params.seed + 2)  # z
+        self.monitor = common.LossMonitor(("loss_d", "loss_g"))
+        self.run: tracking.TrainingRun | None = None
+        self.step = 0
+        self.tick, self.tick_step = time.perf_counter(), 0
+        self.log_seconds = 0.0  # spent inside run.log_metrics
+        self.log_calls = 0
+
+    def __call__(self, iters: int) -> None:
+        B = self.B
+        for _ in range(iters):
+            self.step += 1
+            loss_d, loss_g = gan_step(
+                self.gan, lambda: self.data.batch(B, self.batches), B, self.noise
+            )
+            self.monitor.add(self.step, loss_d, loss_g)
+            if self.step % self.log_every == 0:
+                self._log()
+
+    def _log(self) -> None:
+        """As train_gan does every log_every steps (its CSV row is kept in memory only)."""
+        losses = self.monitor.drain()  # one host sync per interval
+        now = time.perf_counter()
+        images_per_s = (self.step - self.tick_step) * self.B * self.gan.cfg.d_steps
+        images_per_s /= now - self.tick
+        self.tick, self.tick_step = now, self.step
+        row = {
+            "epoch": round(self.step * self.B / len(self.data), 4),
+            **losses,
+            "images_per_s": round(images_per_s, 1),
+        }
+        if self.run is not None:
+            start = time.perf_counter()
+            self.run.log_metrics(row, step=self.step)
+            self.log_seconds += time.perf_counter() - start
+            self.log_calls += 1
+
+
+class NormalizedImages(Dataset):
+    """One image per item, converted as torchvision's ToTensor + Normalize((0.5,), (0.5,))."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images = images  # (N, C, S, S) uint8
+        self.labels = labels  # (N,)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image = torch.from_numpy(self.images[i]).float().div(255).sub(0.5).div(0.5)  # (C, S, S)
+        return image, int(self.labels[i])
+
+
+class BaselineLoop:
+    """pytorch/examples dcgan's feeding: DataLoader batches moved to the device, then the
+    same step on networks built the same way."""
+
+    def __init__(
+        self,
+        params: Params,
+        images: np.ndarray,
+        labels: np.ndarray,
+        device: torch.device,
+        workers: int,
+    ):
+        _, channels, size, _ = images.shape
+        self.gan = build_gan(params, channels, size, device)
+        self.B = params.train.batch_size
+        self.device = device
+        self.noise = common.make_generator(device, params.seed + 2)
+        # no persistent workers: as in dcgan, workers start again each epoch
+        self.loader = DataLoader(
+            NormalizedImages(images, labels),
+            batch_size=self.B,
+            shuffle=True,
+            drop_last=True,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            generator=torch.Generator().manual_seed(params.seed + 1),
+        )
+        self.batches = self._epochs()
+
+    def _epochs(self) -> Iterator[torch.Tensor]:
+        while True:  # dcgan: for epoch in range(niter): for i, data in enumerate(dataloader)
+            for images, _labels in self.loader:
+                yield images.to(self.device, non_blocking=True)
+
+    def __call__(self, iters: int) -> None:
+        for _ in range(iters):
+            gan_step(self.gan, lambda: next(self.batches), self.B, self.noise)
+
+
+# --- measuring -----------------------------------------------------------------------------
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def timed(fn: Callable[[int], None], iters: int, device: torch.device) -> float:
+    """Seconds for fn(iters), the device's queued work included."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn(iters)
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def interleaved(
+    loops: dict[str, Callable[[int], None]], iters: int, device: torch.device
+) -> dict[str, list[float]]:
+    """ROUNDS timings of each loop; the order alternates each round, so a slow spell of a
+    busy machine does not fall on one of them only."""
+    seconds: dict[str, list[float]] = {name: [] for name in loops}
+    names = list(loops)
+    for r in range(ROUNDS):
+        for name in names if r % 2 == 0 else names[::-1]:
+            seconds[name].append(timed(loops[name], iters, device))
+            progress(f"  round {r + 1}/{ROUNDS} {name}: {seconds[name][-1]:.2f} s")
+    return seconds
+
+
+def repeat(fn: Callable[[], object], n: int) -> None:
+    for _ in range(n):
+        fn()
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- data ----------------------------------------------------------------------------------
+
+
+def load_images(
+    data_dir: Path, image_size: int | None, seed: int
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """The prepared train split (N, C, S, S) uint8 and its labels (N,), or, when --image-size
+    asks for a size it does not have, random images of that size; and where they came from."""
+    try:
+        prepared = read_prepared(data_dir)
+    except GenpipeError:
+        prepared = None
+    if prepared is not None:
+        train = (prepared.manifest["split"] == "train").to_numpy()
+        images = np.asarray(prepared.images[train])
+        if image_size is None or images.shape[-1] == image_size:
+            labels = prepared.manifest["label"].to_numpy()[train]
+            return images, labels, f"{data_dir} (train split)"
+    if image_size is None:
+        raise SystemExit(
+            f"{data_dir}: expected prepared data (run `dvc repro fetch`); found none. "
+            "Or pass --image-size to benchmark on random images"
+        )
+    channels = 3 if image_size == 32 else 1
+    rng = np.random.default_rng(seed)
+    shape = (RANDOM_IMAGES, channels, image_size, image_size)
+    images = rng.integers(0, 256, shape, dtype=np.uint8)
+    labels = rng.integers(0, 10, RANDOM_IMAGES)
+    return images, labels, f"random uint8 ({RANDOM_IMAGES:,} images; none prepared at this size)"
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple MPS"
+    # other processes on the few cores of a CPU box slow torch's threads down by a lot
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} torch threads, "
+        f"{os.cpu_count()} cores, load average {load:.1f}"
+    )
+
+
+# --- main ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="default: params.yaml train.batch_size"
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        choices=IMAGE_SIZES,
+        default=None,
+        help="default: the prepared data's; random images when none fits",
+    )
+    parser.add_argument(
+        "--iters",
+        type=int,
+        default=None,
+        help="timed iterations per repeat (default: 200 on CPU, 500 on CUDA)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=0, help="DataLoader num_workers for the baseline"
+    )
+    parser.add_argument("--data", type=Path, default=Path("data/prepared"))
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (default: params.yaml train.cpu_threads; 0: torch's default)",
+    )
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    params = load_params(args.params)
+    overrides = {"batch_size": args.batch_size, "cpu_threads": args.threads}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    params = params.model_copy(update={"train": params.train.model_copy(update=overrides)})
+    B = params.train.batch_size
+    device = common.resolve_device(args.device)
+    iters = args.iters or (500 if device.type == "cuda" else 200)
+    warmup = 50 if device.type == "cuda" else 10
+    images, labels, source = load_images(args.data, args.image_size, params.seed)
+    if len(images) < B:
+        raise SystemExit(f"--batch-size: expected at most {len(images)} (the images); got {B}")
+
+    # built first: train_gan's setup fixes the CPU threads (train.cpu_threads)
+    genpipe = GenpipeLoop(params, images, device)
+    baseline = BaselineLoop(params, images, labels, device, args.workers)
+    print(f"device:     {device.type} ({describe_device(device)})")
+    print(f"batch size: {B}")
+    print(f"images:     {tuple(images.shape[1:])} from {source}")
+    print(
+        f"gan:        width {params.gan.width}, depth {params.gan.depth}, loss "
+        f"{params.gan.loss}, precision {common.resolve_precision(params.train.precision, device)}"
+        f", compile {params.train.compile}"
+    )
+    print(f"timing:     {warmup} warm-up + {ROUNDS} x {iters} iterations each, median")
+
+    progress("warming up")
+    genpipe(warmup)
+    baseline(warmup)
+    progress("timing the training step")
+    seconds = interleaved({"genpipe": genpipe, "baseline": baseline}, iters, device)
+    images_per_iter = B * params.gan.d_steps
+    rate = {name: images_per_iter * iters / statistics.median(s) for name, s in seconds.items()}
+
+    # the data path alone: what each step spends getting its batch
+    progress("timing the data path alone")
+    batch_seconds = interleaved(
+        {
+            "genpipe": lambda n: repeat(lambda: genpipe.data.batch(B, genpipe.batches), n),
+            "baseline": lambda n: repeat(lambda: next(baseline.batches), n),
+        },
+        iters,
+        device,
+    )
+    batch_rate = {name: B * iters / statistics.median(s) for name, s in batch_seconds.items()}
+
+    print()
+    print(f"genpipe  (on-device batches):  {rate['genpipe']:,.0f} images/s")
+    print(f"baseline (DataLoader, {args.workers} workers): {rate['baseline']:,.0f} images/s")
+    print(f"ratio: {rate['genpipe'] / rate['baseline']:.2f}x  ({TARGETS})")
+    print(
+        f"  data path alone: genpipe {batch_rate['genpipe']:,.0f} images/s, baseline "
+        f"{batch_rate['baseline']:,.0f} images/s; per step "
+        f"{1e3 * B / batch_rate['genpipe']:.2f} ms vs {1e3 * B / batch_rate['baseline']:.2f} ms"
+        f" of {1e3 * images_per_iter / rate['genpipe']:.1f} ms"
+    )
+    sys.stdout.flush()
+
+    step_seconds = statistics.median(seconds["genpipe"]) / iters
+    overhead, per_call = tracking_overhead(genpipe, params, device, iters, step_seconds)
+    print(
+        f"tracking overhead: {overhead:.1%} of step time (target < {TRACKING_TARGET:.0%})"
+        f"  [log_metrics every {params.train.log_every} steps: {per_call * 1e6:.0f} us a call]"
+    )
+
+
+def tracking_overhead(
+    genpipe: GenpipeLoop, params: Params, device: torch.device, iters: int, step_seconds: float
+) -> tuple[float, float]:
+    """(median extra share of step time with a TrainingRun logging metrics, seconds per
+    log_metrics call), from ROUNDS interleaved pairs of genpipe loops with and without one.
+
+    Each timed loop lasts longer than tracking.FLUSH_SECONDS, so the sender thread's writes
+    to the (temporary) sqlite store fall inside the timed time, as they do in training.
+    """
+    n = max(iters // 2, math.ceil(1.2 * tracking.FLUSH_SECONDS / step_seconds))
+    n = math.ceil(n / genpipe.log_every) * genpipe.log_every
+    tmp = Path(tempfile.mkdtemp(prefix="genpipe-bench-"))
+    saved_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri = f"sqlite:///{tmp}/mlflow.db"
+    try:
+        progress(f"timing tracking overhead ({n} steps a loop; MLflow store in {tmp})")
+        run = tracking.TrainingRun(
+            "gan",
+            params.model_dump(mode="json", by_alias=True),
+            "benchmark",
+            params.train.experiment,
+            record_path=tmp / "mlflow_run.json",
+            uri=uri,
+        )
+        with run:
+
+            def with_run(k: int) -> None:
+                genpipe.run = run
+                try:
+                    genpipe(k)
+                finally:
+                    genpipe.run = None
+
+            with_run(genpipe.log_every)  # warm-up: the first log_batch is slower
+            seconds = interleaved({"without": genpipe, "with": with_run}, n, device)
+    finally:
+        if saved_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_uri
+        shutil.rmtree(tmp, ignore_errors=True)
+    extra = [w / wo - 1 for w, wo in zip(seconds["with"], seconds["without"], strict=True)]
+    return statistics.median(extra), genpipe.log_seconds / max(genpipe.log_calls, 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""DCGAN generator and discriminator, the GAN losses, the gradient penalty and the EMA update.
+
+Shapes follow pytorch/examples dcgan: the generator grows a base x base map (7 for 28,
+else 4) by stride-2 transposed convs; the discriminator mirrors it back down to one logit.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
+
+from genpipe.models import resolution_plan
+
+if TYPE_CHECKING:
+    from genpipe.params import GanParams
+
+__all__ = [
+    "LOSSES",
+    "Discriminator",
+    "Generator",
+    "discriminator_loss",
+    "ema_update",
+    "gan_config",
+    "generator_loss",
+    "gradient_penalty",
+    "init_weights",
+    "resolution_plan",
+]
+
+LOSSES = ("non-saturating", "hinge", "wgan-gp")
+MIN_CHANNELS = 8  # the narrowest layer, however many times the width is halved
+
+
+def _widths(width: int, n: int) -> list[int]:
+    """width, width//2, ... (n entries), never below MIN_CHANNELS (or width, if smaller)."""
+    floor = min(width, MIN_CHANNELS)
+    return [max(width >> i, floor) for i in range(n)]
+
+
+def init_weights(module: nn.Module) -> None:
+    """DCGAN init: conv weights ~ N(0, 0.02), BatchNorm weights ~ N(1, 0.02), biases 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+            # under spectral norm `weight` is computed; initialise the stored original
+            sn = getattr(m, "parametrizations", None)
+            nn.init.normal_(sn.weight.original if sn else m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+class Generator(nn.Module):
+    """z (N, z_dim) -> image (N, C, S, S) in [-1, 1]."""
+
+    def __init__(self, image_size: int, channels: int, z_dim: int, width: int, depth: int = 0):
+        super().__init__()
+        self._config = dict(
+            image_size=image_size, channels=channels, z_dim=z_dim, width=width, depth=depth
+        )
+        base, n_up = resolution_plan(image_size)
+        widths = _widths(width, n_up + 1)  # widths[i]: feature maps at base * 2**i
+        self.z_dim = z_dim
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(z_dim, widths[0], base, 1, 0, bias=False),  # 1x1 -> base x base
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
+        ]
+        for c_in, c_out in zip(widths[:-1], widths[1:], strict=True):
+            layers += [
+                nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False),  # doubles H and W
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+            ]
+            for _ in range(depth):
+                layers += [
+                    nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False),
+                    nn.BatchNorm2d(c_out),
+                    nn.ReLU(inplace=True),
+                ]
+        layers += [nn.Conv2d(widths[-1], channels, 3, 1, 1), nn.Tanh()]
+        self.main = nn.Sequential(*layers)
+        init_weights(self)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.main(z.reshape(-1, self.z_dim, 1, 1))  # (N, C, S, S)
+
+    def config(self) -> dict:
+        """Constructor kwargs: Generator(**netG.config()) rebuilds the architecture."""
+        return dict(self._config)
+
+
+class Discriminator(nn.Module):
+    """image (N, C, S, S) -> logits (N,)."""
+
+    def __init__(
+        self,
+        image_size: int,
+        channels: int,
+        width: int,
+        depth: int = 0,
+        spectral_norm: bool = False,
+        batch_norm: bool = True,
+    ):
+        super().__init__()
+        self._config = dict(
+            image_size=image_size,
+            channels=channels,
+            width=width,
+            depth=depth,
+            spectral_norm=spectral_norm,
+            batch_norm=batch_norm,
+        )
+        base, n_up = resolution_plan(image_size)
+        widths = _widths(width, n_up)[::-1]  # widths[i]: feature maps at S / 2**(i+1)
+        use_bn = batch_norm and not spectral_norm
+
+        def block(c_in: int, c_out: int, kernel: int, stride: int, pad: int, bn: bool) -> list:
+            conv = nn.Conv2d(c_in, c_out, kernel, stride, pad, bias=not bn)
+            return [conv, nn.BatchNorm2d(c_out)] if bn else [conv]
+
+        layers: list[nn.Module] = []
+        c_in = channels
+        for i, c_out in enumerate(widths):
+            # no BatchNorm on the first layer, as in DCGAN: it sees the raw images
+            layers += block(c_in, c_out, 4, 2, 1, use_bn and i > 0)  # halves H and W
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            for _ in range(depth):
+                layers += block(c_out, c_out, 3, 1, 1, use_bn)
+                layers.append(nn.LeakyReLU(0.2, inplace=True))
+            c_in = c_out
+        layers.append(nn.Conv2d(c_in, 1, base, 1, 0))  # base x base -> 1x1
+        self.main = nn.Sequential(*layers)
+        init_weights(self)
+        if spectral_norm:
+            for m in self.main:
+                if isinstance(m, nn.Conv2d):
+                    _spectral_norm(m)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.main(x).flatten()  # (N, 1, 1, 1) -> (N,)
+
+    def config(self) -> dict:
+        """Constructor kwargs: Discriminator(**netD.config()) rebuilds the architecture."""
+        return dict(self._config)
+
+
+def gan_config(image_size: int, channels: int, params: GanParams) -> dict:
+    """{"generator": kwargs, "discriminator": kwargs} from the data shape and a GanParams.
+
+    The WGAN-GP critic gets no BatchNorm: the penalty is per sample, and BatchNorm
+    would make each critic output depend on the rest of the batch (Gulrajani et al. 2017).
+    """
+    return {
+        "generator": dict(
+            image_size=image_size,
+            channels=channels,
+            z_dim=params.z_dim,
+            width=params.width,
+            depth=params.depth,
+        ),
+        "discriminator": dict(
+            image_size=image_size,
+            channels=channels,
+            width=params.width,
+            depth=params.depth,
+            spectral_norm=params.spectral_norm,
+            batch_norm=params.loss != "wgan-gp",
+        ),
+    }
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in LOSSES:
+        raise ValueError(f"gan.loss: expected one of {', '.join(LOSSES)}; got {kind!r}")
+
+
+def discriminator_loss(kind: str, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """The discriminator's (critic's) loss on (N,) logits; for wgan-gp, without the penalty."""
+    _check_kind(kind)
+    # in fp32: the logits may come out of a bf16 autocast region
+    real, fake = real_logits.float(), fake_logits.float()
+    if kind == "non-saturating":
+        # BCE with logits: -log sigmoid(real) - log(1 - sigmoid(fake))
+        return F.softplus(-real).mean() + F.softplus(fake).mean()
+    if kind == "hinge":
+        return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
+    return fake.mean() - real.mean()  # wgan-gp
+
+
+def generator_loss(kind: str, fake_logits: Tensor) -> Tensor:
+    """The generator's loss on the discriminator's (N,) logits for its samples."""
+    _check_kind(kind)
+    fake = fake_logits.float()
+    if kind == "non-saturating":
+        return F.softplus(-fake).mean()  # -log sigmoid(fake)
+    return -fake.mean()  # hinge and wgan-gp
+
+
+def gradient_penalty(
+    netD: nn.Module, real: Tensor, fake: Tensor, generator: torch.Generator | None = None
+) -> Tensor:
+    """WGAN-GP: mean over the batch of (||grad_x D(x_hat)||_2 - 1)^2 at random interpolates.
+
+    The graph is kept (create_graph=True), so backward on the result reaches netD's weights.
+    """
+    n = real.shape[0]
+    # (N, 1, 1, 1): one interpolation weight per sample, reproducible through `generator`
+    alpha = torch.rand(n, 1, 1, 1, generator=generator, device=real.device, dtype=real.dtype)
+    x_hat = torch.lerp(fake.detach().to(real.dtype), real.detach(), alpha).requires_grad_(True)
+    (grad,) = torch.autograd.grad(netD(x_hat).sum(), x_hat, create_graph=True)
+    norm = grad.float().reshape(n, -1).norm(2, dim=1)  # (N,)
+    return ((norm - 1.0) ** 2).mean()
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema = decay * ema + (1 - decay) * model for parameters; buffers (BatchNorm stats) copied."""
+    # by position, not name: a torch.compile'd model prefixes its names with `_orig_mod.`
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.lerp_(p.to(e.dtype), 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
+        e.copy_(b)

@@ -1,0 +1,428 @@
+"""MLflow runs for the training stages: params, per-step metrics, artifacts and lineage.
+
+One ``TrainingRun`` per training stage. Its ``__enter__`` fails fast with one line
+(``TrackingError``) when the tracking store cannot be used, before any training work.
+Metrics are buffered in memory and sent by one background thread, so ``log_metrics``
+never waits on sqlite or the network; ``__exit__`` sends what is left and ends the run.
+
+The store is ``sqlite:///mlflow.db`` at the repo root unless ``MLFLOW_TRACKING_URI``
+points at a team server.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from genpipe.errors import GenpipeError
+from genpipe.fileio import write_json
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # at the repo root (stages run there)
+
+# MLflow's limits (mlflow.utils.validation): longer param values are truncated by us,
+# bigger batches are rejected by the server.
+PARAM_VALUE_MAX = 6000
+PARAMS_PER_BATCH = 100
+METRICS_PER_BATCH = 1000
+
+FLUSH_SECONDS = 5.0  # buffered metrics are sent at least this often while training
+
+# tag keys
+TAG_MODEL = "genpipe.model"
+TAG_GIT_COMMIT = "git.commit"
+TAG_GIT_DIRTY = "git.dirty"
+TAG_DATA_HASH = "data.hash"
+TAG_DVC_EXP = "dvc.exp_name"
+
+log = logging.getLogger(__name__)
+
+
+class TrackingError(GenpipeError):
+    """The MLflow tracking store cannot be used (unreachable, malformed URI, failed write)."""
+
+
+def tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI if set (and not empty), else DEFAULT_TRACKING_URI."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+_USE_DEFAULT = f"unset MLFLOW_TRACKING_URI to use {DEFAULT_TRACKING_URI}"
+
+
+def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any training, when `uri` cannot be a working tracking store.
+
+    http(s): GET {uri}/health must answer within `timeout` seconds (a 5xx answer fails too).
+    sqlite: the database file's directory must exist (MLflow would silently create it,
+    which turns a typo into a new, empty store). Other schemes are left to MLflow.
+    """
+    scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
+    if scheme in ("http", "https"):
+        _check_http(uri, timeout)
+    elif scheme == "sqlite":
+        _check_sqlite(uri)
+
+
+def _check_http(uri: str, timeout: float) -> None:
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 (raises ValueError on a port that is not a number)
+    except ValueError as exc:
+        raise TrackingError(f"MLflow tracking URI {uri!r} is malformed ({exc})") from None
+    if not parts.hostname:
+        raise TrackingError(
+            f"MLflow tracking URI {uri!r} is malformed; expected http(s)://host[:port][/path]"
+        )
+    url = uri.rstrip("/") + "/health"
+    try:
+        context = _ssl_context(parts.scheme)  # may fail on a bad certificate path
+        with urllib.request.urlopen(url, timeout=timeout, context=context):
+            return
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        # 401/403/404: something answers (auth, a proxy); the API calls that follow decide
+        if exc.code < 500:
+            return
+        reason = f"HTTP {exc.code} on /health"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = _unreachable_reason(exc, timeout)
+    raise TrackingError(
+        f"MLflow tracking server {uri} is unreachable ({reason}); start it or {_USE_DEFAULT}"
+    )
+
+
+def _unreachable_reason(exc: BaseException, timeout: float) -> str:
+    cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(cause, TimeoutError):  # socket.timeout is TimeoutError since 3.10
+        return f"no answer within {timeout:g} s"
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS error: {getattr(cause, 'reason', None) or cause}"
+    if isinstance(cause, socket.gaierror):
+        return "host not found"
+    return " ".join(str(cause).split()) or type(cause).__name__
+
+
+def _ssl_context(scheme: str) -> ssl.SSLContext | None:
+    """TLS as MLflow's own client would do it, from the same environment variables."""
+    if scheme != "https":
+        return None
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("true", "1"):
+        return ssl._create_unverified_context()  # the user opted out of verification
+    context = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"))
+    if client_cert := os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH"):
+        context.load_cert_chain(client_cert)
+    return context
+
+
+def _check_sqlite(uri: str) -> None:
+    if uri in ("sqlite://", "sqlite:///:memory:"):
+        return
+    if not uri.startswith("sqlite:///"):
+        raise TrackingError(
+            f"MLflow tracking URI {uri!r} is malformed; expected sqlite:///relative/path.db "
+            "or sqlite:////absolute/path.db"
+        )
+    db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    if not db.parent.is_dir():
+        raise TrackingError(
+            f"MLflow tracking store {uri}: directory {db.parent} does not exist; "
+            f"create it or {_USE_DEFAULT}"
+        )
+
+
+def git_info(repo: Path = Path(".")) -> dict[str, str]:
+    """{"commit", "short", "dirty"} of the checkout at `repo`; never raises.
+
+    No git or not a repository: commit "unknown", short "nogit", dirty "unknown".
+    dirty is "true" when a tracked file differs from HEAD; dvc.lock does not count,
+    since `dvc repro` rewrites it as stages finish.
+    """
+    unknown = {"commit": "unknown", "short": "nogit", "dirty": "unknown"}
+    commit = _git(repo, "rev-parse", "--verify", "HEAD")
+    if commit is None:
+        return unknown
+    status = _git(
+        repo, "status", "--porcelain", "--untracked-files=no", "--", ".",
+        ":(exclude,glob)**/dvc.lock",
+    )  # fmt: skip
+    dirty = "unknown" if status is None else str(bool(status)).lower()
+    return {"commit": commit, "short": commit[:7], "dirty": dirty}
+
+
+def _git(repo: Path, *args: str) -> str | None:
+    """stdout of `git -C repo args`, stripped; None when git is missing or fails."""
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(repo), *args],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip()
+
+
+def run_name(model: str, short_sha: str, exp_name: str | None) -> str:
+    """'gan-3f2a1bc-clean-hake' (model, commit, DVC experiment); 'gan-3f2a1bc' without one."""
+    return "-".join(part for part in (model, short_sha, exp_name) if part)
+
+
+def flatten_params(params: dict, prefix: str = "") -> dict[str, str]:
+    """Nested params as MLflow params: dotted keys, str() values, None as 'null'.
+
+    Lists are kept whole ("['gan', 'autoencoder']"); an empty mapping is kept as '{}'
+    so its key still shows. Values are cut to MLflow's limit of 6000 characters.
+    """
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten_params(value, prefix=f"{name}."))
+        else:
+            flat[name] = ("null" if value is None else str(value))[:PARAM_VALUE_MAX]
+    return flat
+
+
+def _import_mlflow() -> Any:
+    """Import MLflow (slow: about 2 s) only when a run starts; keep its INFO lines quiet."""
+    import mlflow
+
+    # MLflow sets its own logger to INFO on import (first sqlite use logs migrations);
+    # an explicit MLFLOW_LOGGING_LEVEL still wins.
+    if not os.environ.get("MLFLOW_LOGGING_LEVEL"):
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    return mlflow
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class TrainingRun:
+    """One MLflow run for one model's training stage; a context manager.
+
+    Metrics are buffered in memory and handed, every 1000 points or FLUSH_SECONDS, to a
+    single sender thread that calls MlflowClient.log_batch; one thread keeps the points
+    in order and never has two writers on one sqlite file.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        params: dict,
+        data_hash: str,
+        experiment: str,
+        record_path: Path,
+        uri: str | None = None,
+    ) -> None:
+        self.model = model
+        self.params = params
+        self.data_hash = data_hash
+        self.experiment = experiment
+        self.record_path = Path(record_path)
+        self.uri = uri or tracking_uri()
+        self.run_name = ""
+        self.experiment_id = ""
+        self._run_id: str | None = None
+        self._client: MlflowClient | None = None
+        self._buffer: list[tuple[str, float, int, int]] = []  # (key, value, ms, step)
+        self._last_flush = 0.0
+        self._sender: ThreadPoolExecutor | None = None
+        self._sent: list[Future] = []
+
+    @property
+    def run_id(self) -> str:
+        if self._run_id is None:
+            raise RuntimeError("TrainingRun.run_id: the run has not started (use `with`)")
+        return self._run_id
+
+    def __enter__(self) -> TrainingRun:
+        check_tracking_server(self.uri)
+        mlflow = _import_mlflow()
+        from mlflow.entities import Param
+        from mlflow.exceptions import MlflowException
+
+        git = git_info()
+        exp_name = os.environ.get("DVC_EXP_NAME") or None
+        self.run_name = run_name(self.model, git["short"], exp_name)
+        tags = {
+            TAG_MODEL: self.model,
+            TAG_GIT_COMMIT: git["commit"],
+            TAG_GIT_DIRTY: git["dirty"],
+            TAG_DATA_HASH: self.data_hash,
+            "mlflow.source.type": "LOCAL",
+        }
+        if exp_name:
+            tags[TAG_DVC_EXP] = exp_name
+        if git["commit"] != "unknown":
+            tags["mlflow.source.git.commit"] = git["commit"]
+        if user := _user():
+            tags["mlflow.user"] = user
+
+        try:
+            self._client = mlflow.MlflowClient(tracking_uri=self.uri)
+            self.experiment_id = self._experiment_id()
+            run = self._client.create_run(self.experiment_id, tags=tags, run_name=self.run_name)
+            self._run_id = run.info.run_id
+            params = [Param(k, v) for k, v in flatten_params(self.params).items()]
+            for i in range(0, len(params), PARAMS_PER_BATCH):
+                self._client.log_batch(self._run_id, params=params[i : i + PARAMS_PER_BATCH])
+            write_json(
+                self.record_path,
+                {
+                    "run_id": self._run_id,
+                    "tracking_uri": self.uri,
+                    "experiment_id": self.experiment_id,
+                    "run_name": self.run_name,
+                },
+            )
+            # process-wide (and $MLFLOW_TRACKING_URI for subprocesses), once it is known to work
+            mlflow.set_tracking_uri(self.uri)
+        except (MlflowException, OSError, ImportError) as exc:
+            # ImportError: a database URI whose driver is not installed (postgresql://...)
+            if self._run_id is not None:
+                self._terminate("FAILED")
+            raise TrackingError(
+                f"MLflow tracking store {self.uri}: could not start a run in experiment "
+                f"'{self.experiment}' ({_one_line(exc)})"
+            ) from exc
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genpipe-mlflow")
+        self._last_flush = time.monotonic()
+        return self
+
+    def _experiment_id(self) -> str:
+        from mlflow.exceptions import MlflowException
+
+        assert self._client is not None
+        experiment = self._client.get_experiment_by_name(self.experiment)
+        if experiment is None:
+            try:
+                return self._client.create_experiment(self.experiment)
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                # another stage created it in the meantime
+                experiment = self._client.get_experiment_by_name(self.experiment)
+        if experiment.lifecycle_stage == "deleted":
+            raise TrackingError(
+                f"MLflow experiment '{self.experiment}' in {self.uri} is deleted; restore it "
+                f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) "
+                "or set train.experiment to another name"
+            )
+        return experiment.experiment_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Buffer one step's metrics; cheap (no I/O here)."""
+        ms = int(time.time() * 1000)
+        self._buffer.extend((key, float(value), ms, step) for key, value in metrics.items())
+        if (
+            len(self._buffer) >= METRICS_PER_BATCH
+            or time.monotonic() - self._last_flush >= FLUSH_SECONDS
+        ):
+            self._check_sent()
+            self._flush()
+
+    def _flush(self) -> None:
+        """Hand the buffer to the sender thread, in batches MLflow accepts."""
+        assert self._sender is not None
+        points, self._buffer = self._buffer, []
+        for i in range(0, len(points), METRICS_PER_BATCH):
+            self._sent.append(self._sender.submit(self._send, points[i : i + METRICS_PER_BATCH]))
+        self._last_flush = time.monotonic()
+
+    def _send(self, points: list[tuple[str, float, int, int]]) -> None:
+        from mlflow.entities import Metric
+
+        assert self._client is not None
+        metrics = [Metric(key, value, ms, step) for key, value, ms, step in points]
+        self._client.log_batch(self.run_id, metrics=metrics)
+
+    def _check_sent(self) -> None:
+        """Raise on a batch that failed to send (after MLflow's own retries): stop early
+        rather than train for hours into a run that is missing its metrics."""
+        failed = [f.exception() for f in self._sent if f.done() and f.exception()]
+        self._sent = [f for f in self._sent if not f.done()]
+        if failed:
+            raise TrackingError(
+                f"MLflow tracking store {self.uri}: could not log metrics to run "
+                f"{self.run_id} ({_one_line(failed[0])})"
+            ) from failed[0]
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Upload a file (or a directory's files) to the run, now."""
+        from mlflow.exceptions import MlflowException
+
+        assert self._client is not None, "log_artifact outside `with TrainingRun(...)`"
+        path = Path(path)
+        if not path.exists():
+            raise TrackingError(f"{path}: expected a file to log as an artifact; found none")
+        try:
+            if path.is_dir():
+                self._client.log_artifacts(self.run_id, str(path), artifact_path)
+            else:
+                self._client.log_artifact(self.run_id, str(path), artifact_path)
+        except (MlflowException, OSError) as exc:
+            raise TrackingError(
+                f"MLflow run {self.run_id}: could not log artifact {path} ({_one_line(exc)})"
+            ) from exc
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # send what is buffered and wait for the sender; the first failure wins
+        error: TrackingError | None = None
+        self._flush()
+        assert self._sender is not None
+        self._sender.shutdown(wait=True)
+        try:
+            self._check_sent()
+        except TrackingError as sent_error:
+            error = sent_error
+        if exc_type is None:
+            status = "FINISHED" if error is None else "FAILED"
+        else:
+            status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+        terminate_error = self._terminate(status)
+        error = error or terminate_error
+        if error is None:
+            return
+        if exc_type is None:
+            raise error
+        # the training error propagates; the tracking one is only reported
+        log.warning("%s", error)
+
+    def _terminate(self, status: str) -> TrackingError | None:
+        """End the run with `status`; return (not raise) what went wrong."""
+        from mlflow.exceptions import MlflowException
+
+        assert self._client is not None
+        try:
+            self._client.set_terminated(self.run_id, status=status)
+        except (MlflowException, OSError) as exc:
+            return TrackingError(
+                f"MLflow tracking store {self.uri}: could not end run {self.run_id} "
+                f"as {status} ({_one_line(exc)})"
+            )
+        return None
+
+
+def _user() -> str | None:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name and no $USER (some containers)
+        return None

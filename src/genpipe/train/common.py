@@ -1,0 +1,281 @@
+"""What the training loops share: device and precision, seeding, on-device batching,
+checkpoints, the non-finite-loss guard, the training log and weights on disk.
+
+Nothing else is shared: each loop is written out in its own module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from torch import nn
+
+from genpipe.data.canonical import IMAGES_FILE, MANIFEST_FILE, read_prepared
+from genpipe.errors import GenpipeError
+from genpipe.fileio import atomic_path
+
+
+class TrainingError(GenpipeError):
+    """Training cannot start or go on (bad checkpoint, non-finite loss, missing device)."""
+
+
+# --- device and precision -----------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks cuda, then mps, then cpu. Called once; the result is passed down."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("train.device: expected a CUDA GPU for 'cuda'; found none")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise TrainingError("train.device: expected Apple's MPS for 'mps'; found none")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32. 'auto': bf16 on CUDA where supported."""
+    if name == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else None
+    if name == "fp16" and device.type == "cpu":
+        raise TrainingError("train.precision: expected fp32 or bf16 on the CPU; got fp16")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 only; a disabled scaler passes everything through."""
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+
+def prepare_module(module: nn.Module, device: torch.device) -> nn.Module:
+    """On the device; channels_last on CUDA, where convolutions run faster in it."""
+    module = module.to(device)
+    return module.to(memory_format=torch.channels_last) if device.type == "cuda" else module
+
+
+def seed_everything(seed: int, device: torch.device, cpu_threads: int = 0) -> None:
+    """One seed for the global RNG (weight init); sampling takes explicit generators.
+
+    On the CPU the thread count is fixed too: it can change the order of reductions.
+    """
+    if device.type == "cpu" and cpu_threads:
+        torch.set_num_threads(cpu_threads)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
+def make_generator(device: torch.device, seed: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+# --- batching -----------------------------------------------------------------------------
+
+
+class DeviceImages:
+    """The whole uint8 dataset on the device; batches are drawn by index there."""
+
+    def __init__(self, images: np.ndarray, device: torch.device):
+        self.device = device
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device)  # (N, C, H, W)
+        self.channels_last = device.type == "cuda"
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, size: int, generator: torch.Generator) -> torch.Tensor:
+        """(size, C, H, W) float in [-1, 1], drawn uniformly with replacement."""
+        index = torch.randint(len(self.images), (size,), generator=generator, device=self.device)
+        x = self.images[index].float().div_(127.5).sub_(1.0)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """[-1, 1] float (N, C, H, W) -> uint8 numpy."""
+    return x.float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+
+
+# --- checkpoints --------------------------------------------------------------------------
+
+# Params that change neither the weights nor the steps taken: a resume may differ in these.
+NOT_IN_FINGERPRINT = {"log_every", "checkpoint_every", "experiment"}
+
+
+def run_identity(model: str, params: dict[str, Any], data_hash: str) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the model's params, shared params, data."""
+    train = {k: v for k, v in params["train"].items() if k not in NOT_IN_FINGERPRINT}
+    return {"model": model, "seed": params["seed"], "train": train, model: params[model],
+            "data_hash": data_hash}  # fmt: skip
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write atomically: a crash at any point leaves the previous checkpoint whole."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint at `path` if it was written by this very run; None to start afresh.
+
+    A finished run's checkpoint (kept so that a forced rerun is instant) never blocks a run
+    under new params; an unfinished one does, so that a crashed run is never mixed with
+    another or silently thrown away.
+    """
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or foreign file: never mixed in
+        raise TrainingError(
+            f"{path}: expected a genpipe checkpoint; could not read it ({type(exc).__name__}); "
+            "delete it to start over"
+        ) from None
+    written = json.loads(state.get("identity", "{}"))
+    if written != identity and state.get("finished"):
+        return None
+    if written != identity:
+        changed = sorted(_diff(written, identity))
+        raise TrainingError(
+            f"{path}: written under other params or data ({', '.join(changed[:5])} differ); "
+            "restore them to resume, or delete the checkpoint to start over"
+        )
+    return state
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> Iterator[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in a.keys() | b.keys():
+            yield from _diff(a.get(key), b.get(key), f"{prefix}{key}.")
+    elif a != b:
+        yield prefix.rstrip(".") or "identity"
+
+
+def rng_states(*generators: torch.Generator) -> list[torch.Tensor]:
+    return [torch.get_rng_state(), *(g.get_state() for g in generators)]
+
+
+def set_rng_states(states: list[torch.Tensor], *generators: torch.Generator) -> None:
+    torch.set_rng_state(states[0])
+    for g, state in zip(generators, states[1:], strict=True):
+        g.set_state(state)
+
+
+# --- the non-finite guard and the training log ---------------------------------------------
+
+
+class LossMonitor:
+    """Collects per-step losses on the device and checks them once per interval.
+
+    No per-step host sync: the losses of an interval are stacked and copied once.
+    """
+
+    def __init__(self, names: tuple[str, ...]):
+        self.names = names
+        self.steps: list[int] = []
+        self.values: list[torch.Tensor] = []
+
+    def add(self, step: int, *losses: torch.Tensor) -> None:
+        self.steps.append(step)
+        self.values.append(torch.stack([loss.detach().float() for loss in losses]))
+
+    def check(self) -> torch.Tensor:
+        """The pending losses as (steps, losses) on the CPU; raise at the first non-finite one."""
+        values = torch.stack(self.values).cpu() if self.values else torch.zeros(0, len(self.names))
+        bad = ~torch.isfinite(values)
+        if bad.any():
+            row, col = (int(i) for i in bad.nonzero()[0])
+            raise TrainingError(
+                f"step {self.steps[row]}: {self.names[col]} is {values[row, col].item()}; "
+                "training stopped, the last good checkpoint is kept"
+            )
+        return values
+
+    def drain(self) -> dict[str, float]:
+        """Mean of each loss since the last drain, after `check`."""
+        values = self.check()
+        self.steps, self.values = [], []
+        return dict(zip(self.names, values.mean(0).tolist(), strict=True))
+
+
+@dataclass
+class TrainLog:
+    """Rows of reports/<model>/train_log.csv; kept in the checkpoint so a resume continues it."""
+
+    rows: list[dict[str, float]]
+
+    def write(self, path: Path) -> None:
+        if not self.rows:
+            return
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(self.rows[0]))
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+
+# --- outputs ------------------------------------------------------------------------------
+
+
+def load_train_split(prepared_dir: Path) -> tuple[np.ndarray, str]:
+    """The train split's images (N, C, S, S) uint8, and the SHA-256 of the prepared data."""
+    prepared = read_prepared(prepared_dir)
+    train = (prepared.manifest["split"] == "train").to_numpy()
+    if not train.any():
+        raise TrainingError(f"{prepared_dir}: expected images in the train split; found none")
+    digest = hashlib.sha256()
+    for name in (IMAGES_FILE, MANIFEST_FILE):
+        with open(Path(prepared_dir) / name, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return np.asarray(prepared.images[train]), digest.hexdigest()
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module itself, under torch.compile's wrapper."""
+    return getattr(module, "_orig_mod", module)
+
+
+def save_weights(module: nn.Module, path: Path) -> None:
+    """Tensors only (safetensors), contiguous on the CPU; written atomically."""
+    state = {k: v.detach().cpu().contiguous() for k, v in unwrap(module).state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))
+
+
+def image_grid(images: np.ndarray, rows: int, min_tile: int = 32) -> Image.Image:
+    """(N, C, S, S) uint8 -> one PIL image, rows x ceil(N / rows), 2 px gaps."""
+    n, c, s, _ = images.shape
+    scale = max(1, -(-min_tile // s))
+    cols = -(-n // rows)
+    tile = s * scale
+    canvas = np.zeros((rows * (tile + 2) + 2, cols * (tile + 2) + 2, c), dtype=np.uint8)
+    for i, image in enumerate(images):
+        r, col = divmod(i, cols)
+        big = image.transpose(1, 2, 0).repeat(scale, axis=0).repeat(scale, axis=1)
+        canvas[2 + r * (tile + 2) : 2 + r * (tile + 2) + tile,
+               2 + col * (tile + 2) : 2 + col * (tile + 2) + tile] = big  # fmt: skip
+    return Image.fromarray(canvas[..., 0] if c == 1 else canvas)

@@ -1,0 +1,299 @@
+"""tracking: MLflow runs in a temporary sqlite store, server checks, git lineage, run names."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from genpipe import tracking
+from genpipe.tracking import TrackingError, TrainingRun
+
+# MLflow's sqlalchemy store uses an option that SQLAlchemy deprecates; not ours to fix
+pytestmark = pytest.mark.filterwarnings("ignore::sqlalchemy.exc.SADeprecationWarning")
+
+PARAMS = {
+    "seed": 0,
+    "models": ["gan", "autoencoder"],
+    "data": {"source": "digits", "mirrors": None, "sha256": {}, "download": {"timeout": 30.0}},
+    "gan": {"lr_g": 2e-4, "steps": 3000, "spectral_norm": False},
+}
+
+
+@pytest.fixture(scope="module")
+def template_db(tmp_path_factory) -> Path:
+    """An empty, migrated MLflow sqlite store. A fresh store spends seconds in migrations;
+    each test gets a copy of this one instead."""
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def store(template_db, tmp_path, monkeypatch) -> Iterator[str]:
+    """MLFLOW_TRACKING_URI -> a sqlite store of this test's own, run from tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # tmp_path: no repo
+    shutil.copy(template_db, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    yield uri
+    mlflow.set_tracking_uri(None)  # TrainingRun set it process-wide; leave no trace
+
+
+def _git(repo: Path, *args: str) -> str:
+    cmd = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    cmd += ["-c", "commit.gpgsign=false", "-C", str(repo), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _git_repo(path: Path) -> str:
+    """A repository at `path` with params.yaml and dvc.lock committed; returns the sha."""
+    _git(path, "init", "-q")
+    (path / "params.yaml").write_text("seed: 0\n")
+    (path / "dvc.lock").write_text("schema: '2.0'\n")
+    _git(path, "add", "params.yaml", "dvc.lock")
+    _git(path, "commit", "-q", "-m", "init")
+    return _git(path, "rev-parse", "HEAD")
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _training_run(record: Path, **kwargs) -> TrainingRun:
+    kwargs.setdefault("model", "gan")
+    return TrainingRun(
+        params=PARAMS, data_hash="d" * 40, experiment="genpipe", record_path=record, **kwargs
+    )
+
+
+def test_run_is_logged_to_sqlite(store, tmp_path):
+    sha = _git_repo(tmp_path)
+    (tmp_path / "samples.png").write_bytes(b"not really a png")
+    record = tmp_path / "models" / "gan" / "mlflow_run.json"  # its directory is created
+    steps = [0, 50, 100, 150]
+
+    with _training_run(record) as run:
+        for step in steps:
+            run.log_metrics({"loss_d": 0.5, "loss_g": 1.0 + step / 100}, step=step)
+        run.log_artifact(Path("samples.png"))
+
+    client = MlflowClient(store)
+    logged = client.get_run(run.run_id)
+    assert logged.info.status == "FINISHED"
+    assert logged.info.run_name == run.run_name == f"gan-{sha[:7]}"
+    assert client.get_experiment(logged.info.experiment_id).name == "genpipe"
+    assert logged.data.params == {
+        "seed": "0",
+        "models": "['gan', 'autoencoder']",
+        "data.source": "digits",
+        "data.mirrors": "null",
+        "data.sha256": "{}",
+        "data.download.timeout": "30.0",
+        "gan.lr_g": "0.0002",
+        "gan.steps": "3000",
+        "gan.spectral_norm": "False",
+    }
+    tags = logged.data.tags
+    assert tags["git.commit"] == tags["mlflow.source.git.commit"] == sha
+    assert tags["git.dirty"] == "false"  # the untracked mlflow.db and mlruns/ do not count
+    assert tags["data.hash"] == "d" * 40
+    assert tags["genpipe.model"] == "gan"
+    assert "dvc.exp_name" not in tags
+    history = client.get_metric_history(run.run_id, "loss_g")
+    assert sorted((m.step, m.value) for m in history) == [(s, 1.0 + s / 100) for s in steps]
+    assert [a.path for a in client.list_artifacts(run.run_id)] == ["samples.png"]
+
+    text = record.read_text()
+    assert text.endswith("}\n")
+    assert json.loads(text) == {
+        "experiment_id": logged.info.experiment_id,
+        "run_id": run.run_id,
+        "run_name": run.run_name,
+        "tracking_uri": store,
+    }
+    assert list(json.loads(text)) == sorted(json.loads(text))
+    assert [p.name for p in record.parent.iterdir()] == ["mlflow_run.json"]  # no temp file
+
+
+def test_run_name_and_dvc_experiment(store, tmp_path, monkeypatch):
+    assert tracking.run_name("gan", "3f2a1bc", "clean-hake") == "gan-3f2a1bc-clean-hake"
+    assert tracking.run_name("gan", "3f2a1bc", None) == "gan-3f2a1bc"
+    monkeypatch.setenv("DVC_EXP_NAME", "clean-hake")
+
+    with _training_run(tmp_path / "run.json", model="autoencoder") as run:
+        pass
+
+    logged = MlflowClient(store).get_run(run.run_id)
+    assert logged.info.run_name == "autoencoder-nogit-clean-hake"  # tmp_path is no repo
+    assert logged.data.tags["dvc.exp_name"] == "clean-hake"
+    assert logged.data.tags["git.commit"] == "unknown"
+    assert "mlflow.source.git.commit" not in logged.data.tags
+
+
+@pytest.mark.parametrize(
+    ("error", "status"), [(ValueError, "FAILED"), (KeyboardInterrupt, "KILLED")]
+)
+def test_exception_ends_the_run_and_propagates(store, tmp_path, error, status):
+    with pytest.raises(error, match="boom"), _training_run(tmp_path / "run.json") as run:
+        run.log_metrics({"loss_g": 2.5}, step=7)
+        raise error("boom")
+
+    client = MlflowClient(store)
+    assert client.get_run(run.run_id).info.status == status
+    # what was logged before the failure is kept
+    assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "loss_g")] == [
+        (7, 2.5)
+    ]
+
+
+def test_log_metrics_is_cheap_and_complete(store, tmp_path):
+    n = 2000
+    with _training_run(tmp_path / "run.json") as run:
+        start = time.perf_counter()
+        for step in range(n):
+            run.log_metrics({"loss_d": 0.5, "loss_g": step / 7, "images_per_s": 900.0}, step)
+        elapsed = time.perf_counter() - start
+    assert elapsed < 1.0, f"{n} log_metrics calls took {elapsed:.2f} s"
+
+    client = MlflowClient(store)
+    history = client.get_metric_history(run.run_id, "loss_g")
+    assert sorted((m.step, m.value) for m in history) == [(s, s / 7) for s in range(n)]
+    assert len(client.get_metric_history(run.run_id, "images_per_s")) == n
+
+
+def test_failed_metric_upload_stops_training(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(tracking, "FLUSH_SECONDS", 0.0)  # send on every call
+
+    def refuse(*args, **kwargs):
+        raise MlflowException("database is locked")
+
+    steps = []
+    with pytest.raises(TrackingError, match="could not log metrics.*database is locked"):  # noqa: SIM117
+        with _training_run(tmp_path / "run.json") as run:
+            monkeypatch.setattr(run._client, "log_batch", refuse)
+            for step in range(300):
+                run.log_metrics({"loss_g": 1.0}, step)
+                steps.append(step)
+                time.sleep(0.01)
+    assert len(steps) < 50  # raised from log_metrics soon after the send failed, not at exit
+    assert MlflowClient(store).get_run(run.run_id).info.status == "FAILED"
+
+
+def test_flatten_params():
+    params = {
+        "gan": {"lr_g": 2e-4, "loss": "hinge"},
+        "data": {"download": {"timeout": 30.0, "retries": 3}, "path": None, "sha256": {}},
+        "models": ["gan", "autoencoder"],
+        "long": "x" * 7000,
+    }
+
+    flat = tracking.flatten_params(params)
+
+    assert flat == {
+        "gan.lr_g": "0.0002",
+        "gan.loss": "hinge",
+        "data.download.timeout": "30.0",
+        "data.download.retries": "3",
+        "data.path": "null",
+        "data.sha256": "{}",
+        "models": "['gan', 'autoencoder']",
+        "long": "x" * tracking.PARAM_VALUE_MAX,
+    }
+
+
+def test_tracking_uri(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.tracking_uri() == "sqlite:///mlflow.db" == tracking.DEFAULT_TRACKING_URI
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    assert tracking.tracking_uri() == "sqlite:///mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking.tracking_uri() == "http://127.0.0.1:5000"
+
+
+def test_unreachable_server_fails_fast(store, tmp_path):
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    start = time.perf_counter()
+    with pytest.raises(TrackingError) as excinfo:
+        tracking.check_tracking_server(uri)
+    assert time.perf_counter() - start < 3.0
+    message = str(excinfo.value)
+    assert "\n" not in message
+    assert message == (
+        f"MLflow tracking server {uri} is unreachable (connection refused); "
+        "start it or unset MLFLOW_TRACKING_URI to use sqlite:///mlflow.db"
+    )
+
+    # a run fails in __enter__: the body (training) never runs, no record is written
+    record = tmp_path / "run.json"
+    with pytest.raises(TrackingError, match="unreachable"), _training_run(record, uri=uri):
+        pytest.fail("training ran although the tracking server is down")
+    assert not record.exists()
+
+
+def test_server_health(http_server):
+    http_server.route("/health", (200, b"OK"), (503, b"down"), ("hang", b""))
+
+    tracking.check_tracking_server(http_server.url + "/")
+    assert http_server.hits["/health"] == 1
+
+    with pytest.raises(TrackingError, match=r"unreachable \(HTTP 503 on /health\)"):
+        tracking.check_tracking_server(http_server.url)
+
+    start = time.perf_counter()
+    with pytest.raises(TrackingError, match=r"unreachable \(no answer within 0.2 s\)"):
+        tracking.check_tracking_server(http_server.url, timeout=0.2)
+    assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.parametrize(
+    ("uri", "fragment"),
+    [
+        ("sqlite:///{tmp}/missing/mlflow.db", "directory {tmp}/missing does not exist"),
+        ("sqlite:/mlflow.db", "is malformed; expected sqlite:///relative/path.db"),
+        ("http://", "is malformed; expected http(s)://host"),
+        ("http://host:port", "is malformed"),
+        ("foo://bar", "could not start a run in experiment 'genpipe'"),
+    ],
+)
+def test_bad_uri_is_a_one_line_error(store, tmp_path, uri, fragment):
+    uri = uri.format(tmp=tmp_path)
+    with pytest.raises(TrackingError) as excinfo, _training_run(tmp_path / "r.json", uri=uri):
+        pytest.fail("training ran with an unusable tracking URI")
+    assert fragment.format(tmp=tmp_path) in str(excinfo.value)
+    assert "\n" not in str(excinfo.value)
+    assert not (tmp_path / "missing").exists()  # MLflow would have created it
+
+
+def test_git_info_outside_a_repository(tmp_path, monkeypatch):
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    unknown = {"commit": "unknown", "short": "nogit", "dirty": "unknown"}
+    assert tracking.git_info(tmp_path) == unknown
+    assert tracking.git_info(tmp_path / "does-not-exist") == unknown
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git executable at all
+    assert tracking.git_info(tmp_path) == unknown
+
+
+def test_git_info_in_a_repository(tmp_path):
+    sha = _git_repo(tmp_path)
+    assert tracking.git_info(tmp_path) == {"commit": sha, "short": sha[:7], "dirty": "false"}
+
+    (tmp_path / "untracked.txt").write_text("new\n")
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")  # DVC rewrites it
+    assert tracking.git_info(tmp_path)["dirty"] == "false"
+
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    assert tracking.git_info(tmp_path) == {"commit": sha, "short": sha[:7], "dirty": "true"}

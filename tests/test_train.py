@@ -1,0 +1,272 @@
+"""Training loops: determinism, checkpoints and resume (also after SIGKILL), the NaN guard."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from genpipe.data.canonical import (
+    Prepared,
+    build_manifest,
+    content_split,
+    image_sha1,
+    write_prepared,
+)
+from genpipe.params import parse_params
+from genpipe.train import autoencoder as ae_loop
+from genpipe.train import common
+from genpipe.train import gan as gan_loop
+from genpipe.train.common import TrainingError
+
+from builders import random_images
+
+REPO = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+IMAGES = random_images(64, 1, 8, seed=7)  # (64, 1, 8, 8) uint8
+
+TINY = {
+    "train": {"batch_size": 16, "checkpoint_every": 4, "log_every": 4, "device": "cpu"},
+    "gan": {"steps": 12, "z_dim": 8, "width": 16, "depth": 1},
+    "autoencoder": {"steps": 12, "latent_dim": 4, "width": 8},
+}
+
+
+def tiny_params(**overrides):
+    raw = {section: dict(values) for section, values in TINY.items()}
+    for section, values in overrides.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return parse_params(raw)
+
+
+def run_gan(params, tmp_path: Path, name: str = "run"):
+    return gan_loop.train_gan(params, IMAGES, "data-hash", CPU, tmp_path / name / "ckpt.pt",
+                              tmp_path / name / "train_log.csv")  # fmt: skip
+
+
+def run_ae(params, tmp_path: Path, name: str = "run"):
+    return ae_loop.train_autoencoder(params, IMAGES, "data-hash", CPU, tmp_path / name / "ckpt.pt",
+                                     tmp_path / name / "train_log.csv")  # fmt: skip
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+# --- determinism --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loss", ["non-saturating", "hinge", "wgan-gp"])
+def test_gan_runs_are_bitwise_identical(tmp_path, loss):
+    params = tiny_params(gan={"loss": loss})
+    first, second = run_gan(params, tmp_path, "a"), run_gan(params, tmp_path, "b")
+    for net in ("netG", "netD", "ema"):
+        assert_same_weights(getattr(first, net), getattr(second, net))
+    before = gan_loop.Generator(8, 1, 8, 16, 1).state_dict()  # weights moved from their init
+    assert not torch.equal(before["main.0.weight"], first.netG.state_dict()["main.0.weight"])
+
+
+@pytest.mark.parametrize("kind", ["ae", "vae"])
+def test_autoencoder_runs_are_bitwise_identical(tmp_path, kind):
+    params = tiny_params(autoencoder={"kind": kind})
+    assert_same_weights(run_ae(params, tmp_path, "a").net, run_ae(params, tmp_path, "b").net)
+
+
+def test_seed_changes_the_weights(tmp_path):
+    a = run_gan(tiny_params(), tmp_path, "a").netG.state_dict()
+    b = gan_loop.train_gan(parse_params({**TINY, "seed": 1}), IMAGES, "h", CPU,
+                           tmp_path / "b.pt", tmp_path / "b.csv").netG.state_dict()  # fmt: skip
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_log_rows(tmp_path):
+    run_gan(tiny_params(), tmp_path)
+    rows = list(csv.DictReader((tmp_path / "run" / "train_log.csv").open()))
+    assert [int(r["step"]) for r in rows] == [4, 8, 12]
+    assert set(rows[0]) == {"step", "epoch", "loss_d", "loss_g", "images_per_s"}
+    assert float(rows[-1]["epoch"]) == pytest.approx(12 * 16 / 64)
+    assert all(float(r["images_per_s"]) > 0 for r in rows)
+
+
+# --- checkpoints ----------------------------------------------------------------------------
+
+
+def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path):
+    full = run_gan(tiny_params(), tmp_path, "full")
+    # a run stopped after step 8 (its checkpoint is at step 8), then resumed to 12
+    run_gan(tiny_params(gan={"steps": 8}), tmp_path, "resumed")
+    ckpt = tmp_path / "resumed" / "ckpt.pt"
+    state = torch.load(ckpt, weights_only=True)
+    assert state["step"] == 8 and state["finished"] is True
+    state["finished"] = False  # as if it had been killed; steps is in the identity, so:
+    identity = common.run_identity("gan", tiny_params().model_dump(mode="json", by_alias=True),
+                                   "data-hash")  # fmt: skip
+    state["identity"] = __import__("json").dumps(identity, sort_keys=True)
+    torch.save(state, ckpt)
+    resumed = run_gan(tiny_params(), tmp_path, "resumed")
+    for net in ("netG", "netD", "ema"):
+        assert_same_weights(getattr(full, net), getattr(resumed, net))
+    rows = list(csv.DictReader((tmp_path / "resumed" / "train_log.csv").open()))
+    assert [int(r["step"]) for r in rows] == [4, 8, 12]
+
+
+def test_unfinished_checkpoint_under_other_params_is_refused(tmp_path):
+    run_gan(tiny_params(), tmp_path)
+    ckpt = tmp_path / "run" / "ckpt.pt"
+    state = torch.load(ckpt, weights_only=True)
+    state["finished"] = False
+    torch.save(state, ckpt)
+    before = ckpt.read_bytes()
+    with pytest.raises(TrainingError, match=r"ckpt.pt: written under other params or data "
+                                            r"\(gan.lr_g differ\); restore them"):  # fmt: skip
+        run_gan(tiny_params(gan={"lr_g": 1e-3}), tmp_path)
+    assert ckpt.read_bytes() == before  # never overwritten or mixed in
+
+
+def test_finished_checkpoint_does_not_block_new_params(tmp_path):
+    run_gan(tiny_params(), tmp_path)
+    other = run_gan(tiny_params(gan={"lr_g": 1e-3}), tmp_path)
+    fresh = run_gan(tiny_params(gan={"lr_g": 1e-3}), tmp_path, "fresh")
+    assert_same_weights(other.netG, fresh.netG)
+
+
+def test_foreign_checkpoint_file_is_refused(tmp_path):
+    ckpt = tmp_path / "run" / "ckpt.pt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainingError, match="expected a genpipe checkpoint"):
+        run_gan(tiny_params(), tmp_path)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real_loss = gan_loop.generator_loss
+    calls = {"n": 0}
+
+    def poisoned(kind, logits):
+        calls["n"] += 1
+        loss = real_loss(kind, logits)
+        return loss * float("nan") if calls["n"] == 7 else loss
+
+    monkeypatch.setattr(gan_loop, "generator_loss", poisoned)
+    with pytest.raises(TrainingError, match=r"^step 7: loss_g is nan; training stopped"):
+        run_gan(tiny_params(), tmp_path)
+    state = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+    assert state["step"] == 4 and not state["finished"]
+    assert all(torch.isfinite(v).all() for v in state["netG"].values() if v.is_floating_point())
+
+
+def test_loss_monitor_names_the_first_bad_step():
+    monitor = common.LossMonitor(("a", "b"))
+    monitor.add(1, torch.tensor(1.0), torch.tensor(2.0))
+    monitor.add(2, torch.tensor(3.0), torch.tensor(4.0))
+    assert monitor.drain() == {"a": 2.0, "b": 3.0}
+    monitor.add(3, torch.tensor(1.0), torch.tensor(float("inf")))
+    with pytest.raises(TrainingError, match="step 3: b is inf"):
+        monitor.check()
+
+
+# --- devices, batching, grids -----------------------------------------------------------------
+
+
+def test_device_and_precision_resolution():
+    assert common.resolve_device("cpu") == CPU
+    assert common.resolve_precision("auto", CPU) is None  # fp32 on the CPU
+    assert common.resolve_precision("bf16", CPU) is torch.bfloat16
+    with pytest.raises(TrainingError, match="fp32 or bf16 on the CPU; got fp16"):
+        common.resolve_precision("fp16", CPU)
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainingError, match="train.device: expected a CUDA GPU"):
+            common.resolve_device("cuda")
+
+
+def test_device_batches_are_scaled_and_seeded():
+    data = common.DeviceImages(IMAGES, CPU)
+    a = data.batch(32, common.make_generator(CPU, 0))
+    b = data.batch(32, common.make_generator(CPU, 0))
+    assert a.shape == (32, 1, 8, 8) and a.dtype == torch.float32
+    assert torch.equal(a, b) and a.min() >= -1 and a.max() <= 1
+    pixels = common.to_uint8(a)
+    originals = {image.tobytes() for image in IMAGES}
+    assert all(image.tobytes() in originals for image in pixels)  # exact round trip
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path):
+    result = run_gan(tiny_params(train={"precision": "bf16"}), tmp_path)
+    assert all(torch.isfinite(p).all() for p in result.netG.parameters())
+
+
+def test_image_grid_layout():
+    grid = common.image_grid(np.zeros((64, 3, 8, 8), np.uint8) + 255, rows=8)
+    assert grid.mode == "RGB" and grid.size == (8 * 34 + 2, 8 * 34 + 2)
+
+
+# --- the stage script: kill -9 and resume ----------------------------------------------------
+
+
+def make_workdir(path: Path, params: dict) -> Path:
+    images = random_images(80, 1, 8, seed=3)
+    sha1 = image_sha1(images)
+    manifest = build_manifest(images, np.arange(80) % 10, content_split(sha1, 0.2), ["x"] * 80)
+    write_prepared(Prepared(images, manifest, {"num_classes": 10}), path / "data" / "prepared")
+    (path / "params.yaml").write_text(yaml.safe_dump(params))
+    return path
+
+
+def stage(workdir: Path, store: Path) -> subprocess.Popen:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}"}
+    return subprocess.Popen([sys.executable, str(REPO / "pipeline" / "train_gan.py")],
+                            cwd=workdir, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path):
+    params = {"train": {"batch_size": 16, "checkpoint_every": 20, "log_every": 20},
+              "gan": {"steps": 600, "z_dim": 8, "width": 8, "depth": 0}}  # fmt: skip
+    reference = make_workdir(tmp_path / "reference", params)
+    killed = make_workdir(tmp_path / "killed", params)
+
+    store = tmp_path / "mlflow.db"  # one store: MLflow creates its tables once
+    proc = stage(killed, store)
+    ckpt = killed / "checkpoints" / "gan" / "checkpoint.pt"
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    time.sleep(0.25)  # well into training, between two checkpoints
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = torch.load(ckpt, weights_only=True)["step"]
+    assert 0 < step < 600
+
+    resumed = stage(killed, store)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert f"resuming from checkpoints/gan/checkpoint.pt at step {step}" in err
+    uninterrupted = stage(reference, store)
+    out, err = uninterrupted.communicate(timeout=300)
+    assert uninterrupted.returncode == 0, err
+
+    for name in ("generator_ema", "generator", "discriminator"):
+        a = load_file(reference / "models/gan/weights" / f"{name}.safetensors")
+        b = load_file(killed / "models/gan/weights" / f"{name}.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    for name in ("config.json", "generator_ema.safetensors"):
+        assert (reference / "models/gan/weights" / name).read_bytes() == (
+            killed / "models/gan/weights" / name
+        ).read_bytes()
+    assert (reference / "reports/gan/samples.png").read_bytes() == (
+        killed / "reports/gan/samples.png"
+    ).read_bytes()
