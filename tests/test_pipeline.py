@@ -20,9 +20,18 @@ BIN = Path(sys.executable).parent  # the environment's dvc, and the `python` sta
 pytestmark = pytest.mark.slow
 
 
+TINY_TRAINING = {
+    "train": {"batch_size": 16, "checkpoint_every": 10, "log_every": 5},
+    "gan": {"steps": 10, "width": 8, "z_dim": 8},
+    "autoencoder": {"steps": 10, "width": 8, "latent_dim": 4},
+}
+ALL_STAGES = ["fetch", "validate", "train@gan", "train@autoencoder"]
+
+
 def sh(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-           "GX_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1"}  # fmt: skip
+           "GX_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db"}  # fmt: skip
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
@@ -47,6 +56,7 @@ def project(tmp_path) -> Path:
     for name in ("dvc.lock", "reports/validation/summary.json"):  # produced by the run itself
         (dest / name).unlink(missing_ok=True)
     sh("git", "init", "-q", cwd=dest)
+    set_params(dest, **TINY_TRAINING)
     return dest
 
 
@@ -59,7 +69,7 @@ def set_params(project: Path, **sections) -> None:
 
 def test_repro_runs_once_then_nothing(project):
     first = sh("dvc", "repro", cwd=project)
-    assert ran(first) == ["fetch", "validate"]
+    assert ran(first) == ALL_STAGES
     summary = json.loads((project / "reports/validation/summary.json").read_text())
     assert summary["passed"] is True and summary["images"]["total"] == 1797
     assert (project / "reports/validation/data_docs/index.html").is_file()
@@ -68,7 +78,24 @@ def test_repro_runs_once_then_nothing(project):
     assert ran(second) == []
     assert "Data and pipelines are up to date." in second.stdout
 
-    # a validate threshold reruns validate alone, and failing it stops the pipeline
+    for model in ("gan", "autoencoder"):
+        assert (project / f"models/{model}/weights/config.json").is_file()
+        assert (project / f"reports/{model}/samples.png").is_file()
+        record = json.loads((project / f"models/{model}/mlflow_run.json").read_text())
+        assert record["tracking_uri"].startswith("sqlite:///")
+
+    # one model's params rerun that model's training alone
+    set_params(project, autoencoder={"latent_dim": 3})
+    assert ran(sh("dvc", "repro", cwd=project)) == ["train@autoencoder"]
+    # editing the GAN's network reruns the GAN alone
+    with (project / "src/genpipe/models/gan.py").open("a") as f:
+        f.write("\n# an edit\n")
+    assert ran(sh("dvc", "repro", cwd=project)) == ["train@gan"]
+    # shared training params rerun both models
+    set_params(project, train={"batch_size": 8})
+    assert ran(sh("dvc", "repro", cwd=project)) == ["train@gan", "train@autoencoder"]
+
+    # a validate threshold reruns validate, and failing it stops the pipeline before training
     set_params(project, validate={"min_images_per_split": 100_000})
     failed = sh("dvc", "repro", cwd=project, check=False)
     assert failed.returncode != 0
@@ -86,7 +113,7 @@ def test_repro_on_a_folder_of_rgb_pngs_of_assorted_sizes(project, tmp_path):
     set_params(project, data={"source": "folder", "path": str(images), "channels": 3,
                               "image_size": 16})  # fmt: skip
     result = sh("dvc", "repro", cwd=project)
-    assert ran(result) == ["fetch", "validate"]
+    assert ran(result) == ALL_STAGES
     info = json.loads((project / "data/prepared/info.json").read_text())
     assert info["shape"] == [600, 3, 16, 16]
     assert info["class_names"] == ["apple", "banana", "cherry"]
@@ -94,4 +121,4 @@ def test_repro_on_a_folder_of_rgb_pngs_of_assorted_sizes(project, tmp_path):
     # new images in the folder rerun the pipeline; nothing else does
     assert ran(sh("dvc", "repro", cwd=project)) == []
     write_png(images / "apple" / "new.png", (20, 20), seed=5)
-    assert ran(sh("dvc", "repro", cwd=project)) == ["fetch", "validate"]
+    assert ran(sh("dvc", "repro", cwd=project)) == ALL_STAGES
