@@ -277,16 +277,24 @@ def timed(fn: Callable[[int], None], iters: int, device: torch.device) -> float:
 
 
 def interleaved(
-    loops: dict[str, Callable[[int], None]], iters: int, device: torch.device
+    loops: dict[str, Callable[[int], None]], iters: int, device: torch.device, chunk: int
 ) -> dict[str, list[float]]:
-    """ROUNDS timings of each loop; the order alternates each round, so a slow spell of a
-    busy machine does not fall on one of them only."""
-    seconds: dict[str, list[float]] = {name: [] for name in loops}
+    """ROUNDS timings of `iters` iterations of each loop. Within a round the loops take turns
+    every `chunk` iterations (ABBA order), so a slow spell of a busy machine falls on all of
+    them alike rather than on whichever ran at the time."""
+    chunks = [chunk] * (iters // chunk) + ([iters % chunk] if iters % chunk else [])
     names = list(loops)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
     for r in range(ROUNDS):
-        for name in names if r % 2 == 0 else names[::-1]:
-            seconds[name].append(timed(loops[name], iters, device))
-            progress(f"  round {r + 1}/{ROUNDS} {name}: {seconds[name][-1]:.2f} s")
+        spent = dict.fromkeys(names, 0.0)
+        for c, n in enumerate(chunks):
+            for name in names if (r + c) % 2 == 0 else names[::-1]:
+                spent[name] += timed(loops[name], n, device)
+        for name in names:
+            seconds[name].append(spent[name])
+        progress(
+            f"  round {r + 1}/{ROUNDS}: " + ", ".join(f"{k} {v:.2f} s" for k, v in spent.items())
+        )
     return seconds
 
 
@@ -410,7 +418,8 @@ def main(argv: list[str] | None = None) -> None:
     genpipe(warmup)
     baseline(warmup)
     progress("timing the training step")
-    seconds = interleaved({"genpipe": genpipe, "baseline": baseline}, iters, device)
+    chunk = max(1, iters // 10)
+    seconds = interleaved({"genpipe": genpipe, "baseline": baseline}, iters, device, chunk)
     images_per_iter = B * params.gan.d_steps
     rate = {name: images_per_iter * iters / statistics.median(s) for name, s in seconds.items()}
 
@@ -423,6 +432,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         iters,
         device,
+        chunk,
     )
     batch_rate = {name: B * iters / statistics.median(s) for name, s in batch_seconds.items()}
 
@@ -439,30 +449,63 @@ def main(argv: list[str] | None = None) -> None:
     sys.stdout.flush()
 
     step_seconds = statistics.median(seconds["genpipe"]) / iters
-    overhead, per_call = tracking_overhead(genpipe, params, device, iters, step_seconds)
+    cost = tracking_overhead(genpipe, params, device, iters, step_seconds)
     print(
-        f"tracking overhead: {overhead:.1%} of step time (target < {TRACKING_TARGET:.0%})"
-        f"  [log_metrics every {params.train.log_every} steps: {per_call * 1e6:.0f} us a call]"
+        f"tracking overhead: {cost.share:.1%} of step time (target < {TRACKING_TARGET:.0%})"
+        f"  [log_metrics every {params.train.log_every} steps: {cost.per_call * 1e6:.0f} us a"
+        f" call; sender thread: {cost.sender * 1e3:.0f} ms CPU in {cost.loop_seconds:.0f} s]"
     )
+    print(
+        f"  wall time with vs without a run: {cost.ab:+.1%} (median of {ROUNDS} pairs;"
+        f" rounds without one vary by {cost.spread:.1%} here)"
+    )
+
+
+class TimedRun(tracking.TrainingRun):
+    """A TrainingRun that adds up the CPU time its sender thread spends writing metrics."""
+
+    sender_seconds = 0.0
+
+    def _send(self, points: list) -> None:
+        start = time.thread_time()
+        try:
+            super()._send(points)
+        finally:
+            self.sender_seconds += time.thread_time() - start  # only the sender thread writes
+
+
+@dataclass
+class TrackingCost:
+    share: float  # (log_metrics + sender CPU time) / time of the loops with a run
+    per_call: float  # seconds in one log_metrics call, on the training thread
+    sender: float  # CPU seconds of the sender thread during the loops with a run
+    loop_seconds: float  # of the loops with a run
+    ab: float  # median of (with / without - 1) over the rounds: the end-to-end check
+    spread: float  # (max - min) / median of the rounds without a run: the noise floor
 
 
 def tracking_overhead(
     genpipe: GenpipeLoop, params: Params, device: torch.device, iters: int, step_seconds: float
-) -> tuple[float, float]:
-    """(median extra share of step time with a TrainingRun logging metrics, seconds per
-    log_metrics call), from ROUNDS interleaved pairs of genpipe loops with and without one.
+) -> TrackingCost:
+    """What a TrainingRun logging every log_every steps adds to genpipe's loop.
 
-    Each timed loop lasts longer than tracking.FLUSH_SECONDS, so the sender thread's writes
-    to the (temporary) sqlite store fall inside the timed time, as they do in training.
+    Measured two ways over ROUNDS pairs of loops with and without a run: directly (the time
+    inside log_metrics, plus all the CPU time of the sender thread as if it came out of
+    the step, which it does on one core) and end to end (the wall time of the pairs), which
+    on a busy machine is noisier than the effect. Each loop lasts longer than
+    tracking.FLUSH_SECONDS, so the sender's writes to the (temporary) sqlite store happen in
+    the loops with a run, about as often as in training.
     """
+    if not hasattr(tracking.TrainingRun, "_send"):
+        raise SystemExit("tracking.TrainingRun._send is gone: update TimedRun in this script")
     n = max(iters // 2, math.ceil(1.2 * tracking.FLUSH_SECONDS / step_seconds))
-    n = math.ceil(n / genpipe.log_every) * genpipe.log_every
+    n = math.ceil(n / genpipe.log_every) * genpipe.log_every  # whole logging intervals
     tmp = Path(tempfile.mkdtemp(prefix="genpipe-bench-"))
     saved_uri = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri = f"sqlite:///{tmp}/mlflow.db"
     try:
         progress(f"timing tracking overhead ({n} steps a loop; MLflow store in {tmp})")
-        run = tracking.TrainingRun(
+        run = TimedRun(
             "gan",
             params.model_dump(mode="json", by_alias=True),
             "benchmark",
@@ -471,6 +514,11 @@ def tracking_overhead(
             uri=uri,
         )
         with run:
+            genpipe.run = run
+            genpipe(genpipe.log_every)  # warm-up: the first calls are slower
+            genpipe.run = None
+            genpipe.log_seconds, genpipe.log_calls = 0.0, 0
+            run.sender_seconds = 0.0
 
             def with_run(k: int) -> None:
                 genpipe.run = run
@@ -479,16 +527,24 @@ def tracking_overhead(
                 finally:
                     genpipe.run = None
 
-            with_run(genpipe.log_every)  # warm-up: the first log_batch is slower
-            seconds = interleaved({"without": genpipe, "with": with_run}, n, device)
+            seconds = interleaved({"without": genpipe, "with": with_run}, n, device, n)
+            sender = run.sender_seconds  # what was sent while the loops ran
     finally:
         if saved_uri is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = saved_uri
         shutil.rmtree(tmp, ignore_errors=True)
-    extra = [w / wo - 1 for w, wo in zip(seconds["with"], seconds["without"], strict=True)]
-    return statistics.median(extra), genpipe.log_seconds / max(genpipe.log_calls, 1)
+    with_seconds = sum(seconds["with"])
+    without = seconds["without"]
+    return TrackingCost(
+        share=(genpipe.log_seconds + sender) / with_seconds,
+        per_call=genpipe.log_seconds / max(genpipe.log_calls, 1),
+        sender=sender,
+        loop_seconds=with_seconds,
+        ab=statistics.median(w / wo - 1 for w, wo in zip(seconds["with"], without, strict=True)),
+        spread=(max(without) - min(without)) / statistics.median(without),
+    )
 
 
 if __name__ == "__main__":
