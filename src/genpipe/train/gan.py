@@ -20,6 +20,7 @@ from genpipe.models.gan import (
     Generator,
     discriminator_loss,
     ema_update,
+    gan_config,
     generator_loss,
     gradient_penalty,
 )
@@ -53,9 +54,9 @@ def train_gan(
     dtype = common.resolve_precision(train.precision, device)
     common.seed_everything(params.seed, device, train.cpu_threads)
 
-    netG = Generator(size, channels, cfg.z_dim, cfg.width, cfg.depth)
-    netD = Discriminator(size, channels, cfg.width, cfg.depth, spectral_norm=cfg.spectral_norm,
-                         batch_norm=cfg.loss != "wgan-gp" and not cfg.spectral_norm)  # fmt: skip
+    networks = gan_config(size, channels, cfg)  # WGAN-GP's critic gets no BatchNorm
+    netG = Generator(**networks["generator"])
+    netD = Discriminator(**networks["discriminator"])
     netG = common.prepare_module(netG, device)
     netD = common.prepare_module(netD, device)
     ema = copy.deepcopy(netG).eval().requires_grad_(False)
