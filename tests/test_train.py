@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -114,7 +115,7 @@ def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path):
     state["finished"] = False  # as if it had been killed; steps is in the identity, so:
     identity = common.run_identity("gan", tiny_params().model_dump(mode="json", by_alias=True),
                                    "data-hash")  # fmt: skip
-    state["identity"] = __import__("json").dumps(identity, sort_keys=True)
+    state["identity"] = json.dumps(identity, sort_keys=True)
     torch.save(state, ckpt)
     resumed = run_gan(tiny_params(), tmp_path, "resumed")
     for net in ("netG", "netD", "ema"):
