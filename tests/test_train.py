@@ -117,11 +117,26 @@ def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path):
                                    "data-hash")  # fmt: skip
     state["identity"] = json.dumps(identity, sort_keys=True)
     torch.save(state, ckpt)
-    resumed = run_gan(tiny_params(), tmp_path, "resumed")
+    logged = RecordingRun()
+    resumed = gan_loop.train_gan(tiny_params(), IMAGES, "data-hash", CPU, ckpt,
+                                 tmp_path / "resumed" / "train_log.csv", run=logged)  # fmt: skip
     for net in ("netG", "netD", "ema"):
         assert_same_weights(getattr(full, net), getattr(resumed, net))
     rows = list(csv.DictReader((tmp_path / "resumed" / "train_log.csv").open()))
     assert [int(r["step"]) for r in rows] == [4, 8, 12]
+    # the new MLflow run gets the curve from the start: steps before the resume are replayed
+    assert [step for step, _ in logged.calls] == [4, 8, 12]
+    assert set(logged.calls[0][1]) == {"epoch", "loss_d", "loss_g", "images_per_s"}
+
+
+class RecordingRun:
+    """Stands in for tracking.TrainingRun: records what the loop logs."""
+
+    def __init__(self):
+        self.calls: list[tuple[int, dict]] = []
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        self.calls.append((step, metrics))
 
 
 def test_unfinished_checkpoint_under_other_params_is_refused(tmp_path):
@@ -255,7 +270,7 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path):
     resumed = stage(killed, store)
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
-    assert f"resuming from checkpoints/gan/checkpoint.pt at step {step}" in err
+    assert f"resuming from checkpoints/gan/checkpoint.pt at step {step} of 600" in err
     uninterrupted = stage(reference, store)
     out, err = uninterrupted.communicate(timeout=300)
     assert uninterrupted.returncode == 0, err

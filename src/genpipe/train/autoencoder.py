@@ -62,7 +62,9 @@ def train_autoencoder(
         common.set_rng_states(state["rng"], batches, noise)
         trainlog.rows = state["log"]
         start = state["step"]
-        log.info("resuming from %s at step %d", checkpoint, start)
+        log.info("resuming from %s at step %d of %d", checkpoint, start, cfg.steps)
+        for row in trainlog.rows if run is not None else []:  # this run gets the whole curve
+            run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=row["step"])
 
     def save(step: int) -> None:
         common.save_checkpoint(checkpoint, {
