@@ -210,3 +210,12 @@ def test_yaml_1_2_numbers_as_dvc_reads_them(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("gan:\n  lr_g: 1e-4\n")  # a string to YAML 1.1 (PyYAML), a float to DVC
     assert load_params(path).gan.lr_g == 1e-4
+
+
+def test_errors_are_one_line_whatever_they_quote():
+    from genpipe.errors import GenpipeError, exception_text
+
+    quoted = exception_text(ValueError("first line\n  second line"))
+    assert str(GenpipeError(f"x.tar: corrupt ({quoted})")) == (
+        "x.tar: corrupt (ValueError: first line second line)"
+    )

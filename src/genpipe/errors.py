@@ -4,9 +4,21 @@ from __future__ import annotations
 
 
 class GenpipeError(Exception):
-    """An error with a one-line message that names what was expected and what was found."""
+    """An error with a one-line message that names what was expected and what was found.
+
+    Whitespace runs (newlines from a wrapped library message, say) become one space.
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+def exception_text(exc: BaseException) -> str:
+    """'TypeName: message' for quoting another library's exception inside a GenpipeError."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class ParamsError(GenpipeError):

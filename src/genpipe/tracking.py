@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from genpipe.errors import GenpipeError
+from genpipe.errors import GenpipeError, exception_text
 from genpipe.fileio import write_json
 
 if TYPE_CHECKING:
@@ -210,11 +210,6 @@ def _import_mlflow() -> Any:
     return mlflow
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 class TrainingRun:
     """One MLflow run for one model's training stage; a context manager.
 
@@ -301,7 +296,7 @@ class TrainingRun:
                 self._terminate("FAILED")
             raise TrackingError(
                 f"MLflow tracking store {self.uri}: could not start a run in experiment "
-                f"'{self.experiment}' ({_one_line(exc)})"
+                f"'{self.experiment}' ({exception_text(exc)})"
             ) from exc
         self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genpipe-mlflow")
         self._last_flush = time.monotonic()
@@ -362,7 +357,7 @@ class TrainingRun:
         if failed:
             raise TrackingError(
                 f"MLflow tracking store {self.uri}: could not log metrics to run "
-                f"{self.run_id} ({_one_line(failed[0])})"
+                f"{self.run_id} ({exception_text(failed[0])})"
             ) from failed[0]
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
@@ -380,7 +375,7 @@ class TrainingRun:
                 self._client.log_artifact(self.run_id, str(path), artifact_path)
         except (MlflowException, OSError) as exc:
             raise TrackingError(
-                f"MLflow run {self.run_id}: could not log artifact {path} ({_one_line(exc)})"
+                f"MLflow run {self.run_id}: could not log artifact {path} ({exception_text(exc)})"
             ) from exc
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -416,7 +411,7 @@ class TrainingRun:
         except (MlflowException, OSError) as exc:
             return TrackingError(
                 f"MLflow tracking store {self.uri}: could not end run {self.run_id} "
-                f"as {status} ({_one_line(exc)})"
+                f"as {status} ({exception_text(exc)})"
             )
         return None
 

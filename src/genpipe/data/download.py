@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import requests
 from tqdm import tqdm
 
-from genpipe.errors import DownloadError
+from genpipe.errors import DownloadError, exception_text
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def _describe(exc: requests.RequestException, timeout: float) -> str:
             return "host not found"
     if isinstance(exc, requests.exceptions.ChunkedEncodingError):
         return "incomplete body"
-    return " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+    return exception_text(exc)[:200]
 
 
 def _fetch(session: requests.Session, url: str, dest: Path, sha256: str, timeout: float) -> None:

@@ -19,19 +19,13 @@ IDX_UBYTE = 0x08
 CIFAR_RECORD = 1 + 3 * 32 * 32  # label byte + 3x32x32 pixels
 
 
-def _one_line(exc: BaseException) -> str:
-    """The exception's message on one line: tarfile's "r:*" lists each method it tried."""
-    return " ".join(str(exc).split())
-
-
 def read_gzip(path: Path) -> bytes:
     try:
         with gzip.open(path, "rb") as f:
             return f.read()
     except (EOFError, OSError, zlib.error) as exc:
         raise DataError(
-            f"{path.name}: expected a complete gzip file; "
-            f"found a truncated or corrupt one ({_one_line(exc)})"
+            f"{path.name}: expected a complete gzip file; found a truncated or corrupt one ({exc})"
         ) from None
 
 
@@ -104,7 +98,7 @@ def read_tar_members(path: Path, names: Iterable[str]) -> dict[str, bytes]:
                     found[member.name] = tar.extractfile(member).read()
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise DataError(
-            f"{path.name}: expected a readable tar archive; found a corrupt one ({_one_line(exc)})"
+            f"{path.name}: expected a readable tar archive; found a corrupt one ({exc})"
         ) from None
     missing = sorted(wanted - found.keys())
     if missing:
