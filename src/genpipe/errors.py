@@ -37,3 +37,8 @@ class DownloadError(DataError):
 
 class ValidationFailed(GenpipeError):
     """The prepared dataset failed one or more expectations."""
+
+
+class MetricsError(GenpipeError):
+    """Evaluation inputs that do not fit: statistics of other dimensions, a weights file
+    that is not the expected network, too few samples for a metric."""

@@ -1,0 +1,2 @@
+"""Evaluation metrics: feature statistics and distances (fid), the feature networks
+(features), reconstruction error (reconstruction)."""
