@@ -1,17 +1,22 @@
 """Images/s of genpipe's GAN training step against a DataLoader baseline, and the cost of
 MLflow metric logging on the hot path.
 
-genpipe   one iteration of train_gan's loop: a batch drawn by index from the whole uint8
-          dataset on the device (common.DeviceImages), (1) update D, (2) update G,
-          (3) ema_update, the losses kept on the device by common.LossMonitor.
-baseline  pytorch/examples dcgan style: a Dataset that converts ONE image per __getitem__
-          (ToTensor + Normalize), a DataLoader with the default collate, `.to(device)`,
-          then the same D/G update and EMA on the same networks and batch size.
+genpipe   one iteration of train_gan's loop, as train_gan sets it up from params.yaml: a
+          batch drawn by index from the whole uint8 dataset on the device
+          (common.DeviceImages), networks in channels_last, train.precision's autocast,
+          train.compile; (1) update D, (2) update G, (3) ema_update, the losses kept on the
+          device by common.LossMonitor.
+baseline  a plain loop in the pytorch/examples dcgan style: a Dataset that converts ONE image
+          per __getitem__ (ToTensor + Normalize), a DataLoader with the default collate,
+          `.to(device)`, then the same D/G update (dcgan's: G's update goes through D on the
+          fake D was just trained on) and the same EMA, on the same networks, seed and batch
+          size, in PyTorch's defaults: contiguous memory, fp32, nothing compiled.
 
-Both run with the networks, optimizers and precision train_gan sets up from params.yaml.
-Each is warmed up, then timed over --iters iterations, three times, interleaved; the
-median images/s (real images consumed per second) is reported. On a busy machine the
-numbers move by several per cent from run to run.
+The ratio is what genpipe's batching and its memory format, precision and compile
+settings are worth together; the data path alone is timed apart. Each loop is warmed
+up, then timed over --iters iterations, three times, interleaved; the median images/s
+(real images consumed per second) is reported. On a busy machine the numbers move by
+several per cent from run to run.
 
 Run (from the repository root):
     .venv/bin/python benchmarks/train_throughput.py
@@ -46,6 +51,7 @@ from genpipe.models.gan import (
     Generator,
     discriminator_loss,
     ema_update,
+    gan_config,
     generator_loss,
     gradient_penalty,
 )
@@ -84,16 +90,10 @@ def build_gan(params: Params, channels: int, size: int, device: torch.device) ->
     cfg, train = params.gan, params.train
     dtype = common.resolve_precision(train.precision, device)
     common.seed_everything(params.seed, device, train.cpu_threads)  # sets the CPU threads
-    netG = Generator(size, channels, cfg.z_dim, cfg.width, cfg.depth)
-    netD = Discriminator(
-        size,
-        channels,
-        cfg.width,
-        cfg.depth,
-        spectral_norm=cfg.spectral_norm,
-        batch_norm=cfg.loss != "wgan-gp" and not cfg.spectral_norm,
-    )
-    netG = common.prepare_module(netG, device)  # channels_last on CUDA
+    networks = gan_config(size, channels, cfg)
+    netG = Generator(**networks["generator"])
+    netD = Discriminator(**networks["discriminator"])
+    netG = common.prepare_module(netG, device)  # channels_last on CPU and CUDA
     netD = common.prepare_module(netD, device)
     ema = copy.deepcopy(netG).eval().requires_grad_(False)
     betas = (cfg.beta1, cfg.beta2)
@@ -122,25 +122,26 @@ def gan_step(
     importable as a function. Only where the real images come from is a parameter."""
     cfg, device, dtype = gan.cfg, gan.device, gan.dtype
     # (1) Update D: maximise D(x) - D(G(z)) in the chosen loss's form
-    for _ in range(cfg.d_steps):
+    for i in range(cfg.d_steps):
         real = real_batch()  # (B, C, S, S) in [-1, 1]
         z = torch.randn(B, cfg.z_dim, device=device, generator=noise)
         with common.autocast(device, dtype):
-            fake = gan.stepG(z).detach()
-            loss_d = discriminator_loss(cfg.loss, gan.stepD(real), gan.stepD(fake))
+            # the last fake keeps G's graph: (2) scores it again rather than drawing anew
+            with torch.set_grad_enabled(i == cfg.d_steps - 1):
+                fake = gan.stepG(z)
+            loss_d = discriminator_loss(cfg.loss, gan.stepD(real), gan.stepD(fake.detach()))
         if cfg.loss == "wgan-gp":  # the penalty's double backward stays in fp32
             loss_d = loss_d + cfg.gp_weight * gradient_penalty(
-                gan.stepD, real, fake.float(), generator=noise
+                gan.stepD, real, fake.detach().float(), generator=noise
             )
         gan.optD.zero_grad(set_to_none=True)
         gan.scalerD.scale(loss_d).backward()
         gan.scalerD.step(gan.optD)
         gan.scalerD.update()
 
-    # (2) Update G: make D score G(z) as real
-    z = torch.randn(B, cfg.z_dim, device=device, generator=noise)
+    # (2) Update G: make the updated D score G(z) as real
     with common.autocast(device, dtype):
-        loss_g = generator_loss(cfg.loss, gan.stepD(gan.stepG(z)))
+        loss_g = generator_loss(cfg.loss, gan.stepD(fake))
     gan.optG.zero_grad(set_to_none=True)
     gan.scalerG.scale(loss_g).backward()
     gan.scalerG.step(gan.optG)
@@ -218,9 +219,64 @@ class NormalizedImages(Dataset):
         return image, int(self.labels[i])
 
 
+@dataclass
+class PlainGan:
+    """The same networks, as a plain PyTorch loop has them: default memory format, fp32,
+    Adam with its defaults, nothing compiled."""
+
+    cfg: GanParams
+    netG: torch.nn.Module
+    netD: torch.nn.Module
+    ema: torch.nn.Module
+    optG: torch.optim.Optimizer
+    optD: torch.optim.Optimizer
+
+
+def build_plain_gan(params: Params, channels: int, size: int, device: torch.device) -> PlainGan:
+    cfg = params.gan
+    torch.manual_seed(params.seed)
+    networks = gan_config(size, channels, cfg)
+    netG = Generator(**networks["generator"]).to(device).train()
+    netD = Discriminator(**networks["discriminator"]).to(device).train()
+    betas = (cfg.beta1, cfg.beta2)
+    return PlainGan(
+        cfg=cfg,
+        netG=netG,
+        netD=netD,
+        ema=copy.deepcopy(netG).eval().requires_grad_(False),
+        optG=torch.optim.Adam(netG.parameters(), lr=cfg.lr_g, betas=betas),
+        optD=torch.optim.Adam(netD.parameters(), lr=cfg.lr_d, betas=betas),
+    )
+
+
+def plain_step(
+    gan: PlainGan, real_batch: Callable[[], torch.Tensor], B: int, noise: torch.Generator
+) -> None:
+    """pytorch/examples dcgan's step with genpipe's losses and EMA, so both loops do the same
+    work: D on a real and a fake batch, then G through D on that fake, then the EMA."""
+    cfg = gan.cfg
+    for _ in range(cfg.d_steps):
+        real = real_batch()
+        z = torch.randn(B, cfg.z_dim, device=real.device, generator=noise)
+        fake = gan.netG(z)
+        loss_d = discriminator_loss(cfg.loss, gan.netD(real), gan.netD(fake.detach()))
+        if cfg.loss == "wgan-gp":
+            loss_d = loss_d + cfg.gp_weight * gradient_penalty(
+                gan.netD, real, fake.detach(), generator=noise
+            )
+        gan.netD.zero_grad()
+        loss_d.backward()
+        gan.optD.step()
+    loss_g = generator_loss(cfg.loss, gan.netD(fake))
+    gan.netG.zero_grad()
+    loss_g.backward()
+    gan.optG.step()
+    ema_update(gan.ema, gan.netG, cfg.ema_decay)
+
+
 class BaselineLoop:
-    """pytorch/examples dcgan's feeding: DataLoader batches moved to the device, then the
-    same step on networks built the same way."""
+    """pytorch/examples dcgan: DataLoader batches moved to the device, then a plain step on
+    the same networks."""
 
     def __init__(
         self,
@@ -231,7 +287,7 @@ class BaselineLoop:
         workers: int,
     ):
         _, channels, size, _ = images.shape
-        self.gan = build_gan(params, channels, size, device)
+        self.gan = build_plain_gan(params, channels, size, device)
         self.B = params.train.batch_size
         self.device = device
         self.noise = common.make_generator(device, params.seed + 2)
@@ -254,7 +310,7 @@ class BaselineLoop:
 
     def __call__(self, iters: int) -> None:
         for _ in range(iters):
-            gan_step(self.gan, lambda: next(self.batches), self.B, self.noise)
+            plain_step(self.gan, lambda: next(self.batches), self.B, self.noise)
 
 
 # --- measuring -----------------------------------------------------------------------------

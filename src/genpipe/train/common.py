@@ -70,10 +70,17 @@ def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.Gr
     return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
 
+def channels_last(device: torch.device) -> bool:
+    """Whether images and convolution weights are kept channels_last on this device: on CUDA
+    (tensor cores) and on the CPU (oneDNN's preferred layout; the default GAN step is about
+    15% faster in it). MPS keeps the default layout."""
+    return device.type in ("cuda", "cpu")
+
+
 def prepare_module(module: nn.Module, device: torch.device) -> nn.Module:
-    """On the device; channels_last on CUDA, where convolutions run faster in it."""
+    """On the device, in the memory format its convolutions run fastest in there."""
     module = module.to(device)
-    return module.to(memory_format=torch.channels_last) if device.type == "cuda" else module
+    return module.to(memory_format=torch.channels_last) if channels_last(device) else module
 
 
 def seed_everything(seed: int, device: torch.device, cpu_threads: int = 0) -> None:
@@ -101,7 +108,7 @@ class DeviceImages:
     def __init__(self, images: np.ndarray, device: torch.device):
         self.device = device
         self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device)  # (N, C, H, W)
-        self.channels_last = device.type == "cuda"
+        self.channels_last = channels_last(device)
 
     def __len__(self) -> int:
         return len(self.images)

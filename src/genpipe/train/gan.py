@@ -108,25 +108,26 @@ def train_gan(
     netD.train()
     for step in range(start + 1, cfg.steps + 1):
         # (1) Update D: maximise D(x) - D(G(z)) in the chosen loss's form
-        for _ in range(cfg.d_steps):
+        for i in range(cfg.d_steps):
             real = data.batch(B, batches)  # (B, C, S, S) in [-1, 1]
             z = torch.randn(B, cfg.z_dim, device=device, generator=noise)
             with common.autocast(device, dtype):
-                fake = stepG(z).detach()
-                loss_d = discriminator_loss(cfg.loss, stepD(real), stepD(fake))
+                # the last fake keeps G's graph: (2) scores it again rather than drawing anew
+                with torch.set_grad_enabled(i == cfg.d_steps - 1):
+                    fake = stepG(z)
+                loss_d = discriminator_loss(cfg.loss, stepD(real), stepD(fake.detach()))
             if cfg.loss == "wgan-gp":  # the penalty's double backward stays in fp32
                 loss_d = loss_d + cfg.gp_weight * gradient_penalty(
-                    stepD, real, fake.float(), generator=noise
+                    stepD, real, fake.detach().float(), generator=noise
                 )
             optD.zero_grad(set_to_none=True)
             scalerD.scale(loss_d).backward()
             scalerD.step(optD)
             scalerD.update()
 
-        # (2) Update G: make D score G(z) as real
-        z = torch.randn(B, cfg.z_dim, device=device, generator=noise)
+        # (2) Update G: make the updated D score G(z) as real
         with common.autocast(device, dtype):
-            loss_g = generator_loss(cfg.loss, stepD(stepG(z)))
+            loss_g = generator_loss(cfg.loss, stepD(fake))
         optG.zero_grad(set_to_none=True)
         scalerG.scale(loss_g).backward()
         scalerG.step(optG)
