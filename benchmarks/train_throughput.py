@@ -50,6 +50,7 @@ from genpipe.models.gan import (
     Discriminator,
     Generator,
     discriminator_loss,
+    ema_decay_at,
     ema_update,
     gan_config,
     generator_loss,
@@ -116,7 +117,7 @@ def build_gan(params: Params, channels: int, size: int, device: torch.device) ->
 
 
 def gan_step(
-    gan: Gan, real_batch: Callable[[], torch.Tensor], B: int, noise: torch.Generator
+    gan: Gan, real_batch: Callable[[], torch.Tensor], B: int, noise: torch.Generator, step: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The body of train_gan's loop, copied call for call and in the same order: it is not
     importable as a function. Only where the real images come from is a parameter."""
@@ -148,7 +149,7 @@ def gan_step(
     gan.scalerG.update()
 
     # (3) The EMA of G's weights is what gets evaluated
-    ema_update(gan.ema, gan.netG, cfg.ema_decay)
+    ema_update(gan.ema, gan.netG, ema_decay_at(step, cfg.ema_decay))
     return loss_d, loss_g
 
 
@@ -179,7 +180,7 @@ class GenpipeLoop:
         for _ in range(iters):
             self.step += 1
             loss_d, loss_g = gan_step(
-                self.gan, lambda: self.data.batch(B, self.batches), B, self.noise
+                self.gan, lambda: self.data.batch(B, self.batches), B, self.noise, self.step
             )
             self.monitor.add(self.step, loss_d, loss_g)
             if self.step % self.log_every == 0:

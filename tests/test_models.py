@@ -21,6 +21,7 @@ from genpipe.models.gan import (
     Discriminator,
     Generator,
     discriminator_loss,
+    ema_decay_at,
     ema_update,
     gan_config,
     generator_loss,
@@ -263,6 +264,17 @@ def test_spectral_norm_bounds_every_conv():
 
 
 # --- EMA -------------------------------------------------------------------------------------
+
+
+def test_ema_decay_ramps_up_to_the_configured_decay():
+    assert ema_decay_at(1, 0.999) == pytest.approx(2 / 11)
+    decays = [ema_decay_at(step, 0.999) for step in range(1, 20_000)]
+    assert decays == sorted(decays) and decays[-1] == 0.999
+    # what is left of the random initial weights after the default 2000 steps
+    left = 1.0
+    for decay in decays[:2000]:
+        left *= decay
+    assert left < 1e-6 < 0.999**2000
 
 
 def test_ema_update():

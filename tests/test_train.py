@@ -159,6 +159,32 @@ def test_finished_checkpoint_does_not_block_new_params(tmp_path):
     assert_same_weights(other.netG, fresh.netG)
 
 
+@pytest.mark.parametrize("finished", [True, False])
+def test_checkpoint_of_other_code_is_never_resumed(tmp_path, monkeypatch, caplog, finished):
+    """After an edit to the network or the loop (which DVC reruns training for), a finished
+    checkpoint must not stand in for the new run's weights, nor an unfinished one be
+    continued by other code: the run starts afresh."""
+    run_gan(tiny_params(gan={"steps": 4}), tmp_path)
+    ckpt = tmp_path / "run" / "ckpt.pt"
+    state = torch.load(ckpt, weights_only=True)
+    state["finished"] = finished
+    identity = json.loads(state["identity"])
+    identity["code"] = "0" * 64  # as written by an earlier version of the code
+    state["identity"] = json.dumps(identity, sort_keys=True)
+    state["netG"] = {k: torch.zeros_like(v) for k, v in state["netG"].items()}
+    torch.save(state, ckpt)
+    with caplog.at_level("WARNING", logger="genpipe.train.common"):
+        rerun = run_gan(tiny_params(gan={"steps": 4}), tmp_path)
+    fresh = run_gan(tiny_params(gan={"steps": 4}), tmp_path, "fresh")
+    assert_same_weights(rerun.netG, fresh.netG)
+    assert ("written by other code at step 4" in caplog.text) is not finished
+
+
+def test_code_fingerprint_covers_the_models_files():
+    assert common.code_fingerprint("gan") != common.code_fingerprint("autoencoder")
+    assert len(common.code_fingerprint("gan")) == 64
+
+
 def test_foreign_checkpoint_file_is_refused(tmp_path):
     ckpt = tmp_path / "run" / "ckpt.pt"
     ckpt.parent.mkdir(parents=True)

@@ -125,6 +125,4 @@ def train_autoencoder(
 def reconstruction_grid(net: torch.nn.Module, images: np.ndarray, device: torch.device):
     """Originals (top row of each pair) above their reconstructions, 8 per row."""
     x = torch.from_numpy(np.ascontiguousarray(images[:32])).to(device).float().div(127.5).sub(1)
-    recon = common.to_uint8(net.eval()(x)[0])
-    pairs = [block for i in range(0, len(x), 8) for block in (images[i : i + 8], recon[i : i + 8])]
-    return common.image_grid(np.concatenate(pairs), rows=len(pairs))
+    return common.pairs_grid(images[:32], common.to_uint8(net.eval()(x)[0]))

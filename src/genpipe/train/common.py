@@ -10,6 +10,7 @@ import contextlib
 import csv
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from genpipe.data.canonical import IMAGES_FILE, MANIFEST_FILE, read_prepared
 from genpipe.errors import GenpipeError
 from genpipe.fileio import atomic_path
 
+log = logging.getLogger(__name__)
+
 
 class TrainingError(GenpipeError):
     """Training cannot start or go on (bad checkpoint, non-finite loss, missing device)."""
@@ -34,8 +37,9 @@ class TrainingError(GenpipeError):
 # --- device and precision -----------------------------------------------------------------
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks cuda, then mps, then cpu. Called once; the result is passed down."""
+def resolve_device(name: str, key: str = "train.device") -> torch.device:
+    """'auto' picks cuda, then mps, then cpu. Called once; the result is passed down.
+    `key` is the params key the name came from, for the error message."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -43,9 +47,9 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("train.device: expected a CUDA GPU for 'cuda'; found none")
+        raise TrainingError(f"{key}: expected a CUDA GPU for 'cuda'; found none")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise TrainingError("train.device: expected Apple's MPS for 'mps'; found none")
+        raise TrainingError(f"{key}: expected Apple's MPS for 'mps'; found none")
     return torch.device(name)
 
 
@@ -131,11 +135,24 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 NOT_IN_FINGERPRINT = {"log_every", "checkpoint_every", "experiment"}
 
 
+PACKAGE = Path(__file__).resolve().parents[1]  # src/genpipe
+
+
+def code_fingerprint(model: str) -> str:
+    """SHA-256 of the code that decides a model's weights: its network, its loop and this
+    module (the files its train stage depends on in dvc.yaml)."""
+    digest = hashlib.sha256()
+    for name in (f"models/{model}.py", f"train/{model}.py", "train/common.py"):
+        digest.update((PACKAGE / name).read_bytes())
+    return digest.hexdigest()
+
+
 def run_identity(model: str, params: dict[str, Any], data_hash: str) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: the model's params, shared params, data."""
+    """What a checkpoint must match to be resumed: the model's params, shared params, data
+    and code."""
     train = {k: v for k, v in params["train"].items() if k not in NOT_IN_FINGERPRINT}
     return {"model": model, "seed": params["seed"], "train": train, model: params[model],
-            "data_hash": data_hash}  # fmt: skip
+            "data_hash": data_hash, "code": code_fingerprint(model)}  # fmt: skip
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -151,7 +168,9 @@ def load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any] | No
 
     A finished run's checkpoint (kept so that a forced rerun is instant) never blocks a run
     under new params; an unfinished one does, so that a crashed run is never mixed with
-    another or silently thrown away.
+    another or silently thrown away. A checkpoint written by other code (a fix after a
+    crash, say) is never resumed: the run starts afresh, with a warning when it was
+    unfinished.
     """
     if not path.exists():
         return None
@@ -164,6 +183,9 @@ def load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any] | No
         ) from None
     written = json.loads(state.get("identity", "{}"))
     if written != identity and state.get("finished"):
+        return None
+    if written != identity and list(_diff(written, identity)) == ["code"]:
+        log.warning("%s: written by other code at step %s; starting afresh", path, state["step"])
         return None
     if written != identity:
         changed = sorted(_diff(written, identity))
@@ -286,3 +308,13 @@ def image_grid(images: np.ndarray, rows: int, min_tile: int = 32) -> Image.Image
         canvas[2 + r * (tile + 2) : 2 + r * (tile + 2) + tile,
                2 + col * (tile + 2) : 2 + col * (tile + 2) + tile] = big  # fmt: skip
     return Image.fromarray(canvas[..., 0] if c == 1 else canvas)
+
+
+def pairs_grid(originals: np.ndarray, reconstructions: np.ndarray, per_row: int = 8) -> Image.Image:
+    """Rows of `per_row` originals, each above their reconstructions; (N, C, S, S) uint8."""
+    pairs = [
+        block
+        for i in range(0, len(originals), per_row)
+        for block in (originals[i : i + per_row], reconstructions[i : i + per_row])
+    ]
+    return image_grid(np.concatenate(pairs), rows=len(pairs))

@@ -19,6 +19,7 @@ from genpipe.models.gan import (
     Discriminator,
     Generator,
     discriminator_loss,
+    ema_decay_at,
     ema_update,
     gan_config,
     generator_loss,
@@ -134,7 +135,7 @@ def train_gan(
         scalerG.update()
 
         # (3) The EMA of G's weights is what gets evaluated
-        ema_update(ema, netG, cfg.ema_decay)
+        ema_update(ema, netG, ema_decay_at(step, cfg.ema_decay))
         monitor.add(step, loss_d, loss_g)
 
         if step % train.log_every == 0 or step == cfg.steps:
