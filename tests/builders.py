@@ -5,12 +5,19 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
+import math
 import struct
 import tarfile
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+
+# a copy of ../shared/reference/inception_fid_state_dict_keys.json: the entries of the state
+# dict pytorch-fid and torch-fidelity load the standard FID Inception weights into
+REFERENCE_KEYS = Path(__file__).parent / "data" / "inception_fid_state_dict_keys.json"
 
 
 def sha256(data: bytes) -> str:
@@ -88,3 +95,27 @@ def write_png(path: Path, size: tuple[int, int], mode: str = "RGB", seed: int = 
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels[..., 0] if channels == 1 else pixels, mode).save(path)
     return path
+
+
+def state_dict_entries() -> list[dict]:
+    """The reference entries: key, shape, dtype."""
+    return json.loads(REFERENCE_KEYS.read_text())
+
+
+def random_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Every entry, random but sane: He-scaled conv weights, running_var > 0."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for entry in state_dict_entries():
+        key, shape = entry["key"], tuple(entry["shape"])
+        if entry["dtype"] == "int64":  # num_batches_tracked
+            state[key] = torch.tensor(int(torch.randint(1, 1000, (), generator=g)))
+        elif key.endswith("running_var"):
+            state[key] = torch.rand(shape, generator=g) + 0.5
+        elif key.endswith("bn.weight"):
+            state[key] = 1 + 0.1 * torch.randn(shape, generator=g)
+        elif len(shape) == 4:  # conv: keeps the activations' scale through the ReLUs
+            state[key] = torch.randn(shape, generator=g) * math.sqrt(2 / math.prod(shape[1:]))
+        else:  # bn bias, running_mean, fc
+            state[key] = 0.1 * torch.randn(shape, generator=g)
+    return state

@@ -24,8 +24,13 @@ TINY_TRAINING = {
     "train": {"batch_size": 16, "checkpoint_every": 10, "log_every": 5},
     "gan": {"steps": 10, "width": 8, "z_dim": 8},
     "autoencoder": {"steps": 10, "width": 8, "latent_dim": 4},
+    "evaluate": {
+        "kid_subsets": 5,
+        "domain": {"steps": 100, "width": 8, "feature_dim": 16, "min_accuracy": 0.5},
+    },
 }
-ALL_STAGES = ["fetch", "validate", "train@gan", "train@autoencoder"]
+ALL_STAGES = ["fetch", "validate", "reference", "train@gan", "train@autoencoder",
+              "evaluate@gan", "evaluate@autoencoder"]  # fmt: skip
 
 
 def sh(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -81,19 +86,39 @@ def test_repro_runs_once_then_nothing(project):
     for model in ("gan", "autoencoder"):
         assert (project / f"models/{model}/weights/config.json").is_file()
         assert (project / f"reports/{model}/samples.png").is_file()
+        assert (project / f"reports/{model}/eval_grid.png").is_file()
         record = json.loads((project / f"models/{model}/mlflow_run.json").read_text())
         assert record["tracking_uri"].startswith("sqlite:///")
+    reference = json.loads((project / "data/reference/reference.json").read_text())
+    assert reference["backbone"] == "domain" and reference["floor"]["fid"] > 0
+    shown = json.loads(sh("dvc", "metrics", "show", "--json", cwd=project).stdout)
+    metrics = next(iter(shown.values()))["data"]
+    gan = metrics["reports/gan/metrics.json"]["data"]
+    autoencoder = metrics["reports/autoencoder/metrics.json"]["data"]
+    assert gan["fid"] > 0 and gan["floor"]["fid"] == reference["floor"]["fid"]
+    assert autoencoder["mse"] > 0 and autoencoder["pca_mse"] > 0
+    # the evaluation is logged to each model's training run
+    from mlflow import MlflowClient
 
-    # one model's params rerun that model's training alone
+    client = MlflowClient(f"sqlite:///{project}/mlflow.db")
+    run = client.get_run(json.loads((project / "models/gan/mlflow_run.json").read_text())["run_id"])
+    assert run.data.metrics["eval/fid"] == pytest.approx(gan["fid"])
+
+    # one model's params rerun that model's training and evaluation alone
     set_params(project, autoencoder={"latent_dim": 3})
-    assert ran(sh("dvc", "repro", cwd=project)) == ["train@autoencoder"]
+    assert ran(sh("dvc", "repro", cwd=project)) == ["train@autoencoder", "evaluate@autoencoder"]
     # editing the GAN's network reruns the GAN alone
     with (project / "src/genpipe/models/gan.py").open("a") as f:
         f.write("\n# an edit\n")
-    assert ran(sh("dvc", "repro", cwd=project)) == ["train@gan"]
+    assert ran(sh("dvc", "repro", cwd=project)) == ["train@gan", "evaluate@gan"]
+    # evaluate params rerun the reference and the evaluations, not the training
+    set_params(project, evaluate={"kid_subsets": 6})
+    assert sorted(ran(sh("dvc", "repro", cwd=project))) == [
+        "evaluate@autoencoder", "evaluate@gan", "reference"]  # fmt: skip
     # shared training params rerun both models
     set_params(project, train={"batch_size": 8})
-    assert ran(sh("dvc", "repro", cwd=project)) == ["train@gan", "train@autoencoder"]
+    assert sorted(ran(sh("dvc", "repro", cwd=project))) == [
+        "evaluate@autoencoder", "evaluate@gan", "train@autoencoder", "train@gan"]  # fmt: skip
 
     # a validate threshold reruns validate, and failing it stops the pipeline before training
     set_params(project, validate={"min_images_per_split": 100_000})
@@ -112,6 +137,8 @@ def test_repro_on_a_folder_of_rgb_pngs_of_assorted_sizes(project, tmp_path):
 
     set_params(project, data={"source": "folder", "path": str(images), "channels": 3,
                               "image_size": 16})  # fmt: skip
+    # the classes of these random images cannot be learned: keep the domain network anyway
+    set_params(project, evaluate={"domain": {"steps": 20, "width": 4, "min_accuracy": 0.0}})
     result = sh("dvc", "repro", cwd=project)
     assert ran(result) == ALL_STAGES
     info = json.loads((project / "data/prepared/info.json").read_text())

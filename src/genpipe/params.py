@@ -108,6 +108,36 @@ class AutoencoderParams(Section):
     kl_weight: float = Field(1.0, ge=0)  # vae: weight of the KL term
 
 
+class DomainParams(Section):
+    """The offline feature network: a small CNN classifier that the reference stage trains
+    on the train split's labels; FID and the other metrics use its penultimate features."""
+
+    steps: int = Field(1000, ge=1)
+    width: int = Field(32, ge=1)  # feature maps of the first conv layer
+    feature_dim: int = Field(128, ge=2)  # the penultimate layer: the features compared
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    # held-out (test split) accuracy below this fails the reference stage: features of a
+    # network that cannot tell the classes apart say little about image quality
+    min_accuracy: float = Field(0.9, ge=0, le=1)
+
+
+class EvaluateParams(Section):
+    """Shared by the reference stage and every model's evaluate stage."""
+
+    # domain: offline, trained on the labels; inception: the standard FID network (weights file)
+    backbone: Literal["domain", "inception"] = "domain"
+    inception_weights: str | None = None  # pt_inception-2015-12-05-6726825d.pth; or the env var
+    num_samples: int | None = Field(None, ge=2)  # generated images; null: the test split's size
+    batch_size: int = Field(256, ge=1)  # feature extraction
+    kid_subsets: int = Field(100, ge=1)
+    kid_subset_size: int = Field(1000, ge=2)  # at most; at most half the smaller side
+    pr_k: int = Field(3, ge=1)  # precision/recall: k-th nearest neighbour radius
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    cpu_threads: int = Field(1, ge=0)  # as train.cpu_threads
+    domain: DomainParams = DomainParams()
+
+
 MODELS = ("gan", "autoencoder")
 
 
@@ -120,6 +150,7 @@ class Params(Section):
     train: TrainParams = TrainParams()
     gan: GanParams = GanParams()
     autoencoder: AutoencoderParams = AutoencoderParams()
+    evaluate: EvaluateParams = EvaluateParams()
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:

@@ -12,6 +12,7 @@ points at a team server.
 from __future__ import annotations
 
 import getpass
+import json
 import logging
 import os
 import socket
@@ -421,3 +422,86 @@ def _user() -> str | None:
         return getpass.getuser()
     except (OSError, KeyError):  # no login name and no $USER (some containers)
         return None
+
+
+class RecordedRun:
+    """A finished training run, reopened from the mlflow_run.json its stage wrote, so a later
+    stage (evaluate) adds its metrics and images to it. Logging does not change the run's
+    status. The run is looked up where it was recorded, whatever $MLFLOW_TRACKING_URI says.
+    """
+
+    def __init__(self, record_path: Path) -> None:
+        self.record_path = Path(record_path)
+        try:
+            record = json.loads(self.record_path.read_text())
+            self.run_id, self.uri = str(record["run_id"]), str(record["tracking_uri"])
+        except FileNotFoundError:
+            raise TrackingError(
+                f"{record_path}: expected the training stage's MLflow run record; found no "
+                "such file (run `dvc repro` for the train stage)"
+            ) from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise TrackingError(
+                f"{record_path}: expected JSON with run_id and tracking_uri; "
+                f"found {exception_text(exc)}"
+            ) from None
+        self._client: MlflowClient | None = None
+
+    def open(self) -> RecordedRun:
+        """Check, before any work, that the store answers and still holds the run."""
+        check_tracking_server(self.uri)
+        mlflow = _import_mlflow()
+        from mlflow.exceptions import MlflowException
+
+        self._client = mlflow.MlflowClient(tracking_uri=self.uri)
+        try:
+            run = self._client.get_run(self.run_id)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                raise TrackingError(
+                    f"{self.record_path}: expected run {self.run_id} in the MLflow store "
+                    f"{self.uri}; it is not there (retrain to record a new run: "
+                    f"`dvc repro --force` the train stage)"
+                ) from None
+            raise TrackingError(
+                f"MLflow tracking store {self.uri}: could not read run {self.run_id} "
+                f"({exception_text(exc)})"
+            ) from exc
+        if run.info.lifecycle_stage == "deleted":
+            raise TrackingError(
+                f"{self.record_path}: MLflow run {self.run_id} in {self.uri} is deleted; "
+                f"restore it (mlflow runs restore --run-id {self.run_id}) or retrain"
+            )
+        return self
+
+    def log(self, metrics: dict[str, Any], artifacts: list[Path], prefix: str) -> None:
+        """Metrics (nested dicts flattened with dots) as `prefix` + key at step 0, and the
+        files under the artifact folder `prefix` without its trailing slash."""
+        from mlflow.entities import Metric
+        from mlflow.exceptions import MlflowException
+
+        assert self._client is not None, "RecordedRun.log before open()"
+        ms = int(time.time() * 1000)
+        flat = flatten_metrics(metrics)
+        points = [Metric(f"{prefix}{key}", value, ms, 0) for key, value in flat.items()]
+        try:
+            for i in range(0, len(points), METRICS_PER_BATCH):
+                self._client.log_batch(self.run_id, metrics=points[i : i + METRICS_PER_BATCH])
+            for path in artifacts:
+                self._client.log_artifact(self.run_id, str(path), prefix.rstrip("/") or None)
+        except (MlflowException, OSError) as exc:
+            raise TrackingError(
+                f"MLflow tracking store {self.uri}: could not log to run {self.run_id} "
+                f"({exception_text(exc)})"
+            ) from exc
+
+
+def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of nested metrics under dotted keys; other values are left out."""
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update(flatten_metrics(value, prefix=f"{prefix}{key}."))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[f"{prefix}{key}"] = float(value)
+    return flat

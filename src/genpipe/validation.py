@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from genpipe.data.canonical import MANIFEST_COLUMNS, SPLITS, Prepared, image_sha1, replace_dir
+from genpipe.data.canonical import MANIFEST_COLUMNS, SPLITS, Prepared, image_sha1
+from genpipe.fileio import replace_dir
 from genpipe.params import DataParams, ValidateParams
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +22,7 @@ import pandas as pd
 from PIL import Image, ImageOps
 
 from genpipe.errors import DataError
-from genpipe.fileio import current_umask
+from genpipe.fileio import atomic_dir
 
 IMAGES_FILE = "images.npy"
 MANIFEST_FILE = "manifest.parquet"
@@ -115,28 +112,10 @@ def build_manifest(
 
 def write_prepared(prepared: Prepared, out_dir: Path) -> None:
     """Write the three files into `out_dir`, replacing it only once all are complete."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; outputs are not
-    try:
+    with atomic_dir(Path(out_dir)) as tmp:
         np.save(tmp / IMAGES_FILE, prepared.images, allow_pickle=False)
         prepared.manifest.to_parquet(tmp / MANIFEST_FILE, index=False, engine="pyarrow")
         (tmp / INFO_FILE).write_text(json.dumps(prepared.info, indent=2, sort_keys=True) + "\n")
-        replace_dir(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move the finished directory `src` to `dst`, replacing what was there."""
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_prepared(directory: Path) -> Prepared:

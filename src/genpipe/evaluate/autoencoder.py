@@ -1,0 +1,102 @@
+"""evaluate@autoencoder: the test split's reconstructions, their error and their FID, and
+PCA with as many components as the latent has dimensions, as the baseline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from genpipe.errors import MetricsError
+from genpipe.evaluate.common import FID, FID_OVER_FLOOR, FLOOR, Reference, compare, rounded
+from genpipe.metrics import reconstruction
+from genpipe.metrics.features import Backbone, extract_features
+from genpipe.models.autoencoder import AutoEncoder
+from genpipe.params import EvaluateParams
+from genpipe.train import common
+
+WEIGHTS = "autoencoder.safetensors"
+CONFIG = "config.json"
+GRID_IMAGES = 32  # 4 rows of 8 originals, each above their reconstructions
+
+# metric keys
+MSE, PSNR, SSIM, PCA_MSE, MSE_OVER_PCA = "mse", "psnr", "ssim", "pca_mse", "mse_over_pca"
+
+
+def load_autoencoder(weights_dir: Path, device: torch.device) -> AutoEncoder:
+    """The autoencoder, rebuilt from the train stage's config.json (no params.yaml)."""
+    weights_dir = Path(weights_dir)
+    for name in (CONFIG, WEIGHTS):
+        if not (weights_dir / name).is_file():
+            raise MetricsError(
+                f"{weights_dir / name}: expected the train@autoencoder stage's output; found "
+                "no such file (run `dvc repro train@autoencoder`)"
+            )
+    config = json.loads((weights_dir / CONFIG).read_text())
+    net = AutoEncoder(**config["autoencoder"])
+    net.load_state_dict(load_file(weights_dir / WEIGHTS))
+    return net.to(device).eval().requires_grad_(False)
+
+
+@torch.inference_mode()
+def reconstruct(
+    net: AutoEncoder, images: np.ndarray, batch_size: int, device: torch.device
+) -> np.ndarray:
+    """(N, C, S, S) uint8 -> reconstructions as float64 in [0, 1]. A VAE decodes its mean."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+        x = x.to(device).float().div(127.5).sub(1.0)  # as in training: [-1, 1]
+        recon = net(x)[0].float().clamp(-1.0, 1.0).add(1.0).div(2.0)
+        out.append(recon.double().cpu().numpy())
+    return np.concatenate(out)
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """[0, 1] float -> uint8, rounded as common.to_uint8 rounds model outputs."""
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def evaluate_autoencoder(
+    net: AutoEncoder,
+    train_images: np.ndarray,  # (N, C, S, S) uint8: fits the PCA baseline
+    test_images: np.ndarray,  # (M, C, S, S) uint8: reconstructed and scored
+    reference: Reference,
+    backbone: Backbone,
+    evaluate: EvaluateParams,
+    seed: int,
+    device: torch.device,
+) -> tuple[dict[str, Any], Image.Image]:
+    """metrics.json's content and a grid of test originals above their reconstructions."""
+    x = test_images.astype(np.float64) / 255.0  # (M, C, S, S) in [0, 1]
+    recon = reconstruct(net, test_images, evaluate.batch_size, device)
+    latent_dim = net.config()["latent_dim"]
+    pca = reconstruction.pca_reconstruction(train_images / 255.0, x, latent_dim)
+    mse, pca_mse = reconstruction.mse(x, recon), reconstruction.mse(x, pca)
+    recon_uint8 = to_uint8(recon)
+    features = extract_features(
+        backbone, recon_uint8, evaluate.batch_size, device, "reconstruction features"
+    )
+    fid = compare(reference, features, evaluate, seed)[FID]
+    floor = reference.info[FLOOR]
+    metrics: dict[str, Any] = {
+        MSE: mse,
+        PSNR: reconstruction.psnr(x, recon),
+        SSIM: reconstruction.ssim(x, recon),
+        PCA_MSE: pca_mse,
+        FID: fid,
+        FLOOR: {FID: floor[FID]},
+        "latent_dim": latent_dim,
+        "test_images": len(test_images),
+    }
+    if pca_mse > 0:  # 0 only when PCA reconstructs the test split exactly
+        metrics[MSE_OVER_PCA] = mse / pca_mse
+    if floor[FID] > 0:
+        metrics[FID_OVER_FLOOR] = fid / floor[FID]
+    grid = common.pairs_grid(test_images[:GRID_IMAGES], recon_uint8[:GRID_IMAGES])
+    return rounded(metrics), grid

@@ -1,0 +1,80 @@
+"""evaluate@gan: samples from the EMA generator against the cached real statistics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from genpipe.errors import MetricsError
+from genpipe.evaluate.common import (
+    FID,
+    FID_OVER_FLOOR,
+    FLOOR,
+    Reference,
+    compare,
+    kid_subset_size,
+    rounded,
+)
+from genpipe.metrics.features import Backbone, extract_features
+from genpipe.models.gan import Generator
+from genpipe.params import EvaluateParams
+from genpipe.train import common
+
+EMA_WEIGHTS = "generator_ema.safetensors"
+CONFIG = "config.json"
+GRID_SAMPLES = 64
+
+
+def load_generator(weights_dir: Path, device: torch.device) -> Generator:
+    """The EMA generator, rebuilt from the train stage's config.json (no params.yaml)."""
+    weights_dir = Path(weights_dir)
+    for name in (CONFIG, EMA_WEIGHTS):
+        if not (weights_dir / name).is_file():
+            raise MetricsError(
+                f"{weights_dir / name}: expected the train@gan stage's output; found no such "
+                "file (run `dvc repro train@gan`)"
+            )
+    config = json.loads((weights_dir / CONFIG).read_text())
+    netG = Generator(**config["generator"])
+    netG.load_state_dict(load_file(weights_dir / EMA_WEIGHTS))
+    return netG.to(device).eval().requires_grad_(False)
+
+
+@torch.inference_mode()
+def generate(
+    netG: Generator, n: int, seed: int, batch_size: int, device: torch.device
+) -> np.ndarray:
+    """(n, C, S, S) uint8 samples from fixed noise, quantised as the real images are."""
+    noise = common.make_generator(device, seed)
+    z = torch.randn(n, netG.z_dim, device=device, generator=noise)  # drawn at once: the
+    # samples do not depend on the batch size
+    return np.concatenate([common.to_uint8(netG(zb)) for zb in z.split(batch_size)])
+
+
+def evaluate_gan(
+    netG: Generator,
+    reference: Reference,
+    backbone: Backbone,
+    evaluate: EvaluateParams,
+    seed: int,
+    device: torch.device,
+) -> tuple[dict[str, Any], Image.Image]:
+    """metrics.json's content and a grid of the first samples."""
+    n = reference.info["num_samples"]
+    samples = generate(netG, n, seed, evaluate.batch_size, device)
+    features = extract_features(backbone, samples, evaluate.batch_size, device, "gan features")
+    metrics: dict[str, Any] = compare(reference, features, evaluate, seed)
+    floor = reference.info[FLOOR]
+    if floor[FID] > 0:  # 0 only when the train subsample's statistics equal the test split's
+        metrics[FID_OVER_FLOOR] = metrics[FID] / floor[FID]
+    metrics[FLOOR] = floor
+    metrics["num_samples"] = n
+    metrics["kid_subset_size"] = kid_subset_size(evaluate, reference, n)
+    grid = common.image_grid(samples[:GRID_SAMPLES], rows=8)
+    return rounded(metrics), grid

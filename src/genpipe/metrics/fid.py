@@ -1,0 +1,315 @@
+"""Feature statistics and the distances between two sets of image features: FID, KID, and
+improved precision and recall.
+
+Statistics are the interchange format: features (N, D) -> (mu, sigma) -> distance. Each
+step is a small pure function on float64 numpy arrays, so the real data's statistics (and
+sigma's square root) are computed once and cached, and a distance costs one symmetric
+eigendecomposition instead of scipy.linalg.sqrtm's Schur decomposition.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from genpipe.errors import MetricsError
+
+log = logging.getLogger("genpipe.metrics.fid")
+
+# the params that set these arguments, named in errors
+KID_SUBSETS_PARAM = "evaluate.kid_subsets"
+KID_SUBSET_SIZE_PARAM = "evaluate.kid_subset_size"
+PR_K_PARAM = "evaluate.pr_k"
+
+
+def _check_finite(a: np.ndarray, name: str) -> None:
+    if not np.isfinite(a).all():
+        raise MetricsError(f"{name}: expected finite values; found NaN or inf")
+
+
+def _as_float64(features: np.ndarray | torch.Tensor, what: str) -> np.ndarray:
+    """(B, D) features of any float dtype, numpy or torch on any device -> (B, D) float64."""
+    if isinstance(features, torch.Tensor):
+        features = features.detach().to("cpu", torch.float64).numpy()
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2:
+        raise MetricsError(f"{what}: expected a (N, D) array of features; got shape {x.shape}")
+    _check_finite(x, what)
+    return x
+
+
+def warn_if_few_samples(n: int, dim: int, what: str = "features") -> bool:
+    """Log a warning when n < dim: the covariance is then rank-deficient and the FID is biased
+    upward. Returns whether it warned."""
+    if n >= dim:
+        return False
+    log.warning(
+        "%s: %d samples for %d-d features; the covariance is rank-deficient (rank <= %d), "
+        "so the FID is biased upward: compare only FIDs from the same number of samples",
+        what,
+        n,
+        dim,
+        n - 1,
+    )
+    return True
+
+
+class FeatureStats:
+    """Mean and covariance of features that arrive in batches.
+
+    Each batch's mean and centred scatter are merged into the running ones (Chan, Golub and
+    LeVeque's parallel update), in float64, so the result does not depend on the batch size
+    and avoids the cancellation of accumulating sums of x x^T.
+    """
+
+    def __init__(self, what: str = "features"):
+        self.what = what  # names the features in errors and warnings
+        self._n = 0
+        self._mean: np.ndarray | None = None  # (D,)
+        self._scatter: np.ndarray | None = None  # (D, D): sum of (x - mean)(x - mean)^T
+
+    def add(self, features: np.ndarray | torch.Tensor) -> None:
+        x = _as_float64(features, self.what)  # (B, D)
+        if self._mean is not None and x.shape[1] != self._mean.shape[0]:
+            raise MetricsError(
+                f"{self.what}: expected batches of {self._mean.shape[0]}-d features, like "
+                f"the earlier ones; got shape {x.shape}"
+            )
+        b = x.shape[0]
+        if b == 0:
+            return
+        mean_b = x.mean(axis=0)  # (D,)
+        centred = x - mean_b  # (B, D)
+        scatter_b = centred.T @ centred  # (D, D)
+        if self._mean is None or self._scatter is None:
+            self._n, self._mean, self._scatter = b, mean_b, scatter_b
+            return
+        n_a = self._n
+        n = n_a + b
+        delta = mean_b - self._mean  # (D,)
+        self._mean = self._mean + delta * (b / n)
+        self._scatter = self._scatter + scatter_b + np.outer(delta, delta) * (n_a * b / n)
+        self._n = n
+
+    @property
+    def n(self) -> int:
+        return self._n
+
+    @property
+    def dim(self) -> int | None:
+        return None if self._mean is None else self._mean.shape[0]
+
+    def _check_count(self) -> None:
+        if self._n < 2:
+            raise MetricsError(
+                f"{self.what}: expected at least 2 samples for a mean and covariance; got {self._n}"
+            )
+
+    @property
+    def mu(self) -> np.ndarray:
+        """(D,) float64."""
+        self._check_count()
+        return self._mean.copy()
+
+    @property
+    def sigma(self) -> np.ndarray:
+        """(D, D) float64, unbiased (ddof=1, as np.cov(rowvar=False)); warns when n < D."""
+        self._check_count()
+        warn_if_few_samples(self._n, self._scatter.shape[0], self.what)
+        return self._scatter / (self._n - 1)
+
+    def statistics(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mu (D,), sigma (D, D))."""
+        return self.mu, self.sigma
+
+
+def feature_statistics(
+    features: np.ndarray | torch.Tensor, batch_size: int | None = None, what: str = "features"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mu (D,), sigma (D, D)) of (N, D) features, added `batch_size` rows at a time (all at
+    once when None)."""
+    if batch_size is not None and batch_size < 1:
+        raise MetricsError(f"batch_size: expected a positive integer; got {batch_size}")
+    stats = FeatureStats(what)
+    if batch_size is None:
+        stats.add(features)
+    else:
+        for start in range(0, len(features), batch_size):
+            stats.add(features[start : start + batch_size])
+    return stats.statistics()
+
+
+def _symmetric(a: np.ndarray) -> np.ndarray:
+    return (a + a.T) / 2
+
+
+def _square_matrix(a: np.ndarray, name: str) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] != a.shape[1]:
+        raise MetricsError(f"{name}: expected a square (D, D) matrix; got shape {a.shape}")
+    _check_finite(a, name)
+    return a
+
+
+def sqrt_psd(sigma: np.ndarray) -> np.ndarray:
+    """The symmetric square root of a positive semi-definite (D, D) matrix, by eigh; negative
+    eigenvalues (round-off) count as 0. sqrt_psd(sigma) @ sqrt_psd(sigma) == sigma."""
+    sigma = _square_matrix(sigma, "sigma")
+    w, v = np.linalg.eigh(_symmetric(sigma))  # (D,), (D, D)
+    return _symmetric((v * np.sqrt(np.clip(w, 0.0, None))) @ v.T)
+
+
+def frechet_distance(
+    mu1: np.ndarray,
+    sigma1: np.ndarray,
+    mu2: np.ndarray,
+    sigma2: np.ndarray,
+    sqrt_sigma1: np.ndarray | None = None,
+) -> float:
+    """||mu1 - mu2||^2 + tr sigma1 + tr sigma2 - 2 tr sqrt(sigma1 sigma2), a float >= 0.
+
+    tr sqrt(sigma1 sigma2) = tr sqrt(S sigma2 S) with S = sqrt(sigma1) symmetric: S sigma2 S
+    is symmetric PSD, so it is the sum of the square roots of its eigenvalues. Pass the
+    cached sqrt_psd(sigma1) as `sqrt_sigma1` to skip one eigendecomposition.
+    """
+    mu1, mu2 = np.asarray(mu1, dtype=np.float64), np.asarray(mu2, dtype=np.float64)
+    sigma1 = _symmetric(_square_matrix(sigma1, "sigma1"))  # (D, D)
+    sigma2 = _symmetric(_square_matrix(sigma2, "sigma2"))  # (D, D)
+    for side, mu, sigma in ((1, mu1, sigma1), (2, mu2, sigma2)):
+        if mu.ndim != 1 or mu.shape[0] != sigma.shape[0]:
+            raise MetricsError(
+                f"statistics {side}: expected mu{side} (D,) and sigma{side} (D, D); got "
+                f"mu{side} {mu.shape} and sigma{side} {sigma.shape}"
+            )
+        _check_finite(mu, f"mu{side}")
+    if sigma1.shape != sigma2.shape:
+        raise MetricsError(
+            f"statistics of different dimensions: sigma1 {sigma1.shape}, sigma2 {sigma2.shape}"
+        )
+    if sqrt_sigma1 is None:
+        s = sqrt_psd(sigma1)
+    else:
+        s = _symmetric(_square_matrix(sqrt_sigma1, "sqrt_sigma1"))
+        if s.shape != sigma1.shape:
+            raise MetricsError(
+                f"sqrt_sigma1: expected the shape of sigma1 {sigma1.shape}; got {s.shape}"
+            )
+    m = _symmetric(s @ sigma2 @ s)  # (D, D), PSD: same eigenvalues as sigma1 sigma2
+    eigenvalues = np.clip(np.linalg.eigvalsh(m), 0.0, None)  # negatives are round-off
+    tr_covmean = np.sqrt(eigenvalues).sum()
+    diff = mu1 - mu2
+    distance = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean
+    return max(float(distance), 0.0)  # round-off can take a zero distance below 0
+
+
+def _paired_features(
+    real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N, D) and (M, D) float64 features of the same D."""
+    x, y = _as_float64(real, "real features"), _as_float64(fake, "fake features")
+    if x.shape[1] != y.shape[1]:
+        raise MetricsError(
+            f"real and fake features: expected the same dimension; got real {x.shape} and "
+            f"fake {y.shape}"
+        )
+    return x, y
+
+
+def _polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(m, D), (m, D) -> (m, m): k(x, y) = (x^T y / D + 1)^3."""
+    return (x @ y.T / x.shape[1] + 1.0) ** 3
+
+
+def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+    """The unbiased MMD^2 estimate of two (m, D) samples with the cubic polynomial kernel."""
+    m = x.shape[0]
+    k_xx, k_yy = _polynomial_kernel(x, x), _polynomial_kernel(y, y)  # (m, m)
+    k_xy = _polynomial_kernel(x, y)  # (m, m)
+    off_diagonal = k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)
+    return float(off_diagonal / (m * (m - 1)) - 2.0 * k_xy.mean())
+
+
+def kernel_inception_distance(
+    real: np.ndarray | torch.Tensor,
+    fake: np.ndarray | torch.Tensor,
+    subsets: int,
+    subset_size: int,
+    seed: int,
+) -> tuple[float, float]:
+    """KID (Bińkowski et al. 2018) as torch-fidelity computes it: the unbiased MMD^2 with
+    k(x, y) = (x^T y / D + 1)^3 on `subsets` pairs of random subsets of `subset_size` rows
+    (without replacement, from np.random.default_rng(seed)). Returns (mean, std) over the
+    subsets; std is np.std's (ddof=0), as torch-fidelity's."""
+    x, y = _paired_features(real, fake)  # (N, D), (M, D)
+    if subsets < 1:
+        raise MetricsError(f"{KID_SUBSETS_PARAM}: expected a positive integer; got {subsets}")
+    if subset_size < 2 or subset_size > min(len(x), len(y)):
+        raise MetricsError(
+            f"{KID_SUBSET_SIZE_PARAM}: expected 2 to {min(len(x), len(y))} (real has "
+            f"{len(x)} samples, fake has {len(y)}); got {subset_size}"
+        )
+    rng = np.random.default_rng(seed)
+    mmd2 = np.empty(subsets)
+    for i in range(subsets):
+        rows_x = rng.choice(len(x), subset_size, replace=False)
+        rows_y = rng.choice(len(y), subset_size, replace=False)
+        mmd2[i] = _mmd2_unbiased(x[rows_x], y[rows_y])
+    return float(mmd2.mean()), float(mmd2.std())
+
+
+def _squared_norms(x: np.ndarray) -> np.ndarray:
+    """(N, D) -> (N,)."""
+    return np.einsum("ij,ij->i", x, x)
+
+
+def _squared_distances(x: np.ndarray, y: np.ndarray, y_sq: np.ndarray) -> np.ndarray:
+    """(B, D), (N, D), |y|^2 (N,) -> (B, N) squared Euclidean distances."""
+    d2 = _squared_norms(x)[:, None] + y_sq[None, :] - 2.0 * (x @ y.T)
+    return np.maximum(d2, 0.0, out=d2)
+
+
+def _knn_radii(x: np.ndarray, k: int, batch_size: int) -> np.ndarray:
+    """(N, D) -> (N,): squared distance of each point to its k-th nearest neighbour in x,
+    itself excluded. Rows go `batch_size` at a time: memory O(batch_size * N)."""
+    n = x.shape[0]
+    x_sq = _squared_norms(x)  # (N,)
+    radii = np.empty(n)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        d2 = _squared_distances(x[start:stop], x, x_sq)  # (B, N)
+        rows = np.arange(stop - start)
+        d2[rows, start + rows] = np.inf  # a point is not its own neighbour
+        radii[start:stop] = np.partition(d2, k - 1, axis=1)[:, k - 1]
+    return radii
+
+
+def precision_recall(
+    real: np.ndarray | torch.Tensor,
+    fake: np.ndarray | torch.Tensor,
+    k: int = 3,
+    batch_size: int = 1024,
+) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019). Each point's ball reaches
+    its k-th nearest neighbour in its own set; precision is the share of fake points inside
+    some real ball, recall the share of real points inside some fake ball."""
+    x, y = _paired_features(real, fake)  # (N, D) real, (M, D) fake
+    if k < 1 or k >= min(len(x), len(y)):
+        raise MetricsError(
+            f"{PR_K_PARAM}: expected 1 to {min(len(x), len(y)) - 1} (fewer than the real "
+            f"({len(x)}) and fake ({len(y)}) samples); got {k}"
+        )
+    if batch_size < 1:
+        raise MetricsError(f"batch_size: expected a positive integer; got {batch_size}")
+    radii_x, radii_y = _knn_radii(x, k, batch_size), _knn_radii(y, k, batch_size)  # squared
+    x_sq = _squared_norms(x)  # (N,)
+    precise = np.zeros(len(y), dtype=bool)  # fake point inside some real ball
+    recalled = np.zeros(len(x), dtype=bool)  # real point inside some fake ball
+    # one pass over the (M, N) fake-to-real distances serves both
+    for start in range(0, len(y), batch_size):
+        stop = min(start + batch_size, len(y))
+        d2 = _squared_distances(y[start:stop], x, x_sq)  # (B, N)
+        precise[start:stop] = (d2 <= radii_x[None, :]).any(axis=1)
+        recalled |= (d2 <= radii_y[start:stop, None]).any(axis=0)
+    return float(precise.mean()), float(recalled.mean())

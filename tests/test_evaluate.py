@@ -1,0 +1,343 @@
+"""Evaluation: reconstruction metrics, the domain network, the reference stage's output, the
+evaluate functions, and logging to the training run recorded in mlflow_run.json."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from genpipe.data.canonical import Prepared
+from genpipe.errors import MetricsError
+from genpipe.evaluate import common as ev
+from genpipe.evaluate.autoencoder import evaluate_autoencoder, load_autoencoder
+from genpipe.evaluate.gan import evaluate_gan, generate, load_generator
+from genpipe.evaluate.reference import build_reference, write_reference
+from genpipe.fileio import atomic_dir
+from genpipe.metrics import reconstruction
+from genpipe.metrics.features import DomainNet, extract_features, train_domain_network
+from genpipe.models.autoencoder import AutoEncoder
+from genpipe.models.gan import Generator
+from genpipe.params import IMAGE_SIZES, DomainParams, EvaluateParams, parse_params
+from genpipe.tracking import RecordedRun, TrackingError, TrainingRun
+from genpipe.train import common
+
+from builders import random_state_dict
+
+CPU = torch.device("cpu")
+
+
+# --- reconstruction metrics ------------------------------------------------------------------
+
+
+def test_identical_images_give_mse_0_ssim_1_and_capped_psnr():
+    x = np.random.default_rng(0).random((5, 1, 8, 8))
+    assert reconstruction.mse(x, x) == 0.0
+    assert reconstruction.ssim(x, x) == pytest.approx(1.0, abs=1e-12)
+    assert reconstruction.psnr(x, x) == reconstruction.PSNR_MAX_DB
+
+
+def test_mse_and_psnr_of_a_known_offset():
+    x = np.full((3, 3, 16, 16), 0.5)
+    y = x + 0.1  # every pixel off by 0.1: MSE 0.01, PSNR 20 dB
+    assert reconstruction.mse(x, y) == pytest.approx(0.01)
+    assert reconstruction.psnr(x, y) == pytest.approx(20.0)
+
+
+def test_ssim_falls_with_noise_and_matches_per_image_mean():
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(1)
+    x = rng.random((4, 3, 16, 16))
+    slightly = np.clip(x + 0.05 * rng.standard_normal(x.shape), 0, 1)
+    very = np.clip(x + 0.5 * rng.standard_normal(x.shape), 0, 1)
+    assert 1.0 > reconstruction.ssim(x, slightly) > reconstruction.ssim(x, very)
+    per_image = [
+        structural_similarity(a, b, data_range=1.0, channel_axis=0, win_size=7)
+        for a, b in zip(x, slightly, strict=True)
+    ]
+    assert reconstruction.ssim(x, slightly) == pytest.approx(np.mean(per_image), rel=1e-12)
+
+
+def test_reconstruction_metrics_refuse_mismatched_shapes():
+    with pytest.raises(MetricsError, match=r"\(2, 1, 8, 8\) and \(3, 1, 8, 8\)"):
+        reconstruction.mse(np.zeros((2, 1, 8, 8)), np.zeros((3, 1, 8, 8)))
+
+
+def test_pca_with_every_component_is_exact_and_with_fewer_is_not():
+    rng = np.random.default_rng(2)
+    train, test = rng.random((50, 1, 4, 4)), rng.random((10, 1, 4, 4))
+    full = reconstruction.pca_reconstruction(train, test, components=16)
+    assert reconstruction.mse(test, full) < 1e-20
+    assert reconstruction.mse(test, reconstruction.pca_reconstruction(train, test, 2)) > 1e-3
+
+
+# --- the domain network ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", IMAGE_SIZES)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_domain_network_shapes(size, channels):
+    net = DomainNet(size, channels, num_classes=4, width=4, feature_dim=12)
+    x = torch.randint(0, 256, (2, channels, size, size), dtype=torch.uint8)
+    assert net.features(x).shape == (2, 12)
+    assert net(x).shape == (2, 4)
+
+
+def two_class_images(n: int, size: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Class 0: bright left half, class 1: bright right half, with noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    images = rng.integers(0, 60, (n, 1, size, size)).astype(np.uint8)
+    for i, label in enumerate(labels):
+        half = slice(0, size // 2) if label == 0 else slice(size // 2, size)
+        images[i, 0, :, half] += 180
+    return images, labels
+
+
+def test_domain_network_learns_and_is_deterministic():
+    images, labels = two_class_images(64)
+    params = DomainParams(steps=30, width=4, feature_dim=8, batch_size=16)
+    a = train_domain_network(images, labels, 2, params, seed=0, device=CPU)
+    b = train_domain_network(images, labels, 2, params, seed=0, device=CPU)
+    for (name, wa), wb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(wa, wb), name
+    # features are rescaled to unit RMS on the train split (KID's kernel assumes O(1))
+    rms = np.sqrt(np.mean(extract_features(a.features, images, 64, CPU) ** 2))
+    assert rms == pytest.approx(1.0, rel=1e-5) and float(a.feature_scale) != 1.0
+    test_images, test_labels = two_class_images(32, seed=1)
+    from genpipe.metrics.features import accuracy
+
+    assert accuracy(a, test_images, test_labels, batch_size=7) == 1.0
+
+
+def test_domain_backbone_refuses_unlabeled_data():
+    images, labels = two_class_images(8)
+    labels[:] = -1
+    with pytest.raises(MetricsError, match="backbone: inception"):
+        train_domain_network(images, labels, 0, DomainParams(steps=1), seed=0, device=CPU)
+
+
+def test_features_do_not_depend_on_the_batch_size():
+    net = DomainNet(8, 1, 2, width=4, feature_dim=8).eval()
+    images, _ = two_class_images(20)
+    one = extract_features(net.features, images, 20, CPU)
+    many = extract_features(net.features, images, 3, CPU)
+    assert one.shape == (20, 8) and one.dtype == np.float64
+    np.testing.assert_allclose(one, many, rtol=1e-6, atol=1e-7)
+
+
+def test_features_refuse_float_images():
+    net = DomainNet(8, 1, 2, width=4, feature_dim=8).eval()
+    with pytest.raises(MetricsError, match="uint8"):
+        extract_features(net.features, np.zeros((2, 1, 8, 8), np.float32), 2, CPU)
+
+
+# --- the reference stage ---------------------------------------------------------------------
+
+
+def tiny_params(**evaluate) -> object:
+    raw = {
+        "evaluate": {
+            "kid_subsets": 5,
+            "domain": {"steps": 40, "width": 4, "feature_dim": 6, "batch_size": 16},
+            **evaluate,
+        }
+    }
+    return parse_params(raw)
+
+
+def tiny_prepared(n: int = 120, test_every: int = 4) -> Prepared:
+    images, labels = two_class_images(n)
+    split = np.where(np.arange(n) % test_every == 0, "test", "train")
+    manifest = pd.DataFrame({"index": np.arange(n), "split": split, "label": labels})
+    return Prepared(images=images, manifest=manifest, info={"num_classes": 2})
+
+
+def test_reference_holds_test_statistics_and_a_floor(tmp_path):
+    params = tiny_params()
+    reference, net = build_reference(params, tiny_prepared(), CPU)
+    info = reference.info
+    assert info["backbone"] == "domain" and info["test_images"] == 30
+    assert info["num_samples"] == 30 and info["feature_dim"] == 6
+    assert info["domain_accuracy"] >= 0.9
+    assert reference.features.shape == (30, 6)
+    np.testing.assert_allclose(reference.mu, reference.features.mean(axis=0), rtol=1e-10)
+    np.testing.assert_allclose(reference.sigma_sqrt @ reference.sigma_sqrt, reference.sigma,
+                               atol=1e-8)  # fmt: skip
+    floor = info["floor"]
+    assert floor["fid"] > 0 and 0 <= floor["precision"] <= 1 and 0 <= floor["recall"] <= 1
+
+    with atomic_dir(tmp_path / "reference") as staging:
+        write_reference(staging, reference, net)
+    loaded = ev.load_reference(tmp_path / "reference", params.evaluate)
+    np.testing.assert_array_equal(loaded.sigma, reference.sigma)
+    assert loaded.info == json.loads(json.dumps(info))
+    # the real features against themselves: no distance, full precision and recall
+    same = ev.compare(loaded, loaded.features, params.evaluate, seed=0)
+    assert abs(same["fid"]) < 1e-6
+    assert same["precision"] == 1.0 and same["recall"] == 1.0
+
+
+def test_reference_is_deterministic():
+    params = tiny_params()
+    a, _ = build_reference(params, tiny_prepared(), CPU)
+    b, _ = build_reference(params, tiny_prepared(), CPU)
+    assert a.info == b.info
+    np.testing.assert_array_equal(a.features, b.features)
+
+
+def test_reference_fails_below_min_accuracy():
+    params = tiny_params(domain={"steps": 1, "width": 2, "feature_dim": 2, "min_accuracy": 1.0})
+    prepared = tiny_prepared()
+    prepared.manifest["label"] = np.random.default_rng(0).integers(0, 2, 120)  # noise labels
+    with pytest.raises(MetricsError, match=r"evaluate.domain.min_accuracy"):
+        build_reference(params, prepared, CPU)
+
+
+def test_reference_refuses_more_samples_than_train_images():
+    with pytest.raises(MetricsError, match=r"evaluate.num_samples: expected at most 90"):
+        build_reference(tiny_params(num_samples=91), tiny_prepared(), CPU)
+
+
+def test_load_reference_refuses_another_backbone(tmp_path):
+    params = tiny_params()
+    reference, net = build_reference(params, tiny_prepared(), CPU)
+    with atomic_dir(tmp_path / "ref") as staging:
+        write_reference(staging, reference, net)
+    with pytest.raises(MetricsError, match="inception.*found domain"):
+        ev.load_reference(tmp_path / "ref", EvaluateParams(backbone="inception"))
+    with pytest.raises(MetricsError, match="dvc repro reference"):
+        ev.load_reference(tmp_path / "missing", params.evaluate)
+
+
+def test_reference_with_the_inception_backbone(tmp_path, monkeypatch):
+    """Random weights stand in for the standard file: 2048-d features, the file's SHA-256
+    recorded, and an evaluation with another file refused."""
+    weights = tmp_path / "inception.pth"
+    torch.save(random_state_dict(), weights)
+    params = tiny_params(backbone="inception", inception_weights=str(weights), pr_k=1)
+    prepared = tiny_prepared(n=8, test_every=2)  # 299 x 299 forwards are slow on a CPU
+    reference, net = build_reference(params, prepared, CPU)
+    assert net is None and reference.features.shape == (4, 2048)
+    assert reference.info["feature_dim"] == 2048
+    assert reference.info["inception_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert np.isfinite(reference.info["floor"]["fid"])
+
+    other = tmp_path / "other.pth"
+    torch.save(random_state_dict(seed=1), other)
+    evaluate = tiny_params(backbone="inception", inception_weights=str(other)).evaluate
+    with pytest.raises(MetricsError, match="dvc repro --force reference"):
+        ev.load_backbone(evaluate, reference, tmp_path, CPU)
+
+
+def test_domain_backbone_suggests_inception_for_unlabeled_data():
+    prepared = tiny_prepared()
+    prepared.manifest["label"] = -1
+    with pytest.raises(MetricsError, match="unlabeled images. Use evaluate.backbone: inception"):
+        build_reference(tiny_params(), prepared, CPU)
+
+
+# --- the evaluate stages ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reference_dir(tmp_path_factory):
+    params = tiny_params()
+    reference, net = build_reference(params, tiny_prepared(), CPU)
+    directory = tmp_path_factory.mktemp("reference")
+    with atomic_dir(directory) as staging:
+        write_reference(staging, reference, net)
+    return directory
+
+
+def loaded(reference_dir):
+    evaluate = tiny_params().evaluate
+    reference = ev.load_reference(reference_dir, evaluate)
+    return reference, ev.load_backbone(evaluate, reference, reference_dir, CPU), evaluate
+
+
+def test_evaluate_gan_reports_metrics_beside_the_floor(reference_dir, tmp_path):
+    reference, backbone, evaluate = loaded(reference_dir)
+    torch.manual_seed(0)
+    netG = Generator(8, 1, z_dim=4, width=8)
+    common.save_weights(netG, tmp_path / "generator_ema.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"generator": netG.config()}))
+    netG = load_generator(tmp_path, CPU)
+
+    metrics, grid = evaluate_gan(netG, reference, backbone, evaluate, seed=0, device=CPU)
+    again, _ = evaluate_gan(netG, reference, backbone, evaluate, seed=0, device=CPU)
+    assert metrics == again  # deterministic: DVC caches metrics.json
+    assert metrics["num_samples"] == 30 and metrics["floor"] == reference.info["floor"]
+    assert metrics["fid"] > 0 and metrics["kid_std"] >= 0
+    assert metrics["fid_over_floor"] == pytest.approx(metrics["fid"] / metrics["floor"]["fid"],
+                                                      rel=1e-5)  # fmt: skip
+    assert grid.size[0] > 0
+    samples = generate(netG, 5, seed=0, batch_size=2, device=CPU)
+    assert samples.dtype == np.uint8 and samples.shape == (5, 1, 8, 8)
+    np.testing.assert_array_equal(samples, generate(netG, 5, seed=0, batch_size=5, device=CPU))
+
+
+def test_load_generator_names_the_missing_file(tmp_path):
+    with pytest.raises(MetricsError, match=r"config.json.*dvc repro train@gan"):
+        load_generator(tmp_path, CPU)
+
+
+def test_evaluate_autoencoder_against_pca(reference_dir, tmp_path):
+    reference, backbone, evaluate = loaded(reference_dir)
+    torch.manual_seed(0)
+    net = AutoEncoder(8, 1, latent_dim=3, width=4)
+    common.save_weights(net, tmp_path / "autoencoder.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"autoencoder": net.config()}))
+    net = load_autoencoder(tmp_path, CPU)
+    prepared = tiny_prepared()
+    split = prepared.manifest["split"].to_numpy()
+    metrics, _ = evaluate_autoencoder(
+        net, prepared.images[split == "train"], prepared.images[split == "test"], reference,
+        backbone, evaluate, seed=0, device=CPU,
+    )  # fmt: skip
+    assert metrics["latent_dim"] == 3 and metrics["test_images"] == 30
+    assert metrics["mse"] > metrics["pca_mse"] > 0  # an untrained AE is worse than PCA
+    assert metrics["mse_over_pca"] == pytest.approx(metrics["mse"] / metrics["pca_mse"], rel=1e-5)
+    assert 0 < metrics["psnr"] < 100 and -1 <= metrics["ssim"] < 1
+    assert metrics["fid"] > 0 and metrics["floor"]["fid"] == reference.info["floor"]["fid"]
+
+
+# --- logging to the training run -------------------------------------------------------------
+
+
+def test_recorded_run_gets_the_metrics_and_files(tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    record = tmp_path / "mlflow_run.json"
+    with TrainingRun("gan", {"seed": 0}, "hash", "exp", record_path=record, uri=uri):
+        pass
+    metrics_file = tmp_path / "metrics.json"
+    metrics_file.write_text("{}")
+    run = RecordedRun(record).open()
+    run.log({"fid": 1.5, "floor": {"fid": 0.5}, "note": "text"}, [metrics_file], "eval/")
+
+    logged = MlflowClient(uri).get_run(run.run_id)
+    assert logged.data.metrics == {"eval/fid": 1.5, "eval/floor.fid": 0.5}
+    assert logged.info.status == "FINISHED"  # logging does not reopen it
+    names = [f.path for f in MlflowClient(uri).list_artifacts(run.run_id, "eval")]
+    assert names == ["eval/metrics.json"]
+
+
+def test_recorded_run_errors_name_the_record(tmp_path):
+    with pytest.raises(TrackingError, match="no such file"):
+        RecordedRun(tmp_path / "mlflow_run.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"run_id": "x"}')
+    with pytest.raises(TrackingError, match="run_id and tracking_uri"):
+        RecordedRun(bad)
+    gone = tmp_path / "gone.json"
+    gone.write_text(json.dumps({"run_id": "0" * 32,
+                                "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}))  # fmt: skip
+    with pytest.raises(TrackingError, match="not there"):
+        RecordedRun(gone).open()
