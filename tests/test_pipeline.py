@@ -29,8 +29,10 @@ TINY_TRAINING = {
         "domain": {"steps": 100, "width": 8, "feature_dim": 16, "min_accuracy": 0.5},
     },
 }
-ALL_STAGES = ["fetch", "validate", "reference", "train@gan", "train@autoencoder",
-              "evaluate@gan", "evaluate@autoencoder"]  # fmt: skip
+ALL_STAGES = [
+    "fetch", "validate", "reference", "train@gan", "train@autoencoder",
+    "evaluate@gan", "evaluate@autoencoder", "register@gan", "register@autoencoder",
+]  # fmt: skip
 
 
 def sh(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -106,19 +108,25 @@ def test_repro_runs_once_then_nothing(project):
 
     # one model's params rerun that model's training and evaluation alone
     set_params(project, autoencoder={"latent_dim": 3})
-    assert ran(sh("dvc", "repro", cwd=project)) == ["train@autoencoder", "evaluate@autoencoder"]
+    assert ran(sh("dvc", "repro", cwd=project)) == [
+        "train@autoencoder", "evaluate@autoencoder", "register@autoencoder"]  # fmt: skip
     # editing the GAN's network reruns the GAN alone
     with (project / "src/genpipe/models/gan.py").open("a") as f:
         f.write("\n# an edit\n")
-    assert ran(sh("dvc", "repro", cwd=project)) == ["train@gan", "evaluate@gan"]
+    assert ran(sh("dvc", "repro", cwd=project)) == ["train@gan", "evaluate@gan", "register@gan"]
+    # the retrained GAN is a new version, champion or challenger by its FID
+    registered = json.loads((project / "reports/gan/registry.json").read_text())
+    assert registered["version"] == 2 and registered["decision"] in ("champion", "challenger")
     # evaluate params rerun the reference and the evaluations, not the training
     set_params(project, evaluate={"kid_subsets": 6})
     assert sorted(ran(sh("dvc", "repro", cwd=project))) == [
-        "evaluate@autoencoder", "evaluate@gan", "reference"]  # fmt: skip
+        "evaluate@autoencoder", "evaluate@gan", "reference", "register@autoencoder",
+        "register@gan"]  # fmt: skip
     # shared training params rerun both models
     set_params(project, train={"batch_size": 8})
     assert sorted(ran(sh("dvc", "repro", cwd=project))) == [
-        "evaluate@autoencoder", "evaluate@gan", "train@autoencoder", "train@gan"]  # fmt: skip
+        "evaluate@autoencoder", "evaluate@gan", "register@autoencoder", "register@gan",
+        "train@autoencoder", "train@gan"]  # fmt: skip
 
     # a validate threshold reruns validate, and failing it stops the pipeline before training
     set_params(project, validate={"min_images_per_split": 100_000})

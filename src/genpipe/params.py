@@ -138,6 +138,16 @@ class EvaluateParams(Section):
     domain: DomainParams = DomainParams()
 
 
+class RegisterParams(Section):
+    """The MLflow Model Registry and its champion gate."""
+
+    name_prefix: str = Field("genpipe", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    # a new version becomes champion when its primary metric (GAN: FID, autoencoder: test
+    # MSE) is lower than the champion's by at least this share
+    min_improvement: float = Field(0.01, ge=0, lt=1)
+    force: bool = False  # promote over a champion of another backbone or data
+
+
 MODELS = ("gan", "autoencoder")
 
 
@@ -151,6 +161,8 @@ class Params(Section):
     gan: GanParams = GanParams()
     autoencoder: AutoencoderParams = AutoencoderParams()
     evaluate: EvaluateParams = EvaluateParams()
+    # `register` would shadow the metaclass's ABC register, hence the alias
+    registry: RegisterParams = Field(RegisterParams(), alias="register")
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:

@@ -1,0 +1,198 @@
+"""The registry and its champion gate, against a real `mlflow server` on 127.0.0.1 (sqlite
+backend, served artifacts), with tiny models written as the pipeline writes them."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from genpipe import registry
+from genpipe.models.gan import Generator
+from genpipe.registry import Outputs, RegistryError, register
+from genpipe.tracking import TrackingError, TrainingRun
+from genpipe.train import common
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`mlflow server` on 127.0.0.1: sqlite backend, artifacts served from a temp folder."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=root,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=1):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("mlflow server did not start")
+            time.sleep(0.5)
+    yield uri
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def gan_outputs(root: Path, uri: str, fid: float, backbone: str = "domain", seed: int = 0,
+                run: bool = True) -> Outputs:  # fmt: skip
+    """A trained-looking GAN's DVC outputs under `root`, with its training run on `uri`."""
+    torch.manual_seed(seed)
+    netG = Generator(8, 1, z_dim=4, width=8)
+    weights = root / "models/gan/weights"
+    common.save_weights(netG, weights / "generator_ema.safetensors")
+    config = {"model": "gan", "image_size": 8, "channels": 1, "generator": netG.config()}
+    (weights / "config.json").write_text(json.dumps(config))
+    reports = root / "reports/gan"
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "metrics.json").write_text(json.dumps({"fid": fid, "floor": {"fid": 0.4}}))
+    (reports / "train_log.csv").write_text("step,loss_d,loss_g\n5,1.2,0.7\n10,1.1,0.8\n")
+    (root / "data/reference").mkdir(parents=True, exist_ok=True)
+    (root / "data/reference/reference.json").write_text(json.dumps({"backbone": backbone}))
+    record = root / "models/gan/mlflow_run.json"
+    if run:
+        with TrainingRun("gan", {"seed": seed}, "data-hash", "exp", record_path=record, uri=uri):
+            pass
+    else:  # a run id the server has never seen (another machine's store)
+        record.write_text(json.dumps({"run_id": "f" * 32, "tracking_uri": "sqlite:///x.db"}))
+    outputs = Outputs.of("gan", "data-hash")
+    return Outputs(**{k: (root / v if isinstance(v, Path) else v)
+                      for k, v in vars(outputs).items() if k != "images"},
+                   images=[])  # fmt: skip
+
+
+def do_register(outputs: Outputs, uri: str, prefix: str, **kw) -> dict:
+    kw = {"min_improvement": 0.01, "force": False, **kw}
+    return register(outputs, {"seed": 0}, prefix, experiment="exp", uri=uri, **kw)
+
+
+def aliases(uri: str, name: str) -> dict[str, int]:
+    from mlflow import MlflowClient
+
+    model = MlflowClient(uri).get_registered_model(name)
+    return {alias: int(version) for alias, version in model.aliases.items()}
+
+
+def test_better_version_becomes_champion_worse_one_challenger(server, tmp_path):
+    first = do_register(gan_outputs(tmp_path / "a", server, fid=2.0), server, "t1")
+    assert (first["version"], first["decision"]) == (1, "champion")
+    better = do_register(gan_outputs(tmp_path / "b", server, fid=1.0, seed=1), server, "t1")
+    assert (better["version"], better["decision"]) == (2, "champion")
+    assert better["compared"] == {"version": 1, "value": 2.0}
+    worse = do_register(gan_outputs(tmp_path / "c", server, fid=1.5, seed=2), server, "t1")
+    assert worse["decision"] == "challenger" and "not better" in worse["reason"]
+    # within min_improvement of the champion is not better
+    close = do_register(gan_outputs(tmp_path / "d", server, fid=0.995, seed=3), server, "t1")
+    assert close["decision"] == "challenger"
+    assert aliases(server, "t1-gan") == {"champion": 2, "previous-champion": 1, "challenger": 4}
+
+
+def test_versions_of_another_backbone_are_not_compared(server, tmp_path):
+    do_register(gan_outputs(tmp_path / "a", server, fid=2.0), server, "t2")
+    other = gan_outputs(tmp_path / "b", server, fid=0.1, backbone="inception", seed=1)
+    result = do_register(other, server, "t2")
+    assert result["decision"] == "challenger" and "genpipe.backbone" in result["reason"]
+    assert aliases(server, "t2-gan")["champion"] == 1
+    forced = do_register(gan_outputs(tmp_path / "c", server, fid=0.2, backbone="inception",
+                                     seed=2), server, "t2", force=True)  # fmt: skip
+    assert forced["decision"] == "champion"
+
+
+def test_registering_a_run_twice_makes_one_version(server, tmp_path):
+    outputs = gan_outputs(tmp_path, server, fid=1.0)
+    first = do_register(outputs, server, "t3")
+    again = do_register(outputs, server, "t3")
+    assert again["version"] == first["version"] == 1
+    assert again["decision"] == "already registered" and again["aliases"] == ["champion"]
+
+
+def test_rebuild_from_dvc_outputs_when_the_run_is_not_on_the_server(server, tmp_path):
+    from mlflow import MlflowClient
+
+    outputs = gan_outputs(tmp_path, server, fid=1.0, run=False)
+    result = do_register(outputs, server, "t4")
+    run = MlflowClient(server).get_run(result["run_id"])
+    assert run.data.tags[registry.TAG_SOURCE_RUN] == "f" * 32
+    assert run.data.metrics["eval/fid"] == 1.0 and run.data.metrics["loss_d"] == 1.1
+    assert run.data.params["seed"] == "0"
+    # a second register finds the rebuilt run instead of rebuilding it
+    assert do_register(outputs, server, "t4")["run_id"] == result["run_id"]
+
+
+def test_champion_loads_and_generates_in_a_fresh_process(server, tmp_path):
+    do_register(gan_outputs(tmp_path, server, fid=1.0), server, "t5")
+    code = (
+        "import mlflow, pandas as pd\n"
+        "m = mlflow.pyfunc.load_model('models:/t5-gan@champion')\n"
+        "x = m.predict(pd.DataFrame({'seed': [0, 1, 2]}))\n"
+        "print(x.shape, x.dtype)\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "(3, 1, 8, 8) uint8" in out.stdout
+
+
+def test_two_register_processes_at_once_leave_one_champion(server, tmp_path):
+    script = (
+        "import sys, json\n"
+        "from pathlib import Path\n"
+        "from genpipe.registry import Outputs, register\n"
+        "root = Path(sys.argv[1])\n"
+        "o = Outputs.of('gan', 'data-hash')\n"
+        "o = Outputs(**{k: (root / v if isinstance(v, Path) else v)"
+        " for k, v in vars(o).items() if k != 'images'}, images=[])\n"
+        "r = register(o, {'seed': 0}, 't6', 0.01, False, 'exp', uri=sys.argv[2])\n"
+        "print(json.dumps(r))\n"
+    )
+    roots = [tmp_path / "a", tmp_path / "b"]
+    for i, root in enumerate(roots):
+        gan_outputs(root, server, fid=1.0 + i, seed=i)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(root), server],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for root in roots]  # fmt: skip
+    results = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-1500:] for _, err in results]
+    records = {json.loads(out.splitlines()[-1])["value"]: json.loads(out.splitlines()[-1])
+               for out, _ in results}  # fmt: skip
+    assert sorted(records) == [1.0, 2.0]
+    # one champion, and it is the better version, whichever process wrote last
+    assert aliases(server, "t6-gan")["champion"] == records[1.0]["version"]
+
+
+def test_server_down_is_a_clear_error_and_changes_nothing(tmp_path, server):
+    outputs = gan_outputs(tmp_path, server, fid=1.0)
+    down = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(TrackingError, match="unreachable"):
+        do_register(outputs, down, "t7")
+
+
+def test_missing_metrics_are_named(tmp_path, server):
+    outputs = gan_outputs(tmp_path, server, fid=1.0)
+    outputs.metrics.unlink()
+    with pytest.raises(RegistryError, match=r"metrics.json: expected the evaluate stage"):
+        do_register(outputs, server, "t8")
