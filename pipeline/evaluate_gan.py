@@ -2,6 +2,7 @@
 precision/recall, beside the real-data floor) and reports/gan/eval_grid.png; both
 logged to the training run that models/gan/mlflow_run.json records."""
 
+import logging
 from pathlib import Path
 
 from genpipe.cli import run_stage
@@ -12,6 +13,7 @@ from genpipe.params import load_params
 from genpipe.tracking import RecordedRun
 from genpipe.train import common
 
+log = logging.getLogger("genpipe.evaluate")
 MODEL = Path("models/gan")
 REPORTS = Path("reports/gan")
 
@@ -19,7 +21,8 @@ REPORTS = Path("reports/gan")
 def main() -> None:
     params = load_params()
     evaluate = params.evaluate
-    run = RecordedRun(MODEL / "mlflow_run.json").open()  # fail before the work, not after
+    # fail before the work, not after, when the tracking server is down
+    run = RecordedRun(MODEL / "mlflow_run.json").open(missing_ok=True)
     device = common.resolve_device(evaluate.device, key="evaluate.device")
     common.seed_everything(params.seed, device, evaluate.cpu_threads)
     reference = load_reference(REFERENCE_DIR, evaluate)
@@ -29,7 +32,10 @@ def main() -> None:
     with atomic_path(REPORTS / "eval_grid.png") as tmp:
         grid.save(tmp, format="PNG")
     write_json(REPORTS / "metrics.json", metrics)
-    run.log(metrics, [REPORTS / "metrics.json", REPORTS / "eval_grid.png"], "eval/")
+    if run is None:
+        log.warning("the training run is not on this tracking server; register rebuilds it")
+    else:
+        run.log(metrics, [REPORTS / "metrics.json", REPORTS / "eval_grid.png"], "eval/")
 
 
 if __name__ == "__main__":

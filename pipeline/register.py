@@ -5,14 +5,18 @@ import sys
 from pathlib import Path
 
 from genpipe.cli import run_stage
+from genpipe.errors import ParamsError
 from genpipe.fileio import write_json
-from genpipe.params import load_params
+from genpipe.params import MODELS, load_params
 from genpipe.registry import Outputs, register
 from genpipe.train import common
 
 
 def main() -> None:
-    model = sys.argv[1]
+    model = sys.argv[1] if len(sys.argv) == 2 else None
+    if model not in MODELS:
+        raise ParamsError(f"usage: register.py MODEL: expected one of {', '.join(MODELS)}; "
+                          f"got {' '.join(sys.argv[1:]) or 'nothing'}")  # fmt: skip
     params = load_params()
     _, data_hash = common.load_train_split(Path("data/prepared"))
     record = register(

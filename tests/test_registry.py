@@ -3,6 +3,7 @@ backend, served artifacts), with tiny models written as the pipeline writes them
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -18,7 +19,7 @@ import torch
 from genpipe import registry
 from genpipe.models.gan import Generator
 from genpipe.registry import Outputs, RegistryError, register
-from genpipe.tracking import TrackingError, TrainingRun
+from genpipe.tracking import RecordedRun, TrackingError, TrainingRun
 from genpipe.train import common
 
 BIN = Path(sys.executable).parent
@@ -129,6 +130,30 @@ def test_registering_a_run_twice_makes_one_version(server, tmp_path):
     assert again["decision"] == "already registered" and again["aliases"] == ["champion"]
 
 
+def test_a_failure_before_the_aliases_move_leaves_the_champion_and_is_finished_later(
+    server, tmp_path, monkeypatch
+):
+    from mlflow import MlflowClient
+
+    do_register(gan_outputs(tmp_path / "a", server, fid=2.0), server, "t9")
+    better = gan_outputs(tmp_path / "b", server, fid=1.0, seed=1)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("the process dies here")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MlflowClient, "set_registered_model_alias", crash)
+        with pytest.raises(RuntimeError):
+            do_register(better, server, "t9")
+    # version 2 exists, but no alias points at it: the champion is still version 1
+    assert aliases(server, "t9-gan") == {"champion": 1}
+    assert len(MlflowClient(server).search_model_versions("name = 't9-gan'")) == 2
+    # the rerun finishes the gate for that version rather than registering a third
+    result = do_register(better, server, "t9")
+    assert (result["version"], result["decision"]) == (2, "champion")
+    assert aliases(server, "t9-gan") == {"champion": 2, "previous-champion": 1}
+
+
 def test_rebuild_from_dvc_outputs_when_the_run_is_not_on_the_server(server, tmp_path):
     from mlflow import MlflowClient
 
@@ -196,3 +221,52 @@ def test_missing_metrics_are_named(tmp_path, server):
     outputs.metrics.unlink()
     with pytest.raises(RegistryError, match=r"metrics.json: expected the evaluate stage"):
         do_register(outputs, server, "t8")
+
+
+@pytest.mark.slow
+def test_mlflow_ui_lists_the_runs(server, tmp_path, monkeypatch):
+    """The experiment page, rendered by headless Chromium (Debian's chromium and
+    chromium-driver: nothing is downloaded), lists the runs by their readable names."""
+    import shutil
+
+    from mlflow import MlflowClient
+    from selenium import webdriver
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
+    names = ["ui-first", "ui-second"]  # DVC experiment names: runs are named gan-<sha>-<name>
+    run_ids = []
+    for i, name in enumerate(names):
+        monkeypatch.setenv("DVC_EXP_NAME", name)
+        outputs = gan_outputs(tmp_path / name, server, fid=1.0 + i, seed=i)
+        evaluation = RecordedRun(outputs.record, uri=server).open()  # as evaluate@gan logs
+        evaluation.log({"fid": 1.0 + i}, [], "eval/")
+        run_ids.append(do_register(outputs, server, "t10")["run_id"])
+    experiment = MlflowClient(server).get_experiment_by_name("exp").experiment_id
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(arg)
+    browser = webdriver.Chrome(service=Service(driver), options=options)
+    try:
+        browser.get(f"{server}/#/experiments/{experiment}/runs")  # the runs table
+        # the page renders with JavaScript: wait for the runs table (then assert below)
+        with contextlib.suppress(TimeoutException):
+            WebDriverWait(browser, 90).until(lambda b: names[0] in b.page_source)
+        shown = browser.page_source
+        assert all(f"-{name}" in shown for name in names), browser.title
+
+        # selecting the two runs compares their params and FID
+        ids = ",".join(f'"{run_id}"' for run_id in run_ids)
+        browser.get(f'{server}/#/compare-runs?runs=[{ids}]&experiments=["{experiment}"]')
+        with contextlib.suppress(TimeoutException):
+            WebDriverWait(browser, 90).until(lambda b: "eval/fid" in b.page_source)
+        shown = browser.find_element("tag name", "body").text
+        assert "eval/fid" in shown and "seed" in shown, shown[:500]
+    finally:
+        browser.quit()

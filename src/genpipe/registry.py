@@ -39,6 +39,7 @@ TAG_VALUE = "genpipe.metric_value"
 TAG_BACKBONE = "genpipe.backbone"
 TAG_PARAMS_HASH = "params.hash"
 TAG_SOURCE_RUN = "genpipe.source_run_id"  # on a rebuilt run: the run mlflow_run.json names
+TAG_DECISION = "genpipe.decision"  # set once the gate has moved the aliases
 
 
 class RegistryError(GenpipeError):
@@ -107,29 +108,41 @@ def register(
     reference = _read_json(outputs.reference, "the reference stage's summary")
     record = _read_json(outputs.record, "the train stage's MLflow run record")
     metric = PRIMARY_METRIC[outputs.model]
+    if not isinstance(metrics.get(metric), int | float):
+        raise RegistryError(
+            f"{outputs.metrics}: expected a number under '{metric}'; found "
+            f"{metrics.get(metric)!r} (run `dvc repro evaluate@{outputs.model}`)"
+        )
     value = float(metrics[metric])
     name = f"{name_prefix}-{outputs.model}"
     client = mlflow.MlflowClient(tracking_uri=uri)
     try:
         run_id = _find_or_rebuild_run(client, record["run_id"], outputs, params, experiment)
         version = _version_of_run(client, name, run_id)
-        if version is None:
-            version = _log_and_register(mlflow, client, uri, run_id, name, outputs, {
-                tracking.TAG_GIT_COMMIT: tracking.git_info()["commit"],
-                tracking.TAG_GIT_DIRTY: tracking.git_info()["dirty"],
+        if version is not None and TAG_DECISION in version.tags:
+            log.info("%s: run %s is already version %s; not registered again", name, run_id,
+                     version.version)  # fmt: skip
+            decision = {"decision": "already registered", "compared": None,
+                        "reason": f"earlier: {version.tags[TAG_DECISION]}"}  # fmt: skip
+        else:
+            # a version without a decision was cut short before the gate: finish it
+            git = tracking.git_info()
+            tags = {
+                tracking.TAG_GIT_COMMIT: git["commit"],
+                tracking.TAG_GIT_DIRTY: git["dirty"],
                 tracking.TAG_DATA_HASH: outputs.data_hash,
                 TAG_PARAMS_HASH: params_hash(params, outputs.model),
                 tracking.TAG_DVC_EXP: os.environ.get("DVC_EXP_NAME", ""),
                 TAG_METRIC: metric,
                 TAG_VALUE: repr(value),
                 TAG_BACKBONE: str(reference.get("backbone")),
-            })  # fmt: skip
+            }
+            if version is None:
+                version = _log_and_register(mlflow, client, uri, run_id, name, outputs, tags)
             decision = _gate(client, name, version, metric, value, min_improvement, force)
             _reconcile(client, name, min_improvement)
-        else:
-            log.info("%s: run %s is already version %s; not registered again", name, run_id,
-                     version.version)  # fmt: skip
-            decision = {"decision": "already registered", "compared": None}
+            client.set_model_version_tag(name, version.version, TAG_DECISION,
+                                         decision["decision"])  # fmt: skip
         aliases = sorted(client.get_model_version(name, version.version).aliases)
     except MlflowException as exc:
         raise RegistryError(

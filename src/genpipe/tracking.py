@@ -427,14 +427,17 @@ def _user() -> str | None:
 class RecordedRun:
     """A finished training run, reopened from the mlflow_run.json its stage wrote, so a later
     stage (evaluate) adds its metrics and images to it. Logging does not change the run's
-    status. The run is looked up where it was recorded, whatever $MLFLOW_TRACKING_URI says.
+    status. The run is looked up in the current tracking store (tracking_uri()), as the
+    register stage looks it up.
     """
 
-    def __init__(self, record_path: Path) -> None:
+    def __init__(self, record_path: Path, uri: str | None = None) -> None:
         self.record_path = Path(record_path)
+        self.uri = uri or tracking_uri()
         try:
             record = json.loads(self.record_path.read_text())
-            self.run_id, self.uri = str(record["run_id"]), str(record["tracking_uri"])
+            self.run_id = str(record["run_id"])
+            str(record["tracking_uri"])  # a record without it is not one the train stage wrote
         except FileNotFoundError:
             raise TrackingError(
                 f"{record_path}: expected the training stage's MLflow run record; found no "
@@ -447,8 +450,10 @@ class RecordedRun:
             ) from None
         self._client: MlflowClient | None = None
 
-    def open(self) -> RecordedRun:
-        """Check, before any work, that the store answers and still holds the run."""
+    def open(self, missing_ok: bool = False) -> RecordedRun | None:
+        """Check, before any work, that the store answers and still holds the run. A run
+        that is not there is an error, or None with `missing_ok` (a fresh tracking server:
+        the register stage rebuilds the run from the DVC outputs)."""
         check_tracking_server(self.uri)
         mlflow = _import_mlflow()
         from mlflow.exceptions import MlflowException
@@ -458,6 +463,8 @@ class RecordedRun:
             run = self._client.get_run(self.run_id)
         except MlflowException as exc:
             if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                if missing_ok:
+                    return None
                 raise TrackingError(
                     f"{self.record_path}: expected run {self.run_id} in the MLflow store "
                     f"{self.uri}; it is not there (retrain to record a new run: "

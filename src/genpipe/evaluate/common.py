@@ -163,6 +163,13 @@ def kid_subset_size(evaluate: EvaluateParams, reference: Reference, n: int) -> i
     return max(2, min(evaluate.kid_subset_size, min(n, len(reference.features)) // 2))
 
 
+def split_images(prepared: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The prepared data's train and test images, (N, C, S, S) uint8 each, in memory."""
+    split = prepared.manifest["split"].to_numpy()
+    images = np.asarray(prepared.images)
+    return images[split == "train"], images[split == "test"]
+
+
 def num_samples(evaluate: EvaluateParams, test_count: int) -> int:
     """How many images the evaluation compares: evaluate.num_samples, or the test split's."""
     return evaluate.num_samples or test_count
