@@ -154,6 +154,27 @@ def test_a_failure_before_the_aliases_move_leaves_the_champion_and_is_finished_l
     assert aliases(server, "t9-gan") == {"champion": 2, "previous-champion": 1}
 
 
+def test_a_conflicting_write_is_retried(server, tmp_path, monkeypatch):
+    """Another register writing the same model at once fails a call (a conflicting insert on
+    the server): the pass is repeated, and finishes."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.setattr(registry.time, "sleep", lambda seconds: None)
+    set_alias = MlflowClient.set_registered_model_alias
+    calls = []
+
+    def conflict_once(self, *args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise MlflowException("UNIQUE constraint failed", error_code="INTERNAL_ERROR")
+        return set_alias(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", conflict_once)
+    result = do_register(gan_outputs(tmp_path, server, fid=1.0), server, "t11")
+    assert (result["version"], result["decision"]) == (1, "champion") and len(calls) == 2
+
+
 def test_rebuild_from_dvc_outputs_when_the_run_is_not_on_the_server(server, tmp_path):
     from mlflow import MlflowClient
 

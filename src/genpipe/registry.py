@@ -20,6 +20,8 @@ import hashlib
 import json
 import logging
 import os
+import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,8 @@ from genpipe.errors import GenpipeError, exception_text
 log = logging.getLogger(__name__)
 
 CHAMPION, PREVIOUS_CHAMPION, CHALLENGER = "champion", "previous-champion", "challenger"
+ATTEMPTS = 3  # of a register pass, when another register conflicts with it
+RETRIED = {"INTERNAL_ERROR", "RESOURCE_ALREADY_EXISTS", "TEMPORARILY_UNAVAILABLE", "ABORTED"}
 PRIMARY_METRIC = {"gan": "fid", "autoencoder": "mse"}  # lower is better for both
 MODEL_ARTIFACT = "model"
 
@@ -116,38 +120,24 @@ def register(
     value = float(metrics[metric])
     name = f"{name_prefix}-{outputs.model}"
     client = mlflow.MlflowClient(tracking_uri=uri)
-    try:
-        run_id = _find_or_rebuild_run(client, record["run_id"], outputs, params, experiment)
-        version = _version_of_run(client, name, run_id)
-        if version is not None and TAG_DECISION in version.tags:
-            log.info("%s: run %s is already version %s; not registered again", name, run_id,
-                     version.version)  # fmt: skip
-            decision = {"decision": "already registered", "compared": None,
-                        "reason": f"earlier: {version.tags[TAG_DECISION]}"}  # fmt: skip
-        else:
-            # a version without a decision was cut short before the gate: finish it
-            git = tracking.git_info()
-            tags = {
-                tracking.TAG_GIT_COMMIT: git["commit"],
-                tracking.TAG_GIT_DIRTY: git["dirty"],
-                tracking.TAG_DATA_HASH: outputs.data_hash,
-                TAG_PARAMS_HASH: params_hash(params, outputs.model),
-                tracking.TAG_DVC_EXP: os.environ.get("DVC_EXP_NAME", ""),
-                TAG_METRIC: metric,
-                TAG_VALUE: repr(value),
-                TAG_BACKBONE: str(reference.get("backbone")),
-            }
-            if version is None:
-                version = _log_and_register(mlflow, client, uri, run_id, name, outputs, tags)
-            decision = _gate(client, name, version, metric, value, min_improvement, force)
-            _reconcile(client, name, min_improvement)
-            client.set_model_version_tag(name, version.version, TAG_DECISION,
-                                         decision["decision"])  # fmt: skip
-        aliases = sorted(client.get_model_version(name, version.version).aliases)
-    except MlflowException as exc:
-        raise RegistryError(
-            f"MLflow registry at {uri}: could not register {name} ({exception_text(exc)})"
-        ) from exc
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            run_id, version, decision = _register_once(
+                mlflow, client, uri, name, outputs, params, experiment, record["run_id"],
+                metric, value, str(reference.get("backbone")), min_improvement, force,
+            )  # fmt: skip
+            aliases = sorted(client.get_model_version(name, version.version).aliases)
+            break
+        except MlflowException as exc:
+            # another register writing the same model at once (a conflicting insert): every
+            # step above is idempotent, so going again finishes what this attempt began
+            if exc.error_code in RETRIED and attempt < ATTEMPTS:
+                log.warning("%s: %s; trying again", name, exception_text(exc))
+                time.sleep(random.uniform(0.5, 2.0) * attempt)
+                continue
+            raise RegistryError(
+                f"MLflow registry at {uri}: could not register {name} ({exception_text(exc)})"
+            ) from exc
     return {
         "name": name,
         "version": int(version.version),
@@ -158,6 +148,52 @@ def register(
         "backbone": reference.get("backbone"),
         **decision,
     }
+
+
+def _register_once(
+    mlflow: Any,
+    client: Any,
+    uri: str,
+    name: str,
+    outputs: Outputs,
+    params: dict[str, Any],
+    experiment: str,
+    source_run_id: str,
+    metric: str,
+    value: float,
+    backbone: str,
+    min_improvement: float,
+    force: bool,
+) -> tuple[str, Any, dict[str, Any]]:
+    """One pass: the run (found or rebuilt), its version (found or created), the gate (unless
+    an earlier pass decided). Idempotent: a pass cut short is finished by the next."""
+    run_id = _find_or_rebuild_run(client, source_run_id, outputs, params, experiment)
+    version = _version_of_run(client, name, run_id)
+    if version is not None and TAG_DECISION in version.tags:
+        log.info("%s: run %s is already version %s; not registered again", name, run_id,
+                 version.version)  # fmt: skip
+        decision = {"decision": "already registered", "compared": None,
+                    "reason": f"earlier: {version.tags[TAG_DECISION]}"}  # fmt: skip
+    else:
+        # a version without a decision was cut short before the gate: finish it
+        git = tracking.git_info()
+        tags = {
+            tracking.TAG_GIT_COMMIT: git["commit"],
+            tracking.TAG_GIT_DIRTY: git["dirty"],
+            tracking.TAG_DATA_HASH: outputs.data_hash,
+            TAG_PARAMS_HASH: params_hash(params, outputs.model),
+            tracking.TAG_DVC_EXP: os.environ.get("DVC_EXP_NAME", ""),
+            TAG_METRIC: metric,
+            TAG_VALUE: repr(value),
+            TAG_BACKBONE: backbone,
+        }
+        if version is None:
+            version = _log_and_register(mlflow, client, uri, run_id, name, outputs, tags)
+        decision = _gate(client, name, version, metric, value, min_improvement, force)
+        _reconcile(client, name, min_improvement)
+        client.set_model_version_tag(name, version.version, TAG_DECISION,
+                                     decision["decision"])  # fmt: skip
+    return run_id, version, decision
 
 
 # --- the run -------------------------------------------------------------------------------
