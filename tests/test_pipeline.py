@@ -117,6 +117,11 @@ def test_repro_runs_once_then_nothing(project):
     # the retrained GAN is a new version, champion or challenger by its FID
     registered = json.loads((project / "reports/gan/registry.json").read_text())
     assert registered["version"] == 2 and registered["decision"] in ("champion", "challenger")
+    # so is a GAN trained with another learning rate; the autoencoder is left alone
+    set_params(project, gan={"lr_g": 5e-4})
+    assert ran(sh("dvc", "repro", cwd=project)) == ["train@gan", "evaluate@gan", "register@gan"]
+    registered = json.loads((project / "reports/gan/registry.json").read_text())
+    assert registered["version"] == 3 and registered["decision"] in ("champion", "challenger")
     # evaluate params rerun the reference and the evaluations, not the training; register
     # reruns where the metrics changed (the autoencoder reports no KID)
     set_params(project, evaluate={"kid_subsets": 6})

@@ -36,6 +36,7 @@ ATTEMPTS = 3  # of a register pass, when another register conflicts with it
 RETRIED = {"INTERNAL_ERROR", "RESOURCE_ALREADY_EXISTS", "TEMPORARILY_UNAVAILABLE", "ABORTED"}
 PRIMARY_METRIC = {"gan": "fid", "autoencoder": "mse"}  # lower is better for both
 MODEL_ARTIFACT = "model"
+REQUIREMENTS = ["torch", "numpy", "pandas", "safetensors"]  # the model's, besides MLflow
 
 # version tags
 TAG_METRIC = "genpipe.metric"  # the primary metric's name
@@ -188,7 +189,7 @@ def _register_once(
             TAG_BACKBONE: backbone,
         }
         if version is None:
-            version = _log_and_register(mlflow, client, uri, run_id, name, outputs, tags)
+            version = _log_and_register(mlflow, uri, run_id, name, outputs, tags)
         decision = _gate(client, name, version, metric, value, min_improvement, force)
         _reconcile(client, name, min_improvement)
         client.set_model_version_tag(name, version.version, TAG_DECISION,
@@ -274,7 +275,6 @@ def _version_of_run(client: Any, name: str, run_id: str) -> Any | None:
 
 def _log_and_register(
     mlflow: Any,
-    client: Any,
     uri: str,
     run_id: str,
     name: str,
@@ -308,13 +308,7 @@ def _log_and_register(
             artifacts={"weights": str(outputs.weights)},
             signature=signature,
             input_example=example,
-            pip_requirements=[
-                f"mlflow=={mlflow.__version__}",
-                "torch",
-                "numpy",
-                "pandas",
-                "safetensors",
-            ],  # fmt: skip
+            pip_requirements=REQUIREMENTS + [f"mlflow=={mlflow.__version__}"],
         )
     return mlflow.register_model(info.model_uri, name, tags=tags)
 

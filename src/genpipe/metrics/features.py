@@ -145,10 +145,6 @@ def load_domain_network(weights: Path, config: dict[str, Any], device: torch.dev
     return net.to(device).eval().requires_grad_(False)
 
 
-def domain_backbone(net: DomainNet) -> Backbone:
-    return net.features
-
-
 @torch.inference_mode()
 def extract_features(
     backbone: Backbone,
