@@ -153,6 +153,13 @@ def test_a_failure_before_the_aliases_move_leaves_the_champion_and_is_finished_l
     assert (result["version"], result["decision"]) == (2, "champion")
     assert aliases(server, "t9-gan") == {"champion": 2, "previous-champion": 1}
 
+    # cut short after the aliases moved but before the decision was recorded: the champion
+    # is not compared with itself (which would make it its own challenger)
+    MlflowClient(server).delete_model_version_tag("t9-gan", "2", registry.TAG_DECISION)
+    again = do_register(better, server, "t9")
+    assert (again["version"], again["decision"]) == (2, "champion")
+    assert aliases(server, "t9-gan") == {"champion": 2, "previous-champion": 1}
+
 
 def test_a_conflicting_write_is_retried(server, tmp_path, monkeypatch):
     """Another register writing the same model at once fails a call (a conflicting insert on

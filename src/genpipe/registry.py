@@ -332,6 +332,8 @@ def _gate(
             raise
         champion = None
     new = int(version.version)
+    if champion is not None and int(champion.version) == new:  # a pass finished after its gate
+        return {"decision": CHAMPION, "compared": None, "reason": "already champion"}
     if champion is None:
         client.set_registered_model_alias(name, CHAMPION, str(new))
         return {"decision": CHAMPION, "compared": None, "reason": "no champion yet"}
