@@ -3,7 +3,6 @@ PCA with as many components as the latent has dimensions, as the baseline."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +11,15 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from genpipe.errors import MetricsError
-from genpipe.evaluate.common import FID, FID_OVER_FLOOR, FLOOR, Reference, compare, rounded
+from genpipe.evaluate.common import (
+    FID,
+    FID_OVER_FLOOR,
+    FLOOR,
+    Reference,
+    compare,
+    rounded,
+    trained_config,
+)
 from genpipe.metrics import reconstruction
 from genpipe.metrics.features import Backbone, extract_features
 from genpipe.models.autoencoder import AutoEncoder
@@ -21,7 +27,6 @@ from genpipe.params import EvaluateParams
 from genpipe.train import common
 
 WEIGHTS = "autoencoder.safetensors"
-CONFIG = "config.json"
 GRID_IMAGES = 32  # 4 rows of 8 originals, each above their reconstructions
 
 # metric keys
@@ -30,16 +35,9 @@ MSE, PSNR, SSIM, PCA_MSE, MSE_OVER_PCA = "mse", "psnr", "ssim", "pca_mse", "mse_
 
 def load_autoencoder(weights_dir: Path, device: torch.device) -> AutoEncoder:
     """The autoencoder, rebuilt from the train stage's config.json (no params.yaml)."""
-    weights_dir = Path(weights_dir)
-    for name in (CONFIG, WEIGHTS):
-        if not (weights_dir / name).is_file():
-            raise MetricsError(
-                f"{weights_dir / name}: expected the train@autoencoder stage's output; found "
-                "no such file (run `dvc repro train@autoencoder`)"
-            )
-    config = json.loads((weights_dir / CONFIG).read_text())
+    config = trained_config(weights_dir, WEIGHTS, "train@autoencoder")
     net = AutoEncoder(**config["autoencoder"])
-    net.load_state_dict(load_file(weights_dir / WEIGHTS))
+    net.load_state_dict(load_file(Path(weights_dir) / WEIGHTS))
     return net.to(device).eval().requires_grad_(False)
 
 

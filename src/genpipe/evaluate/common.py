@@ -93,6 +93,17 @@ def load_reference(directory: Path, evaluate: EvaluateParams) -> Reference:
     )
 
 
+def trained_config(weights_dir: Path, weights_file: str, stage: str) -> dict[str, Any]:
+    """The config.json a train stage wrote beside `weights_file`; both must exist."""
+    for name in ("config.json", weights_file):
+        if not (Path(weights_dir) / name).is_file():
+            raise MetricsError(
+                f"{Path(weights_dir) / name}: expected the {stage} stage's output; found no "
+                f"such file (run `dvc repro {stage}`)"
+            )
+    return json.loads((Path(weights_dir) / "config.json").read_text())
+
+
 # --- backbones ------------------------------------------------------------------------------
 
 

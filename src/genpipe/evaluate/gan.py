@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,6 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from genpipe.errors import MetricsError
 from genpipe.evaluate.common import (
     FID,
     FID_OVER_FLOOR,
@@ -20,6 +18,7 @@ from genpipe.evaluate.common import (
     compare,
     kid_subset_size,
     rounded,
+    trained_config,
 )
 from genpipe.metrics.features import Backbone, extract_features
 from genpipe.models.gan import Generator
@@ -27,22 +26,14 @@ from genpipe.params import EvaluateParams
 from genpipe.train import common
 
 EMA_WEIGHTS = "generator_ema.safetensors"
-CONFIG = "config.json"
 GRID_SAMPLES = 64
 
 
 def load_generator(weights_dir: Path, device: torch.device) -> Generator:
     """The EMA generator, rebuilt from the train stage's config.json (no params.yaml)."""
-    weights_dir = Path(weights_dir)
-    for name in (CONFIG, EMA_WEIGHTS):
-        if not (weights_dir / name).is_file():
-            raise MetricsError(
-                f"{weights_dir / name}: expected the train@gan stage's output; found no such "
-                "file (run `dvc repro train@gan`)"
-            )
-    config = json.loads((weights_dir / CONFIG).read_text())
+    config = trained_config(weights_dir, EMA_WEIGHTS, "train@gan")
     netG = Generator(**config["generator"])
-    netG.load_state_dict(load_file(weights_dir / EMA_WEIGHTS))
+    netG.load_state_dict(load_file(Path(weights_dir) / EMA_WEIGHTS))
     return netG.to(device).eval().requires_grad_(False)
 
 
