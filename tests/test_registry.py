@@ -130,6 +130,17 @@ def test_registering_a_run_twice_makes_one_version(server, tmp_path):
     assert again["decision"] == "already registered" and again["aliases"] == ["champion"]
 
 
+def test_a_rerun_that_reproduces_the_weights_is_not_a_new_version(server, tmp_path):
+    """Another run (a forced retraining, a --temp experiment) with bitwise-identical weights
+    is the same model."""
+    first = do_register(gan_outputs(tmp_path / "a", server, fid=1.0, seed=0), server, "t12")
+    same = do_register(gan_outputs(tmp_path / "b", server, fid=1.0, seed=0), server, "t12")
+    assert same["run_id"] != first["run_id"]
+    assert (same["version"], same["decision"]) == (1, "already registered")
+    other = do_register(gan_outputs(tmp_path / "c", server, fid=1.0, seed=1), server, "t12")
+    assert other["version"] == 2
+
+
 def test_a_failure_before_the_aliases_move_leaves_the_champion_and_is_finished_later(
     server, tmp_path, monkeypatch
 ):

@@ -45,6 +45,7 @@ TAG_BACKBONE = "genpipe.backbone"
 TAG_PARAMS_HASH = "params.hash"
 TAG_SOURCE_RUN = "genpipe.source_run_id"  # on a rebuilt run: the run mlflow_run.json names
 TAG_DECISION = "genpipe.decision"  # set once the gate has moved the aliases
+TAG_WEIGHTS = "genpipe.weights_sha256"  # of the weights directory: identical models, one version
 
 
 class RegistryError(GenpipeError):
@@ -169,10 +170,11 @@ def _register_once(
     """One pass: the run (found or rebuilt), its version (found or created), the gate (unless
     an earlier pass decided). Idempotent: a pass cut short is finished by the next."""
     run_id = _find_or_rebuild_run(client, source_run_id, outputs, params, experiment)
-    version = _version_of_run(client, name, run_id)
+    weights = weights_sha256(outputs.weights)
+    version = _version_of_run(client, name, run_id) or _version_of_weights(client, name, weights)
     if version is not None and TAG_DECISION in version.tags:
-        log.info("%s: run %s is already version %s; not registered again", name, run_id,
-                 version.version)  # fmt: skip
+        log.info("%s: run %s (weights %s...) is already version %s; not registered again",
+                 name, run_id, weights[:12], version.version)  # fmt: skip
         decision = {"decision": "already registered", "compared": None,
                     "reason": f"earlier: {version.tags[TAG_DECISION]}"}  # fmt: skip
     else:
@@ -187,6 +189,7 @@ def _register_once(
             TAG_METRIC: metric,
             TAG_VALUE: repr(value),
             TAG_BACKBONE: backbone,
+            TAG_WEIGHTS: weights,
         }
         if version is None:
             version = _log_and_register(mlflow, uri, run_id, name, outputs, tags)
@@ -271,6 +274,26 @@ def _rebuild_run(
 def _version_of_run(client: Any, name: str, run_id: str) -> Any | None:
     versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     return min(versions, key=lambda v: int(v.version)) if versions else None
+
+
+def _version_of_weights(client: Any, name: str, weights: str) -> Any | None:
+    """A version with these very weights: a retraining that reproduced them bitwise (same
+    params, data and code on the CPU) is the same model, not a new version."""
+    versions = [
+        v
+        for v in client.search_model_versions(f"name = '{name}'")
+        if v.tags.get(TAG_WEIGHTS) == weights
+    ]
+    return min(versions, key=lambda v: int(v.version)) if versions else None
+
+
+def weights_sha256(weights_dir: Path) -> str:
+    """SHA-256 over the names and bytes of the weights directory's files, in name order."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(weights_dir).iterdir()):
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def _log_and_register(
