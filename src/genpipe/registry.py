@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 
 CHAMPION, PREVIOUS_CHAMPION, CHALLENGER = "champion", "previous-champion", "challenger"
 ATTEMPTS = 3  # of a register pass, when another register conflicts with it
-RETRIED = {"INTERNAL_ERROR", "RESOURCE_ALREADY_EXISTS", "TEMPORARILY_UNAVAILABLE", "ABORTED"}
+# errors a second pass cannot mend; any other (a conflicting write, a sqlite lock on the
+# server, a dropped connection) is retried: every step of a pass is idempotent
+NOT_RETRIED = {"PERMISSION_DENIED", "UNAUTHENTICATED", "INVALID_PARAMETER_VALUE", "BAD_REQUEST"}
 PRIMARY_METRIC = {"gan": "fid", "autoencoder": "mse"}  # lower is better for both
 MODEL_ARTIFACT = "model"
 REQUIREMENTS = ["torch", "numpy", "pandas", "safetensors"]  # the model's, besides MLflow
@@ -131,9 +133,9 @@ def register(
             aliases = sorted(client.get_model_version(name, version.version).aliases)
             break
         except MlflowException as exc:
-            # another register writing the same model at once (a conflicting insert): every
-            # step above is idempotent, so going again finishes what this attempt began
-            if exc.error_code in RETRIED and attempt < ATTEMPTS:
+            # another register writing the same model at once, say: going again finishes
+            # what this pass began
+            if exc.error_code not in NOT_RETRIED and attempt < ATTEMPTS:
                 log.warning("%s: %s; trying again", name, exception_text(exc))
                 time.sleep(random.uniform(0.5, 2.0) * attempt)
                 continue
