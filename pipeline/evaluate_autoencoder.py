@@ -4,7 +4,6 @@ reconstructions, beside PCA's MSE and the FID floor) and
 reports/autoencoder/eval_grid.png; both logged to the training run that
 models/autoencoder/mlflow_run.json records."""
 
-import logging
 from pathlib import Path
 
 from genpipe.cli import run_stage
@@ -17,7 +16,6 @@ from genpipe.tracking import RecordedRun
 from genpipe.train import common
 
 PREPARED = Path("data/prepared")
-log = logging.getLogger("genpipe.evaluate")
 MODEL = Path("models/autoencoder")
 REPORTS = Path("reports/autoencoder")
 
@@ -35,15 +33,12 @@ def main() -> None:
     net = load_autoencoder(MODEL / "weights", device)
     metrics, grid = evaluate_autoencoder(
         net, train_images, test_images, reference, backbone,
-        evaluate, params.seed, device,
+        evaluate, device,
     )  # fmt: skip
     with atomic_path(REPORTS / "eval_grid.png") as tmp:
         grid.save(tmp, format="PNG")
     write_json(REPORTS / "metrics.json", metrics)
-    if run is None:
-        log.warning("the training run is not on this tracking server; register rebuilds it")
-    else:
-        run.log(metrics, [REPORTS / "metrics.json", REPORTS / "eval_grid.png"], "eval/")
+    run.log(metrics, [REPORTS / "metrics.json", REPORTS / "eval_grid.png"], "eval/")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 precision/recall, beside the real-data floor) and reports/gan/eval_grid.png; both
 logged to the training run that models/gan/mlflow_run.json records."""
 
-import logging
 from pathlib import Path
 
 from genpipe.cli import run_stage
@@ -13,7 +12,6 @@ from genpipe.params import load_params
 from genpipe.tracking import RecordedRun
 from genpipe.train import common
 
-log = logging.getLogger("genpipe.evaluate")
 MODEL = Path("models/gan")
 REPORTS = Path("reports/gan")
 
@@ -32,10 +30,7 @@ def main() -> None:
     with atomic_path(REPORTS / "eval_grid.png") as tmp:
         grid.save(tmp, format="PNG")
     write_json(REPORTS / "metrics.json", metrics)
-    if run is None:
-        log.warning("the training run is not on this tracking server; register rebuilds it")
-    else:
-        run.log(metrics, [REPORTS / "metrics.json", REPORTS / "eval_grid.png"], "eval/")
+    run.log(metrics, [REPORTS / "metrics.json", REPORTS / "eval_grid.png"], "eval/")
 
 
 if __name__ == "__main__":

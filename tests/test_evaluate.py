@@ -298,7 +298,7 @@ def test_evaluate_autoencoder_against_pca(reference_dir, tmp_path):
     split = prepared.manifest["split"].to_numpy()
     metrics, _ = evaluate_autoencoder(
         net, prepared.images[split == "train"], prepared.images[split == "test"], reference,
-        backbone, evaluate, seed=0, device=CPU,
+        backbone, evaluate, device=CPU,
     )  # fmt: skip
     assert metrics["latent_dim"] == 3 and metrics["test_images"] == 30
     assert metrics["mse"] > metrics["pca_mse"] > 0  # an untrained AE is worse than PCA
@@ -329,7 +329,7 @@ def test_recorded_run_gets_the_metrics_and_files(tmp_path):
     assert names == ["eval/metrics.json"]
 
 
-def test_recorded_run_errors_name_the_record(tmp_path):
+def test_recorded_run_errors_name_the_record(tmp_path, caplog):
     with pytest.raises(TrackingError, match="no such file"):
         RecordedRun(tmp_path / "mlflow_run.json")
     bad = tmp_path / "bad.json"
@@ -343,4 +343,8 @@ def test_recorded_run_errors_name_the_record(tmp_path):
     with pytest.raises(TrackingError, match="not there"):
         RecordedRun(gone, uri=store).open()
     # on a fresh server the register stage rebuilds the run: evaluate may go on without it
-    assert RecordedRun(gone, uri=store).open(missing_ok=True) is None
+    missing = RecordedRun(gone, uri=store).open(missing_ok=True)
+    assert missing.missing
+    with caplog.at_level("WARNING", logger="genpipe.tracking"):
+        missing.log({"fid": 1.0}, [], "eval/")  # nothing to log to: a warning, no error
+    assert "not logged" in caplog.text

@@ -109,7 +109,7 @@ def register(
     """Register the model and run the gate; returns the record for registry.json."""
     uri = uri or tracking.tracking_uri()
     tracking.check_tracking_server(uri)  # before anything: a server that is down changes nothing
-    mlflow = tracking._import_mlflow()
+    mlflow = tracking.import_mlflow()
     from mlflow.exceptions import MlflowException
 
     metrics = _read_json(outputs.metrics, "the evaluate stage's metrics")
@@ -127,8 +127,9 @@ def register(
     for attempt in range(1, ATTEMPTS + 1):
         try:
             run_id, version, decision = _register_once(
-                mlflow, client, uri, name, outputs, params, experiment, record["run_id"],
-                metric, value, str(reference.get("backbone")), min_improvement, force,
+                mlflow, client, uri, name, outputs, params, metrics, experiment,
+                record["run_id"], metric, value, str(reference.get("backbone")),
+                min_improvement, force,
             )  # fmt: skip
             aliases = sorted(client.get_model_version(name, version.version).aliases)
             break
@@ -161,6 +162,7 @@ def _register_once(
     name: str,
     outputs: Outputs,
     params: dict[str, Any],
+    metrics: dict[str, Any],  # metrics.json
     experiment: str,
     source_run_id: str,
     metric: str,
@@ -171,7 +173,7 @@ def _register_once(
 ) -> tuple[str, Any, dict[str, Any]]:
     """One pass: the run (found or rebuilt), its version (found or created), the gate (unless
     an earlier pass decided). Idempotent: a pass cut short is finished by the next."""
-    run_id = _find_or_rebuild_run(client, source_run_id, outputs, params, experiment)
+    run_id = _find_or_rebuild_run(client, source_run_id, outputs, params, metrics, experiment)
     weights = weights_sha256(outputs.weights)
     version = _version_of_run(client, name, run_id) or _version_of_weights(client, name, weights)
     if version is not None and TAG_DECISION in version.tags:
@@ -206,7 +208,12 @@ def _register_once(
 
 
 def _find_or_rebuild_run(
-    client: Any, run_id: str, outputs: Outputs, params: dict[str, Any], experiment: str
+    client: Any,
+    run_id: str,
+    outputs: Outputs,
+    params: dict[str, Any],
+    metrics: dict[str, Any],
+    experiment: str,
 ) -> str:
     """The run mlflow_run.json names if the server has it, else one rebuilt from the DVC
     outputs (found again, not rebuilt twice, on a second register)."""
@@ -226,11 +233,16 @@ def _find_or_rebuild_run(
         if found:
             return found[0].info.run_id
     log.info("run %s is not on the tracking server: rebuilding it from the DVC outputs", run_id)
-    return _rebuild_run(client, run_id, outputs, params, experiment)
+    return _rebuild_run(client, run_id, outputs, params, metrics, experiment)
 
 
 def _rebuild_run(
-    client: Any, source_run_id: str, outputs: Outputs, params: dict[str, Any], experiment: str
+    client: Any,
+    source_run_id: str,
+    outputs: Outputs,
+    params: dict[str, Any],
+    metrics: dict[str, Any],
+    experiment: str,
 ) -> str:
     from mlflow.entities import Metric, Param
 
@@ -259,7 +271,6 @@ def _rebuild_run(
             for row in csv.DictReader(f):
                 step = int(row.pop("step"))
                 points += [Metric(k, float(v), 0, step) for k, v in row.items() if v != ""]
-    metrics = _read_json(outputs.metrics, "the evaluate stage's metrics")
     points += [Metric(f"eval/{k}", v, 0, 0) for k, v in tracking.flatten_metrics(metrics).items()]
     for i in range(0, len(points), tracking.METRICS_PER_BATCH):
         client.log_batch(run_id, metrics=points[i : i + tracking.METRICS_PER_BATCH])

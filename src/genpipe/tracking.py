@@ -199,7 +199,7 @@ def flatten_params(params: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def _import_mlflow() -> Any:
+def import_mlflow() -> Any:
     """Import MLflow (slow: about 2 s) only when a run starts; keep its INFO lines quiet."""
     import mlflow
 
@@ -251,7 +251,7 @@ class TrainingRun:
 
     def __enter__(self) -> TrainingRun:
         check_tracking_server(self.uri)
-        mlflow = _import_mlflow()
+        mlflow = import_mlflow()
         from mlflow.entities import Param
         from mlflow.exceptions import MlflowException
 
@@ -449,13 +449,14 @@ class RecordedRun:
                 f"found {exception_text(exc)}"
             ) from None
         self._client: MlflowClient | None = None
+        self.missing = False  # open(missing_ok=True) found no such run
 
-    def open(self, missing_ok: bool = False) -> RecordedRun | None:
+    def open(self, missing_ok: bool = False) -> RecordedRun:
         """Check, before any work, that the store answers and still holds the run. A run
-        that is not there is an error, or None with `missing_ok` (a fresh tracking server:
-        the register stage rebuilds the run from the DVC outputs)."""
+        that is not there is an error; with `missing_ok` (a fresh tracking server: the
+        register stage rebuilds the run from the DVC outputs) `log` then only warns."""
         check_tracking_server(self.uri)
-        mlflow = _import_mlflow()
+        mlflow = import_mlflow()
         from mlflow.exceptions import MlflowException
 
         self._client = mlflow.MlflowClient(tracking_uri=self.uri)
@@ -464,7 +465,8 @@ class RecordedRun:
         except MlflowException as exc:
             if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
                 if missing_ok:
-                    return None
+                    self.missing = True
+                    return self
                 raise TrackingError(
                     f"{self.record_path}: expected run {self.run_id} in the MLflow store "
                     f"{self.uri}; it is not there (retrain to record a new run: "
@@ -487,6 +489,10 @@ class RecordedRun:
         from mlflow.entities import Metric
         from mlflow.exceptions import MlflowException
 
+        if self.missing:
+            log.warning("run %s is not on %s: not logged (the register stage rebuilds it)",
+                        self.run_id, self.uri)  # fmt: skip
+            return
         assert self._client is not None, "RecordedRun.log before open()"
         ms = int(time.time() * 1000)
         flat = flatten_metrics(metrics)

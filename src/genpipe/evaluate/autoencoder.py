@@ -16,7 +16,7 @@ from genpipe.evaluate.common import (
     FID_OVER_FLOOR,
     FLOOR,
     Reference,
-    compare,
+    frechet_to_reference,
     rounded,
     trained_config,
 )
@@ -67,7 +67,6 @@ def evaluate_autoencoder(
     reference: Reference,
     backbone: Backbone,
     evaluate: EvaluateParams,
-    seed: int,
     device: torch.device,
 ) -> tuple[dict[str, Any], Image.Image]:
     """metrics.json's content and a grid of test originals above their reconstructions."""
@@ -80,7 +79,7 @@ def evaluate_autoencoder(
     features = extract_features(
         backbone, recon_uint8, evaluate.batch_size, device, "reconstruction features"
     )
-    fid = compare(reference, features, evaluate, seed)[FID]
+    fid = frechet_to_reference(reference, features)
     floor = reference.info[FLOOR]
     metrics: dict[str, Any] = {
         MSE: mse,

@@ -135,11 +135,8 @@ def load_backbone(
 # --- comparison -----------------------------------------------------------------------------
 
 
-def compare(
-    reference: Reference, features: np.ndarray, evaluate: EvaluateParams, seed: int
-) -> dict[str, float]:
-    """FID, KID (mean and std over subsets) and precision/recall of `features` (N, D)
-    against the reference's real test features."""
+def frechet_to_reference(reference: Reference, features: np.ndarray) -> float:
+    """FID of `features` (N, D) against the reference's real test statistics."""
     if features.shape[1] != reference.features.shape[1]:
         raise MetricsError(
             f"features: expected {reference.features.shape[1]} dimensions, as the reference; "
@@ -147,10 +144,17 @@ def compare(
         )
     stats = fid.FeatureStats()
     stats.add(features)
-    mu, sigma = stats.mu, stats.sigma
-    distance = fid.frechet_distance(
-        reference.mu, reference.sigma, mu, sigma, sqrt_sigma1=reference.sigma_sqrt
+    return fid.frechet_distance(
+        reference.mu, reference.sigma, stats.mu, stats.sigma, sqrt_sigma1=reference.sigma_sqrt
     )
+
+
+def compare(
+    reference: Reference, features: np.ndarray, evaluate: EvaluateParams, seed: int
+) -> dict[str, float]:
+    """FID, KID (mean and std over subsets) and precision/recall of `features` (N, D)
+    against the reference's real test features."""
+    distance = frechet_to_reference(reference, features)
     kid_mean, kid_std = fid.kernel_inception_distance(
         reference.features,
         features,
