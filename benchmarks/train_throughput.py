@@ -1,11 +1,12 @@
 """Images/s of genpipe's GAN training step against a DataLoader baseline, and the cost of
 MLflow metric logging on the hot path.
 
-genpipe   one iteration of train_gan's loop, as train_gan sets it up from params.yaml: a
-          batch drawn by index from the whole uint8 dataset on the device
+genpipe   one iteration of train_gan's loop, with its own functions (build_gan, make_step):
+          a batch drawn by index from the whole uint8 dataset on the device
           (common.DeviceImages), networks in channels_last, train.precision's autocast,
-          train.compile; (1) update D, (2) update G, (3) ema_update, the losses kept on the
-          device by common.LossMonitor.
+          train.compile, and on CUDA the step replayed as one CUDA graph
+          (train.cuda_graphs); (1) update D, (2) update G, (3) ema_update, the losses kept
+          on the device by common.LossMonitor.
 baseline  a plain loop in the pytorch/examples dcgan style: a Dataset that converts ONE image
           per __getitem__ (ToTensor + Normalize), a DataLoader with the default collate,
           `.to(device)`, then the same D/G update (dcgan's: G's update goes through D on the
@@ -50,7 +51,6 @@ from genpipe.models.gan import (
     Discriminator,
     Generator,
     discriminator_loss,
-    ema_decay_at,
     ema_update,
     gan_config,
     generator_loss,
@@ -58,6 +58,7 @@ from genpipe.models.gan import (
 )
 from genpipe.params import IMAGE_SIZES, GanParams, Params, load_params
 from genpipe.train import common
+from genpipe.train.gan import build_gan, make_step
 
 ROUNDS = 3  # timed repeats of each measurement; the median is reported
 RANDOM_IMAGES = 50_000  # stand-in dataset size without prepared data (CIFAR-10's train split)
@@ -65,109 +66,23 @@ TARGETS = "target >= 1.5x on CPU, >= 3x on GPU at batch 256, 32x32"
 TRACKING_TARGET = 0.02  # of step time
 
 
-# --- the networks and one training step, as train_gan has them --------------------------------
-
-
-@dataclass
-class Gan:
-    """What train_gan builds before its loop: networks, EMA, optimizers, scalers, precision."""
-
-    cfg: GanParams
-    device: torch.device
-    dtype: torch.dtype | None
-    netG: torch.nn.Module
-    netD: torch.nn.Module
-    stepG: torch.nn.Module  # torch.compile'd views when train.compile
-    stepD: torch.nn.Module
-    ema: torch.nn.Module
-    optG: torch.optim.Optimizer
-    optD: torch.optim.Optimizer
-    scalerG: torch.amp.GradScaler
-    scalerD: torch.amp.GradScaler
-
-
-def build_gan(params: Params, channels: int, size: int, device: torch.device) -> Gan:
-    """train_gan's setup, call for call (it is not importable apart from the loop)."""
-    cfg, train = params.gan, params.train
-    dtype = common.resolve_precision(train.precision, device)
-    common.seed_everything(params.seed, device, train.cpu_threads)  # sets the CPU threads
-    networks = gan_config(size, channels, cfg)
-    netG = Generator(**networks["generator"])
-    netD = Discriminator(**networks["discriminator"])
-    netG = common.prepare_module(netG, device)  # channels_last on CPU and CUDA
-    netD = common.prepare_module(netD, device)
-    ema = copy.deepcopy(netG).eval().requires_grad_(False)
-    betas = (cfg.beta1, cfg.beta2)
-    netG.train()
-    netD.train()
-    return Gan(
-        cfg=cfg,
-        device=device,
-        dtype=dtype,
-        netG=netG,
-        netD=netD,
-        stepG=torch.compile(netG) if train.compile else netG,
-        stepD=torch.compile(netD) if train.compile else netD,
-        ema=ema,
-        optG=torch.optim.Adam(netG.parameters(), lr=cfg.lr_g, betas=betas),
-        optD=torch.optim.Adam(netD.parameters(), lr=cfg.lr_d, betas=betas),
-        scalerG=common.grad_scaler(device, dtype),
-        scalerD=common.grad_scaler(device, dtype),
-    )
-
-
-def gan_step(
-    gan: Gan, real_batch: Callable[[], torch.Tensor], B: int, noise: torch.Generator, step: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The body of train_gan's loop, copied call for call and in the same order: it is not
-    importable as a function. Only where the real images come from is a parameter."""
-    cfg, device, dtype = gan.cfg, gan.device, gan.dtype
-    # (1) Update D: maximise D(x) - D(G(z)) in the chosen loss's form
-    for i in range(cfg.d_steps):
-        real = real_batch()  # (B, C, S, S) in [-1, 1]
-        z = torch.randn(B, cfg.z_dim, device=device, generator=noise)
-        with common.autocast(device, dtype):
-            # the last fake keeps G's graph: (2) scores it again rather than drawing anew
-            with torch.set_grad_enabled(i == cfg.d_steps - 1):
-                fake = gan.stepG(z)
-            loss_d = discriminator_loss(cfg.loss, gan.stepD(real), gan.stepD(fake.detach()))
-        if cfg.loss == "wgan-gp":  # the penalty's double backward stays in fp32
-            loss_d = loss_d + cfg.gp_weight * gradient_penalty(
-                gan.stepD, real, fake.detach().float(), generator=noise
-            )
-        gan.optD.zero_grad(set_to_none=True)
-        gan.scalerD.scale(loss_d).backward()
-        gan.scalerD.step(gan.optD)
-        gan.scalerD.update()
-
-    # (2) Update G: make the updated D score G(z) as real
-    with common.autocast(device, dtype):
-        loss_g = generator_loss(cfg.loss, gan.stepD(fake))
-    gan.optG.zero_grad(set_to_none=True)
-    gan.scalerG.scale(loss_g).backward()
-    gan.scalerG.step(gan.optG)
-    gan.scalerG.update()
-
-    # (3) The EMA of G's weights is what gets evaluated
-    ema_update(gan.ema, gan.netG, ema_decay_at(step, cfg.ema_decay))
-    return loss_d, loss_g
-
-
 # --- the two ways of feeding it ------------------------------------------------------------
 
 
 class GenpipeLoop:
-    """train_gan's loop without checkpoints and progress bar: on-device batches, the losses
-    kept on the device and checked every log_every steps, metrics to `run` when one is set."""
+    """train_gan's loop without checkpoints and progress bar: its networks (build_gan), its
+    step (make_step: eager, or replayed as a CUDA graph), the losses kept on the device and
+    checked every log_every steps, metrics to `run` when one is set."""
 
     def __init__(self, params: Params, images: np.ndarray, device: torch.device):
         _, channels, size, _ = images.shape
         self.gan = build_gan(params, channels, size, device)
         self.B = params.train.batch_size
         self.log_every = params.train.log_every
-        self.data = common.DeviceImages(images, device)  # (N, C, S, S) uint8 on the device
+        self.data = common.DeviceImages(images, device, params.train.compile)
         self.batches = common.make_generator(device, params.seed + 1)  # which images
         self.noise = common.make_generator(device, params.seed + 2)  # z
+        self.step_fn = make_step(self.gan, self.data, self.batches, self.noise)
         self.monitor = common.LossMonitor(("loss_d", "loss_g"))
         self.run: tracking.TrainingRun | None = None
         self.step = 0
@@ -176,12 +91,9 @@ class GenpipeLoop:
         self.log_calls = 0
 
     def __call__(self, iters: int) -> None:
-        B = self.B
         for _ in range(iters):
             self.step += 1
-            loss_d, loss_g = gan_step(
-                self.gan, lambda: self.data.batch(B, self.batches), B, self.noise, self.step
-            )
+            loss_d, loss_g = self.step_fn(self.step)
             self.monitor.add(self.step, loss_d, loss_g)
             if self.step % self.log_every == 0:
                 self._log()
@@ -441,6 +353,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="CPU threads (default: params.yaml train.cpu_threads; 0: torch's default)",
     )
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument(
+        "--no-tracking", action="store_true", help="skip the MLflow logging overhead measurement"
+    )
     return parser.parse_args(argv)
 
 
@@ -467,7 +382,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"gan:        width {params.gan.width}, depth {params.gan.depth}, loss "
         f"{params.gan.loss}, precision {common.resolve_precision(params.train.precision, device)}"
-        f", compile {params.train.compile}"
+        f", compile {params.train.compile}, CUDA graph {genpipe.gan.graphed}"
     )
     print(f"timing:     {warmup} warm-up + {ROUNDS} x {iters} iterations each, median")
 
@@ -504,6 +419,8 @@ def main(argv: list[str] | None = None) -> None:
         f" of {1e3 * images_per_iter / rate['genpipe']:.1f} ms"
     )
     sys.stdout.flush()
+    if args.no_tracking:
+        return
 
     step_seconds = statistics.median(seconds["genpipe"]) / iters
     cost = tracking_overhead(genpipe, params, device, iters, step_seconds)

@@ -73,6 +73,8 @@ class TrainParams(Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: cuda, then mps, then cpu
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, else fp32
     compile: bool = False  # torch.compile the networks
+    # on CUDA, replay each GAN step as one CUDA graph (not with fp16 or compile)
+    cuda_graphs: bool = True
     # CPU threads for training; 0: torch's default (all cores). Small networks run fastest,
     # and are least sensitive to a busy machine, on one thread.
     cpu_threads: int = Field(1, ge=0)

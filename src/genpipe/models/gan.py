@@ -203,15 +203,21 @@ def generator_loss(kind: str, fake_logits: Tensor) -> Tensor:
 
 
 def gradient_penalty(
-    netD: nn.Module, real: Tensor, fake: Tensor, generator: torch.Generator | None = None
+    netD: nn.Module,
+    real: Tensor,
+    fake: Tensor,
+    generator: torch.Generator | None = None,
+    alpha: Tensor | None = None,
 ) -> Tensor:
     """WGAN-GP: mean over the batch of (||grad_x D(x_hat)||_2 - 1)^2 at random interpolates.
 
-    The graph is kept (create_graph=True), so backward on the result reaches netD's weights.
+    The interpolation weights are `alpha` (N,), or drawn from `generator`. The graph is kept
+    (create_graph=True), so backward on the result reaches netD's weights.
     """
     n = real.shape[0]
-    # (N, 1, 1, 1): one interpolation weight per sample, reproducible through `generator`
-    alpha = torch.rand(n, 1, 1, 1, generator=generator, device=real.device, dtype=real.dtype)
+    if alpha is None:  # one interpolation weight per sample, reproducible through `generator`
+        alpha = torch.rand(n, generator=generator, device=real.device)
+    alpha = alpha.to(real.dtype).reshape(n, 1, 1, 1)
     x_hat = torch.lerp(fake.detach().to(real.dtype), real.detach(), alpha).requires_grad_(True)
     (grad,) = torch.autograd.grad(netD(x_hat).sum(), x_hat, create_graph=True)
     norm = grad.float().reshape(n, -1).norm(2, dim=1)  # (N,)
@@ -226,10 +232,16 @@ def ema_decay_at(step: int, decay: float) -> float:
 
 
 @torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema = decay * ema + (1 - decay) * model for parameters; buffers (BatchNorm stats) copied."""
+def ema_update(
+    ema: nn.Module, model: nn.Module, decay: float = 0.0, *, weight: float | Tensor | None = None
+) -> None:
+    """ema = decay * ema + (1 - decay) * model for parameters; buffers (BatchNorm stats) copied.
+    `weight`, when given, is 1 - decay: a 0-d tensor on the device (a CUDA graph's input) that
+    holds the value the host computed, so graphed and eager steps agree to the bit."""
+    if weight is None:
+        weight = 1.0 - decay
     # by position, not name: a torch.compile'd model prefixes its names with `_orig_mod.`
     for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-        e.lerp_(p.to(e.dtype), 1.0 - decay)
+        e.lerp_(p.to(e.dtype), weight)
     for e, b in zip(ema.buffers(), model.buffers(), strict=True):
         e.copy_(b)

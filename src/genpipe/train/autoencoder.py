@@ -42,12 +42,12 @@ def train_autoencoder(
     common.seed_everything(params.seed, device, train.cpu_threads)
 
     net = AutoEncoder(size, channels, cfg.latent_dim, cfg.width, cfg.depth, kind=cfg.kind)
-    net = common.prepare_module(net, device)
+    net = common.prepare_module(net, device, train.compile)
     step_net = torch.compile(net) if train.compile else net  # shares net's weights
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     scaler = common.grad_scaler(device, dtype)
 
-    data = common.DeviceImages(images, device)
+    data = common.DeviceImages(images, device, train.compile)
     batches = common.make_generator(device, params.seed + 1)  # which images
     noise = common.make_generator(device, params.seed + 2)  # vae: the reparameterisation noise
     identity = common.run_identity("autoencoder", params.model_dump(mode="json", by_alias=True),

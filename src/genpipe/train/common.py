@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from genpipe.data.canonical import IMAGES_FILE, MANIFEST_FILE, read_prepared
-from genpipe.errors import GenpipeError
+from genpipe.errors import GenpipeError, exception_text
 from genpipe.fileio import atomic_path
 
 log = logging.getLogger(__name__)
@@ -64,9 +64,11 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Autocast to `dtype`; a no-op for fp32. Casts are not cached across calls: a cached
+    cast captured in a CUDA graph would go stale when the weights are updated."""
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False)
 
 
 def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
@@ -74,28 +76,36 @@ def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.Gr
     return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
 
-def channels_last(device: torch.device) -> bool:
+def channels_last(device: torch.device, compiled: bool = False) -> bool:
     """Whether images and convolution weights are kept channels_last on this device: on CUDA
     (tensor cores) and on the CPU (oneDNN's preferred layout; the default GAN step is about
-    15% faster in it). MPS keeps the default layout."""
-    return device.type in ("cuda", "cpu")
+    15% faster in it). MPS keeps the default layout, and so do compiled networks: inductor
+    chooses their layouts itself, and in torch 2.11 its convolution backward failed a
+    stride check on channels_last weights."""
+    return device.type in ("cuda", "cpu") and not compiled
 
 
-def prepare_module(module: nn.Module, device: torch.device) -> nn.Module:
+def prepare_module(module: nn.Module, device: torch.device, compiled: bool = False) -> nn.Module:
     """On the device, in the memory format its convolutions run fastest in there."""
     module = module.to(device)
-    return module.to(memory_format=torch.channels_last) if channels_last(device) else module
+    if channels_last(device, compiled):
+        module = module.to(memory_format=torch.channels_last)
+    return module
 
 
 def seed_everything(seed: int, device: torch.device, cpu_threads: int = 0) -> None:
     """One seed for the global RNG (weight init); sampling takes explicit generators.
 
     On the CPU the thread count is fixed too: it can change the order of reductions.
+    Deterministic algorithms are asked for without their debugging aid of filling every
+    new tensor with NaN: that fill is no part of determinism, and it cost the default GAN
+    step about 10% on the CPU (each fill touches freshly mapped pages).
     """
     if device.type == "cpu" and cpu_threads:
         torch.set_num_threads(cpu_threads)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
     torch.backends.cudnn.benchmark = False
 
 
@@ -109,19 +119,81 @@ def make_generator(device: torch.device, seed: int) -> torch.Generator:
 class DeviceImages:
     """The whole uint8 dataset on the device; batches are drawn by index there."""
 
-    def __init__(self, images: np.ndarray, device: torch.device):
+    def __init__(self, images: np.ndarray, device: torch.device, compiled: bool = False):
         self.device = device
         self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device)  # (N, C, H, W)
-        self.channels_last = channels_last(device)
+        self.channels_last = channels_last(device, compiled)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def batch(self, size: int, generator: torch.Generator) -> torch.Tensor:
         """(size, C, H, W) float in [-1, 1], drawn uniformly with replacement."""
-        index = torch.randint(len(self.images), (size,), generator=generator, device=self.device)
+        return self.take(self.draw(size, generator))
+
+    def draw(self, size: int, generator: torch.Generator) -> torch.Tensor:
+        """(size,) indices drawn uniformly with replacement, on the device."""
+        return torch.randint(len(self.images), (size,), generator=generator, device=self.device)
+
+    def take(self, index: torch.Tensor) -> torch.Tensor:
+        """The images at `index` as (len(index), C, H, W) float in [-1, 1]."""
         x = self.images[index].float().div_(127.5).sub_(1.0)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+class CudaGraphStep:
+    """A training step replayed as one CUDA graph: the CPU launches a whole step at once
+    rather than each of its hundreds of small kernels, which is what bounds a small
+    network's step on a GPU.
+
+    The step is a function of tensors only: its randomness is drawn outside, with the
+    run's own generators, and passed in, so eager and replayed steps draw the same numbers
+    and the generators' states stay what checkpoints save. The first WARMUP calls run
+    eagerly on a side stream (optimizer state, cuDNN and cuBLAS set themselves up there),
+    as torch.cuda.graphs asks; the next call captures the step, and every call from then on
+    copies its inputs into the captured ones and replays. Each call is one real step.
+    """
+
+    WARMUP = 3
+
+    def __init__(self, fn: Callable[..., Any], name: str):
+        self.fn = fn
+        self.name = name  # for the error message
+        self.calls = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.inputs: tuple[torch.Tensor, ...] = ()
+        self.outputs: Any = None
+        self.side: torch.cuda.Stream | None = None  # the warm-up's stream
+
+    def __call__(self, *inputs: torch.Tensor) -> Any:
+        self.calls += 1
+        if self.calls <= self.WARMUP:
+            current = torch.cuda.current_stream()
+            self.side = self.side or torch.cuda.Stream()
+            self.side.wait_stream(current)
+            with torch.cuda.stream(self.side):
+                outputs = self.fn(*inputs)
+            current.wait_stream(self.side)
+            for x in torch.utils._pytree.tree_leaves(outputs):  # made there, read here
+                if isinstance(x, torch.Tensor):
+                    x.record_stream(current)
+            return outputs
+        if self.graph is None:
+            self.inputs = tuple(x.clone() for x in inputs)
+            self.graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(self.graph):
+                    self.outputs = self.fn(*self.inputs)
+            except RuntimeError as exc:
+                found = exception_text(exc).splitlines()[0][:200]
+                raise TrainingError(
+                    f"train.cuda_graphs: expected the {self.name} step to be capturable as a "
+                    f"CUDA graph; capture failed ({found}); set train.cuda_graphs: false"
+                ) from exc
+        for static, x in zip(self.inputs, inputs, strict=True):
+            static.copy_(x)
+        self.graph.replay()
+        return self.outputs
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 from tqdm import tqdm
 
 from genpipe.models.gan import (
@@ -25,7 +28,7 @@ from genpipe.models.gan import (
     generator_loss,
     gradient_penalty,
 )
-from genpipe.params import Params
+from genpipe.params import GanParams, Params
 from genpipe.train import common
 
 log = logging.getLogger("genpipe.train.gan")
@@ -41,6 +44,134 @@ class GanResult:
     config: dict[str, Any]  # rebuilds the networks without params.yaml
 
 
+@dataclass
+class Gan:
+    """The networks, their EMA and optimizers, and how a step runs them."""
+
+    cfg: GanParams
+    device: torch.device
+    dtype: torch.dtype | None  # autocast's; None: fp32
+    netG: Generator
+    netD: Discriminator
+    stepG: nn.Module  # what the step calls: netG, or its torch.compile'd view
+    stepD: nn.Module
+    ema: Generator
+    optG: torch.optim.Optimizer
+    optD: torch.optim.Optimizer
+    scalerG: torch.amp.GradScaler
+    scalerD: torch.amp.GradScaler
+    B: int  # batch size
+    graphed: bool  # the step is replayed as a CUDA graph
+
+
+def build_gan(params: Params, channels: int, size: int, device: torch.device) -> Gan:
+    """Seeded networks on the device, in train.precision and train.compile's form."""
+    cfg, train = params.gan, params.train
+    dtype = common.resolve_precision(train.precision, device)
+    common.seed_everything(params.seed, device, train.cpu_threads)
+    # fp16's loss scaler checks for infs on the host, which a graph cannot hold; compile
+    # has graphs of its own
+    cuda = device.type == "cuda"
+    graphed = cuda and train.cuda_graphs and not train.compile and dtype != torch.float16
+
+    networks = gan_config(size, channels, cfg)  # WGAN-GP's critic gets no BatchNorm
+    netG = common.prepare_module(Generator(**networks["generator"]), device, train.compile)
+    netD = common.prepare_module(Discriminator(**networks["discriminator"]), device, train.compile)
+    betas = (cfg.beta1, cfg.beta2)
+    return Gan(
+        cfg=cfg,
+        device=device,
+        dtype=dtype,
+        netG=netG,
+        netD=netD,
+        # compiled views share their weights with netG/netD, which are what is saved
+        stepG=torch.compile(netG) if train.compile else netG,
+        stepD=torch.compile(netD) if train.compile else netD,
+        ema=copy.deepcopy(netG).eval().requires_grad_(False),
+        # capturable on CUDA, graphed or not: Adam keeps its step count on the device, where
+        # a graph can update it, and train.cuda_graphs changes the speed, not the weights
+        optG=torch.optim.Adam(netG.parameters(), lr=cfg.lr_g, betas=betas, capturable=cuda),
+        optD=torch.optim.Adam(netD.parameters(), lr=cfg.lr_d, betas=betas, capturable=cuda),
+        scalerG=common.grad_scaler(device, dtype),
+        scalerD=common.grad_scaler(device, dtype),
+        B=train.batch_size,
+        graphed=graphed,
+    )
+
+
+def draw(
+    gan: Gan, data: common.DeviceImages, batches: torch.Generator, noise: torch.Generator
+) -> tuple[torch.Tensor, ...]:
+    """One step's randomness, for each of its D updates: which real images (d_steps, B), the
+    noise z (d_steps, B, z_dim) and, for WGAN-GP, the interpolation weights (d_steps, B)."""
+    cfg, B, device = gan.cfg, gan.B, gan.device
+    index = torch.stack([data.draw(B, batches) for _ in range(cfg.d_steps)])
+    z = torch.randn(cfg.d_steps, B, cfg.z_dim, device=device, generator=noise)
+    if cfg.loss != "wgan-gp":
+        return index, z
+    return index, z, torch.rand(cfg.d_steps, B, device=device, generator=noise)
+
+
+def gan_step(
+    gan: Gan,
+    data: common.DeviceImages,
+    ema_weight: float | torch.Tensor,  # 1 - the EMA's decay at this step
+    index: torch.Tensor,
+    z: torch.Tensor,
+    alpha: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training step on the draws of `draw`; returns the last D loss and G's loss."""
+    cfg, device, dtype = gan.cfg, gan.device, gan.dtype
+    # (1) Update D: maximise D(x) - D(G(z)) in the chosen loss's form
+    for i in range(cfg.d_steps):
+        real = data.take(index[i])  # (B, C, S, S) in [-1, 1]
+        with common.autocast(device, dtype):
+            # the last fake keeps G's graph: (2) scores it again rather than drawing anew
+            with torch.set_grad_enabled(i == cfg.d_steps - 1):
+                fake = gan.stepG(z[i])
+            loss_d = discriminator_loss(cfg.loss, gan.stepD(real), gan.stepD(fake.detach()))
+        if alpha is not None:  # WGAN-GP; the penalty's double backward stays in fp32
+            loss_d = loss_d + cfg.gp_weight * gradient_penalty(
+                gan.stepD, real, fake.detach().float(), alpha=alpha[i]
+            )
+        gan.optD.zero_grad(set_to_none=True)
+        gan.scalerD.scale(loss_d).backward()
+        gan.scalerD.step(gan.optD)
+        gan.scalerD.update()
+
+    # (2) Update G: make the updated D score G(z) as real. D's weights are frozen meanwhile:
+    # the backward pass then skips their gradients, which G's update never reads
+    gan.netD.requires_grad_(False)
+    with common.autocast(device, dtype):
+        loss_g = generator_loss(cfg.loss, gan.stepD(fake))
+    gan.optG.zero_grad(set_to_none=True)
+    gan.scalerG.scale(loss_g).backward()
+    gan.scalerG.step(gan.optG)
+    gan.scalerG.update()
+    gan.netD.requires_grad_(True)
+
+    # (3) The EMA of G's weights is what gets evaluated
+    ema_update(gan.ema, gan.netG, weight=ema_weight)
+    return loss_d.detach(), loss_g.detach()  # kept alive, the graphs would hold their memory
+
+
+def make_step(
+    gan: Gan, data: common.DeviceImages, batches: torch.Generator, noise: torch.Generator
+) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
+    """step(t) runs training step t (from 1): draws its randomness, then runs gan_step,
+    eagerly or, when gan.graphed, replayed as a CUDA graph."""
+    graph = common.CudaGraphStep(functools.partial(gan_step, gan, data), "GAN")
+
+    def step(t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        weight = 1.0 - ema_decay_at(t, gan.cfg.ema_decay)
+        draws = draw(gan, data, batches, noise)
+        if not gan.graphed:
+            return gan_step(gan, data, weight, *draws)
+        return graph(torch.full((), weight, device=gan.device), *draws)
+
+    return step
+
+
 def train_gan(
     params: Params,
     images: np.ndarray,  # (N, C, S, S) uint8, the train split
@@ -52,24 +183,11 @@ def train_gan(
 ) -> GanResult:
     cfg, train = params.gan, params.train
     _, channels, size, _ = images.shape
-    dtype = common.resolve_precision(train.precision, device)
-    common.seed_everything(params.seed, device, train.cpu_threads)
+    gan = build_gan(params, channels, size, device)
+    netG, netD, ema = gan.netG, gan.netD, gan.ema
+    optG, optD, scalerG, scalerD = gan.optG, gan.optD, gan.scalerG, gan.scalerD
 
-    networks = gan_config(size, channels, cfg)  # WGAN-GP's critic gets no BatchNorm
-    netG = Generator(**networks["generator"])
-    netD = Discriminator(**networks["discriminator"])
-    netG = common.prepare_module(netG, device)
-    netD = common.prepare_module(netD, device)
-    ema = copy.deepcopy(netG).eval().requires_grad_(False)
-    # compiled views share their weights with netG/netD, which are what is saved
-    stepG = torch.compile(netG) if train.compile else netG
-    stepD = torch.compile(netD) if train.compile else netD
-    betas = (cfg.beta1, cfg.beta2)
-    optG = torch.optim.Adam(netG.parameters(), lr=cfg.lr_g, betas=betas)
-    optD = torch.optim.Adam(netD.parameters(), lr=cfg.lr_d, betas=betas)
-    scalerG, scalerD = common.grad_scaler(device, dtype), common.grad_scaler(device, dtype)
-
-    data = common.DeviceImages(images, device)
+    data = common.DeviceImages(images, device, train.compile)
     batches = common.make_generator(device, params.seed + 1)  # which images
     noise = common.make_generator(device, params.seed + 2)  # z and GP interpolation
     identity = common.run_identity("gan", params.model_dump(mode="json", by_alias=True), data_hash)
@@ -107,35 +225,9 @@ def train_gan(
     tick, tick_step = time.perf_counter(), start
     netG.train()
     netD.train()
+    step_fn = make_step(gan, data, batches, noise)
     for step in range(start + 1, cfg.steps + 1):
-        # (1) Update D: maximise D(x) - D(G(z)) in the chosen loss's form
-        for i in range(cfg.d_steps):
-            real = data.batch(B, batches)  # (B, C, S, S) in [-1, 1]
-            z = torch.randn(B, cfg.z_dim, device=device, generator=noise)
-            with common.autocast(device, dtype):
-                # the last fake keeps G's graph: (2) scores it again rather than drawing anew
-                with torch.set_grad_enabled(i == cfg.d_steps - 1):
-                    fake = stepG(z)
-                loss_d = discriminator_loss(cfg.loss, stepD(real), stepD(fake.detach()))
-            if cfg.loss == "wgan-gp":  # the penalty's double backward stays in fp32
-                loss_d = loss_d + cfg.gp_weight * gradient_penalty(
-                    stepD, real, fake.detach().float(), generator=noise
-                )
-            optD.zero_grad(set_to_none=True)
-            scalerD.scale(loss_d).backward()
-            scalerD.step(optD)
-            scalerD.update()
-
-        # (2) Update G: make the updated D score G(z) as real
-        with common.autocast(device, dtype):
-            loss_g = generator_loss(cfg.loss, stepD(fake))
-        optG.zero_grad(set_to_none=True)
-        scalerG.scale(loss_g).backward()
-        scalerG.step(optG)
-        scalerG.update()
-
-        # (3) The EMA of G's weights is what gets evaluated
-        ema_update(ema, netG, ema_decay_at(step, cfg.ema_decay))
+        loss_d, loss_g = step_fn(step)
         monitor.add(step, loss_d, loss_g)
 
         if step % train.log_every == 0 or step == cfg.steps:
