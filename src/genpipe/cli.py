@@ -7,8 +7,10 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from genpipe.errors import GenpipeError
+from genpipe.fileio import atomic_path
 
 log = logging.getLogger("genpipe")
 
@@ -39,11 +41,37 @@ def _params_command(args: argparse.Namespace) -> None:
     print(json.dumps(params.model_dump(mode="json", by_alias=True), indent=2))
 
 
+def _ci_retrain_command(args: argparse.Namespace) -> None:
+    from genpipe.ci import ci_retrain
+
+    result = ci_retrain(args.base, push=not args.no_push)
+    if args.summary:
+        with open(args.summary, "a", encoding="utf-8") as f:  # GITHUB_STEP_SUMMARY: appended
+            f.write(result.report)
+    if args.report:
+        with atomic_path(Path(args.report)) as tmp:
+            tmp.write_text(result.report, encoding="utf-8")
+    print(result.report)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="genpipe", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("params", help="check params.yaml and print it with defaults")
     check.add_argument("--file", default="params.yaml", help="params file (default: %(default)s)")
     check.set_defaults(func=_params_command)
+    retrain = commands.add_parser(
+        "ci-retrain",
+        help="CI: rerun the stages whose inputs changed (pulling from the DVC remote), push "
+        "the outputs, register to MLFLOW_TRACKING_URI, report metrics and params against BASE",
+    )
+    retrain.add_argument("--base", default="origin/main",
+                         help="git revision to diff metrics and params against "
+                         "(default: %(default)s)")  # fmt: skip
+    retrain.add_argument("--summary", help="append the Markdown report here "
+                         "(the workflow passes $GITHUB_STEP_SUMMARY)")  # fmt: skip
+    retrain.add_argument("--report", help="write the Markdown report here too (a PR comment)")
+    retrain.add_argument("--no-push", action="store_true", help="do not `dvc push`")
+    retrain.set_defaults(func=_ci_retrain_command)
     args = parser.parse_args(argv)
     run_stage(lambda: args.func(args))

@@ -1,0 +1,147 @@
+"""`genpipe ci-retrain`: the retrain workflow's logic, runnable (and tested) off CI.
+
+1. `dvc repro --pull --allow-missing`: stages whose data, params and code did not change
+   are skipped without pulling their outputs; the rest pull what they read from the DVC
+   remote and rerun. The register stages register what was retrained to the MLflow
+   server of MLFLOW_TRACKING_URI (a repository secret in CI).
+2. `dvc push`: the new outputs go to the remote, so the next run and every clone get them.
+3. A Markdown report: the stages rerun, the registry's decisions, and `dvc metrics diff`
+   and `dvc params diff` against a base revision (main), for the job summary and, on a
+   pull request, a comment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from genpipe.errors import GenpipeError
+
+log = logging.getLogger("genpipe.ci")
+
+METRIC_STAGES = ("validate", "evaluate")  # their metrics files go into the report
+
+
+class CIError(GenpipeError):
+    """The retrain job cannot run or did not finish (no remote, no server, a failed stage)."""
+
+
+@dataclass
+class Retrain:
+    ran: list[str]  # the stages `dvc repro` ran, in order
+    registered: dict[str, dict] = field(default_factory=dict)  # model -> its registry.json
+    report: str = ""  # Markdown
+
+
+def dvc(*args: str, cwd: Path, capture: bool = True) -> subprocess.CompletedProcess:
+    """dvc from this environment, with this environment's `python` first on PATH (the
+    stages' commands call `python`)."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    command = [sys.executable, "-m", "dvc", *args]
+    if capture:
+        return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    # stream to the job's log as it runs, and keep the text to read the stages from
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        lines.append(line)
+    proc.wait()
+    return subprocess.CompletedProcess(command, proc.returncode, "".join(lines), "")
+
+
+def stages_run(output: str) -> list[str]:
+    """The stages `dvc repro` ran, from its output ("Running stage 'train@gan':")."""
+    return [line.split("'")[1] for line in output.splitlines()
+            if line.startswith("Running stage '")]  # fmt: skip
+
+
+def check_setup(cwd: Path) -> None:
+    """Before anything runs: a default DVC remote and an MLflow server to register to."""
+    remote = dvc("remote", "default", cwd=cwd)
+    if remote.returncode != 0 or not remote.stdout.strip():
+        raise CIError(
+            "DVC remote: expected a default remote (`dvc remote add -d NAME URL`, committed "
+            "in .dvc/config); found none"
+        )
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if not uri:
+        raise CIError(
+            "MLFLOW_TRACKING_URI: expected the MLflow server's URL (in CI, the repository "
+            "secret MLFLOW_TRACKING_URI); found it unset"
+        )
+
+
+def ci_retrain(base: str, cwd: Path = Path("."), push: bool = True) -> Retrain:
+    """Rerun what changed, push it, and report against `base` (a git revision)."""
+    check_setup(cwd)
+    log.info("dvc repro --pull --allow-missing")
+    repro = dvc("repro", "--pull", "--allow-missing", cwd=cwd, capture=False)
+    ran = stages_run(repro.stdout)
+    if repro.returncode != 0:
+        failed = ran[-1] if ran else "before any stage"
+        raise CIError(f"dvc repro: expected every stage to pass; {failed} failed (log above)")
+    if push:
+        log.info("dvc push")
+        pushed = dvc("push", cwd=cwd)
+        if pushed.returncode != 0:
+            raise CIError(f"dvc push: expected the outputs to reach the remote; "
+                          f"{last_line(pushed)}")  # fmt: skip
+    # the metrics of stages that did not run are on the remote, not here
+    pulled = dvc("pull", "--allow-missing", *METRIC_STAGES, cwd=cwd)
+    if pulled.returncode != 0:
+        log.warning("dvc pull of the metrics failed: %s", last_line(pulled))
+    registered = {}
+    for stage in ran:
+        if stage.startswith("register@"):
+            model = stage.split("@", 1)[1]
+            registered[model] = json.loads((cwd / f"reports/{model}/registry.json").read_text())
+    result = Retrain(ran=ran, registered=registered)
+    result.report = report(result, base, cwd)
+    return result
+
+
+def report(result: Retrain, base: str, cwd: Path) -> str:
+    lines = ["## genpipe retrain", ""]
+    if result.ran:
+        lines.append("Stages rerun: " + ", ".join(f"`{s}`" for s in result.ran))
+    else:
+        lines.append("Nothing rerun: data, params and code are unchanged.")
+    if result.registered:
+        lines += ["", "### Model Registry", "",
+                  "| model | version | decision | metric | value | reason |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for record in result.registered.values():
+            lines.append(
+                f"| {record.get('name')} | {record.get('version')} | {record.get('decision')}"
+                f" | {record.get('metric')} | {record.get('value')} | {record.get('reason', '')} |"
+            )
+    for title, command in (("Metrics", "metrics"), ("Params", "params")):
+        diff = dvc(command, "diff", base, "--md", cwd=cwd)
+        lines += ["", f"### {title} against `{base}`", ""]
+        if diff.returncode != 0:
+            lines.append(f"(`dvc {command} diff` failed: {last_line(diff)})")
+        elif table_rows(diff.stdout):
+            lines.append(diff.stdout.strip())
+        else:
+            lines.append("No change.")
+    return "\n".join(lines) + "\n"
+
+
+def table_rows(markdown: str) -> int:
+    """Body rows of a Markdown table (dvc prints the header even when nothing changed)."""
+    rows = [line for line in markdown.splitlines() if line.startswith("|")]
+    return max(len(rows) - 2, 0)
+
+
+def last_line(result: subprocess.CompletedProcess) -> str:
+    text = (result.stderr or result.stdout or "").strip().splitlines()
+    return text[-1] if text else f"exit {result.returncode}"
