@@ -164,6 +164,12 @@ def test_repro_on_a_folder_of_rgb_pngs_of_assorted_sizes(project, tmp_path):
     assert ran(sh("dvc", "repro", cwd=project)) == []
     write_png(images / "apple" / "new.png", (20, 20), seed=5)
     assert ran(sh("dvc", "repro", cwd=project)) == ALL_STAGES
+    # and so does a data param: another split is other data for every stage after fetch
+    before = json.loads((project / "data/prepared/info.json").read_text())["counts"]
+    set_params(project, data={"test_fraction": 0.3})
+    assert ran(sh("dvc", "repro", cwd=project)) == ALL_STAGES
+    after = json.loads((project / "data/prepared/info.json").read_text())["counts"]
+    assert after["test"] > before["test"] and sum(after.values()) == sum(before.values()) == 601
 
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
