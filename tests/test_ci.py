@@ -65,10 +65,17 @@ def test_actionlint_finds_a_broken_workflow(tmp_path):
 def test_workflow_triggers_and_calls_the_script():
     workflow = yaml.safe_load(WORKFLOW.read_text())
     triggers = workflow[True]  # YAML 1.1 reads the key `on` as True
-    paths = ["**.dvc", "dvc.lock", "dvc.yaml", "params.yaml", "src/**"]
+    paths = ["**.dvc", "dvc.lock", "dvc.yaml", "params.yaml", "src/**", "pipeline/**"]
     assert triggers["push"] == {"branches": ["main"], "paths": paths}
     assert triggers["pull_request"] == {"paths": paths}
     assert "workflow_dispatch" in triggers
+    # every stage's code is under src/ or pipeline/
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].values()
+    deps = [dep for stage in stages for dep in stage.get("do", stage).get("deps", [])]
+    stage_code = {dep.split("/")[0] for dep in deps if dep.endswith(".py")}
+    assert stage_code <= {"src", "pipeline"}, stage_code
+    # pull requests from forks (no secrets, no push) are skipped
+    assert "head.repo.full_name == github.repository" in workflow["jobs"]["retrain"]["if"]
     steps = workflow["jobs"]["retrain"]["steps"]
     runs = "\n".join(step.get("run", "") for step in steps)
     assert "genpipe ci-retrain" in runs and "$GITHUB_STEP_SUMMARY" in runs
