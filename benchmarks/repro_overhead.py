@@ -29,6 +29,8 @@ from pathlib import Path
 
 import yaml
 
+from genpipe.ci import stages_run
+
 REPO = Path(__file__).resolve().parents[1]
 TARGET_SECONDS = 3.0
 TRAIN = ["train@gan", "train@autoencoder"]
@@ -62,11 +64,6 @@ def dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     if result.returncode != 0:
         raise SystemExit(f"dvc {' '.join(args)} failed in {cwd}:\n{result.stderr[-3000:]}")
     return result
-
-
-def stages(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines()
-            if line.startswith("Running stage '")]  # fmt: skip
 
 
 def set_params(root: Path, section: str, values: dict) -> None:
@@ -138,7 +135,7 @@ def tiny_project(root: Path) -> None:
     run("git", "init", "-q", cwd=root)
     run("git", "add", "-A", cwd=root)
     run("git", "commit", "-q", "-m", "tiny", cwd=root)
-    ran = stages(dvc("repro", cwd=root).stdout)
+    ran = stages_run(dvc("repro", cwd=root).stdout)
     if sorted(ran) != sorted(ALL):
         raise SystemExit(f"the first full run ran {ran}, expected all {len(ALL)} stages")
 
@@ -159,8 +156,8 @@ def main() -> None:
         start = time.perf_counter()
         result = dvc("repro", cwd=REPO)
         seconds.append(time.perf_counter() - start)
-        if stages(result.stdout):
-            raise SystemExit(f"a no-op repro ran {stages(result.stdout)}")
+        if stages_run(result.stdout):
+            raise SystemExit(f"a no-op repro ran {stages_run(result.stdout)}")
     median = statistics.median(seconds)
     print(f"no-op `dvc repro`: {median:.2f} s (median of {args.rounds}; min {min(seconds):.2f},"
           f" max {max(seconds):.2f}); target <= {TARGET_SECONDS:.0f} s:"
@@ -180,7 +177,7 @@ def main() -> None:
             shutil.copytree(base, root, symlinks=True)
             change(root)
             start = time.perf_counter()
-            ran = stages(dvc("repro", cwd=root).stdout)
+            ran = stages_run(dvc("repro", cwd=root).stdout)
             took = time.perf_counter() - start
             verdict = "as promised" if sorted(ran) == sorted(expected) else "NOT as promised"
             if sorted(ran) != sorted(expected):

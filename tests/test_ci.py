@@ -128,6 +128,14 @@ def test_cli_exits_non_zero_with_one_line(dvc_repo):
     ]
 
 
+def test_report_path_in_a_missing_directory_is_a_one_line_error(dvc_repo):
+    result = sh(str(BIN / "genpipe"), "ci-retrain", "--report", "no/such/dir/report.md",
+                cwd=dvc_repo, check=False)  # fmt: skip
+    assert result.returncode != 0
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: report path no/such/dir/report.md: expected a file in an")
+
+
 # --- end to end: new images retrain and register; nothing new retrains nothing --------------
 
 

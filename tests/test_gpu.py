@@ -12,6 +12,7 @@ import torch
 from genpipe.params import parse_params
 from genpipe.train import common
 from genpipe.train import gan as gan_loop
+from test_train import assert_same_weights
 
 pytestmark = [
     pytest.mark.gpu,
@@ -36,13 +37,6 @@ def params(**overrides):
 def train(p, tmp_path: Path, name: str) -> gan_loop.GanResult:
     return gan_loop.train_gan(p, IMAGES, "data-hash", CUDA, tmp_path / name / "ckpt.pt",
                               tmp_path / name / "train_log.csv")  # fmt: skip
-
-
-def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for key in sa:
-        assert torch.equal(sa[key], sb[key]), key
 
 
 def test_graph_step_captures_once_then_replays_with_new_inputs():

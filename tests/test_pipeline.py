@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from genpipe.ci import stages_run
+
 from builders import write_png
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,8 +49,7 @@ def sh(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess
 
 def ran(result: subprocess.CompletedProcess) -> list[str]:
     """The stages `dvc repro` ran, from its output."""
-    return [line.split("'")[1] for line in result.stdout.splitlines()
-            if line.startswith("Running stage")]  # fmt: skip
+    return stages_run(result.stdout)
 
 
 @pytest.fixture

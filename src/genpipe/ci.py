@@ -80,6 +80,14 @@ def check_setup(cwd: Path) -> None:
         )
 
 
+def check_report_paths(*paths: str | None) -> None:
+    """Where the report goes (--summary, --report): each in a directory that exists."""
+    for path in filter(None, paths):
+        if not Path(path).resolve().parent.is_dir():
+            raise CIError(f"report path {path}: expected a file in an existing directory; "
+                          f"found no directory {Path(path).resolve().parent}")  # fmt: skip
+
+
 def ci_retrain(base: str, cwd: Path = Path("."), push: bool = True) -> Retrain:
     """Rerun what changed, push it, and report against `base` (a git revision)."""
     check_setup(cwd)

@@ -42,8 +42,9 @@ def _params_command(args: argparse.Namespace) -> None:
 
 
 def _ci_retrain_command(args: argparse.Namespace) -> None:
-    from genpipe.ci import ci_retrain
+    from genpipe.ci import check_report_paths, ci_retrain
 
+    check_report_paths(args.summary, args.report)  # before the retraining, not after
     result = ci_retrain(args.base, push=not args.no_push)
     if args.summary:
         with open(args.summary, "a", encoding="utf-8") as f:  # GITHUB_STEP_SUMMARY: appended
