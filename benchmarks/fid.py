@@ -210,7 +210,8 @@ def extraction_section(args: argparse.Namespace) -> None:
     """Images/s of features.extract_features for both backbones, on random uint8 images of
     the default data's shape. Inception's speed does not depend on its weights, so random
     ones stand in for the weights file that cannot be downloaded here."""
-    from genpipe.metrics.features import DomainNet, extract_features
+    from genpipe.metrics.domain import DomainNet
+    from genpipe.metrics.features import extract_features
     from genpipe.metrics.inception import FIDInceptionV3
 
     device = torch.device(args.device)

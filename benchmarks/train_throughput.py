@@ -3,10 +3,10 @@ MLflow metric logging on the hot path.
 
 genpipe   one iteration of train_gan's loop, with its own functions (build_gan, make_step):
           a batch drawn by index from the whole uint8 dataset on the device
-          (common.DeviceImages), networks in channels_last, train.precision's autocast,
+          (training.DeviceImages), networks in channels_last, train.precision's autocast,
           train.compile, and on CUDA the step replayed as one CUDA graph
           (train.cuda_graphs); (1) update D, (2) update G, (3) ema_update, the losses kept
-          on the device by common.LossMonitor.
+          on the device by training.LossMonitor.
 baseline  a plain loop in the pytorch/examples dcgan style: a Dataset that converts ONE image
           per __getitem__ (ToTensor + Normalize), a DataLoader with the default collate,
           `.to(device)`, then the same D/G update (dcgan's: G's update goes through D on the
@@ -44,10 +44,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from genpipe import tracking
+from genpipe import runtime, tracking, training
 from genpipe.data.canonical import read_prepared
 from genpipe.errors import GenpipeError
-from genpipe.models.gan import (
+from genpipe.gan.network import (
     Discriminator,
     Generator,
     discriminator_loss,
@@ -56,9 +56,8 @@ from genpipe.models.gan import (
     generator_loss,
     gradient_penalty,
 )
+from genpipe.gan.train import build_gan, make_step
 from genpipe.params import IMAGE_SIZES, GanParams, Params, load_params
-from genpipe.train import common
-from genpipe.train.gan import build_gan, make_step
 
 ROUNDS = 3  # timed repeats of each measurement; the median is reported
 RANDOM_IMAGES = 50_000  # stand-in dataset size without prepared data (CIFAR-10's train split)
@@ -79,11 +78,11 @@ class GenpipeLoop:
         self.gan = build_gan(params, channels, size, device)
         self.B = params.train.batch_size
         self.log_every = params.train.log_every
-        self.data = common.DeviceImages(images, device, params.train.compile)
-        self.batches = common.make_generator(device, params.seed + 1)  # which images
-        self.noise = common.make_generator(device, params.seed + 2)  # z
+        self.data = training.DeviceImages(images, device, params.train.compile)
+        self.batches = runtime.make_generator(device, params.seed + 1)  # which images
+        self.noise = runtime.make_generator(device, params.seed + 2)  # z
         self.step_fn = make_step(self.gan, self.data, self.batches, self.noise)
-        self.monitor = common.LossMonitor(("loss_d", "loss_g"))
+        self.monitor = training.LossMonitor(("loss_d", "loss_g"))
         self.run: tracking.TrainingRun | None = None
         self.step = 0
         self.tick, self.tick_step = time.perf_counter(), 0
@@ -203,7 +202,7 @@ class BaselineLoop:
         self.gan = build_plain_gan(params, channels, size, device)
         self.B = params.train.batch_size
         self.device = device
-        self.noise = common.make_generator(device, params.seed + 2)
+        self.noise = runtime.make_generator(device, params.seed + 2)
         # no persistent workers: as in dcgan, workers start again each epoch
         self.loader = DataLoader(
             NormalizedImages(images, labels),
@@ -366,7 +365,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {k: v for k, v in overrides.items() if v is not None}
     params = params.model_copy(update={"train": params.train.model_copy(update=overrides)})
     B = params.train.batch_size
-    device = common.resolve_device(args.device)
+    device = runtime.resolve_device(args.device)
     iters = args.iters or (500 if device.type == "cuda" else 200)
     warmup = 50 if device.type == "cuda" else 10
     images, labels, source = load_images(args.data, args.image_size, params.seed)
@@ -381,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"images:     {tuple(images.shape[1:])} from {source}")
     print(
         f"gan:        width {params.gan.width}, depth {params.gan.depth}, loss "
-        f"{params.gan.loss}, precision {common.resolve_precision(params.train.precision, device)}"
+        f"{params.gan.loss}, precision {runtime.resolve_precision(params.train.precision, device)}"
         f", compile {params.train.compile}, CUDA graph {genpipe.gan.graphed}"
     )
     print(f"timing:     {warmup} warm-up + {ROUNDS} x {iters} iterations each, median")
@@ -427,7 +426,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"tracking overhead: {cost.share:.1%} of step time (target < {TRACKING_TARGET:.0%})"
         f"  [log_metrics every {params.train.log_every} steps: {cost.per_call * 1e6:.0f} us a"
-        f" call; sender thread: {cost.sender * 1e3:.0f} ms CPU in {cost.loop_seconds:.0f} s]"
+        f" call; MLflow async writes: {cost.sender * 1e3:.0f} ms CPU in {cost.loop_seconds:.0f} s]"
     )
     print(
         f"  wall time with vs without a run: {cost.ab:+.1%} (median of {ROUNDS} pairs;"
@@ -435,24 +434,41 @@ def main(argv: list[str] | None = None) -> None:
     )
 
 
-class TimedRun(tracking.TrainingRun):
-    """A TrainingRun that adds up the CPU time its sender thread spends writing metrics."""
+class StoreWrites:
+    """Adds up the CPU time of the sqlite store's log_batch, in whichever thread calls it:
+    for a TrainingRun's metrics, a worker of MLflow's async logging. Patched on the class
+    while the `with` lasts, and before the run creates its store (MLflow's async queue
+    keeps the store's bound log_batch)."""
 
-    sender_seconds = 0.0
+    def __init__(self) -> None:
+        self.seconds = 0.0
 
-    def _send(self, points: list) -> None:
-        start = time.thread_time()
-        try:
-            super()._send(points)
-        finally:
-            self.sender_seconds += time.thread_time() - start  # only the sender thread writes
+    def __enter__(self) -> StoreWrites:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        self.original = original = SqlAlchemyStore.log_batch
+
+        def log_batch(store: SqlAlchemyStore, *args, **kwargs) -> None:
+            start = time.thread_time()
+            try:
+                original(store, *args, **kwargs)
+            finally:
+                self.seconds += time.thread_time() - start  # one write at a time
+
+        SqlAlchemyStore.log_batch = log_batch
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        SqlAlchemyStore.log_batch = self.original
 
 
 @dataclass
 class TrackingCost:
-    share: float  # (log_metrics + sender CPU time) / time of the loops with a run
+    share: float  # (log_metrics + store write CPU time) / time of the loops with a run
     per_call: float  # seconds in one log_metrics call, on the training thread
-    sender: float  # CPU seconds of the sender thread during the loops with a run
+    sender: float  # CPU seconds of MLflow's async writes during the loops with a run
     loop_seconds: float  # of the loops with a run
     ab: float  # median of (with / without - 1) over the rounds: the end-to-end check
     spread: float  # (max - min) / median of the rounds without a run: the noise floor
@@ -464,14 +480,12 @@ def tracking_overhead(
     """What a TrainingRun logging every log_every steps adds to genpipe's loop.
 
     Measured two ways over ROUNDS pairs of loops with and without a run: directly (the time
-    inside log_metrics, plus all the CPU time of the sender thread as if it came out of
-    the step, which it does on one core) and end to end (the wall time of the pairs), which
-    on a busy machine is noisier than the effect. Each loop lasts longer than
-    tracking.FLUSH_SECONDS, so the sender's writes to the (temporary) sqlite store happen in
-    the loops with a run, about as often as in training.
+    inside log_metrics, plus all the CPU time of MLflow's async writes as if it came out
+    of the step, which it does on one core) and end to end (the wall time of the pairs),
+    which on a busy machine is noisier than the effect. Each loop lasts longer than
+    tracking.FLUSH_SECONDS, so the writes to the (temporary) sqlite store happen in the
+    loops with a run, about as often as in training.
     """
-    if not hasattr(tracking.TrainingRun, "_send"):
-        raise SystemExit("tracking.TrainingRun._send is gone: update TimedRun in this script")
     n = max(iters // 2, math.ceil(1.2 * tracking.FLUSH_SECONDS / step_seconds))
     n = math.ceil(n / genpipe.log_every) * genpipe.log_every  # whole logging intervals
     tmp = Path(tempfile.mkdtemp(prefix="genpipe-bench-"))
@@ -479,7 +493,7 @@ def tracking_overhead(
     os.environ["MLFLOW_TRACKING_URI"] = uri = f"sqlite:///{tmp}/mlflow.db"
     try:
         progress(f"timing tracking overhead ({n} steps a loop; MLflow store in {tmp})")
-        run = TimedRun(
+        run = tracking.TrainingRun(
             "gan",
             params.model_dump(mode="json", by_alias=True),
             "benchmark",
@@ -487,12 +501,12 @@ def tracking_overhead(
             record_path=tmp / "mlflow_run.json",
             uri=uri,
         )
-        with run:
+        with StoreWrites() as writes, run:
             genpipe.run = run
             genpipe(genpipe.log_every)  # warm-up: the first calls are slower
             genpipe.run = None
             genpipe.log_seconds, genpipe.log_calls = 0.0, 0
-            run.sender_seconds = 0.0
+            writes.seconds = 0.0
 
             def with_run(k: int) -> None:
                 genpipe.run = run
@@ -502,7 +516,7 @@ def tracking_overhead(
                     genpipe.run = None
 
             seconds = interleaved({"without": genpipe, "with": with_run}, n, device, n)
-            sender = run.sender_seconds  # what was sent while the loops ran
+            sender = writes.seconds  # what was written while the loops ran
     finally:
         if saved_uri is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)

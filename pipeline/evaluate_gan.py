@@ -2,35 +2,34 @@
 precision/recall, beside the real-data floor) and reports/gan/eval_grid.png; both
 logged to the training run that models/gan/mlflow_run.json records."""
 
-from pathlib import Path
-
-from genpipe.cli import run_stage
-from genpipe.evaluate.common import REFERENCE_DIR, load_backbone, load_reference
-from genpipe.evaluate.gan import evaluate_gan, load_generator
+from genpipe import paths, runtime
 from genpipe.fileio import atomic_path, write_json
+from genpipe.gan.artifact import load_generator
+from genpipe.gan.evaluate import evaluate_gan
 from genpipe.params import load_params
+from genpipe.reference import load_backbone, load_reference
+from genpipe.stage import run_stage
 from genpipe.tracking import RecordedRun
-from genpipe.train import common
 
-MODEL = Path("models/gan")
-REPORTS = Path("reports/gan")
+MODEL = "gan"
 
 
 def main() -> None:
     params = load_params()
     evaluate = params.evaluate
     # fail before the work, not after, when the tracking server is down
-    run = RecordedRun(MODEL / "mlflow_run.json").open(missing_ok=True)
-    device = common.resolve_device(evaluate.device, key="evaluate.device")
-    common.seed_everything(params.seed, device, evaluate.cpu_threads)
-    reference = load_reference(REFERENCE_DIR, evaluate)
-    backbone = load_backbone(evaluate, reference, REFERENCE_DIR, device)
-    netG = load_generator(MODEL / "weights", device)
+    run = RecordedRun(paths.run_record(MODEL)).open(missing_ok=True)
+    device = runtime.resolve_device(evaluate.device, key="evaluate.device")
+    runtime.seed_everything(params.seed, device, evaluate.cpu_threads)
+    reference = load_reference(paths.REFERENCE, evaluate)
+    backbone = load_backbone(evaluate, reference, paths.REFERENCE, device)
+    netG = load_generator(paths.weights_dir(MODEL), device)
     metrics, grid = evaluate_gan(netG, reference, backbone, evaluate, params.seed, device)
-    with atomic_path(REPORTS / "eval_grid.png") as tmp:
+    reports = paths.reports(MODEL)
+    with atomic_path(reports / "eval_grid.png") as tmp:
         grid.save(tmp, format="PNG")
-    write_json(REPORTS / "metrics.json", metrics)
-    run.log(metrics, [REPORTS / "metrics.json", REPORTS / "eval_grid.png"], "eval/")
+    write_json(reports / "metrics.json", metrics)
+    run.log(metrics, [reports / "metrics.json", reports / "eval_grid.png"], "eval/")
 
 
 if __name__ == "__main__":

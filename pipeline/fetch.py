@@ -1,13 +1,14 @@
 """Stage fetch: `data` params -> data/prepared/ (images.npy, manifest.parquet, info.json)."""
 
 import logging
-from pathlib import Path
 
-from genpipe.cli import run_stage
-from genpipe.data import fetch_dataset, write_prepared
+from genpipe import paths
+from genpipe.data.canonical import write_prepared
+from genpipe.data.sources import fetch_dataset
 from genpipe.params import load_params
+from genpipe.stage import run_stage
 
-OUT = Path("data/prepared")
+OUT = paths.PREPARED
 log = logging.getLogger("genpipe.fetch")
 
 

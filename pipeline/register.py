@@ -2,14 +2,14 @@
 MLflow Model Registry, through the champion gate; reports/<model>/registry.json records it."""
 
 import sys
-from pathlib import Path
 
-from genpipe.cli import run_stage
+from genpipe import paths
+from genpipe.data.canonical import prepared_sha256
 from genpipe.errors import ParamsError
 from genpipe.fileio import write_json
 from genpipe.params import MODELS, load_params
-from genpipe.registry import Outputs, register
-from genpipe.train import common
+from genpipe.registry.mlflow import Outputs, register
+from genpipe.stage import run_stage
 
 
 def main() -> None:
@@ -18,16 +18,15 @@ def main() -> None:
         raise ParamsError(f"usage: register.py MODEL: expected one of {', '.join(MODELS)}; "
                           f"got {' '.join(sys.argv[1:]) or 'nothing'}")  # fmt: skip
     params = load_params()
-    _, data_hash = common.load_train_split(Path("data/prepared"))
     record = register(
-        Outputs.of(model, data_hash),
+        Outputs.of(model, prepared_sha256(paths.PREPARED)),
         params.model_dump(mode="json", by_alias=True),
         params.registry.name_prefix,
         params.registry.min_improvement,
         params.registry.force,
         params.train.experiment,
     )
-    write_json(Path("reports") / model / "registry.json", record)
+    write_json(paths.reports(model) / "registry.json", record)
 
 
 if __name__ == "__main__":

@@ -1,36 +1,30 @@
 """Stage train@autoencoder: data/prepared/ -> models/autoencoder/ (weights, config, MLflow run
 record), reports/autoencoder/train_log.csv. Resumes from checkpoints/autoencoder/ after a crash."""
 
-from pathlib import Path
-
-from genpipe.cli import run_stage
-from genpipe.fileio import write_json
+from genpipe import paths, runtime, training
+from genpipe.autoencoder.artifact import save_autoencoder
+from genpipe.autoencoder.train import reconstruction_grid, train_autoencoder
 from genpipe.params import load_params
+from genpipe.stage import run_stage
 from genpipe.tracking import TrainingRun
-from genpipe.train import common
-from genpipe.train.autoencoder import reconstruction_grid, train_autoencoder
 
-PREPARED = Path("data/prepared")
-OUT = Path("models/autoencoder")
-WEIGHTS = OUT / "weights"  # cached by DVC; mlflow_run.json beside it is not
-REPORTS = Path("reports/autoencoder")
-CHECKPOINT = Path("checkpoints/autoencoder/checkpoint.pt")
+MODEL = "autoencoder"
 
 
 def main() -> None:
     params = load_params()
-    images, data_hash = common.load_train_split(PREPARED)
-    device = common.resolve_device(params.train.device)
-    record = OUT / "mlflow_run.json"
-    with TrainingRun("autoencoder", params.model_dump(mode="json", by_alias=True), data_hash,
-                     params.train.experiment, record_path=record) as run:  # fmt: skip
-        result = train_autoencoder(params, images, data_hash, device, CHECKPOINT,
-                                   REPORTS / "train_log.csv", run=run)  # fmt: skip
-        common.save_weights(result.net, WEIGHTS / "autoencoder.safetensors")
-        write_json(WEIGHTS / "config.json", result.config)
-        reconstruction_grid(result.net, images, device).save(REPORTS / "samples.png")
-        run.log_artifact(REPORTS / "samples.png")
-        run.log_artifact(REPORTS / "train_log.csv")
+    images, data_hash = training.load_train_split(paths.PREPARED)
+    device = runtime.resolve_device(params.train.device)
+    reports = paths.reports(MODEL)
+    flat = params.model_dump(mode="json", by_alias=True)
+    record = paths.run_record(MODEL)
+    with TrainingRun(MODEL, flat, data_hash, params.train.experiment, record_path=record) as run:
+        result = train_autoencoder(params, images, data_hash, device, paths.checkpoint(MODEL),
+                                   reports / "train_log.csv", run=run)  # fmt: skip
+        save_autoencoder(paths.weights_dir(MODEL), result.net, result.config)
+        reconstruction_grid(result.net, images, device).save(reports / "samples.png")
+        run.log_artifact(reports / "samples.png")
+        run.log_artifact(reports / "train_log.csv")
 
 
 if __name__ == "__main__":

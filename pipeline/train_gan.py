@@ -1,38 +1,30 @@
 """Stage train@gan: data/prepared/ -> models/gan/ (weights, config, MLflow run record),
 reports/gan/ (train_log.csv, samples.png). Resumes from checkpoints/gan/ after a crash."""
 
-from pathlib import Path
-
-from genpipe.cli import run_stage
-from genpipe.fileio import write_json
+from genpipe import paths, runtime, training
+from genpipe.gan.artifact import save_gan
+from genpipe.gan.train import sample_grid, train_gan
 from genpipe.params import load_params
+from genpipe.stage import run_stage
 from genpipe.tracking import TrainingRun
-from genpipe.train import common
-from genpipe.train.gan import sample_grid, train_gan
 
-PREPARED = Path("data/prepared")
-OUT = Path("models/gan")
-WEIGHTS = OUT / "weights"  # cached by DVC; mlflow_run.json beside it is not
-REPORTS = Path("reports/gan")
-CHECKPOINT = Path("checkpoints/gan/checkpoint.pt")
+MODEL = "gan"
 
 
 def main() -> None:
     params = load_params()
-    images, data_hash = common.load_train_split(PREPARED)
-    device = common.resolve_device(params.train.device)
-    record = OUT / "mlflow_run.json"
-    with TrainingRun("gan", params.model_dump(mode="json", by_alias=True), data_hash,
-                     params.train.experiment, record_path=record) as run:  # fmt: skip
-        result = train_gan(params, images, data_hash, device, CHECKPOINT,
-                           REPORTS / "train_log.csv", run=run)  # fmt: skip
-        common.save_weights(result.ema, WEIGHTS / "generator_ema.safetensors")
-        common.save_weights(result.netG, WEIGHTS / "generator.safetensors")
-        common.save_weights(result.netD, WEIGHTS / "discriminator.safetensors")
-        write_json(WEIGHTS / "config.json", result.config)
-        sample_grid(result.ema, params.gan.z_dim, params.seed, device).save(REPORTS / "samples.png")
-        run.log_artifact(REPORTS / "samples.png")
-        run.log_artifact(REPORTS / "train_log.csv")
+    images, data_hash = training.load_train_split(paths.PREPARED)
+    device = runtime.resolve_device(params.train.device)
+    reports = paths.reports(MODEL)
+    flat = params.model_dump(mode="json", by_alias=True)
+    record = paths.run_record(MODEL)
+    with TrainingRun(MODEL, flat, data_hash, params.train.experiment, record_path=record) as run:
+        result = train_gan(params, images, data_hash, device, paths.checkpoint(MODEL),
+                           reports / "train_log.csv", run=run)  # fmt: skip
+        save_gan(paths.weights_dir(MODEL), result.netG, result.netD, result.ema, result.config)
+        sample_grid(result.ema, params.gan.z_dim, params.seed, device).save(reports / "samples.png")
+        run.log_artifact(reports / "samples.png")
+        run.log_artifact(reports / "train_log.csv")
 
 
 if __name__ == "__main__":

@@ -11,20 +11,24 @@ import pandas as pd
 import pytest
 import torch
 
+from genpipe import reference as ev
+from genpipe import weights
+from genpipe.autoencoder.artifact import load_autoencoder
+from genpipe.autoencoder.evaluate import evaluate_autoencoder
+from genpipe.autoencoder.network import AutoEncoder
 from genpipe.data.canonical import Prepared
 from genpipe.errors import MetricsError
-from genpipe.evaluate import common as ev
-from genpipe.evaluate.autoencoder import evaluate_autoencoder, load_autoencoder
-from genpipe.evaluate.gan import evaluate_gan, generate, load_generator
-from genpipe.evaluate.reference import build_reference, write_reference
 from genpipe.fileio import atomic_dir
+from genpipe.gan.artifact import load_generator
+from genpipe.gan.evaluate import evaluate_gan, generate
+from genpipe.gan.network import Generator
 from genpipe.metrics import reconstruction
-from genpipe.metrics.features import DomainNet, extract_features, train_domain_network
-from genpipe.models.autoencoder import AutoEncoder
-from genpipe.models.gan import Generator
+from genpipe.metrics.domain import DomainNet
+from genpipe.metrics.features import extract_features
 from genpipe.params import IMAGE_SIZES, DomainParams, EvaluateParams, parse_params
+from genpipe.reference import build_reference, train_domain_network, write_reference
 from genpipe.tracking import RecordedRun, TrackingError, TrainingRun
-from genpipe.train import common
+from genpipe.weights import WeightsError
 
 from builders import random_state_dict
 
@@ -110,7 +114,7 @@ def test_domain_network_learns_and_is_deterministic():
     rms = np.sqrt(np.mean(extract_features(a.features, images, 64, CPU) ** 2))
     assert rms == pytest.approx(1.0, rel=1e-5) and float(a.feature_scale) != 1.0
     test_images, test_labels = two_class_images(32, seed=1)
-    from genpipe.metrics.features import accuracy
+    from genpipe.reference import accuracy
 
     assert accuracy(a, test_images, test_labels, batch_size=7) == 1.0
 
@@ -265,7 +269,7 @@ def test_evaluate_gan_reports_metrics_beside_the_floor(reference_dir, tmp_path):
     reference, backbone, evaluate = loaded(reference_dir)
     torch.manual_seed(0)
     netG = Generator(8, 1, z_dim=4, width=8)
-    common.save_weights(netG, tmp_path / "generator_ema.safetensors")
+    weights.save_weights(netG, tmp_path / "generator_ema.safetensors")
     (tmp_path / "config.json").write_text(json.dumps({"generator": netG.config()}))
     netG = load_generator(tmp_path, CPU)
 
@@ -283,7 +287,7 @@ def test_evaluate_gan_reports_metrics_beside_the_floor(reference_dir, tmp_path):
 
 
 def test_load_generator_names_the_missing_file(tmp_path):
-    with pytest.raises(MetricsError, match=r"config.json.*dvc repro train@gan"):
+    with pytest.raises(WeightsError, match=r"config.json.*dvc repro train@gan"):
         load_generator(tmp_path, CPU)
 
 
@@ -291,7 +295,7 @@ def test_evaluate_autoencoder_against_pca(reference_dir, tmp_path):
     reference, backbone, evaluate = loaded(reference_dir)
     torch.manual_seed(0)
     net = AutoEncoder(8, 1, latent_dim=3, width=4)
-    common.save_weights(net, tmp_path / "autoencoder.safetensors")
+    weights.save_weights(net, tmp_path / "autoencoder.safetensors")
     (tmp_path / "config.json").write_text(json.dumps({"autoencoder": net.config()}))
     net = load_autoencoder(tmp_path, CPU)
     prepared = tiny_prepared()

@@ -15,8 +15,14 @@ import numpy as np
 import pytest
 import yaml
 
-from genpipe.data import fetch_dataset, read_prepared, write_prepared
-from genpipe.data.canonical import MANIFEST_COLUMNS, content_split, image_sha1
+from genpipe.data.canonical import (
+    MANIFEST_COLUMNS,
+    content_split,
+    image_sha1,
+    read_prepared,
+    write_prepared,
+)
+from genpipe.data.sources import fetch_dataset
 from genpipe.errors import DataError, DownloadError
 from genpipe.params import parse_params
 

@@ -12,7 +12,7 @@ import torch
 from scipy.linalg import sqrtm
 
 from genpipe.errors import MetricsError
-from genpipe.metrics import fid
+from genpipe.metrics import fid, kid, precision_recall
 
 
 @pytest.fixture(autouse=True)
@@ -281,7 +281,7 @@ def test_kid_of_whole_sets_is_the_unbiased_mmd2():
     # subsets of all rows are permutations, which leave the estimate as it is
     rng = np.random.default_rng(11)
     x, y = features(rng, 30, 8), features(rng, 30, 8, shift=0.3)
-    mean, std = fid.kernel_inception_distance(x, y, subsets=3, subset_size=30, seed=0)
+    mean, std = kid.kernel_inception_distance(x, y, subsets=3, subset_size=30, seed=0)
     assert mean == pytest.approx(brute_force_mmd2(x, y), rel=1e-9)
     assert std == pytest.approx(0.0, abs=1e-12)
 
@@ -294,7 +294,7 @@ def test_kid_is_the_mean_and_population_std_over_seeded_subsets():
     for _ in range(4):
         rows_x, rows_y = draw.choice(40, 12, replace=False), draw.choice(30, 12, replace=False)
         mmd2.append(brute_force_mmd2(x[rows_x], y[rows_y]))
-    mean, std = fid.kernel_inception_distance(x, y, subsets=4, subset_size=12, seed=3)
+    mean, std = kid.kernel_inception_distance(x, y, subsets=4, subset_size=12, seed=3)
     assert mean == pytest.approx(np.mean(mmd2), rel=1e-9)
     assert std == pytest.approx(np.std(mmd2), rel=1e-9)  # ddof=0, as torch-fidelity
     assert std > 0.0
@@ -303,8 +303,8 @@ def test_kid_is_the_mean_and_population_std_over_seeded_subsets():
 def test_kid_is_near_zero_for_one_distribution_and_positive_for_a_shifted_one():
     rng = np.random.default_rng(12)
     real, same, shifted = (features(rng, 600, 32, shift=s) for s in (0.0, 0.0, 1.0))
-    same_mean, same_std = fid.kernel_inception_distance(real, same, 10, 200, seed=0)
-    shifted_mean, shifted_std = fid.kernel_inception_distance(real, shifted, 10, 200, seed=0)
+    same_mean, same_std = kid.kernel_inception_distance(real, same, 10, 200, seed=0)
+    shifted_mean, shifted_std = kid.kernel_inception_distance(real, shifted, 10, 200, seed=0)
     assert abs(same_mean) < 3 * same_std + 1e-3
     assert shifted_mean > 10 * abs(same_mean) and shifted_mean > 5 * shifted_std
 
@@ -312,17 +312,17 @@ def test_kid_is_near_zero_for_one_distribution_and_positive_for_a_shifted_one():
 def test_kid_is_deterministic_for_a_seed():
     rng = np.random.default_rng(13)
     real, fake = features(rng, 300, 16), features(rng, 300, 16, shift=0.1)
-    first = fid.kernel_inception_distance(real, fake, 5, 100, seed=7)
-    assert fid.kernel_inception_distance(real, fake, 5, 100, seed=7) == first
-    assert fid.kernel_inception_distance(real, fake, 5, 100, seed=8) != first
+    first = kid.kernel_inception_distance(real, fake, 5, 100, seed=7)
+    assert kid.kernel_inception_distance(real, fake, 5, 100, seed=7) == first
+    assert kid.kernel_inception_distance(real, fake, 5, 100, seed=8) != first
 
 
 def test_kid_errors():
     real, fake = np.zeros((100, 8)), np.zeros((50, 8))
     with pytest.raises(MetricsError, match=r"evaluate\.kid_subset_size.*100.*50.*got 60"):
-        fid.kernel_inception_distance(real, fake, 2, 60, seed=0)
+        kid.kernel_inception_distance(real, fake, 2, 60, seed=0)
     with pytest.raises(MetricsError, match=r"\(100, 8\).*\(50, 4\)"):
-        fid.kernel_inception_distance(real, np.zeros((50, 4)), 2, 10, seed=0)
+        kid.kernel_inception_distance(real, np.zeros((50, 4)), 2, 10, seed=0)
 
 
 # --- precision and recall -----------------------------------------------------------------------
@@ -339,7 +339,7 @@ def brute_force_precision_recall(real, fake, k):
 
 def test_precision_recall_of_identical_sets_are_one():
     x = features(np.random.default_rng(14), 300, 16)
-    assert fid.precision_recall(x, x.copy(), k=3, batch_size=64) == (1.0, 1.0)
+    assert precision_recall.precision_recall(x, x.copy(), k=3, batch_size=64) == (1.0, 1.0)
 
 
 def test_precision_recall_match_brute_force_in_any_batch_size():
@@ -348,9 +348,8 @@ def test_precision_recall_match_brute_force_in_any_batch_size():
     expected = brute_force_precision_recall(real, fake, k=3)
     assert 0.0 < expected[0] < 1.0 and 0.0 < expected[1] < 1.0
     for batch_size in (1, 7, 1024):
-        assert fid.precision_recall(real, fake, k=3, batch_size=batch_size) == pytest.approx(
-            expected, abs=1e-12
-        )
+        found = precision_recall.precision_recall(real, fake, k=3, batch_size=batch_size)
+        assert found == pytest.approx(expected, abs=1e-12)
 
 
 def test_precision_recall_see_a_distant_fake_set_and_a_dropped_mode():
@@ -358,15 +357,15 @@ def test_precision_recall_see_a_distant_fake_set_and_a_dropped_mode():
     modes = np.where(rng.random(400) < 0.5, 0.0, 20.0)[:, None]  # two far-apart clusters
     real = rng.standard_normal((400, 2)) + modes
     far = rng.standard_normal((400, 2)) + 100.0
-    assert fid.precision_recall(real, far) == (0.0, 0.0)
+    assert precision_recall.precision_recall(real, far) == (0.0, 0.0)
     one_mode = rng.standard_normal((400, 2))  # only the cluster at 0
-    precision, recall = fid.precision_recall(real, one_mode)
+    precision, recall = precision_recall.precision_recall(real, one_mode)
     assert precision > 0.9
     assert 0.3 < recall < 0.6
 
 
 def test_precision_recall_errors():
     with pytest.raises(MetricsError, match=r"evaluate\.pr_k.*expected 1 to 2.*got 3"):
-        fid.precision_recall(np.zeros((10, 4)), np.zeros((3, 4)), k=3)
+        precision_recall.precision_recall(np.zeros((10, 4)), np.zeros((3, 4)), k=3)
     with pytest.raises(MetricsError, match="same dimension"):
-        fid.precision_recall(np.zeros((10, 4)), np.zeros((10, 5)))
+        precision_recall.precision_recall(np.zeros((10, 4)), np.zeros((10, 5)))

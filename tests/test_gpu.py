@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from genpipe import training
+from genpipe.gan import train as gan_loop
 from genpipe.params import parse_params
-from genpipe.train import common
-from genpipe.train import gan as gan_loop
 from test_train import assert_same_weights
 
 pytestmark = [
@@ -46,12 +46,12 @@ def test_graph_step_captures_once_then_replays_with_new_inputs():
         calls.append(1)  # Python runs only in the warm-up calls and the capture
         return x * 2
 
-    step = common.CudaGraphStep(double, "test")
-    for i in range(common.CudaGraphStep.WARMUP + 4):
+    step = training.CudaGraphStep(double, "test")
+    for i in range(training.CudaGraphStep.WARMUP + 4):
         out = step(torch.full((3,), float(i), device=CUDA))
         assert out.tolist() == [2.0 * i] * 3
     assert step.graph is not None
-    assert len(calls) == common.CudaGraphStep.WARMUP + 1
+    assert len(calls) == training.CudaGraphStep.WARMUP + 1
 
 
 @pytest.mark.parametrize("loss", ["non-saturating", "hinge", "wgan-gp"])
@@ -76,7 +76,7 @@ def test_graphed_run_resumes_from_its_checkpoint(tmp_path):
     ckpt = tmp_path / "resumed" / "ckpt.pt"
     state = torch.load(ckpt, weights_only=True)
     state["finished"] = False  # as if it had been killed at step 8 of 12
-    identity = common.run_identity("gan", params().model_dump(mode="json", by_alias=True),
+    identity = training.run_identity("gan", params().model_dump(mode="json", by_alias=True),
                                    "data-hash")  # fmt: skip
     state["identity"] = json.dumps(identity, sort_keys=True)
     torch.save(state, ckpt)

@@ -14,9 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from genpipe.models import resolution_plan
-from genpipe.models.autoencoder import AutoEncoder, vae_kl
-from genpipe.models.gan import (
+from genpipe.autoencoder.network import AutoEncoder, vae_kl
+from genpipe.gan.network import (
     LOSSES,
     Discriminator,
     Generator,
@@ -28,6 +27,7 @@ from genpipe.models.gan import (
     gradient_penalty,
 )
 from genpipe.params import GanParams
+from genpipe.resolution import resolution_plan
 
 SIZES = (8, 16, 28, 32, 64)
 Z_DIM = 8

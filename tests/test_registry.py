@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from genpipe import registry
-from genpipe.models.gan import Generator
-from genpipe.registry import Outputs, RegistryError, register
+from genpipe.gan.network import Generator
+from genpipe.registry import mlflow as registry
+from genpipe.registry.mlflow import Outputs, RegistryError, register
 from genpipe.tracking import RecordedRun, TrackingError, TrainingRun
-from genpipe.train import common
+from genpipe.weights import save_weights
 
 BIN = Path(sys.executable).parent
 
@@ -64,7 +64,7 @@ def gan_outputs(root: Path, uri: str, fid: float, backbone: str = "domain", seed
     torch.manual_seed(seed)
     netG = Generator(8, 1, z_dim=4, width=8)
     weights = root / "models/gan/weights"
-    common.save_weights(netG, weights / "generator_ema.safetensors")
+    save_weights(netG, weights / "generator_ema.safetensors")
     config = {"model": "gan", "image_size": 8, "channels": 1, "generator": netG.config()}
     (weights / "config.json").write_text(json.dumps(config))
     reports = root / "reports/gan"
@@ -172,6 +172,44 @@ def test_a_failure_before_the_aliases_move_leaves_the_champion_and_is_finished_l
     assert aliases(server, "t9-gan") == {"champion": 2, "previous-champion": 1}
 
 
+def hand_set_champion(uri: str, name: str, version: int) -> str:
+    """Strip the version of all its tags and set `champion` on it by hand, as in the UI;
+    returns its run's id."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_model_version(name, str(version))
+    for tag in found.tags:
+        client.delete_model_version_tag(name, str(version), tag)
+    client.delete_registered_model_alias(name, "champion")
+    client.set_registered_model_alias(name, "champion", str(version))
+    return found.run_id
+
+
+def test_a_champion_set_by_hand_is_compared_on_its_runs_eval_metric(server, tmp_path):
+    from mlflow import MlflowClient
+
+    do_register(gan_outputs(tmp_path / "a", server, fid=2.0), server, "t13")
+    run_id = hand_set_champion(server, "t13-gan", 1)
+    MlflowClient(server).log_metric(run_id, "eval/fid", 2.0)  # as evaluate@gan logs
+    worse = do_register(gan_outputs(tmp_path / "b", server, fid=3.0, seed=1), server, "t13")
+    assert (worse["decision"], worse["compared"]) == ("challenger", {"version": 1, "value": 2.0})
+    assert "its run's eval/fid" in worse["reason"]
+    better = do_register(gan_outputs(tmp_path / "c", server, fid=1.0, seed=2), server, "t13")
+    assert better["decision"] == "champion"
+    assert aliases(server, "t13-gan") == {"champion": 3, "previous-champion": 1, "challenger": 2}
+
+
+def test_a_champion_set_by_hand_without_a_value_is_replaced(server, tmp_path):
+    do_register(gan_outputs(tmp_path / "a", server, fid=1.0), server, "t14")
+    hand_set_champion(server, "t14-gan", 1)  # its run has no eval/fid either
+    result = do_register(gan_outputs(tmp_path / "b", server, fid=5.0, seed=1), server, "t14")
+    assert (result["version"], result["decision"]) == (2, "champion")
+    assert "replaced" in result["reason"]
+    assert result["compared"] == {"version": 1, "value": None}
+    assert aliases(server, "t14-gan") == {"champion": 2, "previous-champion": 1}
+
+
 def test_a_conflicting_write_is_retried(server, tmp_path, monkeypatch):
     """Another register writing the same model at once fails a call (a conflicting insert on
     the server): the pass is repeated, and finishes."""
@@ -225,7 +263,7 @@ def test_two_register_processes_at_once_leave_one_champion(server, tmp_path):
     script = (
         "import sys, json\n"
         "from pathlib import Path\n"
-        "from genpipe.registry import Outputs, register\n"
+        "from genpipe.registry.mlflow import Outputs, register\n"
         "root = Path(sys.argv[1])\n"
         "o = Outputs.of('gan', 'data-hash')\n"
         "o = Outputs(**{k: (root / v if isinstance(v, Path) else v)"

@@ -17,6 +17,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from genpipe import images, runtime, training
+from genpipe.autoencoder import train as ae_loop
 from genpipe.data.canonical import (
     Prepared,
     build_manifest,
@@ -24,11 +26,9 @@ from genpipe.data.canonical import (
     image_sha1,
     write_prepared,
 )
+from genpipe.gan import train as gan_loop
 from genpipe.params import parse_params
-from genpipe.train import autoencoder as ae_loop
-from genpipe.train import common
-from genpipe.train import gan as gan_loop
-from genpipe.train.common import TrainingError
+from genpipe.training import TrainingError
 
 from builders import random_images
 
@@ -113,7 +113,7 @@ def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path):
     state = torch.load(ckpt, weights_only=True)
     assert state["step"] == 8 and state["finished"] is True
     state["finished"] = False  # as if it had been killed; steps is in the identity, so:
-    identity = common.run_identity("gan", tiny_params().model_dump(mode="json", by_alias=True),
+    identity = training.run_identity("gan", tiny_params().model_dump(mode="json", by_alias=True),
                                    "data-hash")  # fmt: skip
     state["identity"] = json.dumps(identity, sort_keys=True)
     torch.save(state, ckpt)
@@ -173,7 +173,7 @@ def test_checkpoint_of_other_code_is_never_resumed(tmp_path, monkeypatch, caplog
     state["identity"] = json.dumps(identity, sort_keys=True)
     state["netG"] = {k: torch.zeros_like(v) for k, v in state["netG"].items()}
     torch.save(state, ckpt)
-    with caplog.at_level("WARNING", logger="genpipe.train.common"):
+    with caplog.at_level("WARNING", logger="genpipe.training"):
         rerun = run_gan(tiny_params(gan={"steps": 4}), tmp_path)
     fresh = run_gan(tiny_params(gan={"steps": 4}), tmp_path, "fresh")
     assert_same_weights(rerun.netG, fresh.netG)
@@ -181,8 +181,8 @@ def test_checkpoint_of_other_code_is_never_resumed(tmp_path, monkeypatch, caplog
 
 
 def test_code_fingerprint_covers_the_models_files():
-    assert common.code_fingerprint("gan") != common.code_fingerprint("autoencoder")
-    assert len(common.code_fingerprint("gan")) == 64
+    assert training.code_fingerprint("gan") != training.code_fingerprint("autoencoder")
+    assert len(training.code_fingerprint("gan")) == 64
 
 
 def test_foreign_checkpoint_file_is_refused(tmp_path):
@@ -211,7 +211,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
 
 
 def test_loss_monitor_names_the_first_bad_step():
-    monitor = common.LossMonitor(("a", "b"))
+    monitor = training.LossMonitor(("a", "b"))
     monitor.add(1, torch.tensor(1.0), torch.tensor(2.0))
     monitor.add(2, torch.tensor(3.0), torch.tensor(4.0))
     assert monitor.drain() == {"a": 2.0, "b": 3.0}
@@ -224,23 +224,23 @@ def test_loss_monitor_names_the_first_bad_step():
 
 
 def test_device_and_precision_resolution():
-    assert common.resolve_device("cpu") == CPU
-    assert common.resolve_precision("auto", CPU) is None  # fp32 on the CPU
-    assert common.resolve_precision("bf16", CPU) is torch.bfloat16
+    assert runtime.resolve_device("cpu") == CPU
+    assert runtime.resolve_precision("auto", CPU) is None  # fp32 on the CPU
+    assert runtime.resolve_precision("bf16", CPU) is torch.bfloat16
     with pytest.raises(TrainingError, match="fp32 or bf16 on the CPU; got fp16"):
-        common.resolve_precision("fp16", CPU)
+        runtime.resolve_precision("fp16", CPU)
     if not torch.cuda.is_available():
         with pytest.raises(TrainingError, match="train.device: expected a CUDA GPU"):
-            common.resolve_device("cuda")
+            runtime.resolve_device("cuda")
 
 
 def test_device_batches_are_scaled_and_seeded():
-    data = common.DeviceImages(IMAGES, CPU)
-    a = data.batch(32, common.make_generator(CPU, 0))
-    b = data.batch(32, common.make_generator(CPU, 0))
+    data = training.DeviceImages(IMAGES, CPU)
+    a = data.batch(32, runtime.make_generator(CPU, 0))
+    b = data.batch(32, runtime.make_generator(CPU, 0))
     assert a.shape == (32, 1, 8, 8) and a.dtype == torch.float32
     assert torch.equal(a, b) and a.min() >= -1 and a.max() <= 1
-    pixels = common.to_uint8(a)
+    pixels = images.to_uint8(a)
     originals = {image.tobytes() for image in IMAGES}
     assert all(image.tobytes() in originals for image in pixels)  # exact round trip
 
@@ -251,7 +251,7 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
 
 
 def test_image_grid_layout():
-    grid = common.image_grid(np.zeros((64, 3, 8, 8), np.uint8) + 255, rows=8)
+    grid = images.image_grid(np.zeros((64, 3, 8, 8), np.uint8) + 255, rows=8)
     assert grid.mode == "RGB" and grid.size == (8 * 34 + 2, 8 * 34 + 2)
 
 

@@ -42,3 +42,7 @@ class ValidationFailed(GenpipeError):
 class MetricsError(GenpipeError):
     """Evaluation inputs that do not fit: statistics of other dimensions, a weights file
     that is not the expected network, too few samples for a metric."""
+
+
+class TrainingError(GenpipeError):
+    """Training cannot start or go on (bad checkpoint, non-finite loss, missing device)."""

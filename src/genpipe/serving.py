@@ -12,6 +12,7 @@ its weights directory (artifact "weights": safetensors + config.json), so
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -23,27 +24,17 @@ from mlflow.pyfunc import PythonModel
 class GenpipeModel(PythonModel):
     def load_context(self, context) -> None:
         import torch
-        from safetensors.torch import load_file
 
         weights = Path(context.artifacts["weights"])
-        config = json.loads((weights / "config.json").read_text())
-        self.kind = config["model"]
-        if self.kind == "gan":
-            from genpipe.models.gan import Generator
-
-            net = Generator(**config["generator"])
-            net.load_state_dict(load_file(weights / "generator_ema.safetensors"))
-        else:
-            from genpipe.models.autoencoder import AutoEncoder
-
-            net = AutoEncoder(**config["autoencoder"])
-            net.load_state_dict(load_file(weights / "autoencoder.safetensors"))
-        self.net = net.eval().requires_grad_(False)
+        self.kind = json.loads((weights / "config.json").read_text())["model"]
+        # by name, so that a model's served code is its own package (genpipe/<model>/) only
+        artifact = importlib.import_module(f"genpipe.{self.kind}.artifact")
+        self.net = artifact.load_served(weights, torch.device("cpu"))
         self.torch = torch
 
     # no type hints on predict: MLflow would read them as a schema; the logged signature is it
     def predict(self, context, model_input, params=None):
-        from genpipe.train.common import to_uint8
+        from genpipe.images import to_float, to_uint8
 
         torch = self.torch
         with torch.inference_mode():
@@ -56,7 +47,7 @@ class GenpipeModel(PythonModel):
                 out = self.net(z)
             else:
                 x = torch.from_numpy(np.ascontiguousarray(model_input, dtype=np.uint8))
-                out = self.net(x.float().div(127.5).sub(1.0))[0]  # a VAE decodes its mean
+                out = self.net(to_float(x))[0]  # a VAE decodes its mean
         return to_uint8(out)  # (N, C, S, S)
 
 

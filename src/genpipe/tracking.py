@@ -2,8 +2,12 @@
 
 One ``TrainingRun`` per training stage. Its ``__enter__`` fails fast with one line
 (``TrackingError``) when the tracking store cannot be used, before any training work.
-Metrics are buffered in memory and sent by one background thread, so ``log_metrics``
-never waits on sqlite or the network; ``__exit__`` sends what is left and ends the run.
+Metrics are buffered in memory and handed every FLUSH_SECONDS to MLflow's async logging
+(``log_batch(..., synchronous=False)``), so ``log_metrics`` never waits on sqlite or the
+network; ``__exit__`` waits until MLflow has logged what is left and ends the run.
+
+Each model has an experiment of its own, ``<train.experiment>-<model>`` (its FID is not
+the other's), tagged for MLflow's model-training view.
 
 The store is ``sqlite:///mlflow.db`` at the repo root unless ``MLFLOW_TRACKING_URI``
 points at a team server.
@@ -21,7 +25,6 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -31,16 +34,25 @@ from genpipe.fileio import write_json
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities import Metric
+    from mlflow.utils.async_logging.run_operations import RunOperations
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # at the repo root (stages run there)
 
-# MLflow's limits (mlflow.utils.validation): longer param values are truncated by us,
-# bigger batches are rejected by the server.
+# MLflow's limit (mlflow.utils.validation): longer param values are truncated by us.
+# Its limits on a batch (100 params, 1000 metrics) MlflowClient.log_batch keeps itself:
+# it splits what it is given into batches the server accepts.
 PARAM_VALUE_MAX = 6000
-PARAMS_PER_BATCH = 100
-METRICS_PER_BATCH = 1000
 
-FLUSH_SECONDS = 5.0  # buffered metrics are sent at least this often while training
+# buffered metrics are handed to MLflow's async logging this often while training: one
+# write a handover (about 10 ms of CPU on sqlite), not one a log_metrics call
+FLUSH_SECONDS = 5.0
+
+# MLflow 3's UI opens an experiment in the view this experiment tag names (the UI's
+# ExperimentKind): "custom_model_development" is "Machine learning" (runs, metric
+# charts); untagged experiments may open in the GenAI view (traces, judges, prompts).
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 # tag keys
 TAG_MODEL = "genpipe.model"
@@ -183,20 +195,101 @@ def run_name(model: str, short_sha: str, exp_name: str | None) -> str:
     return "-".join(part for part in (model, short_sha, exp_name) if part)
 
 
-def flatten_params(params: dict, prefix: str = "") -> dict[str, str]:
+def experiment_name(prefix: str, model: str) -> str:
+    """'genpipe-gan': each model's runs in an experiment of their own (train.experiment is
+    the prefix), so a chart of eval/fid never puts one model's beside the other's."""
+    return f"{prefix}-{model}"
+
+
+def dvc_exp_name() -> str | None:
+    """The DVC experiment this stage runs in (`dvc exp run` sets $DVC_EXP_NAME), if any."""
+    return os.environ.get("DVC_EXP_NAME") or None
+
+
+def run_tags(model: str, data_hash: str, git: dict[str, str]) -> dict[str, str]:
+    """The tags of a genpipe training run: model, lineage (git, data, DVC experiment) and
+    MLflow's own source and user tags. `git` is git_info()'s."""
+    tags = {
+        TAG_MODEL: model,
+        TAG_GIT_COMMIT: git["commit"],
+        TAG_GIT_DIRTY: git["dirty"],
+        TAG_DATA_HASH: data_hash,
+        "mlflow.source.type": "LOCAL",
+    }
+    if exp_name := dvc_exp_name():
+        tags[TAG_DVC_EXP] = exp_name
+    if git["commit"] != "unknown":
+        tags["mlflow.source.git.commit"] = git["commit"]
+    if user := _user():
+        tags["mlflow.user"] = user
+    return tags
+
+
+def get_or_create_experiment(client: MlflowClient, name: str) -> str:
+    """The id of experiment `name`, created if missing, tagged as model training (an
+    existing one that lacks the tag gets it). A deleted one is a TrackingError: MLflow
+    would refuse runs in it, and a new one cannot take its name."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            # another stage created it in the meantime
+            experiment = client.get_experiment_by_name(name)
+    if experiment.lifecycle_stage == "deleted":
+        raise TrackingError(
+            f"MLflow experiment '{name}' in {client.tracking_uri} is deleted; restore it "
+            f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) "
+            "or set train.experiment to another prefix"
+        )
+    if TAG_EXPERIMENT_KIND not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
+    return experiment.experiment_id
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict) -> None:
+    """Nested params (flatten_params) to the run, now; MlflowClient.log_batch splits them
+    into batches of MLflow's limit (100 a batch)."""
+    from mlflow.entities import Param
+
+    client.log_batch(run_id, params=[Param(k, v) for k, v in flatten_params(params).items()])
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The leaves of nested dicts under dotted keys ({"a": {"b": 1}} -> {"a.b": 1}); an
+    empty dict is a leaf, so its key still shows."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, prefix=f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def flatten_params(params: dict) -> dict[str, str]:
     """Nested params as MLflow params: dotted keys, str() values, None as 'null'.
 
-    Lists are kept whole ("['gan', 'autoencoder']"); an empty mapping is kept as '{}'
-    so its key still shows. Values are cut to MLflow's limit of 6000 characters.
+    Lists are kept whole ("['gan', 'autoencoder']"); an empty mapping is kept as '{}'.
+    Values are cut to MLflow's limit of 6000 characters.
     """
-    flat: dict[str, str] = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten_params(value, prefix=f"{name}."))
-        else:
-            flat[name] = ("null" if value is None else str(value))[:PARAM_VALUE_MAX]
-    return flat
+    return {
+        key: ("null" if value is None else str(value))[:PARAM_VALUE_MAX]
+        for key, value in flatten(params).items()
+    }
+
+
+def flatten_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Numeric leaves of nested metrics under dotted keys; other values are left out."""
+    return {
+        key: float(value)
+        for key, value in flatten(metrics).items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
 
 
 def import_mlflow() -> Any:
@@ -208,15 +301,19 @@ def import_mlflow() -> Any:
     if not os.environ.get("MLFLOW_LOGGING_LEVEL"):
         logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # its async logging logs each failed batch; TrainingRun raises them as one TrackingError
+    logging.getLogger("mlflow.utils.async_logging.async_logging_queue").setLevel(logging.CRITICAL)
     return mlflow
 
 
 class TrainingRun:
-    """One MLflow run for one model's training stage; a context manager.
+    """One MLflow run for one model's training stage, in experiment
+    `<experiment_prefix>-<model>`; a context manager.
 
-    Metrics are buffered in memory and handed, every 1000 points or FLUSH_SECONDS, to a
-    single sender thread that calls MlflowClient.log_batch; one thread keeps the points
-    in order and never has two writers on one sqlite file.
+    log_metrics buffers in memory; every FLUSH_SECONDS the buffer goes to MLflow's async
+    logging, which writes it from its own thread (splitting it into batches MLflow
+    accepts). The previous handover is waited for first, so there is one write at a time
+    (one writer on a sqlite file, points in order) and a failed one stops training early.
     """
 
     def __init__(
@@ -224,24 +321,23 @@ class TrainingRun:
         model: str,
         params: dict,
         data_hash: str,
-        experiment: str,
+        experiment_prefix: str,
         record_path: Path,
         uri: str | None = None,
     ) -> None:
         self.model = model
         self.params = params
         self.data_hash = data_hash
-        self.experiment = experiment
+        self.experiment = experiment_name(experiment_prefix, model)
         self.record_path = Path(record_path)
         self.uri = uri or tracking_uri()
         self.run_name = ""
         self.experiment_id = ""
         self._run_id: str | None = None
         self._client: MlflowClient | None = None
-        self._buffer: list[tuple[str, float, int, int]] = []  # (key, value, ms, step)
+        self._buffer: list[Metric] = []
         self._last_flush = 0.0
-        self._sender: ThreadPoolExecutor | None = None
-        self._sent: list[Future] = []
+        self._sent: RunOperations | None = None  # the last handover to MLflow
 
     @property
     def run_id(self) -> str:
@@ -252,34 +348,20 @@ class TrainingRun:
     def __enter__(self) -> TrainingRun:
         check_tracking_server(self.uri)
         mlflow = import_mlflow()
-        from mlflow.entities import Param
         from mlflow.exceptions import MlflowException
 
         git = git_info()
-        exp_name = os.environ.get("DVC_EXP_NAME") or None
-        self.run_name = run_name(self.model, git["short"], exp_name)
-        tags = {
-            TAG_MODEL: self.model,
-            TAG_GIT_COMMIT: git["commit"],
-            TAG_GIT_DIRTY: git["dirty"],
-            TAG_DATA_HASH: self.data_hash,
-            "mlflow.source.type": "LOCAL",
-        }
-        if exp_name:
-            tags[TAG_DVC_EXP] = exp_name
-        if git["commit"] != "unknown":
-            tags["mlflow.source.git.commit"] = git["commit"]
-        if user := _user():
-            tags["mlflow.user"] = user
-
+        self.run_name = run_name(self.model, git["short"], dvc_exp_name())
         try:
             self._client = mlflow.MlflowClient(tracking_uri=self.uri)
-            self.experiment_id = self._experiment_id()
-            run = self._client.create_run(self.experiment_id, tags=tags, run_name=self.run_name)
+            self.experiment_id = get_or_create_experiment(self._client, self.experiment)
+            run = self._client.create_run(
+                self.experiment_id,
+                tags=run_tags(self.model, self.data_hash, git),
+                run_name=self.run_name,
+            )
             self._run_id = run.info.run_id
-            params = [Param(k, v) for k, v in flatten_params(self.params).items()]
-            for i in range(0, len(params), PARAMS_PER_BATCH):
-                self._client.log_batch(self._run_id, params=params[i : i + PARAMS_PER_BATCH])
+            log_params(self._client, self._run_id, self.params)
             write_json(
                 self.record_path,
                 {
@@ -299,67 +381,41 @@ class TrainingRun:
                 f"MLflow tracking store {self.uri}: could not start a run in experiment "
                 f"'{self.experiment}' ({exception_text(exc)})"
             ) from exc
-        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genpipe-mlflow")
         self._last_flush = time.monotonic()
         return self
 
-    def _experiment_id(self) -> str:
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Buffer one step's metrics; cheap (no I/O here but every FLUSH_SECONDS)."""
+        from mlflow.entities import Metric
+
+        ms = int(time.time() * 1000)
+        self._buffer += [Metric(key, float(value), ms, step) for key, value in metrics.items()]
+        if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
+            self._flush()
+
+    def _flush(self, last: bool = False) -> None:
+        """Wait for the previous handover (long done, as a rule), then hand MLflow the
+        buffer; the `last` one is waited for too. A failed handover (after MLflow's own
+        retries) raises: stop early rather than train for hours into a run that is missing
+        its metrics."""
         from mlflow.exceptions import MlflowException
 
         assert self._client is not None
-        experiment = self._client.get_experiment_by_name(self.experiment)
-        if experiment is None:
-            try:
-                return self._client.create_experiment(self.experiment)
-            except MlflowException as exc:
-                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                    raise
-                # another stage created it in the meantime
-                experiment = self._client.get_experiment_by_name(self.experiment)
-        if experiment.lifecycle_stage == "deleted":
-            raise TrackingError(
-                f"MLflow experiment '{self.experiment}' in {self.uri} is deleted; restore it "
-                f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) "
-                "or set train.experiment to another name"
-            )
-        return experiment.experiment_id
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Buffer one step's metrics; cheap (no I/O here)."""
-        ms = int(time.time() * 1000)
-        self._buffer.extend((key, float(value), ms, step) for key, value in metrics.items())
-        if (
-            len(self._buffer) >= METRICS_PER_BATCH
-            or time.monotonic() - self._last_flush >= FLUSH_SECONDS
-        ):
-            self._check_sent()
-            self._flush()
-
-    def _flush(self) -> None:
-        """Hand the buffer to the sender thread, in batches MLflow accepts."""
-        assert self._sender is not None
+        sent, self._sent = self._sent, None
         points, self._buffer = self._buffer, []
-        for i in range(0, len(points), METRICS_PER_BATCH):
-            self._sent.append(self._sender.submit(self._send, points[i : i + METRICS_PER_BATCH]))
         self._last_flush = time.monotonic()
-
-    def _send(self, points: list[tuple[str, float, int, int]]) -> None:
-        from mlflow.entities import Metric
-
-        assert self._client is not None
-        metrics = [Metric(key, value, ms, step) for key, value, ms, step in points]
-        self._client.log_batch(self.run_id, metrics=metrics)
-
-    def _check_sent(self) -> None:
-        """Raise on a batch that failed to send (after MLflow's own retries): stop early
-        rather than train for hours into a run that is missing its metrics."""
-        failed = [f.exception() for f in self._sent if f.done() and f.exception()]
-        self._sent = [f for f in self._sent if not f.done()]
-        if failed:
+        try:
+            if sent is not None:
+                sent.wait()
+            if points:
+                self._sent = self._client.log_batch(self.run_id, metrics=points, synchronous=False)
+            if last and self._sent is not None:
+                self._sent.wait()
+        except MlflowException as exc:
             raise TrackingError(
                 f"MLflow tracking store {self.uri}: could not log metrics to run "
-                f"{self.run_id} ({exception_text(failed[0])})"
-            ) from failed[0]
+                f"{self.run_id} ({exception_text(exc)})"
+            ) from exc
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Upload a file (or a directory's files) to the run, now."""
@@ -380,15 +436,12 @@ class TrainingRun:
             ) from exc
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        # send what is buffered and wait for the sender; the first failure wins
+        # log what is buffered and wait until MLflow has; the first failure wins
         error: TrackingError | None = None
-        self._flush()
-        assert self._sender is not None
-        self._sender.shutdown(wait=True)
         try:
-            self._check_sent()
-        except TrackingError as sent_error:
-            error = sent_error
+            self._flush(last=True)
+        except TrackingError as log_error:
+            error = log_error
         if exc_type is None:
             status = "FINISHED" if error is None else "FAILED"
         else:
@@ -498,8 +551,7 @@ class RecordedRun:
         flat = flatten_metrics(metrics)
         points = [Metric(f"{prefix}{key}", value, ms, 0) for key, value in flat.items()]
         try:
-            for i in range(0, len(points), METRICS_PER_BATCH):
-                self._client.log_batch(self.run_id, metrics=points[i : i + METRICS_PER_BATCH])
+            self._client.log_batch(self.run_id, metrics=points)  # split into batches by MLflow
             for path in artifacts:
                 self._client.log_artifact(self.run_id, str(path), prefix.rstrip("/") or None)
         except (MlflowException, OSError) as exc:
@@ -507,14 +559,3 @@ class RecordedRun:
                 f"MLflow tracking store {self.uri}: could not log to run {self.run_id} "
                 f"({exception_text(exc)})"
             ) from exc
-
-
-def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of nested metrics under dotted keys; other values are left out."""
-    flat: dict[str, float] = {}
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            flat.update(flatten_metrics(value, prefix=f"{prefix}{key}."))
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            flat[f"{prefix}{key}"] = float(value)
-    return flat

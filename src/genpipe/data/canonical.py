@@ -134,3 +134,14 @@ def read_prepared(directory: Path) -> Prepared:
     manifest = pd.read_parquet(directory / MANIFEST_FILE)
     info = json.loads((directory / INFO_FILE).read_text())
     return Prepared(images=images, manifest=manifest, info=info)
+
+
+def prepared_sha256(directory: Path) -> str:
+    """SHA-256 of the prepared data (images.npy, then manifest.parquet): what runs, model
+    versions and checkpoints are tagged with."""
+    digest = hashlib.sha256()
+    for name in (IMAGES_FILE, MANIFEST_FILE):
+        with open(Path(directory) / name, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()

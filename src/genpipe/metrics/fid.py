@@ -1,5 +1,4 @@
-"""Feature statistics and the distances between two sets of image features: FID, KID, and
-improved precision and recall.
+"""Feature statistics and the Fréchet distance between two sets of image features (FID).
 
 Statistics are the interchange format: features (N, D) -> (mu, sigma) -> distance. Each
 step is a small pure function on float64 numpy arrays, so the real data's statistics (and
@@ -17,12 +16,6 @@ import torch
 from genpipe.errors import MetricsError
 
 log = logging.getLogger("genpipe.metrics.fid")
-
-# the params that set these arguments, named in errors
-KID_SUBSETS_PARAM = "evaluate.kid_subsets"
-KID_SUBSET_SIZE_PARAM = "evaluate.kid_subset_size"
-PR_K_PARAM = "evaluate.pr_k"
-
 
 def _check_finite(a: np.ndarray, name: str) -> None:
     if not np.isfinite(a).all():
@@ -204,7 +197,7 @@ def frechet_distance(
     return max(float(distance), 0.0)  # round-off can take a zero distance below 0
 
 
-def _paired_features(
+def paired_features(
     real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor
 ) -> tuple[np.ndarray, np.ndarray]:
     """(N, D) and (M, D) float64 features of the same D."""
@@ -215,101 +208,3 @@ def _paired_features(
             f"fake {y.shape}"
         )
     return x, y
-
-
-def _polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(m, D), (m, D) -> (m, m): k(x, y) = (x^T y / D + 1)^3."""
-    return (x @ y.T / x.shape[1] + 1.0) ** 3
-
-
-def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
-    """The unbiased MMD^2 estimate of two (m, D) samples with the cubic polynomial kernel."""
-    m = x.shape[0]
-    k_xx, k_yy = _polynomial_kernel(x, x), _polynomial_kernel(y, y)  # (m, m)
-    k_xy = _polynomial_kernel(x, y)  # (m, m)
-    off_diagonal = k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)
-    return float(off_diagonal / (m * (m - 1)) - 2.0 * k_xy.mean())
-
-
-def kernel_inception_distance(
-    real: np.ndarray | torch.Tensor,
-    fake: np.ndarray | torch.Tensor,
-    subsets: int,
-    subset_size: int,
-    seed: int,
-) -> tuple[float, float]:
-    """KID (Bińkowski et al. 2018) as torch-fidelity computes it: the unbiased MMD^2 with
-    k(x, y) = (x^T y / D + 1)^3 on `subsets` pairs of random subsets of `subset_size` rows
-    (without replacement, from np.random.default_rng(seed)). Returns (mean, std) over the
-    subsets; std is np.std's (ddof=0), as torch-fidelity's."""
-    x, y = _paired_features(real, fake)  # (N, D), (M, D)
-    if subsets < 1:
-        raise MetricsError(f"{KID_SUBSETS_PARAM}: expected a positive integer; got {subsets}")
-    if subset_size < 2 or subset_size > min(len(x), len(y)):
-        raise MetricsError(
-            f"{KID_SUBSET_SIZE_PARAM}: expected 2 to {min(len(x), len(y))} (real has "
-            f"{len(x)} samples, fake has {len(y)}); got {subset_size}"
-        )
-    rng = np.random.default_rng(seed)
-    mmd2 = np.empty(subsets)
-    for i in range(subsets):
-        rows_x = rng.choice(len(x), subset_size, replace=False)
-        rows_y = rng.choice(len(y), subset_size, replace=False)
-        mmd2[i] = _mmd2_unbiased(x[rows_x], y[rows_y])
-    return float(mmd2.mean()), float(mmd2.std())
-
-
-def _squared_norms(x: np.ndarray) -> np.ndarray:
-    """(N, D) -> (N,)."""
-    return np.einsum("ij,ij->i", x, x)
-
-
-def _squared_distances(x: np.ndarray, y: np.ndarray, y_sq: np.ndarray) -> np.ndarray:
-    """(B, D), (N, D), |y|^2 (N,) -> (B, N) squared Euclidean distances."""
-    d2 = _squared_norms(x)[:, None] + y_sq[None, :] - 2.0 * (x @ y.T)
-    return np.maximum(d2, 0.0, out=d2)
-
-
-def _knn_radii(x: np.ndarray, k: int, batch_size: int) -> np.ndarray:
-    """(N, D) -> (N,): squared distance of each point to its k-th nearest neighbour in x,
-    itself excluded. Rows go `batch_size` at a time: memory O(batch_size * N)."""
-    n = x.shape[0]
-    x_sq = _squared_norms(x)  # (N,)
-    radii = np.empty(n)
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        d2 = _squared_distances(x[start:stop], x, x_sq)  # (B, N)
-        rows = np.arange(stop - start)
-        d2[rows, start + rows] = np.inf  # a point is not its own neighbour
-        radii[start:stop] = np.partition(d2, k - 1, axis=1)[:, k - 1]
-    return radii
-
-
-def precision_recall(
-    real: np.ndarray | torch.Tensor,
-    fake: np.ndarray | torch.Tensor,
-    k: int = 3,
-    batch_size: int = 1024,
-) -> tuple[float, float]:
-    """Improved precision and recall (Kynkäänniemi et al. 2019). Each point's ball reaches
-    its k-th nearest neighbour in its own set; precision is the share of fake points inside
-    some real ball, recall the share of real points inside some fake ball."""
-    x, y = _paired_features(real, fake)  # (N, D) real, (M, D) fake
-    if k < 1 or k >= min(len(x), len(y)):
-        raise MetricsError(
-            f"{PR_K_PARAM}: expected 1 to {min(len(x), len(y)) - 1} (fewer than the real "
-            f"({len(x)}) and fake ({len(y)}) samples); got {k}"
-        )
-    if batch_size < 1:
-        raise MetricsError(f"batch_size: expected a positive integer; got {batch_size}")
-    radii_x, radii_y = _knn_radii(x, k, batch_size), _knn_radii(y, k, batch_size)  # squared
-    x_sq = _squared_norms(x)  # (N,)
-    precise = np.zeros(len(y), dtype=bool)  # fake point inside some real ball
-    recalled = np.zeros(len(x), dtype=bool)  # real point inside some fake ball
-    # one pass over the (M, N) fake-to-real distances serves both
-    for start in range(0, len(y), batch_size):
-        stop = min(start + batch_size, len(y))
-        d2 = _squared_distances(y[start:stop], x, x_sq)  # (B, N)
-        precise[start:stop] = (d2 <= radii_x[None, :]).any(axis=1)
-        recalled |= (d2 <= radii_y[start:stop, None]).any(axis=0)
-    return float(precise.mean()), float(recalled.mean())

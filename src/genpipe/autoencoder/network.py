@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from genpipe.models import resolution_plan
+from genpipe.resolution import resolution_plan
 
 __all__ = ["KINDS", "AutoEncoder", "vae_kl"]
 

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from genpipe.models.autoencoder import AutoEncoder, vae_kl
+from genpipe import runtime, training
+from genpipe.autoencoder.network import AutoEncoder, vae_kl
+from genpipe.images import pairs_grid, to_float, to_uint8
 from genpipe.params import Params
-from genpipe.train import common
 
 log = logging.getLogger("genpipe.train.autoencoder")
 
@@ -38,28 +39,28 @@ def train_autoencoder(
 ) -> AutoencoderResult:
     cfg, train = params.autoencoder, params.train
     _, channels, size, _ = images.shape
-    dtype = common.resolve_precision(train.precision, device)
-    common.seed_everything(params.seed, device, train.cpu_threads)
+    dtype = runtime.resolve_precision(train.precision, device)
+    runtime.seed_everything(params.seed, device, train.cpu_threads)
 
     net = AutoEncoder(size, channels, cfg.latent_dim, cfg.width, cfg.depth, kind=cfg.kind)
-    net = common.prepare_module(net, device, train.compile)
+    net = runtime.prepare_module(net, device, train.compile)
     step_net = torch.compile(net) if train.compile else net  # shares net's weights
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    scaler = common.grad_scaler(device, dtype)
+    scaler = runtime.grad_scaler(device, dtype)
 
-    data = common.DeviceImages(images, device, train.compile)
-    batches = common.make_generator(device, params.seed + 1)  # which images
-    noise = common.make_generator(device, params.seed + 2)  # vae: the reparameterisation noise
-    identity = common.run_identity("autoencoder", params.model_dump(mode="json", by_alias=True),
+    data = training.DeviceImages(images, device, train.compile)
+    batches = runtime.make_generator(device, params.seed + 1)  # which images
+    noise = runtime.make_generator(device, params.seed + 2)  # vae: the reparameterisation noise
+    identity = training.run_identity("autoencoder", params.model_dump(mode="json", by_alias=True),
                                    data_hash)  # fmt: skip
-    trainlog = common.TrainLog(rows=[])
+    trainlog = training.TrainLog(rows=[])
     start = 0
-    state = common.load_checkpoint(checkpoint, identity)
+    state = training.load_checkpoint(checkpoint, identity)
     if state is not None:
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         scaler.load_state_dict(state["scaler"])
-        common.set_rng_states(state["rng"], batches, noise)
+        training.set_rng_states(state["rng"], batches, noise)
         trainlog.rows = state["log"]
         start = state["step"]
         log.info("resuming from %s at step %d of %d", checkpoint, start, cfg.steps)
@@ -67,23 +68,23 @@ def train_autoencoder(
             run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=row["step"])
 
     def save(step: int) -> None:
-        common.save_checkpoint(checkpoint, {
+        training.save_checkpoint(checkpoint, {
             "identity": json.dumps(identity, sort_keys=True), "step": step,
             "finished": step == cfg.steps,
             "net": net.state_dict(), "opt": opt.state_dict(), "scaler": scaler.state_dict(),
-            "rng": common.rng_states(batches, noise), "log": trainlog.rows,
+            "rng": training.rng_states(batches, noise), "log": trainlog.rows,
         })  # fmt: skip
 
     B = train.batch_size
     pixels = channels * size * size
-    monitor = common.LossMonitor(("loss", "mse"))
+    monitor = training.LossMonitor(("loss", "mse"))
     bar = tqdm(total=cfg.steps, initial=start, desc="train autoencoder", unit="step",
                disable=None)  # fmt: skip
     tick, tick_step = time.perf_counter(), start
     net.train()
     for step in range(start + 1, cfg.steps + 1):
         x = data.batch(B, batches)  # (B, C, S, S) in [-1, 1]
-        with common.autocast(device, dtype):
+        with runtime.autocast(device, dtype):
             recon, mu, logvar = step_net(x, generator=noise)
         mse = F.mse_loss(recon.float(), x)  # per pixel, on the [-1, 1] scale
         if cfg.kind == "vae":  # per image: Gaussian reconstruction term + weighted KL
@@ -117,12 +118,12 @@ def train_autoencoder(
     trainlog.write(log_path)
 
     config = {"model": "autoencoder", "image_size": size, "channels": channels,
-              "autoencoder": common.unwrap(net).config()}  # fmt: skip
+              "autoencoder": runtime.unwrap(net).config()}  # fmt: skip
     return AutoencoderResult(net=net, config=config)
 
 
 @torch.no_grad()
 def reconstruction_grid(net: torch.nn.Module, images: np.ndarray, device: torch.device):
     """Originals (top row of each pair) above their reconstructions, 8 per row."""
-    x = torch.from_numpy(np.ascontiguousarray(images[:32])).to(device).float().div(127.5).sub(1)
-    return common.pairs_grid(images[:32], common.to_uint8(net.eval()(x)[0]))
+    x = to_float(torch.from_numpy(np.ascontiguousarray(images[:32])).to(device))
+    return pairs_grid(images[:32], to_uint8(net.eval()(x)[0]))

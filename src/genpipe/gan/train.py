@@ -18,7 +18,8 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from genpipe.models.gan import (
+from genpipe import runtime, training
+from genpipe.gan.network import (
     Discriminator,
     Generator,
     discriminator_loss,
@@ -28,8 +29,8 @@ from genpipe.models.gan import (
     generator_loss,
     gradient_penalty,
 )
+from genpipe.images import image_grid, to_uint8
 from genpipe.params import GanParams, Params
-from genpipe.train import common
 
 log = logging.getLogger("genpipe.train.gan")
 
@@ -67,16 +68,16 @@ class Gan:
 def build_gan(params: Params, channels: int, size: int, device: torch.device) -> Gan:
     """Seeded networks on the device, in train.precision and train.compile's form."""
     cfg, train = params.gan, params.train
-    dtype = common.resolve_precision(train.precision, device)
-    common.seed_everything(params.seed, device, train.cpu_threads)
+    dtype = runtime.resolve_precision(train.precision, device)
+    runtime.seed_everything(params.seed, device, train.cpu_threads)
     # fp16's loss scaler checks for infs on the host, which a graph cannot hold; compile
     # has graphs of its own
     cuda = device.type == "cuda"
     graphed = cuda and train.cuda_graphs and not train.compile and dtype != torch.float16
 
     networks = gan_config(size, channels, cfg)  # WGAN-GP's critic gets no BatchNorm
-    netG = common.prepare_module(Generator(**networks["generator"]), device, train.compile)
-    netD = common.prepare_module(Discriminator(**networks["discriminator"]), device, train.compile)
+    netG = runtime.prepare_module(Generator(**networks["generator"]), device, train.compile)
+    netD = runtime.prepare_module(Discriminator(**networks["discriminator"]), device, train.compile)
     betas = (cfg.beta1, cfg.beta2)
     return Gan(
         cfg=cfg,
@@ -92,15 +93,15 @@ def build_gan(params: Params, channels: int, size: int, device: torch.device) ->
         # a graph can update it, and train.cuda_graphs changes the speed, not the weights
         optG=torch.optim.Adam(netG.parameters(), lr=cfg.lr_g, betas=betas, capturable=cuda),
         optD=torch.optim.Adam(netD.parameters(), lr=cfg.lr_d, betas=betas, capturable=cuda),
-        scalerG=common.grad_scaler(device, dtype),
-        scalerD=common.grad_scaler(device, dtype),
+        scalerG=runtime.grad_scaler(device, dtype),
+        scalerD=runtime.grad_scaler(device, dtype),
         B=train.batch_size,
         graphed=graphed,
     )
 
 
 def draw(
-    gan: Gan, data: common.DeviceImages, batches: torch.Generator, noise: torch.Generator
+    gan: Gan, data: training.DeviceImages, batches: torch.Generator, noise: torch.Generator
 ) -> tuple[torch.Tensor, ...]:
     """One step's randomness, for each of its D updates: which real images (d_steps, B), the
     noise z (d_steps, B, z_dim) and, for WGAN-GP, the interpolation weights (d_steps, B)."""
@@ -114,7 +115,7 @@ def draw(
 
 def gan_step(
     gan: Gan,
-    data: common.DeviceImages,
+    data: training.DeviceImages,
     ema_weight: float | torch.Tensor,  # 1 - the EMA's decay at this step
     index: torch.Tensor,
     z: torch.Tensor,
@@ -125,7 +126,7 @@ def gan_step(
     # (1) Update D: maximise D(x) - D(G(z)) in the chosen loss's form
     for i in range(cfg.d_steps):
         real = data.take(index[i])  # (B, C, S, S) in [-1, 1]
-        with common.autocast(device, dtype):
+        with runtime.autocast(device, dtype):
             # the last fake keeps G's graph: (2) scores it again rather than drawing anew
             with torch.set_grad_enabled(i == cfg.d_steps - 1):
                 fake = gan.stepG(z[i])
@@ -142,7 +143,7 @@ def gan_step(
     # (2) Update G: make the updated D score G(z) as real. D's weights are frozen meanwhile:
     # the backward pass then skips their gradients, which G's update never reads
     gan.netD.requires_grad_(False)
-    with common.autocast(device, dtype):
+    with runtime.autocast(device, dtype):
         loss_g = generator_loss(cfg.loss, gan.stepD(fake))
     gan.optG.zero_grad(set_to_none=True)
     gan.scalerG.scale(loss_g).backward()
@@ -156,11 +157,11 @@ def gan_step(
 
 
 def make_step(
-    gan: Gan, data: common.DeviceImages, batches: torch.Generator, noise: torch.Generator
+    gan: Gan, data: training.DeviceImages, batches: torch.Generator, noise: torch.Generator
 ) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
     """step(t) runs training step t (from 1): draws its randomness, then runs gan_step,
     eagerly or, when gan.graphed, replayed as a CUDA graph."""
-    graph = common.CudaGraphStep(functools.partial(gan_step, gan, data), "GAN")
+    graph = training.CudaGraphStep(functools.partial(gan_step, gan, data), "GAN")
 
     def step(t: int) -> tuple[torch.Tensor, torch.Tensor]:
         weight = 1.0 - ema_decay_at(t, gan.cfg.ema_decay)
@@ -187,13 +188,14 @@ def train_gan(
     netG, netD, ema = gan.netG, gan.netD, gan.ema
     optG, optD, scalerG, scalerD = gan.optG, gan.optD, gan.scalerG, gan.scalerD
 
-    data = common.DeviceImages(images, device, train.compile)
-    batches = common.make_generator(device, params.seed + 1)  # which images
-    noise = common.make_generator(device, params.seed + 2)  # z and GP interpolation
-    identity = common.run_identity("gan", params.model_dump(mode="json", by_alias=True), data_hash)
-    trainlog = common.TrainLog(rows=[])
+    data = training.DeviceImages(images, device, train.compile)
+    batches = runtime.make_generator(device, params.seed + 1)  # which images
+    noise = runtime.make_generator(device, params.seed + 2)  # z and GP interpolation
+    flat = params.model_dump(mode="json", by_alias=True)
+    identity = training.run_identity("gan", flat, data_hash)
+    trainlog = training.TrainLog(rows=[])
     start = 0
-    state = common.load_checkpoint(checkpoint, identity)
+    state = training.load_checkpoint(checkpoint, identity)
     if state is not None:
         netG.load_state_dict(state["netG"])
         netD.load_state_dict(state["netD"])
@@ -202,7 +204,7 @@ def train_gan(
         optD.load_state_dict(state["optD"])
         scalerG.load_state_dict(state["scalerG"])
         scalerD.load_state_dict(state["scalerD"])
-        common.set_rng_states(state["rng"], batches, noise)
+        training.set_rng_states(state["rng"], batches, noise)
         trainlog.rows = state["log"]
         start = state["step"]
         log.info("resuming from %s at step %d of %d", checkpoint, start, cfg.steps)
@@ -210,17 +212,17 @@ def train_gan(
             run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=row["step"])
 
     def save(step: int) -> None:
-        common.save_checkpoint(checkpoint, {
+        training.save_checkpoint(checkpoint, {
             "identity": json.dumps(identity, sort_keys=True), "step": step,
             "finished": step == cfg.steps,
             "netG": netG.state_dict(), "netD": netD.state_dict(), "ema": ema.state_dict(),
             "optG": optG.state_dict(), "optD": optD.state_dict(),
             "scalerG": scalerG.state_dict(), "scalerD": scalerD.state_dict(),
-            "rng": common.rng_states(batches, noise), "log": trainlog.rows,
+            "rng": training.rng_states(batches, noise), "log": trainlog.rows,
         })  # fmt: skip
 
     B = train.batch_size
-    monitor = common.LossMonitor(("loss_d", "loss_g"))
+    monitor = training.LossMonitor(("loss_d", "loss_g"))
     bar = tqdm(total=cfg.steps, initial=start, desc="train gan", unit="step", disable=None)
     tick, tick_step = time.perf_counter(), start
     netG.train()
@@ -252,8 +254,8 @@ def train_gan(
 
     config = {
         "model": "gan", "image_size": size, "channels": channels, "loss": cfg.loss,
-        "generator": common.unwrap(netG).config(),
-        "discriminator": common.unwrap(netD).config(),
+        "generator": runtime.unwrap(netG).config(),
+        "discriminator": runtime.unwrap(netD).config(),
     }  # fmt: skip
     return GanResult(netG=netG, netD=netD, ema=ema, config=config)
 
@@ -261,7 +263,6 @@ def train_gan(
 @torch.no_grad()
 def sample_grid(netG: torch.nn.Module, z_dim: int, seed: int, device: torch.device) -> Image.Image:
     """An 8 x 8 grid of samples from fixed noise, each image scaled up to at least 32 px."""
-    noise = common.make_generator(device, seed)
+    noise = runtime.make_generator(device, seed)
     z = torch.randn(GRID_SAMPLES, z_dim, device=device, generator=noise)
-    images = common.to_uint8(netG.eval()(z))  # (64, C, S, S)
-    return common.image_grid(images, rows=8)
+    return image_grid(to_uint8(netG.eval()(z)), rows=8)  # (64, C, S, S)

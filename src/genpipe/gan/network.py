@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-from genpipe.models import resolution_plan
+from genpipe.resolution import resolution_plan
 
 if TYPE_CHECKING:
     from genpipe.params import GanParams

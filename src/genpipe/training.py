@@ -1,12 +1,11 @@
-"""What the training loops share: device and precision, seeding, on-device batching,
-checkpoints, the non-finite-loss guard, the training log and weights on disk.
+"""The bookkeeping the training loops share: on-device batches, the CUDA-graph step,
+checkpoints (restore, snapshot, identity), the non-finite-loss guard and the training log.
 
-Nothing else is shared: each loop is written out in its own module.
+Each loop is written out in its model's package (gan/train.py, autoencoder/train.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import json
@@ -19,98 +18,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
-from safetensors.torch import save_file
-from torch import nn
 
-from genpipe.data.canonical import IMAGES_FILE, MANIFEST_FILE, read_prepared
-from genpipe.errors import GenpipeError, exception_text
+from genpipe import codedeps, runtime
+from genpipe.data.canonical import prepared_sha256, read_prepared
+from genpipe.errors import TrainingError, exception_text
 from genpipe.fileio import atomic_path
+from genpipe.images import to_float
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(GenpipeError):
-    """Training cannot start or go on (bad checkpoint, non-finite loss, missing device)."""
-
-
-# --- device and precision -----------------------------------------------------------------
-
-
-def resolve_device(name: str, key: str = "train.device") -> torch.device:
-    """'auto' picks cuda, then mps, then cpu. Called once; the result is passed down.
-    `key` is the params key the name came from, for the error message."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"{key}: expected a CUDA GPU for 'cuda'; found none")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise TrainingError(f"{key}: expected Apple's MPS for 'mps'; found none")
-    return torch.device(name)
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. 'auto': bf16 on CUDA where supported."""
-    if name == "auto":
-        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if cuda_bf16 else None
-    if name == "fp16" and device.type == "cpu":
-        raise TrainingError("train.precision: expected fp32 or bf16 on the CPU; got fp16")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """Autocast to `dtype`; a no-op for fp32. Casts are not cached across calls: a cached
-    cast captured in a CUDA graph would go stale when the weights are updated."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False)
-
-
-def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
-    """Loss scaling for fp16 only; a disabled scaler passes everything through."""
-    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-
-
-def channels_last(device: torch.device, compiled: bool = False) -> bool:
-    """Whether images and convolution weights are kept channels_last on this device: on CUDA
-    (tensor cores) and on the CPU (oneDNN's preferred layout; the default GAN step is about
-    15% faster in it). MPS keeps the default layout, and so do compiled networks: inductor
-    chooses their layouts itself, and in torch 2.11 its convolution backward failed a
-    stride check on channels_last weights."""
-    return device.type in ("cuda", "cpu") and not compiled
-
-
-def prepare_module(module: nn.Module, device: torch.device, compiled: bool = False) -> nn.Module:
-    """On the device, in the memory format its convolutions run fastest in there."""
-    module = module.to(device)
-    if channels_last(device, compiled):
-        module = module.to(memory_format=torch.channels_last)
-    return module
-
-
-def seed_everything(seed: int, device: torch.device, cpu_threads: int = 0) -> None:
-    """One seed for the global RNG (weight init); sampling takes explicit generators.
-
-    On the CPU the thread count is fixed too: it can change the order of reductions.
-    Deterministic algorithms are asked for without their debugging aid of filling every
-    new tensor with NaN: that fill is no part of determinism, and it cost the default GAN
-    step about 10% on the CPU (each fill touches freshly mapped pages).
-    """
-    if device.type == "cpu" and cpu_threads:
-        torch.set_num_threads(cpu_threads)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = False
-    torch.backends.cudnn.benchmark = False
-
-
-def make_generator(device: torch.device, seed: int) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed)
 
 
 # --- batching -----------------------------------------------------------------------------
@@ -122,7 +37,7 @@ class DeviceImages:
     def __init__(self, images: np.ndarray, device: torch.device, compiled: bool = False):
         self.device = device
         self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device)  # (N, C, H, W)
-        self.channels_last = channels_last(device, compiled)
+        self.channels_last = runtime.channels_last(device, compiled)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -137,7 +52,7 @@ class DeviceImages:
 
     def take(self, index: torch.Tensor) -> torch.Tensor:
         """The images at `index` as (len(index), C, H, W) float in [-1, 1]."""
-        x = self.images[index].float().div_(127.5).sub_(1.0)
+        x = to_float(self.images[index])
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
@@ -196,26 +111,20 @@ class CudaGraphStep:
         return self.outputs
 
 
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """[-1, 1] float (N, C, H, W) -> uint8 numpy."""
-    return x.float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
-
-
 # --- checkpoints --------------------------------------------------------------------------
 
 # Params that change neither the weights nor the steps taken: a resume may differ in these.
 NOT_IN_FINGERPRINT = {"log_every", "checkpoint_every", "experiment"}
 
 
-PACKAGE = Path(__file__).resolve().parents[1]  # src/genpipe
-
-
 def code_fingerprint(model: str) -> str:
-    """SHA-256 of the code that decides a model's weights: its network, its loop and this
-    module (the files its train stage depends on in dvc.yaml)."""
+    """SHA-256 of the code that decides a model's weights: its loop (genpipe.<model>.train)
+    and every genpipe file that imports, as codedeps finds them. The train stage's deps in
+    dvc.yaml cover the same files (tests/test_dvc_deps.py)."""
     digest = hashlib.sha256()
-    for name in (f"models/{model}.py", f"train/{model}.py", "train/common.py"):
-        digest.update((PACKAGE / name).read_bytes())
+    for path in codedeps.source_files(f"genpipe.{model}.train"):
+        digest.update(path.relative_to(codedeps.PACKAGE_DIR).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
@@ -347,46 +256,4 @@ def load_train_split(prepared_dir: Path) -> tuple[np.ndarray, str]:
     train = (prepared.manifest["split"] == "train").to_numpy()
     if not train.any():
         raise TrainingError(f"{prepared_dir}: expected images in the train split; found none")
-    digest = hashlib.sha256()
-    for name in (IMAGES_FILE, MANIFEST_FILE):
-        with open(Path(prepared_dir) / name, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-    return np.asarray(prepared.images[train]), digest.hexdigest()
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    """The module itself, under torch.compile's wrapper."""
-    return getattr(module, "_orig_mod", module)
-
-
-def save_weights(module: nn.Module, path: Path) -> None:
-    """Tensors only (safetensors), contiguous on the CPU; written atomically."""
-    state = {k: v.detach().cpu().contiguous() for k, v in unwrap(module).state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp))
-
-
-def image_grid(images: np.ndarray, rows: int, min_tile: int = 32) -> Image.Image:
-    """(N, C, S, S) uint8 -> one PIL image, rows x ceil(N / rows), 2 px gaps."""
-    n, c, s, _ = images.shape
-    scale = max(1, -(-min_tile // s))
-    cols = -(-n // rows)
-    tile = s * scale
-    canvas = np.zeros((rows * (tile + 2) + 2, cols * (tile + 2) + 2, c), dtype=np.uint8)
-    for i, image in enumerate(images):
-        r, col = divmod(i, cols)
-        big = image.transpose(1, 2, 0).repeat(scale, axis=0).repeat(scale, axis=1)
-        canvas[2 + r * (tile + 2) : 2 + r * (tile + 2) + tile,
-               2 + col * (tile + 2) : 2 + col * (tile + 2) + tile] = big  # fmt: skip
-    return Image.fromarray(canvas[..., 0] if c == 1 else canvas)
-
-
-def pairs_grid(originals: np.ndarray, reconstructions: np.ndarray, per_row: int = 8) -> Image.Image:
-    """Rows of `per_row` originals, each above their reconstructions; (N, C, S, S) uint8."""
-    pairs = [
-        block
-        for i in range(0, len(originals), per_row)
-        for block in (originals[i : i + per_row], reconstructions[i : i + per_row])
-    ]
-    return image_grid(np.concatenate(pairs), rows=len(pairs))
+    return np.asarray(prepared.images[train]), prepared_sha256(prepared_dir)

@@ -3,42 +3,30 @@ PCA with as many components as the latent has dimensions, as the baseline."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
-from genpipe.evaluate.common import (
+from genpipe.autoencoder.network import AutoEncoder
+from genpipe.images import pairs_grid, to_float, unit_to_uint8
+from genpipe.metrics import reconstruction
+from genpipe.metrics.features import Backbone, extract_features
+from genpipe.params import EvaluateParams
+from genpipe.reference import (
     FID,
     FID_OVER_FLOOR,
     FLOOR,
     Reference,
     frechet_to_reference,
     rounded,
-    trained_config,
 )
-from genpipe.metrics import reconstruction
-from genpipe.metrics.features import Backbone, extract_features
-from genpipe.models.autoencoder import AutoEncoder
-from genpipe.params import EvaluateParams
-from genpipe.train import common
 
-WEIGHTS = "autoencoder.safetensors"
 GRID_IMAGES = 32  # 4 rows of 8 originals, each above their reconstructions
 
 # metric keys
 MSE, PSNR, SSIM, PCA_MSE, MSE_OVER_PCA = "mse", "psnr", "ssim", "pca_mse", "mse_over_pca"
-
-
-def load_autoencoder(weights_dir: Path, device: torch.device) -> AutoEncoder:
-    """The autoencoder, rebuilt from the train stage's config.json (no params.yaml)."""
-    config = trained_config(weights_dir, WEIGHTS, "train@autoencoder")
-    net = AutoEncoder(**config["autoencoder"])
-    net.load_state_dict(load_file(Path(weights_dir) / WEIGHTS))
-    return net.to(device).eval().requires_grad_(False)
 
 
 @torch.inference_mode()
@@ -49,15 +37,10 @@ def reconstruct(
     out = []
     for start in range(0, len(images), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
-        x = x.to(device).float().div(127.5).sub(1.0)  # as in training: [-1, 1]
+        x = to_float(x.to(device))  # as in training: [-1, 1]
         recon = net(x)[0].float().clamp(-1.0, 1.0).add(1.0).div(2.0)
         out.append(recon.double().cpu().numpy())
     return np.concatenate(out)
-
-
-def to_uint8(x: np.ndarray) -> np.ndarray:
-    """[0, 1] float -> uint8, rounded as common.to_uint8 rounds model outputs."""
-    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 
 
 def evaluate_autoencoder(
@@ -75,7 +58,7 @@ def evaluate_autoencoder(
     latent_dim = net.config()["latent_dim"]
     pca = reconstruction.pca_reconstruction(train_images / 255.0, x, latent_dim)
     mse, pca_mse = reconstruction.mse(x, recon), reconstruction.mse(x, pca)
-    recon_uint8 = to_uint8(recon)
+    recon_uint8 = unit_to_uint8(recon)
     features = extract_features(
         backbone, recon_uint8, evaluate.batch_size, device, "reconstruction features"
     )
@@ -95,5 +78,5 @@ def evaluate_autoencoder(
         metrics[MSE_OVER_PCA] = mse / pca_mse
     if floor[FID] > 0:
         metrics[FID_OVER_FLOOR] = fid / floor[FID]
-    grid = common.pairs_grid(test_images[:GRID_IMAGES], recon_uint8[:GRID_IMAGES])
+    grid = pairs_grid(test_images[:GRID_IMAGES], recon_uint8[:GRID_IMAGES])
     return rounded(metrics), grid

@@ -1,12 +1,8 @@
 """register@<model>: log the trained model to its MLflow run as a pyfunc model, register a
-version of `<register.name_prefix>-<model>`, and let it through the champion gate.
-
-The gate compares the primary metric (FID for the GAN, test MSE for the autoencoder) with
-the current `champion` version's. A version better by at least `register.min_improvement`
-(relative) becomes `champion` and the old one `previous-champion`; any other gets
-`challenger`. Versions evaluated with another backbone or on other data are never compared
-(unless `register.force`). Aliases move only after the version is READY and tagged, so no
-alias ever points at a half-registered version.
+version of `<register.name_prefix>-<model>`, and let it through the champion gate: read the
+values `gate.decide` compares, apply its decision. Aliases move only after the version is
+READY and tagged, so no alias ever points at a half-registered version; the decision tag is
+written last, so a pass cut short is finished by the next.
 
 The registry can be rebuilt from DVC outputs: when the run that mlflow_run.json names is not
 on the tracking server (a CI runner with a fresh server), a run is created from the params,
@@ -22,16 +18,17 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from genpipe import tracking
 from genpipe.errors import GenpipeError, exception_text
+from genpipe.registry import gate
+from genpipe.registry.gate import CHAMPION, TAG_BACKBONE, TAG_METRIC, TAG_VALUE, TAG_WEIGHTS
 
 log = logging.getLogger(__name__)
 
-CHAMPION, PREVIOUS_CHAMPION, CHALLENGER = "champion", "previous-champion", "challenger"
 ATTEMPTS = 3  # of a register pass, when another register conflicts with it
 # errors a second pass cannot mend; any other (a conflicting write, a sqlite lock on the
 # server, a dropped connection) is retried: every step of a pass is idempotent
@@ -40,14 +37,10 @@ PRIMARY_METRIC = {"gan": "fid", "autoencoder": "mse"}  # lower is better for bot
 MODEL_ARTIFACT = "model"
 REQUIREMENTS = ["torch", "numpy", "pandas", "safetensors"]  # the model's, besides MLflow
 
-# version tags
-TAG_METRIC = "genpipe.metric"  # the primary metric's name
-TAG_VALUE = "genpipe.metric_value"
-TAG_BACKBONE = "genpipe.backbone"
+# version tags, besides the gate's
 TAG_PARAMS_HASH = "params.hash"
 TAG_SOURCE_RUN = "genpipe.source_run_id"  # on a rebuilt run: the run mlflow_run.json names
 TAG_DECISION = "genpipe.decision"  # set once the gate has moved the aliases
-TAG_WEIGHTS = "genpipe.weights_sha256"  # of the weights directory: identical models, one version
 
 
 class RegistryError(GenpipeError):
@@ -197,8 +190,15 @@ def _register_once(
         }
         if version is None:
             version = _log_and_register(mlflow, uri, run_id, name, outputs, tags)
-        decision = _gate(client, name, version, metric, value, min_improvement, force)
-        _reconcile(client, name, min_improvement)
+        candidate = gate.Version(int(version.version), metric, value, backbone,
+                                 outputs.data_hash, weights)  # fmt: skip
+        champion = _champion(client, name, metric)
+        verdict = gate.decide(candidate, champion, min_improvement, force)
+        level = logging.WARNING if verdict.decision == gate.CHALLENGER else logging.INFO
+        log.log(level, "%s v%s: %s (%s)", name, version.version, verdict.decision, verdict.reason)
+        _set_aliases(client, name, verdict.aliases)
+        _reconcile(client, name, metric, min_improvement)
+        decision = verdict.record()
         client.set_model_version_tag(name, version.version, TAG_DECISION,
                                      decision["decision"])  # fmt: skip
     return run_id, version, decision
@@ -349,83 +349,61 @@ def _log_and_register(
     return mlflow.register_model(info.model_uri, name, tags=tags)
 
 
-def _gate(
-    client: Any,
-    name: str,
-    version: Any,
-    metric: str,
-    value: float,
-    min_improvement: float,
-    force: bool,
-) -> dict[str, Any]:
-    """Move the aliases; return the decision and what was compared."""
+def _values(version: Any) -> gate.Version:
+    """What a version's tags say of it."""
+    tags = version.tags
+    try:
+        value = float(tags[TAG_VALUE])
+    except (KeyError, ValueError):  # no tag (an alias set by hand), or one edited by hand
+        value = None
+    return gate.Version(int(version.version), tags.get(TAG_METRIC), value,
+                        tags.get(TAG_BACKBONE), tags.get(tracking.TAG_DATA_HASH),
+                        tags.get(TAG_WEIGHTS))  # fmt: skip
+
+
+def _champion(client: Any, name: str, metric: str) -> gate.Version | None:
+    """The champion's values; for one without genpipe's metric tag (an alias set by hand in
+    the UI), its run's `eval/<metric>` and data hash where the run has them."""
     from mlflow.exceptions import MlflowException
 
     try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
+        version = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException as exc:
         if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise
-        champion = None
-    new = int(version.version)
-    if champion is not None and int(champion.version) == new:  # a pass finished after its gate
-        return {"decision": CHAMPION, "compared": None, "reason": "already champion"}
+        return None
+    champion = _values(version)
+    if champion.value is not None:
+        return champion
+    run = None
+    if version.run_id:
+        try:
+            run = client.get_run(version.run_id)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+    value = run.data.metrics.get(f"eval/{metric}") if run is not None else None
+    data_hash = run.data.tags.get(tracking.TAG_DATA_HASH) if run is not None else None
+    return replace(champion, value=value, hand_set=True,
+                   metric=champion.metric or (metric if value is not None else None),
+                   data_hash=champion.data_hash or data_hash)  # fmt: skip
+
+
+def _set_aliases(client: Any, name: str, aliases: gate.Aliases) -> None:
+    """In order (previous-champion before champion); setting one again changes nothing."""
+    for alias, version in aliases:
+        client.set_registered_model_alias(name, alias, str(version))
+
+
+def _reconcile(client: Any, name: str, metric: str, min_improvement: float) -> None:
+    """Undo a race between two register processes (see gate.reconcile). Every process ends
+    here after its own writes, so the last one to run sees all versions."""
+    champion = _champion(client, name, metric)
     if champion is None:
-        client.set_registered_model_alias(name, CHAMPION, str(new))
-        return {"decision": CHAMPION, "compared": None, "reason": "no champion yet"}
-    old_tags = champion.tags
-    old_value = float(old_tags.get(TAG_VALUE, "inf"))
-    compared = {"version": int(champion.version), "value": old_value}
-    differs = [
-        key
-        for key in (TAG_BACKBONE, tracking.TAG_DATA_HASH, TAG_METRIC)
-        if old_tags.get(key) != version.tags.get(key)
-    ]
-    if differs and not force:
-        client.set_registered_model_alias(name, CHALLENGER, str(new))
-        reason = (
-            f"not compared with champion v{champion.version}: {', '.join(differs)} differ "
-            "(set register.force to promote anyway)"
-        )
-        log.warning("%s v%d: %s", name, new, reason)
-        return {"decision": CHALLENGER, "compared": compared, "reason": reason}
-    better = value <= old_value * (1.0 - min_improvement)
-    if better or differs:  # differs here means register.force
-        client.set_registered_model_alias(name, PREVIOUS_CHAMPION, champion.version)
-        client.set_registered_model_alias(name, CHAMPION, str(new))
-        reason = f"{metric} {value:.6g} vs champion v{champion.version}'s {old_value:.6g}"
-        return {"decision": CHAMPION, "compared": compared, "reason": reason}
-    client.set_registered_model_alias(name, CHALLENGER, str(new))
-    reason = (
-        f"{metric} {value:.6g} is not better than champion v{champion.version}'s "
-        f"{old_value:.6g} by register.min_improvement {min_improvement:g}"
-    )
-    return {"decision": CHALLENGER, "compared": compared, "reason": reason}
-
-
-def _reconcile(client: Any, name: str, min_improvement: float) -> None:
-    """Undo a race between two register processes: each decided against the champion it
-    read, and the last alias write won. Every process ends here after its own writes, so
-    the last one to run sees all versions: the best version comparable with the champion
-    takes the alias when it beats it as the gate would have required."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
         return
-    key = [TAG_BACKBONE, tracking.TAG_DATA_HASH, TAG_METRIC]
-    comparable = [
-        v
-        for v in client.search_model_versions(f"name = '{name}'")
-        if TAG_VALUE in v.tags and all(v.tags.get(k) == champion.tags.get(k) for k in key)
-    ]
-    best = min(comparable, key=lambda v: (float(v.tags[TAG_VALUE]), int(v.version)))
-    champion_value = float(champion.tags.get(TAG_VALUE, "inf"))
-    if best.version != champion.version and float(best.tags[TAG_VALUE]) <= champion_value * (
-        1.0 - min_improvement
-    ):
-        log.warning("%s: v%s beats champion v%s, which a concurrent register set; moving "
-                    "the alias", name, best.version, champion.version)  # fmt: skip
-        client.set_registered_model_alias(name, PREVIOUS_CHAMPION, champion.version)
-        client.set_registered_model_alias(name, CHAMPION, best.version)
+    versions = [_values(v) for v in client.search_model_versions(f"name = '{name}'")]
+    aliases = gate.reconcile(champion, versions, min_improvement)
+    if aliases:
+        log.warning("%s: v%d beats champion v%d, which a concurrent register set; moving "
+                    "the alias", name, aliases[-1][1], champion.version)  # fmt: skip
+        _set_aliases(client, name, aliases)

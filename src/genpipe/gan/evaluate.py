@@ -1,16 +1,19 @@
-"""evaluate@gan: samples from the EMA generator against the cached real statistics."""
+"""evaluate@gan: samples from the EMA generator against the reference's real statistics."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
-from genpipe.evaluate.common import (
+from genpipe import runtime
+from genpipe.gan.network import Generator
+from genpipe.images import image_grid, to_uint8
+from genpipe.metrics.features import Backbone, extract_features
+from genpipe.params import EvaluateParams
+from genpipe.reference import (
     FID,
     FID_OVER_FLOOR,
     FLOOR,
@@ -18,23 +21,9 @@ from genpipe.evaluate.common import (
     compare,
     kid_subset_size,
     rounded,
-    trained_config,
 )
-from genpipe.metrics.features import Backbone, extract_features
-from genpipe.models.gan import Generator
-from genpipe.params import EvaluateParams
-from genpipe.train import common
 
-EMA_WEIGHTS = "generator_ema.safetensors"
 GRID_SAMPLES = 64
-
-
-def load_generator(weights_dir: Path, device: torch.device) -> Generator:
-    """The EMA generator, rebuilt from the train stage's config.json (no params.yaml)."""
-    config = trained_config(weights_dir, EMA_WEIGHTS, "train@gan")
-    netG = Generator(**config["generator"])
-    netG.load_state_dict(load_file(Path(weights_dir) / EMA_WEIGHTS))
-    return netG.to(device).eval().requires_grad_(False)
 
 
 @torch.inference_mode()
@@ -42,10 +31,10 @@ def generate(
     netG: Generator, n: int, seed: int, batch_size: int, device: torch.device
 ) -> np.ndarray:
     """(n, C, S, S) uint8 samples from fixed noise, quantised as the real images are."""
-    noise = common.make_generator(device, seed)
+    noise = runtime.make_generator(device, seed)
     z = torch.randn(n, netG.z_dim, device=device, generator=noise)  # drawn at once: the
     # samples do not depend on the batch size
-    return np.concatenate([common.to_uint8(netG(zb)) for zb in z.split(batch_size)])
+    return np.concatenate([to_uint8(netG(zb)) for zb in z.split(batch_size)])
 
 
 def evaluate_gan(
@@ -67,5 +56,5 @@ def evaluate_gan(
     metrics[FLOOR] = floor
     metrics["num_samples"] = n
     metrics["kid_subset_size"] = kid_subset_size(evaluate, reference, n)
-    grid = common.image_grid(samples[:GRID_SAMPLES], rows=8)
+    grid = image_grid(samples[:GRID_SAMPLES], rows=8)
     return rounded(metrics), grid

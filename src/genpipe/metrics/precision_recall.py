@@ -1,0 +1,68 @@
+"""Improved precision and recall (Kynkäänniemi et al. 2019) of two feature sets, from the
+k-nearest-neighbour balls of each."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from genpipe.errors import MetricsError
+from genpipe.metrics.fid import paired_features
+
+PR_K_PARAM = "evaluate.pr_k"  # the param that sets k, named in errors
+
+
+def _squared_norms(x: np.ndarray) -> np.ndarray:
+    """(N, D) -> (N,)."""
+    return np.einsum("ij,ij->i", x, x)
+
+
+def _squared_distances(x: np.ndarray, y: np.ndarray, y_sq: np.ndarray) -> np.ndarray:
+    """(B, D), (N, D), |y|^2 (N,) -> (B, N) squared Euclidean distances."""
+    d2 = _squared_norms(x)[:, None] + y_sq[None, :] - 2.0 * (x @ y.T)
+    return np.maximum(d2, 0.0, out=d2)
+
+
+def _knn_radii(x: np.ndarray, k: int, batch_size: int) -> np.ndarray:
+    """(N, D) -> (N,): squared distance of each point to its k-th nearest neighbour in x,
+    itself excluded. Rows go `batch_size` at a time: memory O(batch_size * N)."""
+    n = x.shape[0]
+    x_sq = _squared_norms(x)  # (N,)
+    radii = np.empty(n)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        d2 = _squared_distances(x[start:stop], x, x_sq)  # (B, N)
+        rows = np.arange(stop - start)
+        d2[rows, start + rows] = np.inf  # a point is not its own neighbour
+        radii[start:stop] = np.partition(d2, k - 1, axis=1)[:, k - 1]
+    return radii
+
+
+def precision_recall(
+    real: np.ndarray | torch.Tensor,
+    fake: np.ndarray | torch.Tensor,
+    k: int = 3,
+    batch_size: int = 1024,
+) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019). Each point's ball reaches
+    its k-th nearest neighbour in its own set; precision is the share of fake points inside
+    some real ball, recall the share of real points inside some fake ball."""
+    x, y = paired_features(real, fake)  # (N, D) real, (M, D) fake
+    if k < 1 or k >= min(len(x), len(y)):
+        raise MetricsError(
+            f"{PR_K_PARAM}: expected 1 to {min(len(x), len(y)) - 1} (fewer than the real "
+            f"({len(x)}) and fake ({len(y)}) samples); got {k}"
+        )
+    if batch_size < 1:
+        raise MetricsError(f"batch_size: expected a positive integer; got {batch_size}")
+    radii_x, radii_y = _knn_radii(x, k, batch_size), _knn_radii(y, k, batch_size)  # squared
+    x_sq = _squared_norms(x)  # (N,)
+    precise = np.zeros(len(y), dtype=bool)  # fake point inside some real ball
+    recalled = np.zeros(len(x), dtype=bool)  # real point inside some fake ball
+    # one pass over the (M, N) fake-to-real distances serves both
+    for start in range(0, len(y), batch_size):
+        stop = min(start + batch_size, len(y))
+        d2 = _squared_distances(y[start:stop], x, x_sq)  # (B, N)
+        precise[start:stop] = (d2 <= radii_x[None, :]).any(axis=1)
+        recalled |= (d2 <= radii_y[start:stop, None]).any(axis=0)
+    return float(precise.mean()), float(recalled.mean())

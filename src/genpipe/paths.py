@@ -1,0 +1,33 @@
+"""Every path the DVC stages read and write, relative to the repo root (where stages run).
+dvc.yaml names the same paths; tests/test_dvc_deps.py checks that the two agree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+PARAMS_CHECK = Path("reports/params/check.json")  # the params stage: params.yaml is valid
+PREPARED = Path("data/prepared")
+VALIDATION = Path("reports/validation")
+VALIDATION_SUMMARY = VALIDATION / "summary.json"
+DATA_DOCS = VALIDATION / "data_docs"
+REFERENCE = Path("data/reference")
+
+
+def weights_dir(model: str) -> Path:
+    """models/<model>/weights: safetensors + config.json, cached by DVC."""
+    return Path("models") / model / "weights"
+
+
+def run_record(model: str) -> Path:
+    """models/<model>/mlflow_run.json: the training run's id, not cached."""
+    return Path("models") / model / "mlflow_run.json"
+
+
+def checkpoint(model: str) -> Path:
+    return Path("checkpoints") / model / "checkpoint.pt"
+
+
+def reports(model: str) -> Path:
+    """reports/<model>/: train_log.csv, samples.png, metrics.json, eval_grid.png, registry.json."""
+    return Path("reports") / model

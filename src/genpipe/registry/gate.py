@@ -1,0 +1,120 @@
+"""The champion gate, decided purely: the values of a new version and of the current
+`champion` in, the aliases to set and why out. No MLflow and no I/O here: registry.mlflow
+reads the values from the registry and applies the decision.
+
+A version better by at least `min_improvement` (relative; lower is better) becomes
+`champion` and the old one `previous-champion`; any other gets `challenger`. Versions
+evaluated with another backbone, on other data or on another metric are never compared
+(unless `force`). A champion whose values are unknown (an alias set by hand on a version
+without genpipe's tags, whose run has no `eval/<metric>` either) is replaced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+CHAMPION, PREVIOUS_CHAMPION, CHALLENGER = "champion", "previous-champion", "challenger"
+
+# the version tags that hold a version's values
+TAG_METRIC = "genpipe.metric"  # the primary metric's name
+TAG_VALUE = "genpipe.metric_value"
+TAG_BACKBONE = "genpipe.backbone"
+TAG_DATA_HASH = "data.hash"  # genpipe.tracking.TAG_DATA_HASH: the run's tag, on the version too
+TAG_WEIGHTS = "genpipe.weights_sha256"  # of the weights directory
+# versions differing in one of these are never compared: the tag that holds each
+COMPARED_ON = {"backbone": TAG_BACKBONE, "data_hash": TAG_DATA_HASH, "metric": TAG_METRIC}
+
+Aliases = tuple[tuple[str, int], ...]  # (alias, version) to set, in this order
+
+
+@dataclass(frozen=True)
+class Version:
+    """What the gate knows of one model version; None where the version does not say."""
+
+    version: int
+    metric: str | None = None
+    value: float | None = None  # of the primary metric; lower is better
+    backbone: str | None = None
+    data_hash: str | None = None
+    weights: str | None = None  # SHA-256 of the weights directory
+    hand_set: bool = False  # without genpipe's tags: its values, if any, are its run's
+
+
+@dataclass(frozen=True)
+class Decision:
+    decision: str  # the alias the new version takes: CHAMPION or CHALLENGER
+    reason: str
+    compared: dict[str, Any] | None = None  # the champion compared with: version, value
+    aliases: Aliases = ()  # the writes that carry it out
+
+    def record(self) -> dict[str, Any]:
+        """For registry.json."""
+        return {"decision": self.decision, "compared": self.compared, "reason": self.reason}
+
+
+def differs(version: Version, champion: Version) -> list[str]:
+    """The tags on which `version` and `champion` differ; one the champion lacks is not held
+    against the version (a champion set by hand has no backbone tag, say)."""
+    return [
+        tag
+        for key, tag in COMPARED_ON.items()
+        if getattr(champion, key) is not None and getattr(version, key) != getattr(champion, key)
+    ]
+
+
+def beats(value: float, champion_value: float, min_improvement: float) -> bool:
+    return value <= champion_value * (1.0 - min_improvement)
+
+
+def decide(
+    candidate: Version, champion: Version | None, min_improvement: float, force: bool
+) -> Decision:
+    """The aliases `candidate` (a new version, all values known) and the champion take."""
+    if champion is None:
+        return Decision(CHAMPION, "no champion yet", aliases=((CHAMPION, candidate.version),))
+    if champion.version == candidate.version:  # a pass cut short after its gate
+        return Decision(CHAMPION, "already champion")
+    old = f"champion v{champion.version}"
+    compared = {"version": champion.version, "value": champion.value}
+    promote = ((PREVIOUS_CHAMPION, champion.version), (CHAMPION, candidate.version))
+    challenge = ((CHALLENGER, candidate.version),)
+    if champion.value is None:
+        reason = (
+            f"{old} has no {candidate.metric} to compare with (no {TAG_VALUE} tag, as on "
+            f"an alias set by hand, and no eval/{candidate.metric} on its run): replaced"
+        )
+        return Decision(CHAMPION, reason, compared, promote)
+    if champion.weights is not None and champion.weights == candidate.weights:
+        return Decision(CHALLENGER, f"the same weights as {old}", compared, challenge)
+    different = differs(candidate, champion)
+    if different and not force:
+        reason = (
+            f"not compared with {old}: {', '.join(different)} differ "
+            "(set register.force to promote anyway)"
+        )
+        return Decision(CHALLENGER, reason, compared, challenge)
+    value = f"{candidate.metric} {candidate.value:.6g}"
+    old += f"'s {champion.value:.6g}"
+    if champion.hand_set:
+        old += f" (its run's eval/{champion.metric}: an alias set by hand)"
+    if different or beats(candidate.value, champion.value, min_improvement):  # different: forced
+        return Decision(CHAMPION, f"{value} vs {old}", compared, promote)
+    reason = f"{value} is not better than {old} by register.min_improvement {min_improvement:g}"
+    return Decision(CHALLENGER, reason, compared, challenge)
+
+
+def reconcile(champion: Version, versions: list[Version], min_improvement: float) -> Aliases:
+    """Undo a race between two register processes: each decided against the champion it
+    read, and the last alias write won. The best version comparable with the champion takes
+    the alias when it beats it as the gate would have required. A champion of unknown value
+    is left to the next gate, which replaces it."""
+    if champion.value is None:
+        return ()
+    comparable = [v for v in versions if v.value is not None and not differs(v, champion)]
+    if not comparable:
+        return ()
+    best = min(comparable, key=lambda v: (v.value, v.version))
+    if best.version == champion.version or not beats(best.value, champion.value, min_improvement):
+        return ()
+    return ((PREVIOUS_CHAMPION, champion.version), (CHAMPION, best.version))
