@@ -36,9 +36,12 @@ TARGET_SECONDS = 3.0
 TRAIN = ["train@gan", "train@autoencoder"]
 EVALUATE = ["evaluate@gan", "evaluate@autoencoder"]
 REGISTER = ["register@gan", "register@autoencoder"]
-ALL = ["fetch", "validate", "reference", *TRAIN, *EVALUATE, *REGISTER]
+# params checks the whole of params.yaml: it reruns after any edit of the file, and since
+# its output's bytes never change, reruns nothing by itself
+ALL = ["params", "fetch", "validate", "reference", *TRAIN, *EVALUATE, *REGISTER]
 GAN = ["train@gan", "evaluate@gan", "register@gan"]
 AUTOENCODER = ["train@autoencoder", "evaluate@autoencoder", "register@autoencoder"]
+MODELS = [*TRAIN, *EVALUATE, *REGISTER]
 TINY = {  # seconds per stage: the stages that rerun do not depend on these sizes
     "data": {"source": "folder", "path": "images", "channels": 1, "image_size": 8},
     "train": {"batch_size": 16, "checkpoint_every": 10, "log_every": 5},
@@ -103,19 +106,24 @@ def new_image(root: Path) -> None:
 CHANGES: dict[str, tuple[Callable[[Path], None], list[str]]] = {
     "nothing (a second repro)": (lambda r: None, []),
     "autoencoder.latent_dim (one model's params)": (
-        lambda r: set_params(r, "autoencoder", {"latent_dim": 3}), AUTOENCODER),
+        lambda r: set_params(r, "autoencoder", {"latent_dim": 3}), ["params", *AUTOENCODER]),
     "gan.lr_g (the other model's params)": (
-        lambda r: set_params(r, "gan", {"lr_g": 1e-4}), GAN),
+        lambda r: set_params(r, "gan", {"lr_g": 1e-4}), ["params", *GAN]),
     "data.test_fraction (the data's params)": (
         lambda r: set_params(r, "data", {"test_fraction": 0.25}), ALL),
-    "a new image in the data folder (the data itself)": (new_image, ALL),
-    "src/genpipe/models/gan.py (the GAN's network)": (
-        lambda r: append(r, "src/genpipe/models/gan.py"), GAN),
-    "src/genpipe/train/common.py (shared training code; the reference's too)": (
-        lambda r: append(r, "src/genpipe/train/common.py"), ALL[2:]),
+    "a new image in the data folder (the data itself)": (new_image, ALL[1:]),
+    "src/genpipe/gan/network.py (the GAN's network)": (
+        lambda r: append(r, "src/genpipe/gan/network.py"), GAN),
+    # training reruns; its new MLflow run id reruns evaluate and register
+    "src/genpipe/training.py (the loops' shared bookkeeping)": (
+        lambda r: append(r, "src/genpipe/training.py"), MODELS),
+    "src/genpipe/resolution.py (what shapes both networks)": (
+        lambda r: append(r, "src/genpipe/resolution.py"), MODELS),
+    "src/genpipe/images.py (the uint8 <-> float conversion; the reference's too)": (
+        lambda r: append(r, "src/genpipe/images.py"), ["reference", *MODELS]),
     "evaluate.kid_subsets (the evaluation's params)": (
         lambda r: set_params(r, "evaluate", {"kid_subsets": 6}),
-        ["reference", *EVALUATE, *REGISTER]),
+        ["params", "reference", *EVALUATE, *REGISTER]),
 }  # fmt: skip
 
 

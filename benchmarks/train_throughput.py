@@ -19,8 +19,13 @@ up, then timed over --iters iterations, three times, interleaved; the median ima
 (real images consumed per second) is reported. On a busy machine the numbers move by
 several per cent from run to run.
 
+--cpu-kernels compare times genpipe's step alone in two subprocesses, cpu_kernels avx2
+(the default pin) and native, taking turns, and prints both and their ratio: what the pin
+costs. --cpu-kernels avx2 or native times one of them in this process.
+
 Run (from the repository root):
     .venv/bin/python benchmarks/train_throughput.py
+    .venv/bin/python benchmarks/train_throughput.py --cpu-kernels compare
     .venv/bin/python benchmarks/train_throughput.py --device cuda --batch-size 256 --image-size 32
 """
 
@@ -33,6 +38,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -355,12 +361,53 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-tracking", action="store_true", help="skip the MLflow logging overhead measurement"
     )
+    parser.add_argument(
+        "--cpu-kernels",
+        choices=("avx2", "native", "compare"),
+        default=None,
+        help="time genpipe's step alone under this cpu_kernels (compare: both, in subprocesses)",
+    )
     return parser.parse_args(argv)
+
+
+def compare_cpu_kernels(argv: list[str]) -> None:
+    """genpipe's images/s under cpu_kernels avx2 and native, each in its own process (the pin
+    is fixed at a process's start), ROUNDS of each, taking turns; the medians and ratio."""
+    rates: dict[str, list[float]] = {"avx2": [], "native": []}
+    for r in range(ROUNDS):
+        for mode in rates if r % 2 == 0 else list(rates)[::-1]:
+            cmd = [sys.executable, __file__, *argv, "--cpu-kernels", mode]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            line = next(x for x in out.splitlines() if x.startswith("genpipe images/s:"))
+            rates[mode].append(float(line.split(":")[1]))
+            progress(f"  round {r + 1}/{ROUNDS}: {mode} {rates[mode][-1]:,.0f} images/s")
+    pinned, native = (statistics.median(rates[m]) for m in ("avx2", "native"))
+    print(f"cpu_kernels avx2 (pinned): {pinned:,.0f} images/s")
+    print(f"cpu_kernels native:        {native:,.0f} images/s")
+    print(f"ratio pinned / native: {pinned / native:.2f}x")
+
+
+def time_genpipe_alone(
+    params: Params, images: np.ndarray, device: torch.device, iters: int, warmup: int
+) -> None:
+    """genpipe's loop alone, in this process's CPU kernels (see --cpu-kernels)."""
+    genpipe = GenpipeLoop(params, images, device)
+    genpipe(warmup)
+    seconds = interleaved({"genpipe": genpipe}, iters, device, max(1, iters // 10))
+    images_per_iter = params.train.batch_size * params.gan.d_steps
+    rate = images_per_iter * iters / statistics.median(seconds["genpipe"])
+    print(f"capability: {torch.backends.cpu.get_cpu_capability()}")
+    print(f"genpipe images/s: {rate:.1f}")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.cpu_kernels == "compare":
+        compare_cpu_kernels(sys.argv[1:] if argv is None else argv)
+        return
     params = load_params(args.params)
+    if args.cpu_kernels:
+        runtime.pin_cpu_kernels(args.cpu_kernels)  # may re-execute this script
     overrides = {"batch_size": args.batch_size, "cpu_threads": args.threads}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     params = params.model_copy(update={"train": params.train.model_copy(update=overrides)})
@@ -372,6 +419,9 @@ def main(argv: list[str] | None = None) -> None:
     if len(images) < B:
         raise SystemExit(f"--batch-size: expected at most {len(images)} (the images); got {B}")
 
+    if args.cpu_kernels:
+        time_genpipe_alone(params, images, device, iters, warmup)
+        return
     # built first: train_gan's setup fixes the CPU threads (train.cpu_threads)
     genpipe = GenpipeLoop(params, images, device)
     baseline = BaselineLoop(params, images, labels, device, args.workers)

@@ -19,6 +19,7 @@ MODEL = "autoencoder"
 
 def main() -> None:
     params = load_params()
+    runtime.pin_cpu_kernels(params.cpu_kernels)  # may re-execute: before any work
     evaluate = params.evaluate
     # fail before the work, not after, when the tracking server is down
     run = RecordedRun(paths.run_record(MODEL)).open(missing_ok=True)

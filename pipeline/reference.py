@@ -11,6 +11,7 @@ from genpipe.stage import run_stage
 
 def main() -> None:
     params = load_params()
+    runtime.pin_cpu_kernels(params.cpu_kernels)  # may re-execute: before any work
     device = runtime.resolve_device(params.evaluate.device, key="evaluate.device")
     reference, net = build_reference(params, read_prepared(paths.PREPARED), device)
     with atomic_dir(paths.REFERENCE) as staging:

@@ -13,6 +13,7 @@ MODEL = "autoencoder"
 
 def main() -> None:
     params = load_params()
+    runtime.pin_cpu_kernels(params.cpu_kernels)  # may re-execute: before any work
     images, data_hash = training.load_train_split(paths.PREPARED)
     device = runtime.resolve_device(params.train.device)
     reports = paths.reports(MODEL)

@@ -24,9 +24,6 @@ from genpipe import codedeps, training
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = "src/genpipe"
 PARAMS_CHECK = "reports/params/check.json"
-# registry.py is becoming a package (registry/gate.py, registry/mlflow.py): until dvc.yaml
-# says so, the old spelling stands for the package
-RENAMED = {"src/genpipe/registry.py": "src/genpipe/registry"}
 # modules a stage's code loads by name (importlib), which no import statement shows:
 # register logs serving.py as the model, and serving.py loads genpipe.<model>.artifact
 LOADED_BY_NAME = {"register": ["genpipe.serving", "genpipe.{item}.artifact"]}
@@ -89,7 +86,6 @@ def imported(name: str) -> frozenset[str]:
 
 
 def covers(dep: str, path: str) -> bool:
-    dep = RENAMED.get(dep, dep)
     return path == dep or path.startswith(dep + "/")
 
 
@@ -243,6 +239,10 @@ def locked_copy(tmp_path_factory) -> Path:
         ("src/genpipe/resolution.py", MODEL_STAGES),
         # one model's network: that model's stages alone
         ("src/genpipe/gan/network.py", {"train@gan", "evaluate@gan", "register@gan"}),
+        # the loops' bookkeeping: training only (the new weights rerun the rest)
+        ("src/genpipe/training.py", {"train@gan", "train@autoencoder"}),
+        # the uint8 <-> float conversion: the reference's features too
+        ("src/genpipe/images.py", {"reference", *MODEL_STAGES}),
     ],
 )
 def test_editing_code_reruns_the_stages_that_import_it(locked_copy, edited, expected):

@@ -316,6 +316,7 @@ def test_pickled_objects_are_refused(tmp_path, capsys):
     assert "UnpicklingError" in text
     assert "print" in text  # names the refused global
     assert "weights_only=False" not in text  # quotes the reason, not torch's advice
+    assert "weights_only` set to `False`" not in text and "Re-running" not in text
     assert "unpickled!" not in capsys.readouterr().out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,7 +33,7 @@ TINY_TRAINING = {
     },
 }
 ALL_STAGES = [
-    "fetch", "validate", "reference", "train@gan", "train@autoencoder",
+    "params", "fetch", "validate", "reference", "train@gan", "train@autoencoder",
     "evaluate@gan", "evaluate@autoencoder", "register@gan", "register@autoencoder",
 ]  # fmt: skip
 
@@ -107,12 +108,13 @@ def test_repro_runs_once_then_nothing(project):
     run = client.get_run(json.loads((project / "models/gan/mlflow_run.json").read_text())["run_id"])
     assert run.data.metrics["eval/fid"] == pytest.approx(gan["fid"])
 
-    # one model's params rerun that model's training and evaluation alone
+    # one model's params rerun that model's training and evaluation alone (and the check of
+    # params.yaml, whose output is the same bytes, so it reruns nothing by itself)
     set_params(project, autoencoder={"latent_dim": 3})
     assert ran(sh("dvc", "repro", cwd=project)) == [
-        "train@autoencoder", "evaluate@autoencoder", "register@autoencoder"]  # fmt: skip
+        "params", "train@autoencoder", "evaluate@autoencoder", "register@autoencoder"]  # fmt: skip
     # editing the GAN's network reruns the GAN alone
-    with (project / "src/genpipe/models/gan.py").open("a") as f:
+    with (project / "src/genpipe/gan/network.py").open("a") as f:
         f.write("\n# an edit\n")
     assert ran(sh("dvc", "repro", cwd=project)) == ["train@gan", "evaluate@gan", "register@gan"]
     # the edit (a comment) retrained the GAN to the same weights: the same version
@@ -121,27 +123,64 @@ def test_repro_runs_once_then_nothing(project):
     # a GAN trained with another learning rate is a new version, champion or challenger by
     # its FID; the autoencoder is left alone
     set_params(project, gan={"lr_g": 5e-4})
-    assert ran(sh("dvc", "repro", cwd=project)) == ["train@gan", "evaluate@gan", "register@gan"]
+    assert ran(sh("dvc", "repro", cwd=project)) == [
+        "params", "train@gan", "evaluate@gan", "register@gan"]  # fmt: skip
     registered = json.loads((project / "reports/gan/registry.json").read_text())
     assert registered["version"] == 2 and registered["decision"] in ("champion", "challenger")
     # evaluate params rerun the reference, the evaluations and the registrations (which
     # read the reference), not the training
     set_params(project, evaluate={"kid_subsets": 6})
     assert sorted(ran(sh("dvc", "repro", cwd=project))) == [
-        "evaluate@autoencoder", "evaluate@gan", "reference", "register@autoencoder",
+        "evaluate@autoencoder", "evaluate@gan", "params", "reference", "register@autoencoder",
         "register@gan"]  # fmt: skip
     # shared training params rerun both models
     set_params(project, train={"batch_size": 8})
     assert sorted(ran(sh("dvc", "repro", cwd=project))) == [
-        "evaluate@autoencoder", "evaluate@gan", "register@autoencoder", "register@gan",
-        "train@autoencoder", "train@gan"]  # fmt: skip
+        "evaluate@autoencoder", "evaluate@gan", "params", "register@autoencoder",
+        "register@gan", "train@autoencoder", "train@gan"]  # fmt: skip
 
     # a validate threshold reruns validate, and failing it stops the pipeline before training
     set_params(project, validate={"min_images_per_split": 100_000})
     failed = sh("dvc", "repro", cwd=project, check=False)
     assert failed.returncode != 0
-    assert ran(failed) == ["validate"]
+    assert ran(failed) == ["params", "validate"]
     assert "FAILED splits.min_images" in failed.stderr
+
+
+def snapshot(path: Path) -> dict[str, tuple[bytes, int]]:
+    """Each file under `path` (or `path` itself): its bytes and modification time."""
+    files = sorted(path.rglob("*")) if path.is_dir() else [path]
+    return {str(f): (f.read_bytes(), f.stat().st_mtime_ns) for f in files if f.is_file()}
+
+
+def test_a_typo_in_params_fails_before_any_stage_touches_an_output(project):
+    assert ran(sh("dvc", "repro", cwd=project)) == ALL_STAGES
+    kept = ["data/prepared", "models/gan/weights", "reports/gan/metrics.json",
+            "models/autoencoder/weights", "reports/autoencoder/metrics.json"]  # fmt: skip
+    before = {name: snapshot(project / name) for name in kept}
+    valid = (project / "params.yaml").read_text()
+
+    # a hand edit no stage declares, so DVC alone would never notice it: the params stage
+    # reads the whole file and stops the run there
+    typo = re.sub(r"^data:\n", "data:\n  sourse: mnist\n", valid, count=1, flags=re.M)
+    assert typo != valid
+    (project / "params.yaml").write_text(typo)
+    failed = sh("dvc", "repro", cwd=project, check=False)
+    assert failed.returncode != 0
+    assert ran(failed) == ["params"]
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: data.sourse: unknown key"), (
+        failed.stderr
+    )
+    assert {name: snapshot(project / name) for name in kept} == before
+
+    # the same file with a valid one-model change: that model's stages and the check alone
+    (project / "params.yaml").write_text(valid)
+    set_params(project, gan={"z_dim": 4})
+    assert ran(sh("dvc", "repro", cwd=project)) == [
+        "params", "train@gan", "evaluate@gan", "register@gan"]  # fmt: skip
+    assert ran(sh("dvc", "repro", cwd=project)) == []
+    assert snapshot(project / "models/autoencoder/weights") == before["models/autoencoder/weights"]
 
 
 def test_repro_on_a_folder_of_rgb_pngs_of_assorted_sizes(project, tmp_path):
@@ -164,7 +203,7 @@ def test_repro_on_a_folder_of_rgb_pngs_of_assorted_sizes(project, tmp_path):
     # new images in the folder rerun the pipeline; nothing else does
     assert ran(sh("dvc", "repro", cwd=project)) == []
     write_png(images / "apple" / "new.png", (20, 20), seed=5)
-    assert ran(sh("dvc", "repro", cwd=project)) == ALL_STAGES
+    assert ran(sh("dvc", "repro", cwd=project)) == ALL_STAGES[1:]  # params.yaml is as it was
     # and so does a data param: another split is other data for every stage after fetch
     before = json.loads((project / "data/prepared/info.json").read_text())["counts"]
     set_params(project, data={"test_fraction": 0.3})

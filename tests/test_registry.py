@@ -236,8 +236,15 @@ def test_rebuild_from_dvc_outputs_when_the_run_is_not_on_the_server(server, tmp_
 
     outputs = gan_outputs(tmp_path, server, fid=1.0, run=False)
     result = do_register(outputs, server, "t4")
-    run = MlflowClient(server).get_run(result["run_id"])
+    client = MlflowClient(server)
+    run = client.get_run(result["run_id"])
     assert run.data.tags[registry.TAG_SOURCE_RUN] == "f" * 32
+    # where, and tagged as, the train stage would have put it
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.name == "exp-gan"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert run.data.tags["genpipe.model"] == "gan" and run.data.tags["data.hash"] == "data-hash"
+    assert run.data.tags["mlflow.source.type"] == "LOCAL"
     assert run.data.metrics["eval/fid"] == 1.0 and run.data.metrics["loss_d"] == 1.1
     assert run.data.params["seed"] == "0"
     # a second register finds the rebuilt run instead of rebuilding it
@@ -323,7 +330,7 @@ def test_mlflow_ui_lists_the_runs(server, tmp_path, monkeypatch):
         evaluation = RecordedRun(outputs.record, uri=server).open()  # as evaluate@gan logs
         evaluation.log({"fid": 1.0 + i}, [], "eval/")
         run_ids.append(do_register(outputs, server, "t10")["run_id"])
-    experiment = MlflowClient(server).get_experiment_by_name("exp").experiment_id
+    experiment = MlflowClient(server).get_experiment_by_name("exp-gan").experiment_id
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium

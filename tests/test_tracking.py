@@ -14,6 +14,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
 from genpipe import tracking
 from genpipe.tracking import TrackingError, TrainingRun
@@ -76,7 +77,11 @@ def _closed_port() -> int:
 def _training_run(record: Path, **kwargs) -> TrainingRun:
     kwargs.setdefault("model", "gan")
     return TrainingRun(
-        params=PARAMS, data_hash="d" * 40, experiment="genpipe", record_path=record, **kwargs
+        params=PARAMS,
+        data_hash="d" * 40,
+        experiment_prefix="genpipe",
+        record_path=record,
+        **kwargs,
     )
 
 
@@ -95,7 +100,10 @@ def test_run_is_logged_to_sqlite(store, tmp_path):
     logged = client.get_run(run.run_id)
     assert logged.info.status == "FINISHED"
     assert logged.info.run_name == run.run_name == f"gan-{sha[:7]}"
-    assert client.get_experiment(logged.info.experiment_id).name == "genpipe"
+    experiment = client.get_experiment(logged.info.experiment_id)
+    assert experiment.name == run.experiment == "genpipe-gan"
+    # MLflow's UI shows it as model training (runs, charts), not as a GenAI experiment
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert logged.data.params == {
         "seed": "0",
         "models": "['gan', 'autoencoder']",
@@ -176,21 +184,127 @@ def test_log_metrics_is_cheap_and_complete(store, tmp_path):
 
 
 def test_failed_metric_upload_stops_training(store, tmp_path, monkeypatch):
-    monkeypatch.setattr(tracking, "FLUSH_SECONDS", 0.0)  # send on every call
+    monkeypatch.setattr(tracking, "FLUSH_SECONDS", 0.0)  # hand over on every call
+    log_batch = SqlAlchemyStore.log_batch
 
-    def refuse(*args, **kwargs):
-        raise MlflowException("database is locked")
+    def refuse_metrics(self, run_id, metrics=(), params=(), tags=()):
+        if metrics:
+            raise MlflowException("database is locked")
+        log_batch(self, run_id, metrics, params, tags)
 
+    # on the class, before the run's store exists: MLflow's async logging worker calls the
+    # store's log_batch as it was when the store was made
+    monkeypatch.setattr(SqlAlchemyStore, "log_batch", refuse_metrics)
     steps = []
-    with pytest.raises(TrackingError, match="could not log metrics.*database is locked"):  # noqa: SIM117
+    with pytest.raises(TrackingError) as excinfo:  # noqa: SIM117
         with _training_run(tmp_path / "run.json") as run:
-            monkeypatch.setattr(run._client, "log_batch", refuse)
             for step in range(300):
                 run.log_metrics({"loss_g": 1.0}, step)
                 steps.append(step)
                 time.sleep(0.01)
-    assert len(steps) < 50  # raised from log_metrics soon after the send failed, not at exit
+    message = str(excinfo.value)
+    assert message.startswith(f"MLflow tracking store {store}: could not log metrics to run ")
+    assert "database is locked" in message
+    assert "\n" not in message
+    assert len(steps) < 50  # raised from log_metrics soon after the write failed, not at exit
     assert MlflowClient(store).get_run(run.run_id).info.status == "FAILED"
+
+
+def test_failed_last_upload_fails_the_stage(store, tmp_path, monkeypatch):
+    """Metrics still buffered at the end: __exit__ waits for MLflow's async write, and its
+    failure is the stage's (a one-line TrackingError), the run FAILED."""
+    log_batch = SqlAlchemyStore.log_batch
+
+    def refuse_metrics(self, run_id, metrics=(), params=(), tags=()):
+        if metrics:
+            raise MlflowException("disk I/O error")
+        log_batch(self, run_id, metrics, params, tags)
+
+    monkeypatch.setattr(SqlAlchemyStore, "log_batch", refuse_metrics)
+    with pytest.raises(TrackingError, match=r"could not log metrics .*disk I/O error"):  # noqa: SIM117
+        with _training_run(tmp_path / "run.json") as run:
+            run.log_metrics({"loss_g": 1.0}, 0)
+    assert MlflowClient(store).get_run(run.run_id).info.status == "FAILED"
+
+
+def test_each_model_has_its_own_experiment(store, tmp_path):
+    assert tracking.experiment_name("genpipe", "gan") == "genpipe-gan"
+    runs = {}
+    for model in ("gan", "autoencoder"):
+        with _training_run(tmp_path / f"{model}.json", model=model) as run:
+            run.log_metrics({"fid": 1.0}, 0)
+        runs[model] = run
+
+    client = MlflowClient(store)
+    experiments = {
+        model: client.get_experiment(client.get_run(run.run_id).info.experiment_id)
+        for model, run in runs.items()
+    }
+    assert experiments["gan"].name == "genpipe-gan"
+    assert experiments["autoencoder"].name == "genpipe-autoencoder"
+    for experiment in experiments.values():
+        assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert [r.info.run_name for r in client.search_runs([experiments["gan"].experiment_id])] == [
+        runs["gan"].run_name
+    ]
+
+
+def test_existing_experiment_gets_the_kind_tag(store):
+    client = MlflowClient(store)
+    made_by_hand = client.create_experiment("genpipe-gan")  # as genpipe before the tag
+    assert "mlflow.experimentKind" not in client.get_experiment(made_by_hand).tags
+
+    assert tracking.get_or_create_experiment(client, "genpipe-gan") == made_by_hand
+    tags = client.get_experiment(made_by_hand).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+
+    # a kind someone chose is kept
+    client.set_experiment_tag(made_by_hand, "mlflow.experimentKind", "finetuning")
+    assert tracking.get_or_create_experiment(client, "genpipe-gan") == made_by_hand
+    assert client.get_experiment(made_by_hand).tags["mlflow.experimentKind"] == "finetuning"
+
+
+def test_deleted_experiment_is_a_one_line_error(store, tmp_path):
+    client = MlflowClient(store)
+    client.delete_experiment(client.create_experiment("genpipe-gan"))
+    with pytest.raises(TrackingError) as excinfo, _training_run(tmp_path / "run.json"):
+        pytest.fail("training ran into a deleted experiment")
+    message = str(excinfo.value)
+    assert "MLflow experiment 'genpipe-gan' in " in message
+    assert "is deleted; restore it (mlflow experiments restore --experiment-id " in message
+    assert "\n" not in message
+
+
+def test_params_are_logged_in_batches(store):
+    """More params than MLflow takes in one batch (100)."""
+    client = MlflowClient(store)
+    run_id = client.create_run(tracking.get_or_create_experiment(client, "p")).info.run_id
+    params = {"grid": {f"p{i:03d}": i for i in range(250)}, "seed": 0}
+
+    tracking.log_params(client, run_id, params)
+
+    logged = client.get_run(run_id).data.params
+    assert logged == {**{f"grid.p{i:03d}": str(i) for i in range(250)}, "seed": "0"}
+
+
+def test_run_tags():
+    git = {"commit": "a" * 40, "short": "a" * 7, "dirty": "false"}
+    tags = tracking.run_tags("autoencoder", "d" * 40, git)
+    assert tags["genpipe.model"] == "autoencoder"
+    assert tags["git.commit"] == tags["mlflow.source.git.commit"] == "a" * 40
+    assert tags["git.dirty"] == "false"
+    assert tags["data.hash"] == "d" * 40
+    unknown = tracking.run_tags("gan", "h", {"commit": "unknown", "short": "nogit",
+                                             "dirty": "unknown"})  # fmt: skip
+    assert "mlflow.source.git.commit" not in unknown
+
+
+def test_flatten():
+    tree = {"a": {"b": 1, "c": {"d": None}}, "e": {}, "f": [1, 2], "g": "x"}
+    assert tracking.flatten(tree) == {"a.b": 1, "a.c.d": None, "e": {}, "f": [1, 2], "g": "x"}
+    assert tracking.flatten({}) == {}
+    metrics = {"fid": 12, "per_class": {"0": 1.5, "note": "n/a", "ok": True}, "empty": {}}
+    assert tracking.flatten_metrics(metrics) == {"fid": 12.0, "per_class.0": 1.5}
 
 
 def test_flatten_params():
@@ -266,7 +380,7 @@ def test_server_health(http_server):
         ("sqlite:/mlflow.db", "is malformed; expected sqlite:///relative/path.db"),
         ("http://", "is malformed; expected http(s)://host"),
         ("http://host:port", "is malformed"),
-        ("foo://bar", "could not start a run in experiment 'genpipe'"),
+        ("foo://bar", "could not start a run in experiment 'genpipe-gan'"),
     ],
 )
 def test_bad_uri_is_a_one_line_error(store, tmp_path, uri, fragment):

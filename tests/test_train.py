@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -100,6 +102,55 @@ def test_train_log_rows(tmp_path):
     assert set(rows[0]) == {"step", "epoch", "loss_d", "loss_g", "images_per_s"}
     assert float(rows[-1]["epoch"]) == pytest.approx(12 * 16 / 64)
     assert all(float(r["images_per_s"]) > 0 for r in rows)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("model", ["gan", "autoencoder"])
+def test_without_a_tty_training_logs_a_line_per_log_every_steps(tmp_path, monkeypatch, caplog,
+                                                                model):  # fmt: skip
+    """As under `dvc repro` piped by `genpipe ci-retrain`: no bar, a line per row."""
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal
+    with caplog.at_level("INFO", logger="genpipe"):
+        (run_gan if model == "gan" else run_ae)(tiny_params(), tmp_path)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train ")]
+    names = ("loss_d", "loss_g") if model == "gan" else ("loss", "mse")
+    losses = ", ".join(rf"{name} -?[0-9.]+(e[-+]\d+)?" for name in names)  # .4g
+    for line, step in zip(lines, (4, 8, 12), strict=True):
+        assert re.fullmatch(rf"train {model}: step {step}/12, {losses}, [0-9,.]+ img/s, "
+                            r"(ETA (\d+m)?\d+s|done in \d+s)", line), line  # fmt: skip
+    assert "ETA" in lines[0] and "done in" in lines[-1]
+    assert sys.stderr.getvalue() == ""  # no bar
+
+
+def test_on_a_tty_training_shows_a_bar_and_logs_no_lines(tmp_path, monkeypatch, caplog):
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with caplog.at_level("INFO", logger="genpipe"):
+        run_gan(tiny_params(), tmp_path)
+    assert not [r for r in caplog.records if r.getMessage().startswith("train gan")]
+    assert "train gan: 100%" in terminal.getvalue() and "loss_d=" in terminal.getvalue()
+
+
+def test_resumed_run_logs_from_where_it_resumes(tmp_path, monkeypatch, caplog):
+    run_gan(tiny_params(gan={"steps": 8}), tmp_path)
+    state = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+    identity = training.run_identity("gan", tiny_params().model_dump(mode="json", by_alias=True),
+                                     "data-hash")  # fmt: skip
+    state.update(finished=False, identity=json.dumps(identity, sort_keys=True))
+    torch.save(state, tmp_path / "run" / "ckpt.pt")
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    caplog.clear()  # the first run's lines, when an earlier test left the logger at INFO
+    with caplog.at_level("INFO", logger="genpipe"):
+        run_gan(tiny_params(), tmp_path)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.endswith("at step 8 of 12") and m.startswith("resuming from") for m in messages)
+    assert [m.split(",")[0] for m in messages if m.startswith("train gan")] == [
+        "train gan: step 12/12"
+    ]
 
 
 # --- checkpoints ----------------------------------------------------------------------------

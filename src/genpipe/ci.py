@@ -38,11 +38,19 @@ class Retrain:
     report: str = ""  # Markdown
 
 
-def dvc(*args: str, cwd: Path, capture: bool = True) -> subprocess.CompletedProcess:
-    """dvc from this environment, with this environment's `python` first on PATH (the
-    stages' commands call `python`)."""
+def dvc_env() -> dict[str, str]:
+    """The environment dvc runs in: this environment's `python` first on PATH (the stages'
+    commands call `python`), and unbuffered Python output: in a pipe, Python buffers stdout
+    and stderr in blocks, so the stages' logs (training's line per log_every steps) would
+    reach the job's log in bursts, or only at the end of a stage."""
     bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    path = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": path, "PYTHONUNBUFFERED": "1"}
+
+
+def dvc(*args: str, cwd: Path, capture: bool = True) -> subprocess.CompletedProcess:
+    """dvc from this environment (dvc_env)."""
+    env = dvc_env()
     command = [sys.executable, "-m", "dvc", *args]
     if capture:
         return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
@@ -53,6 +61,7 @@ def dvc(*args: str, cwd: Path, capture: bool = True) -> subprocess.CompletedProc
     assert proc.stdout is not None
     for line in proc.stdout:
         sys.stdout.write(line)
+        sys.stdout.flush()  # line by line, as it happens, even when our stdout is a pipe
         lines.append(line)
     proc.wait()
     return subprocess.CompletedProcess(command, proc.returncode, "".join(lines), "")

@@ -81,7 +81,8 @@ class TrainParams(Section):
     batch_size: int = Field(128, ge=1)
     checkpoint_every: int = Field(500, ge=1)  # steps between checkpoints
     log_every: int = Field(50, ge=1)  # steps between logged metrics
-    experiment: str = Field("genpipe", min_length=1)  # MLflow experiment name
+    # prefix of the MLflow experiments, one a model: <experiment>-<model> (genpipe-gan)
+    experiment: str = Field("genpipe", min_length=1)
 
 
 class GanParams(Section):
@@ -155,6 +156,9 @@ MODELS = ("gan", "autoencoder")
 
 class Params(Section):
     seed: int = Field(0, ge=0)
+    # avx2: the CPU kernels pinned to one ISA, so any x86-64 machine with AVX2 gives the same
+    # bits (runtime.pin_cpu_kernels); native: fastest here, bits tied to the CPU model
+    cpu_kernels: Literal["avx2", "native"] = "avx2"
     models: list[Literal["gan", "autoencoder"]] = list(MODELS)
     data: DataParams = DataParams()
     # `validate` would shadow BaseModel.validate, hence the alias.

@@ -1,7 +1,8 @@
-"""The networks: gan.py (DCGAN generator and discriminator) and autoencoder.py (conv AE/VAE).
+"""The resolution plan both networks follow (gan/network.py, autoencoder/network.py).
 
-Only what both share lives here, so a stage that depends on one model's module and
-this file never reruns when the other model changes.
+It shapes both models, so it is a module of its own: editing it reruns both models'
+stages and changes both checkpoints' code identity; editing one model's package reruns
+only that model's.
 """
 
 from __future__ import annotations

@@ -1,14 +1,81 @@
-"""Where and how the tensors run: the device (resolved once, then passed down), the autocast
-precision, the memory format, and the one seed with its explicit generators."""
+"""Where and how the tensors run: the CPU kernels (pinned to one ISA), the device (resolved
+once, then passed down), the autocast precision, the memory format, and the one seed with
+its explicit generators."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import platform
+import sys
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from genpipe.errors import TrainingError
+
+log = logging.getLogger("genpipe")
+
+# The environment that pins every CPU kernel library to AVX2 code, so any x86-64 machine
+# with AVX2 gives the same bits. Each is read once, when its library first dispatches, so
+# pin_cpu_kernels sets them and re-executes the process. Each was seen to change bits on an
+# AVX-512 machine (AMD EPYC, torch 2.13, numpy 2.4):
+CPU_KERNEL_PIN = {
+    # ATen's vectorised kernels (elementwise ops, reductions, BatchNorm, Adam)
+    "ATEN_CPU_CAPABILITY": "avx2",
+    # oneDNN: the convolutions
+    "DNNL_MAX_CPU_ISA": "AVX2",
+    # MKL's sgemm: Linear layers (autoencoder, domain network). Its AVX2 branch is honoured
+    # on Intel CPUs only ("on non-Intel CPUs the AUTO branch is used"); COMPATIBLE is one
+    # code path on every vendor, and cost no measurable time in autoencoder training
+    "MKL_CBWR": "COMPATIBLE",
+    # numpy's OpenBLAS (scipy-openblas, DYNAMIC_ARCH): covariances, eigh in FID, PCA
+    "OPENBLAS_CORETYPE": "Haswell",
+    # numpy's own AVX-512 loops (exp, log, log10, power): numpy 2.3+ names, then older ones
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR AVX512F AVX512CD AVX512_SKX "
+    "AVX512_CLX AVX512_CNL",
+}
+
+
+def pin_cpu_kernels(mode: str) -> None:
+    """cpu_kernels 'avx2': unless the environment already carries CPU_KERNEL_PIN, set it
+    (over what the caller set) and re-execute this process, which then pins itself before
+    any library dispatches; call it before any work. 'native' leaves the environment alone.
+    Without AVX2 (another architecture, an old CPU) it logs and goes on unpinned."""
+    if mode == "native":
+        log.info("CPU kernels native (torch: %s): bits tied to this CPU model", _capability())
+        return
+    if any(os.environ.get(k) != v for k, v in CPU_KERNEL_PIN.items()):
+        reason = _no_avx2()
+        if reason:
+            log.info("CPU kernels not pinned: %s (torch: %s)", reason, _capability())
+            return
+        os.environ.update(CPU_KERNEL_PIN)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # orig_argv keeps `-m module` and interpreter options
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    log.info("CPU kernels pinned to AVX2 (torch: %s)", _capability())
+
+
+def _capability() -> str:
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def _no_avx2() -> str | None:
+    """Why the AVX2 pin cannot apply here, or None when it can."""
+    machine = platform.machine().lower()
+    if machine not in ("x86_64", "amd64"):
+        return f"{machine} is not x86-64"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "no /proc/cpuinfo to find AVX2 in"
+    if " avx2" not in flags:
+        return "this CPU has no AVX2"
+    return None
 
 
 def resolve_device(name: str, key: str = "train.device") -> torch.device:

@@ -1,5 +1,6 @@
 """The bookkeeping the training loops share: on-device batches, the CUDA-graph step,
-checkpoints (restore, snapshot, identity), the non-finite-loss guard and the training log.
+checkpoints (identity, restore, snapshot), the non-finite-loss guard and the training log
+(its rows, the tracking run, the progress shown).
 
 Each loop is written out in its model's package (gan/train.py, autoencoder/train.py).
 """
@@ -11,8 +12,8 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from genpipe.data.canonical import prepared_sha256, read_prepared
 from genpipe.errors import TrainingError, exception_text
 from genpipe.fileio import atomic_path
 from genpipe.images import to_float
+from genpipe.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +187,41 @@ def _diff(a: Any, b: Any, prefix: str = "") -> Iterator[str]:
         yield prefix.rstrip(".") or "identity"
 
 
+class Checkpoint:
+    """A run's one checkpoint file: at `path`, for the run `identity`, holding `states`
+    (modules, optimizers and scalers by name), the global RNG's and `generators`' states,
+    the step and the training log's rows. `steps` is the run's length: a checkpoint at it
+    is a finished run's."""
+
+    def __init__(self, path: Path, identity: dict[str, Any], steps: int, states: dict[str, Any],
+                 generators: tuple[torch.Generator, ...]):  # fmt: skip
+        self.path, self.identity, self.steps = path, identity, steps
+        self.states, self.generators = states, generators
+
+    def restore(self, run: Any = None) -> tuple[int, list[dict[str, float]]]:
+        """Load this very run's checkpoint into the states and generators; return the step
+        to go on from and the log rows so far, (0, []) to start afresh. The rows are sent
+        to `run` (a tracking.TrainingRun, or None): a new run gets the whole curve."""
+        state = load_checkpoint(self.path, self.identity)
+        if state is None:
+            return 0, []
+        for name, obj in self.states.items():
+            obj.load_state_dict(state[name])
+        set_rng_states(state["rng"], *self.generators)
+        log.info("resuming from %s at step %d of %d", self.path, state["step"], self.steps)
+        for row in state["log"] if run is not None else []:
+            send_row(run, row)
+        return state["step"], state["log"]
+
+    def snapshot(self, step: int, rows: list[dict[str, float]]) -> None:
+        save_checkpoint(self.path, {
+            "identity": json.dumps(self.identity, sort_keys=True), "step": step,
+            "finished": step == self.steps,
+            **{name: obj.state_dict() for name, obj in self.states.items()},
+            "rng": rng_states(*self.generators), "log": rows,
+        })  # fmt: skip
+
+
 def rng_states(*generators: torch.Generator) -> list[torch.Tensor]:
     return [torch.get_rng_state(), *(g.get_state() for g in generators)]
 
@@ -232,11 +269,27 @@ class LossMonitor:
         return dict(zip(self.names, values.mean(0).tolist(), strict=True))
 
 
-@dataclass
 class TrainLog:
-    """Rows of reports/<model>/train_log.csv; kept in the checkpoint so a resume continues it."""
+    """The training curve, one row per train.log_every steps: kept in the checkpoint (a
+    resume continues it), sent to the tracking run, written to reports/<model>/train_log.csv
+    and shown by `progress` (a bar's postfix on a terminal, a log line elsewhere)."""
 
-    rows: list[dict[str, float]]
+    def __init__(self, rows: list[dict[str, float]], run: Any, progress: Progress):
+        self.rows, self.run, self.progress = rows, run, progress
+        # the interval the next row's throughput is measured over
+        self.tick, self.tick_step = time.perf_counter(), progress.done
+
+    def add(self, step: int, epoch: float, losses: dict[str, float], images_per_step: int) -> None:
+        """The row for the interval ending at `step`: its mean `losses` and images/s."""
+        now = time.perf_counter()
+        images_per_s = (step - self.tick_step) * images_per_step / (now - self.tick)
+        self.tick, self.tick_step = now, step
+        row = {"step": step, "epoch": round(epoch, 4), **losses,
+               "images_per_s": round(images_per_s, 1)}  # fmt: skip
+        self.rows.append(row)
+        if self.run is not None:
+            send_row(self.run, row)
+        self.progress.report(losses, images_per_s)
 
     def write(self, path: Path) -> None:
         if not self.rows:
@@ -245,6 +298,11 @@ class TrainLog:
             writer = csv.DictWriter(f, fieldnames=list(self.rows[0]))
             writer.writeheader()
             writer.writerows(self.rows)
+
+
+def send_row(run: Any, row: dict[str, float]) -> None:
+    """A log row to the tracking run, at its step."""
+    run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=row["step"])
 
 
 # --- outputs ------------------------------------------------------------------------------

@@ -246,19 +246,8 @@ def run_expectations(
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     import great_expectations as gx
-    from great_expectations.data_context.types.base import (
-        DataContextConfig,
-        InMemoryStoreBackendDefaults,
-        ProgressBarsConfig,
-    )
 
-    config = DataContextConfig(
-        # no throw-away docs site in /tmp: the only site is the one added below
-        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
-        progress_bars=ProgressBarsConfig(globally=False),
-        analytics_enabled=False,
-    )
-    context = gx.get_context(mode="ephemeral", project_config=config)
+    context = _ephemeral_context()
     staging = None
     if docs_dir is not None:
         Path(docs_dir).parent.mkdir(parents=True, exist_ok=True)
@@ -275,47 +264,18 @@ def run_expectations(
             },
         )
     source = context.data_sources.add_pandas("genpipe")
-    definitions = []
-    for table, entries in suites.items():
-        batch = source.add_dataframe_asset(table).add_batch_definition_whole_dataframe(table)
-        suite = context.suites.add(gx.ExpectationSuite(name=table))
-        for check_id, expectation in entries:
-            expectation.meta = {"check": check_id}
-            suite.add_expectation(expectation)
-        definitions.append(
-            context.validation_definitions.add(
-                gx.ValidationDefinition(data=batch, suite=suite, name=table)
-            )
-        )
-
     results: dict[str, Check] = {}
     try:
-        for definition, table in zip(definitions, suites, strict=True):
-            actions = [gx.checkpoint.UpdateDataDocsAction(name="docs")] if staging else []
-            checkpoint = context.checkpoints.add(
-                gx.Checkpoint(
-                    name=f"genpipe-{table}",
-                    validation_definitions=[definition],
-                    actions=actions,
-                    # failures name the rows by their key (image index, split, sha1)
-                    result_format={
-                        "result_format": "SUMMARY",
-                        "unexpected_index_column_names": [ROW_KEYS[table]],
-                    },
-                )
+        for table, entries in suites.items():
+            batch = source.add_dataframe_asset(table).add_batch_definition_whole_dataframe(table)
+            suite = context.suites.add(gx.ExpectationSuite(name=table))
+            for check_id, expectation in entries:
+                expectation.meta = {"check": check_id}
+                suite.add_expectation(expectation)
+            definition = context.validation_definitions.add(
+                gx.ValidationDefinition(data=batch, suite=suite, name=table)
             )
-            frame = tables[table]
-            # pandas >= 3 reads strings as its `str` dtype, which GX's type checks do not know
-            frame = frame.astype(
-                {c: object for c in frame if pd.api.types.is_string_dtype(frame[c])}
-            )
-            outcome = checkpoint.run(batch_parameters={"dataframe": frame})
-            for run in outcome.run_results.values():
-                for result in run.results:
-                    check_id = result.expectation_config.meta["check"]
-                    results[check_id] = Check(
-                        check_id, bool(result.success), _describe(result, table)
-                    )
+            results.update(_run_checkpoint(context, definition, table, tables[table], staging))
         if staging is not None:
             replace_dir(staging, Path(docs_dir))
     finally:
@@ -323,6 +283,56 @@ def run_expectations(
             shutil.rmtree(staging, ignore_errors=True)
     # in suite order, so the summary reads the same every time
     return [results[check_id] for entries in suites.values() for check_id, _ in entries]
+
+
+def _ephemeral_context() -> Any:
+    """A GX context in memory: no project directory, no analytics, no progress bars."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    config = DataContextConfig(
+        # no throw-away docs site in /tmp: the only site is the one the caller adds
+        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+        progress_bars=ProgressBarsConfig(globally=False),
+        analytics_enabled=False,
+    )
+    return gx.get_context(mode="ephemeral", project_config=config)
+
+
+def _run_checkpoint(
+    context: Any, definition: Any, table: str, frame: pd.DataFrame, staging: Path | None
+) -> dict[str, Check]:
+    """Run one table's validation (building its Data Docs into `staging`); check id -> Check."""
+    import great_expectations as gx
+
+    actions = [gx.checkpoint.UpdateDataDocsAction(name="docs")] if staging else []
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(
+            name=f"genpipe-{table}",
+            validation_definitions=[definition],
+            actions=actions,
+            # failures name the rows by their key (image index, split, sha1)
+            result_format={
+                "result_format": "SUMMARY",
+                "unexpected_index_column_names": [ROW_KEYS[table]],
+            },
+        )
+    )
+    # pandas >= 3 reads strings as its `str` dtype, which GX's type checks do not know
+    frame = frame.astype({c: object for c in frame if pd.api.types.is_string_dtype(frame[c])})
+    outcome = checkpoint.run(batch_parameters={"dataframe": frame})
+    return {
+        result.expectation_config.meta["check"]: Check(
+            result.expectation_config.meta["check"], bool(result.success),
+            _describe(result, table),
+        )
+        for run in outcome.run_results.values()
+        for result in run.results
+    }  # fmt: skip
 
 
 def _describe(result: Any, table: str) -> str:

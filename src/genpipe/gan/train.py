@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
-import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +13,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from tqdm import tqdm
 
 from genpipe import runtime, training
 from genpipe.gan.network import (
@@ -31,8 +27,7 @@ from genpipe.gan.network import (
 )
 from genpipe.images import image_grid, to_uint8
 from genpipe.params import GanParams, Params
-
-log = logging.getLogger("genpipe.train.gan")
+from genpipe.progress import Progress
 
 GRID_SAMPLES = 64  # an 8 x 8 grid from fixed noise
 
@@ -182,82 +177,47 @@ def train_gan(
     log_path: Path,
     run: Any = None,  # a tracking.TrainingRun, or None
 ) -> GanResult:
+    """params.gan.steps steps on `images`, resumed from `checkpoint` when it holds this very
+    run; the curve goes to `log_path`, `run` and the progress shown."""
     cfg, train = params.gan, params.train
     _, channels, size, _ = images.shape
     gan = build_gan(params, channels, size, device)
-    netG, netD, ema = gan.netG, gan.netD, gan.ema
-    optG, optD, scalerG, scalerD = gan.optG, gan.optD, gan.scalerG, gan.scalerD
-
     data = training.DeviceImages(images, device, train.compile)
     batches = runtime.make_generator(device, params.seed + 1)  # which images
     noise = runtime.make_generator(device, params.seed + 2)  # z and GP interpolation
-    flat = params.model_dump(mode="json", by_alias=True)
-    identity = training.run_identity("gan", flat, data_hash)
-    trainlog = training.TrainLog(rows=[])
-    start = 0
-    state = training.load_checkpoint(checkpoint, identity)
-    if state is not None:
-        netG.load_state_dict(state["netG"])
-        netD.load_state_dict(state["netD"])
-        ema.load_state_dict(state["ema"])
-        optG.load_state_dict(state["optG"])
-        optD.load_state_dict(state["optD"])
-        scalerG.load_state_dict(state["scalerG"])
-        scalerD.load_state_dict(state["scalerD"])
-        training.set_rng_states(state["rng"], batches, noise)
-        trainlog.rows = state["log"]
-        start = state["step"]
-        log.info("resuming from %s at step %d of %d", checkpoint, start, cfg.steps)
-        for row in trainlog.rows if run is not None else []:  # this run gets the whole curve
-            run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=row["step"])
-
-    def save(step: int) -> None:
-        training.save_checkpoint(checkpoint, {
-            "identity": json.dumps(identity, sort_keys=True), "step": step,
-            "finished": step == cfg.steps,
-            "netG": netG.state_dict(), "netD": netD.state_dict(), "ema": ema.state_dict(),
-            "optG": optG.state_dict(), "optD": optD.state_dict(),
-            "scalerG": scalerG.state_dict(), "scalerD": scalerD.state_dict(),
-            "rng": training.rng_states(batches, noise), "log": trainlog.rows,
-        })  # fmt: skip
+    identity = training.run_identity("gan", params.model_dump(mode="json", by_alias=True),
+                                     data_hash)  # fmt: skip
+    states = {"netG": gan.netG, "netD": gan.netD, "ema": gan.ema, "optG": gan.optG,
+              "optD": gan.optD, "scalerG": gan.scalerG, "scalerD": gan.scalerD}  # fmt: skip
+    ckpt = training.Checkpoint(checkpoint, identity, cfg.steps, states, (batches, noise))
+    start, rows = ckpt.restore(run)
 
     B = train.batch_size
     monitor = training.LossMonitor(("loss_d", "loss_g"))
-    bar = tqdm(total=cfg.steps, initial=start, desc="train gan", unit="step", disable=None)
-    tick, tick_step = time.perf_counter(), start
-    netG.train()
-    netD.train()
+    gan.netG.train()
+    gan.netD.train()
     step_fn = make_step(gan, data, batches, noise)
-    for step in range(start + 1, cfg.steps + 1):
-        loss_d, loss_g = step_fn(step)
-        monitor.add(step, loss_d, loss_g)
-
-        if step % train.log_every == 0 or step == cfg.steps:
-            losses = monitor.drain()  # raises at a non-finite loss
-            now = time.perf_counter()
-            images_per_s = (step - tick_step) * B * cfg.d_steps / (now - tick)  # real images
-            tick, tick_step = now, step
-            row = {"step": step, "epoch": round(step * B / len(data), 4), **losses,
-                   "images_per_s": round(images_per_s, 1)}  # fmt: skip
-            trainlog.rows.append(row)
-            if run is not None:
-                run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
-            bar.set_postfix(loss_d=f"{losses['loss_d']:.3f}", loss_g=f"{losses['loss_g']:.3f}",
-                            img_s=f"{images_per_s:.0f}")  # fmt: skip
-        if step % train.checkpoint_every == 0 or step == cfg.steps:
-            monitor.check()  # never checkpoint weights that saw a non-finite loss
-            save(step)
-            trainlog.write(log_path)
-        bar.update(1)
-    bar.close()
+    with Progress("train gan", cfg.steps, start) as progress:
+        trainlog = training.TrainLog(rows, run, progress)
+        for step in range(start + 1, cfg.steps + 1):
+            loss_d, loss_g = step_fn(step)  # gan_step: (1) update D, (2) update G, (3) EMA
+            monitor.add(step, loss_d, loss_g)
+            progress.update()
+            if step % train.log_every == 0 or step == cfg.steps:
+                # drain raises at a non-finite loss; D sees B * d_steps real images a step
+                trainlog.add(step, step * B / len(data), monitor.drain(), B * cfg.d_steps)
+            if step % train.checkpoint_every == 0 or step == cfg.steps:
+                monitor.check()  # never checkpoint weights that saw a non-finite loss
+                ckpt.snapshot(step, trainlog.rows)
+                trainlog.write(log_path)
     trainlog.write(log_path)
 
     config = {
         "model": "gan", "image_size": size, "channels": channels, "loss": cfg.loss,
-        "generator": runtime.unwrap(netG).config(),
-        "discriminator": runtime.unwrap(netD).config(),
+        "generator": runtime.unwrap(gan.netG).config(),
+        "discriminator": runtime.unwrap(gan.netD).config(),
     }  # fmt: skip
-    return GanResult(netG=netG, netD=netD, ema=ema, config=config)
+    return GanResult(netG=gan.netG, netD=gan.netD, ema=gan.ema, config=config)
 
 
 @torch.no_grad()

@@ -11,13 +11,15 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from genpipe.errors import MetricsError
+from genpipe.progress import Progress
 
 log = logging.getLogger(__name__)
 
 Backbone = Callable[[torch.Tensor], torch.Tensor]  # uint8 (N, C, H, W) -> (N, D) float
+
+LOG_EVERY_BATCHES = 50  # without a TTY, a line per 50 batches: short extractions say nothing
 
 
 @torch.inference_mode()
@@ -32,12 +34,12 @@ def extract_features(
     if images.dtype not in (np.uint8, torch.uint8):
         raise MetricsError(f"{desc}: expected uint8 images; got {images.dtype}")
     out = []
-    bar = tqdm(total=len(images), desc=desc, unit="img", disable=None, leave=False)
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]
-        if isinstance(batch, np.ndarray):
-            batch = torch.from_numpy(np.ascontiguousarray(batch))
-        out.append(backbone(batch.to(device)).double().cpu().numpy())
-        bar.update(len(batch))
-    bar.close()
+    every = LOG_EVERY_BATCHES * batch_size
+    with Progress(desc, len(images), unit="img", every=every, leave=False) as progress:
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            if isinstance(batch, np.ndarray):
+                batch = torch.from_numpy(np.ascontiguousarray(batch))
+            out.append(backbone(batch.to(device)).double().cpu().numpy())
+            progress.update(len(batch))
     return np.concatenate(out)

@@ -274,34 +274,11 @@ def load_inception(path: str | Path | None, device: torch.device) -> FIDInceptio
     A file other than the standard one loads with a warning: its FIDs are not comparable
     with published ones.
     """
-    if path is not None and str(path):
-        where = PARAM_KEY
-    elif os.environ.get(WEIGHTS_ENV):
-        where, path = f"${WEIGHTS_ENV}", os.environ[WEIGHTS_ENV]
-    else:
-        raise MetricsError(
-            f"evaluate.backbone inception: expected the FID Inception weights file "
-            f"{WEIGHTS_FILE} at {PARAM_KEY} or ${WEIGHTS_ENV}; neither is set. Download it "
-            f"from {WEIGHTS_URL} and set one of them (or use evaluate.backbone: domain, "
-            "which works offline)"
-        )
-    path = Path(path).expanduser()
-    where = f"{where} ({path})"
+    path, where = _weights_file(path)
     fix = (
         f"download {WEIGHTS_FILE} from {WEIGHTS_URL} and point {PARAM_KEY} or ${WEIGHTS_ENV} at it"
     )
-    if not path.exists():
-        raise MetricsError(
-            f"{where}: expected the FID Inception weights file {WEIGHTS_FILE}; "
-            f"no such file. To fix, {fix}"
-        )
-    if not path.is_file():
-        found = "a directory" if path.is_dir() else "something other than a regular file"
-        raise MetricsError(
-            f"{where}: expected the FID Inception weights file {WEIGHTS_FILE}; "
-            f"found {found}. To fix, {fix}"
-        )
-
+    _check_is_file(path, where, fix)
     try:
         # weights_only: tensors and plain containers, never arbitrary pickled objects
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -309,7 +286,7 @@ def load_inception(path: str | Path | None, device: torch.device) -> FIDInceptio
         raise MetricsError(
             f"{where}: expected a PyTorch state dict file ({WEIGHTS_FILE}); torch.load "
             f"(weights_only) could not read it: {_load_error(exc)}. To fix, {fix}"
-        ) from exc
+        ) from None
 
     net = FIDInceptionV3()
     _check_state_dict(state, net.state_dict(), where, fix)
@@ -331,24 +308,60 @@ def load_inception(path: str | Path | None, device: torch.device) -> FIDInceptio
         log.warning(
             "%s: the weights load, but the file's SHA-256 is %s..., not %s... (%s); FID values "
             "computed with it will not be comparable with published ones",
-            where,
-            digest[:8],
-            WEIGHTS_SHA256_PREFIX,
-            WEIGHTS_FILE,
-        )
+            where, digest[:8], WEIGHTS_SHA256_PREFIX, WEIGHTS_FILE,
+        )  # fmt: skip
     net.weights_sha256 = digest  # the reference stage records which file its statistics used
     return net.to(device).eval().requires_grad_(False)
 
 
+def _weights_file(path: str | Path | None) -> tuple[Path, str]:
+    """The weights file's path, from the param or the environment, and where it came from."""
+    if path is not None and str(path):
+        where = PARAM_KEY
+    elif os.environ.get(WEIGHTS_ENV):
+        where, path = f"${WEIGHTS_ENV}", os.environ[WEIGHTS_ENV]
+    else:
+        raise MetricsError(
+            f"evaluate.backbone inception: expected the FID Inception weights file "
+            f"{WEIGHTS_FILE} at {PARAM_KEY} or ${WEIGHTS_ENV}; neither is set. Download it "
+            f"from {WEIGHTS_URL} and set one of them (or use evaluate.backbone: domain, "
+            "which works offline)"
+        )
+    path = Path(path).expanduser()
+    return path, f"{where} ({path})"
+
+
+def _check_is_file(path: Path, where: str, fix: str) -> None:
+    if not path.exists():
+        raise MetricsError(
+            f"{where}: expected the FID Inception weights file {WEIGHTS_FILE}; "
+            f"no such file. To fix, {fix}"
+        )
+    if not path.is_file():
+        found = "a directory" if path.is_dir() else "something other than a regular file"
+        raise MetricsError(
+            f"{where}: expected the FID Inception weights file {WEIGHTS_FILE}; "
+            f"found {found}. To fix, {fix}"
+        )
+
+
 def _load_error(exc: BaseException) -> str:
-    """The exception quoted; of weights_only's long refusal (advice on how to unpickle anyway
-    included), only the first sentence of its reason."""
+    """The exception quoted. Of torch's weights_only refusal, only its reason: the refusal's
+    own advice (to retry with weights_only=False, which would run the pickle) is never
+    repeated."""
     text = str(exc)
-    if isinstance(exc, pickle.UnpicklingError) and "WeightsUnpickler error:" in text:
-        reason = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n\n", 1)[0]
-        first = re.split(r"\.\s", reason, maxsplit=1)[0]
-        return f"{type(exc).__name__}: {first}"
-    return exception_text(exc)
+    if not (isinstance(exc, pickle.UnpicklingError) or "weights_only" in text.lower()):
+        return exception_text(exc)
+    paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()]
+    reasons = [
+        p.split("WeightsUnpickler error:", 1)[-1].strip()
+        for p in paragraphs
+        if not re.search(r"weights.only|pytorch\.org|re-running", p, re.IGNORECASE)
+        or "WeightsUnpickler error:" in p
+    ]
+    reason = next((r for r in reasons if r), "it holds objects other than tensors")
+    first = re.split(r"\.\s", reason, maxsplit=1)[0].rstrip(".")
+    return f"{type(exc).__name__}: {first[:200]}"
 
 
 def _check_state_dict(state: object, expected: dict[str, Tensor], where: str, fix: str) -> None:

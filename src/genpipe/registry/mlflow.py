@@ -213,10 +213,11 @@ def _find_or_rebuild_run(
     outputs: Outputs,
     params: dict[str, Any],
     metrics: dict[str, Any],
-    experiment: str,
+    experiment_prefix: str,
 ) -> str:
     """The run mlflow_run.json names if the server has it, else one rebuilt from the DVC
-    outputs (found again, not rebuilt twice, on a second register)."""
+    outputs in the model's experiment, as the train stage names it (found again, not
+    rebuilt twice, on a second register)."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -225,6 +226,7 @@ def _find_or_rebuild_run(
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
+    experiment = tracking.experiment_name(experiment_prefix, outputs.model)
     exp = client.get_experiment_by_name(experiment)
     if exp is not None:
         found = client.search_runs(
@@ -244,27 +246,21 @@ def _rebuild_run(
     metrics: dict[str, Any],
     experiment: str,
 ) -> str:
-    from mlflow.entities import Metric, Param
+    """A run as the train stage would have made it (experiment, name, tags, params), with
+    the train log's and metrics.json's points, tagged with the run it stands in for."""
+    from mlflow.entities import Metric
 
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
     git = tracking.git_info()
     run = client.create_run(
-        exp_id,
-        run_name=tracking.run_name(outputs.model, git["short"], os.environ.get("DVC_EXP_NAME")),
+        tracking.get_or_create_experiment(client, experiment),
+        run_name=tracking.run_name(outputs.model, git["short"], tracking.dvc_exp_name()),
         tags={
-            tracking.TAG_MODEL: outputs.model,
-            tracking.TAG_GIT_COMMIT: git["commit"],
-            tracking.TAG_GIT_DIRTY: git["dirty"],
-            tracking.TAG_DATA_HASH: outputs.data_hash,
+            **tracking.run_tags(outputs.model, outputs.data_hash, git),
             TAG_SOURCE_RUN: source_run_id,
         },
     )
     run_id = run.info.run_id
-    flat = tracking.flatten_params(params)
-    batch = [Param(k, v) for k, v in flat.items()]
-    for i in range(0, len(batch), tracking.PARAMS_PER_BATCH):
-        client.log_batch(run_id, params=batch[i : i + tracking.PARAMS_PER_BATCH])
+    tracking.log_params(client, run_id, params)
     points = []
     if outputs.train_log.is_file():
         with outputs.train_log.open() as f:
@@ -272,8 +268,7 @@ def _rebuild_run(
                 step = int(row.pop("step"))
                 points += [Metric(k, float(v), 0, step) for k, v in row.items() if v != ""]
     points += [Metric(f"eval/{k}", v, 0, 0) for k, v in tracking.flatten_metrics(metrics).items()]
-    for i in range(0, len(points), tracking.METRICS_PER_BATCH):
-        client.log_batch(run_id, metrics=points[i : i + tracking.METRICS_PER_BATCH])
+    client.log_batch(run_id, metrics=points)  # MlflowClient splits it into batches
     for path in [outputs.train_log, outputs.metrics, *outputs.images]:
         if path.is_file():
             client.log_artifact(run_id, str(path))
