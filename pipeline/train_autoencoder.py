@@ -14,7 +14,7 @@ MODEL = "autoencoder"
 def main() -> None:
     params = load_params()
     runtime.pin_cpu_kernels(params.cpu_kernels)  # may re-execute: before any work
-    images, data_hash = training.load_train_split(paths.PREPARED)
+    images, data_hash = training.load_train_split(paths.PREPARED, params.train.batch_size)
     device = runtime.resolve_device(params.train.device)
     reports = paths.reports(MODEL)
     flat = params.model_dump(mode="json", by_alias=True)

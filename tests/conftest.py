@@ -14,7 +14,8 @@ class _Server(ThreadingHTTPServer):
 
     A response is (status, body), ("truncate", body) (Content-Length of body, half of it
     sent, then the connection closes) or ("hang", body) (no answer until the fixture tears
-    down). Unregistered paths are 404. `hits` counts requests per path.
+    down). A route ending in "*" serves every path that starts with what precedes it. GET
+    and POST are served alike. Unregistered paths are 404. `hits` counts requests per path.
     """
 
     def __init__(self) -> None:
@@ -35,7 +36,9 @@ class _Server(ThreadingHTTPServer):
     def next_response(self, path: str):
         with self.lock:
             self.hits[path] += 1
-            queue = self.routes.get(path) or [(404, b"not found")]
+            prefixes = [r for r in self.routes if r.endswith("*") and path.startswith(r[:-1])]
+            route = path if path in self.routes else max(prefixes, key=len, default=path)
+            queue = self.routes.get(route) or [(404, b"not found")]
             return queue.pop(0) if len(queue) > 1 else queue[0]
 
 
@@ -60,6 +63,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         except OSError:  # the client gave up on a "hang"
             pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))  # the body, unread
+        self.do_GET()
 
     def log_message(self, format, *args) -> None:  # keep pytest output clean
         pass

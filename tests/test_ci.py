@@ -194,7 +194,7 @@ def test_ci_retrain_on_new_images_in_a_dvc_tracked_folder(project, tmp_path, ser
     sh("dvc", "add", "images", cwd=clone)
     sh("git", "commit", "-q", "-am", "more images", cwd=clone)
     third, report = retrain(clone, server, "HEAD~1")
-    assert stages_run(third.stdout) == ALL_STAGES
+    assert stages_run(third.stdout) == ALL_STAGES[1:]  # params.yaml is as it was
     assert versions(server, "ci-gan") == [1, 2] and versions(server, "ci-autoencoder") == [1, 2]
     registered = json.loads((clone / "reports/gan/registry.json").read_text())
     assert registered["version"] == 2

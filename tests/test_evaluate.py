@@ -352,3 +352,97 @@ def test_recorded_run_errors_name_the_record(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="genpipe.tracking"):
         missing.log({"fid": 1.0}, [], "eval/")  # nothing to log to: a warning, no error
     assert "not logged" in caplog.text
+
+
+# --- files genpipe did not write (corrupt or of another network) ------------------------------
+
+
+def _copy_reference(reference_dir, tmp_path):
+    import shutil
+
+    shutil.copytree(reference_dir, tmp_path / "ref")
+    return tmp_path / "ref"
+
+
+@pytest.mark.parametrize(("name", "content", "found"), [
+    ("stats.safetensors", b"garbage" * 10, "expected the reference stage's statistics"),
+    ("reference.json", b"{", "expected the reference stage's summary as JSON"),
+    ("reference.json", b"\xff\xfegarbage", "expected the reference stage's summary as JSON"),
+    ("reference.json", b"[1, 2]", "a JSON object; found list"),
+])  # fmt: skip
+def test_garbage_reference_file_is_one_line_naming_it(reference_dir, tmp_path, name, content,
+                                                      found):  # fmt: skip
+    directory = _copy_reference(reference_dir, tmp_path)
+    (directory / name).write_bytes(content)
+    with pytest.raises(MetricsError) as excinfo:
+        ev.load_reference(directory, tiny_params().evaluate)
+    message = str(excinfo.value)
+    assert "\n" not in message and message.startswith(f"{directory / name}: {found}"[:60])
+    assert found in message and "dvc repro --force reference" in message
+
+
+def test_reference_statistics_of_other_shapes_are_one_line(reference_dir, tmp_path):
+    from safetensors.numpy import save_file
+
+    directory = _copy_reference(reference_dir, tmp_path)
+    save_file({"features": np.zeros((3, 4), np.float32), "mu": np.zeros(5),
+               "sigma": np.eye(5), "sigma_sqrt": np.eye(5)},
+              str(directory / "stats.safetensors"))  # fmt: skip
+    with pytest.raises(MetricsError, match=r"stats.safetensors: expected features \(N, D\)"):
+        ev.load_reference(directory, tiny_params().evaluate)
+
+
+def _gan_weights(directory):
+    torch.manual_seed(0)
+    netG = Generator(8, 1, z_dim=4, width=8)
+    weights.save_weights(netG, directory / "generator_ema.safetensors")
+    (directory / "config.json").write_text(json.dumps({"generator": netG.config()}))
+    return directory
+
+
+def test_garbage_weights_safetensors_is_one_line(tmp_path):
+    _gan_weights(tmp_path)
+    (tmp_path / "generator_ema.safetensors").write_bytes(b"garbage" * 100)
+    with pytest.raises(WeightsError) as excinfo:
+        load_generator(tmp_path, CPU)
+    message = str(excinfo.value)
+    assert "\n" not in message and message.startswith(f"{tmp_path}/generator_ema.safetensors")
+    assert "written by the train@gan stage" in message
+
+
+def test_weights_of_another_network_are_one_line(tmp_path):
+    _gan_weights(tmp_path)
+    weights.save_weights(AutoEncoder(8, 1, latent_dim=3, width=4),
+                         tmp_path / "generator_ema.safetensors")  # fmt: skip
+    with pytest.raises(WeightsError) as excinfo:
+        load_generator(tmp_path, CPU)
+    message = str(excinfo.value)
+    assert "\n" not in message and "expected weights of the network its config.json" in message
+    assert "dvc repro --force train@gan" in message
+
+
+def test_config_json_of_an_open_brace_is_one_line(tmp_path):
+    _gan_weights(tmp_path)
+    (tmp_path / "config.json").write_text("{")
+    with pytest.raises(WeightsError) as excinfo:
+        load_generator(tmp_path, CPU)
+    message = str(excinfo.value)
+    assert "\n" not in message
+    assert message.startswith(f"{tmp_path}/config.json: expected the train@gan stage's network")
+
+
+def test_new_safetensors_files_are_readable_per_the_umask(tmp_path):
+    import os
+    import stat
+
+    params = tiny_params()
+    reference, net = build_reference(params, tiny_prepared(), CPU)
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "ref") as staging:
+            write_reference(staging, reference, net)
+        _gan_weights(tmp_path)
+    finally:
+        os.umask(old)
+    for path in [*(tmp_path / "ref").iterdir(), tmp_path / "generator_ema.safetensors"]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path

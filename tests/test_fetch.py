@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from genpipe.data.canonical import (
     MANIFEST_COLUMNS,
@@ -23,7 +24,7 @@ from genpipe.data.canonical import (
     write_prepared,
 )
 from genpipe.data.sources import fetch_dataset
-from genpipe.errors import DataError, DownloadError
+from genpipe.errors import DataError, DownloadError, ParamsError
 from genpipe.params import parse_params
 
 from builders import cifar_archive, idx_bytes, idx_dataset, sha256, tar_gz, write_png
@@ -157,6 +158,65 @@ def test_folder_skip_reports_the_count(tmp_path):
         fetch_dataset(data_params(source="folder", path=str(tmp_path)))
     prepared = fetch_dataset(data_params(source="folder", path=str(tmp_path), on_bad_file="skip"))
     assert len(prepared.images) == 5 and prepared.info["skipped_files"] == 1
+
+
+# golden SHA-256 of the fitted pixels: images without alpha must come out byte-identical to
+# before transparency was composited (the default digits and the committed example folder)
+GOLDEN_PIXELS = {
+    "digits-1x8": "b41ca9fd335466eee997366c2e6f6bbe0a1b4582afe091fc4eba35f4a254182f",
+    "digits-3x16": "701a31329051b677a5948144962f43da8d5874791f1ccd83d7c734808ffcde81",
+    "examples-1x8": "c4934354e2366aedaacc108e09c5053770168bf40694040e6f2a0ea5b9273958",
+    "examples-3x32": "567693c34a0dc33be4e0f12efe57ebd0f62b8f3936ff94cb4c45349845503902",
+}
+
+
+@pytest.mark.parametrize("case", sorted(GOLDEN_PIXELS))
+def test_opaque_sources_are_byte_identical_to_golden(case):
+    name, shape = case.split("-")
+    channels, size = map(int, shape.split("x"))
+    source = {"source": "folder", "path": str(REPO / "examples" / "images")}
+    params = data_params(**(source if name == "examples" else {}), channels=channels,
+                         image_size=size)  # fmt: skip
+    images = fetch_dataset(params).images
+    assert hashlib.sha256(images.tobytes()).hexdigest() == GOLDEN_PIXELS[case]
+
+
+def test_folder_max_image_pixels_and_background_params_reach_the_reader(tmp_path):
+    write_png(tmp_path / "big.png", (20, 12))
+    rgba = np.zeros((8, 8, 4), np.uint8)  # fully transparent black
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "clear.png")
+    with pytest.raises(DataError, match=r"1 image\(s\) over data.max_image_pixels \(200 pixels\)"):
+        fetch_dataset(data_params(source="folder", path=str(tmp_path), max_image_pixels=200))
+    prepared = fetch_dataset(data_params(source="folder", path=str(tmp_path),
+                                         max_image_pixels=200, on_bad_file="skip"))  # fmt: skip
+    assert prepared.manifest["source"].tolist() == ["clear.png"]
+    assert np.all(prepared.images == 255)  # the default background: white
+    black = fetch_dataset(data_params(source="folder", path=str(tmp_path), background="black"))
+    assert np.all(black.images[black.manifest["source"] == "clear.png"] == 0)
+
+
+def test_max_image_pixels_defaults_to_pillows_limit():
+    assert data_params().max_image_pixels == Image.MAX_IMAGE_PIXELS == 89_478_485
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (0, "data.max_image_pixels: expected a value greater than 0; got 0"),
+        (True, "data.max_image_pixels: expected a valid integer; got true (bool)"),
+        ("1e9", "data.max_image_pixels: expected a valid integer; got '1e9' (str)"),
+    ],
+    ids=["zero", "bool", "string"],
+)
+def test_max_image_pixels_must_be_a_positive_integer(value, error):
+    with pytest.raises(ParamsError) as excinfo:
+        data_params(max_image_pixels=value)
+    assert str(excinfo.value) == error
+
+
+def test_background_must_be_white_or_black():
+    with pytest.raises(ParamsError, match="data.background: expected one of 'white' or 'black'"):
+        data_params(background="grey")
 
 
 # --- remote sources, served from 127.0.0.1 --------------------------------------------------

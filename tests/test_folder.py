@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from genpipe.data.folder import read_folder
 from genpipe.errors import DataError
@@ -298,3 +298,212 @@ def test_images_both_at_top_level_and_in_subfolders_fail(tmp_path):
         read_folder(tmp_path, size=8, channels=3)
     message = one_line_error(excinfo)
     assert "found 1 files at the top level (e.g. stray.png) beside 2 subfolders" in message
+
+
+def test_opaque_images_are_fitted_exactly_as_before(tmp_path):
+    # no alpha: convert, then centre-crop and resize, exactly as before compositing existed
+    write_png(tmp_path / "rgb.png", (40, 30), mode="RGB", seed=1)
+    write_png(tmp_path / "grey.png", (17, 50), mode="L", seed=2)
+    noise = np.random.default_rng(3).integers(0, 256, (20, 24, 3), np.uint8)
+    Image.fromarray(noise).quantize(16).save(tmp_path / "palette.png")  # no transparent entry
+    Image.fromarray(noise).save(tmp_path / "photo.jpg", quality=90)
+    for channels in (1, 3):
+        out = read_folder(tmp_path, size=16, channels=channels)
+        for source, image in zip(out.sources, out.images, strict=True):
+            with Image.open(tmp_path / source) as original:
+                mode = "L" if channels == 1 else "RGB"
+                fitted = ImageOps.fit(original.convert(mode), (16, 16), Image.Resampling.BICUBIC)
+            expected = np.asarray(fitted).reshape(16, 16, channels).transpose(2, 0, 1)
+            np.testing.assert_array_equal(image, expected, err_msg=source)
+
+
+# --- transparency ------------------------------------------------------------------------------
+
+
+def ink_mask(size: int = 16) -> np.ndarray:
+    """(size, size) uint8: a bar of 255 on 0, the shape of the 'ink'."""
+    mask = np.zeros((size, size), np.uint8)
+    mask[4:12, 6:10] = 255
+    return mask
+
+
+def test_black_ink_only_in_alpha_is_composited_onto_white(tmp_path):
+    # every colour is black; the shape exists only in alpha. Dropping alpha gave all zeros.
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[..., 3] = ink_mask()
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "ink.png")
+    for channels in (1, 3):
+        (image,) = read_folder(tmp_path, size=16, channels=channels).images
+        expected = 255 - ink_mask()  # black ink on the default white background
+        assert np.all(image == expected[None])
+
+
+def test_grey_with_alpha_is_composited(tmp_path):
+    la = np.stack([np.zeros((16, 16), np.uint8), ink_mask()], axis=-1)
+    Image.fromarray(la, "LA").save(tmp_path / "ink.png")
+    (image,) = read_folder(tmp_path, size=16, channels=1).images
+    assert np.all(image[0] == 255 - ink_mask())
+
+
+def test_white_ink_with_soft_edges_keeps_its_edges_on_black(tmp_path):
+    # white everywhere, alpha ramps 0..255: on black the image is the alpha itself
+    ramp = np.tile(np.arange(0, 256, 16, dtype=np.uint8), (16, 1))
+    rgba = np.dstack([np.full((16, 16, 3), 255, np.uint8), ramp])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "soft.png")
+    (image,) = read_folder(tmp_path, size=16, channels=1, background="black").images
+    assert np.all(np.abs(image[0].astype(int) - ramp) <= 1)
+    assert len(np.unique(image)) == 16  # soft edges kept, not cut to two levels
+
+
+def test_half_transparent_red_is_blended_with_the_background(tmp_path):
+    Image.new("RGBA", (8, 8), (255, 0, 0, 128)).save(tmp_path / "red.png")
+    (white,) = read_folder(tmp_path, size=8, channels=3).images
+    (black,) = read_folder(tmp_path, size=8, channels=3, background="black").images
+    assert np.all(np.abs(white.astype(int) - np.array([255, 127, 127])[:, None, None]) <= 1)
+    assert np.all(np.abs(black.astype(int) - np.array([128, 0, 0])[:, None, None]) <= 1)
+
+
+@pytest.mark.parametrize("mode", ["P", "L", "RGB"])
+def test_transparent_colour_is_composited(tmp_path, mode):
+    # PNG's tRNS chunk: one palette entry, grey level or colour is transparent
+    ink = ink_mask() > 0
+    if mode == "P":
+        image = Image.fromarray(ink.astype(np.uint8), "P")
+        image.putpalette([90, 90, 90, 0, 0, 0])  # entry 0 (transparent) is grey underneath
+        image.save(tmp_path / "t.png", transparency=0)
+    elif mode == "L":
+        Image.fromarray(np.where(ink, 0, 90).astype(np.uint8)).save(
+            tmp_path / "t.png", transparency=90
+        )
+    else:
+        pixels = np.where(ink[..., None], 0, 90).astype(np.uint8).repeat(3, axis=-1)
+        Image.fromarray(pixels).save(tmp_path / "t.png", transparency=(90, 90, 90))
+    assert Image.open(tmp_path / "t.png").mode == mode
+    (image,) = read_folder(tmp_path, size=16, channels=1).images
+    assert np.all(image[0] == 255 - ink_mask())  # grey 90 under transparency: white
+
+
+# --- image size limit --------------------------------------------------------------------------
+
+
+def test_image_over_max_image_pixels_fails_naming_the_limit(tmp_path):
+    write_png(tmp_path / "small.png", (10, 10))
+    write_png(tmp_path / "big.png", (20, 12))  # 240 pixels
+    with pytest.raises(DataError) as excinfo:
+        read_folder(tmp_path, size=8, channels=3, max_image_pixels=200)
+    message = one_line_error(excinfo)
+    assert "found 1 image(s) over data.max_image_pixels (200 pixels): big.png (20x12)" in message
+    assert "unreadable" not in message.split("found")[1]
+    assert "small.png" not in message
+    assert "(raise data.max_image_pixels to read them, or set data.on_bad_file: skip" in message
+
+
+def test_image_over_max_image_pixels_is_skipped_under_its_own_reason(tmp_path, caplog):
+    write_png(tmp_path / "small.png", (10, 10))
+    write_png(tmp_path / "big.png", (20, 12))
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    out = read_folder(tmp_path, size=8, channels=3, on_bad_file="skip", max_image_pixels=200)
+    assert out.sources == ["small.png"]
+    assert out.skipped == ["big.png", "broken.png"]
+    assert (
+        "skipped 1 unreadable or non-image file(s): broken.png; "
+        "1 image(s) over data.max_image_pixels (200 pixels): big.png (20x12)"
+    ) in caplog.text
+
+
+def test_image_at_max_image_pixels_is_read(tmp_path):
+    write_png(tmp_path / "exact.png", (20, 10))
+    assert read_folder(tmp_path, size=8, channels=3, max_image_pixels=200).skipped == []
+
+
+def test_max_image_pixels_above_pillows_limit_reads_the_image(tmp_path, monkeypatch):
+    # as if Pillow's own limit were 50 pixels: the param, not Pillow's global, decides
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)
+    write_png(tmp_path / "large.png", (20, 12))  # 240 pixels: over 2x Pillow's limit
+    out = read_folder(tmp_path, size=8, channels=3, max_image_pixels=1000)
+    assert out.skipped == [] and out.images.shape == (1, 3, 8, 8)
+    assert Image.MAX_IMAGE_PIXELS == 50  # restored after the read
+
+
+# --- symbolic links ----------------------------------------------------------------------------
+
+
+def digit_folder(root: Path, classes: int = 3, per_class: int = 2) -> Path:
+    for label in range(classes):
+        for i in range(per_class):
+            write_png(root / str(label) / f"{i}.png", (10, 10), mode="L", seed=10 * label + i)
+    return root
+
+
+def test_symlinked_class_folder_inside_the_folder_is_read(tmp_path):
+    root = digit_folder(tmp_path / "plain")
+    (root / "2").rename(root / "store")  # store/ is itself a class now: keep it a folder
+    (root / "2").symlink_to("store", target_is_directory=True)
+    out = read_folder(root, size=8, channels=1)
+    assert out.class_names == ["0", "1", "2", "store"]
+    assert out.sources[4:] == ["2/0.png", "2/1.png", "store/0.png", "store/1.png"]
+
+
+def test_symlinked_class_folder_outside_the_folder_fails_naming_link_and_target(tmp_path):
+    # the issue's case: mv data/plain/9 /elsewhere/9 && ln -s /elsewhere/9 data/plain/9
+    root = digit_folder(tmp_path / "plain")
+    (tmp_path / "elsewhere").mkdir()
+    (root / "2").rename(tmp_path / "elsewhere" / "2")
+    (root / "2").symlink_to(tmp_path / "elsewhere" / "2", target_is_directory=True)
+    with pytest.raises(DataError) as excinfo:
+        read_folder(root, size=8, channels=1)
+    message = one_line_error(excinfo)
+    assert f"found 2 -> {tmp_path / 'elsewhere' / '2'}, outside it" in message
+
+
+def test_symlinked_file_outside_the_folder_fails_naming_link_and_target(tmp_path):
+    root = digit_folder(tmp_path / "plain")
+    secret = write_png(tmp_path / "private" / "me.png", (10, 10))
+    (root / "1" / "me.png").symlink_to(secret)
+    with pytest.raises(DataError) as excinfo:
+        read_folder(root, size=8, channels=1)
+    assert f"found 1/me.png -> {secret}, outside it" in one_line_error(excinfo)
+
+
+def test_symlinked_file_inside_the_folder_is_read(tmp_path):
+    root = digit_folder(tmp_path / "plain")
+    (root / "1" / "again.png").symlink_to(root / "0" / "0.png")
+    out = read_folder(root, size=8, channels=1)
+    assert "1/again.png" in out.sources
+    again, original = out.sources.index("1/again.png"), out.sources.index("0/0.png")
+    np.testing.assert_array_equal(out.images[again], out.images[original])
+    assert out.labels[again] == 1  # labelled by where the link is
+
+
+def test_symlinked_root_is_followed(tmp_path):
+    real = digit_folder(tmp_path / "disk" / "digits")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "digits").symlink_to(real, target_is_directory=True)
+    (real / "1" / "link.png").symlink_to(real / "0" / "0.png")  # inside the root's target
+    out = read_folder(tmp_path / "data" / "digits", size=8, channels=1)
+    assert out.class_names == ["0", "1", "2"]
+    assert len(out.sources) == 7 and "1/link.png" in out.sources
+
+
+def test_broken_symlink_fails_naming_it(tmp_path):
+    root = digit_folder(tmp_path / "plain")
+    (root / "0" / "gone.png").symlink_to(root / "0" / "deleted.png")
+    with pytest.raises(DataError) as excinfo:
+        read_folder(root, size=8, channels=1)
+    message = one_line_error(excinfo)
+    assert f"found 0/gone.png -> {root / '0' / 'deleted.png'}, which does not exist" in message
+
+
+def test_broken_symlinked_root_fails_naming_its_target(tmp_path):
+    (tmp_path / "data").symlink_to(tmp_path / "unmounted", target_is_directory=True)
+    with pytest.raises(DataError) as excinfo:
+        read_folder(tmp_path / "data", size=8, channels=1)
+    assert f"found a link to {tmp_path / 'unmounted'}" in one_line_error(excinfo)
+
+
+def test_symlink_loop_fails_naming_it(tmp_path):
+    root = digit_folder(tmp_path / "plain")
+    (root / "0" / "up").symlink_to(root, target_is_directory=True)
+    with pytest.raises(DataError) as excinfo:
+        read_folder(root, size=8, channels=1)
+    assert f"found 0/up -> {root}, a folder that contains the link" in one_line_error(excinfo)

@@ -219,3 +219,19 @@ def test_errors_are_one_line_whatever_they_quote():
     assert str(GenpipeError(f"x.tar: corrupt ({quoted})")) == (
         "x.tar: corrupt (ValueError: first line second line)"
     )
+
+
+def test_genpipe_params_into_a_closed_pipe_exits_quietly(tmp_path):
+    """`genpipe params | head -3`: the reader goes away before the output is written."""
+    import subprocess
+    import sys
+
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    code = "from genpipe.cli import main; main(['params'])"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc.stdout.close()  # long before the output: importing the schema takes a while
+    err = proc.stderr.read()
+    proc.wait(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err

@@ -354,3 +354,49 @@ def test_mlflow_ui_lists_the_runs(server, tmp_path, monkeypatch):
         assert "eval/fid" in shown and "seed" in shown, shown[:500]
     finally:
         browser.quit()
+
+
+# --- what goes wrong ---------------------------------------------------------------------------
+
+
+def test_weights_replaced_under_the_same_run_get_a_new_version(server, tmp_path):
+    """The run id alone does not make a version: its weights' hash must match too."""
+    outputs = gan_outputs(tmp_path, server, fid=2.0)
+    first = do_register(outputs, server, "t15")
+    torch.manual_seed(1)  # other weights, the same mlflow_run.json
+    save_weights(Generator(8, 1, z_dim=4, width=8), outputs.weights / "generator_ema.safetensors")
+    outputs.metrics.write_text(json.dumps({"fid": 1.0}))
+    second = do_register(outputs, server, "t15")
+    assert second["run_id"] == first["run_id"]
+    assert (second["version"], second["decision"]) == (2, "champion")
+    again = do_register(outputs, server, "t15")
+    assert (again["version"], again["decision"]) == (2, "already registered")
+
+
+def test_corrupt_mlflow_db_in_register_is_one_line(tmp_path, monkeypatch):
+    outputs = gan_outputs(tmp_path, "unused", fid=1.0, run=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mlflow.db").write_bytes(b"\x00garbage, not sqlite" * 1000)
+    with pytest.raises(TrackingError) as excinfo:
+        do_register(outputs, "sqlite:///mlflow.db", "t16")
+    assert "\n" not in str(excinfo.value)
+    assert "mlflow.db is not a usable SQLite database" in str(excinfo.value)
+    assert "`mv mlflow.db mlflow.db.corrupt`" in str(excinfo.value)
+
+
+def test_server_whose_api_fails_fails_register_within_seconds(http_server, tmp_path,
+                                                              monkeypatch):  # fmt: skip
+    from genpipe import tracking
+
+    for key in tracking.HTTP_DEFAULTS:
+        monkeypatch.delenv(key, raising=False)
+    http_server.route("/health", (200, b"OK"))
+    http_server.route("/api/*", (500, b'{"error_code": "INTERNAL_ERROR", "message": "boom"}'))
+    outputs = gan_outputs(tmp_path, "unused", fid=1.0, run=False)
+    start = time.perf_counter()
+    with pytest.raises(RegistryError) as excinfo:
+        do_register(outputs, http_server.url, "t17")
+    seconds = time.perf_counter() - start
+    print(f"broken API: register failed in {seconds:.1f} s")
+    assert "\n" not in str(excinfo.value) and "could not register t17-gan" in str(excinfo.value)
+    assert seconds < 60

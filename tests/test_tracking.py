@@ -411,3 +411,52 @@ def test_git_info_in_a_repository(tmp_path):
 
     (tmp_path / "params.yaml").write_text("seed: 1\n")
     assert tracking.git_info(tmp_path) == {"commit": sha, "short": sha[:7], "dirty": "true"}
+
+
+# --- what goes wrong: a corrupt store, a server whose API fails ------------------------------
+
+
+def test_corrupt_mlflow_db_is_one_line_naming_the_file(store, tmp_path):
+    (tmp_path / "mlflow.db").write_bytes(b"\x00garbage, not sqlite" * 1000)
+    uri = "sqlite:///mlflow.db"  # as the stages see it, from the repo root
+    with pytest.raises(TrackingError) as excinfo, _training_run(tmp_path / "r.json", uri=uri):
+        pytest.fail("training ran on a corrupt store")
+    message = str(excinfo.value)
+    assert "\n" not in message
+    assert "mlflow.db is not a usable SQLite database" in message
+    assert "`mv mlflow.db mlflow.db.corrupt`" in message
+
+    record = tmp_path / "run.json"
+    record.write_text(json.dumps({"run_id": "a" * 32, "tracking_uri": uri}))
+    with pytest.raises(TrackingError, match=r"mv mlflow.db mlflow.db.corrupt") as excinfo:
+        tracking.RecordedRun(record, uri=uri).open()
+    assert "\n" not in str(excinfo.value)
+
+
+def broken_api(http_server) -> str:
+    """/health answers, every /api/ call fails with HTTP 500."""
+    http_server.route("/health", (200, b"OK"))
+    http_server.route("/api/*", (500, b'{"error_code": "INTERNAL_ERROR", "message": "boom"}'))
+    return http_server.url
+
+
+def test_server_whose_api_fails_fails_the_stage_within_seconds(http_server, tmp_path,
+                                                                monkeypatch, caplog):  # fmt: skip
+    for key in tracking.HTTP_DEFAULTS:
+        monkeypatch.delenv(key, raising=False)  # genpipe's bounds, not the caller's
+    uri = broken_api(http_server)
+    start = time.perf_counter()
+    with pytest.raises(TrackingError) as excinfo, _training_run(tmp_path / "r.json", uri=uri):
+        pytest.fail("training ran although the server's API fails")
+    train_s = time.perf_counter() - start
+    assert "\n" not in str(excinfo.value) and "could not start a run" in str(excinfo.value)
+    assert "retrying" in caplog.text  # a line while it waits
+
+    record = tmp_path / "run.json"
+    record.write_text(json.dumps({"run_id": "a" * 32, "tracking_uri": uri}))
+    start = time.perf_counter()
+    with pytest.raises(TrackingError, match="could not read run"):
+        tracking.RecordedRun(record, uri=uri).open()
+    evaluate_s = time.perf_counter() - start
+    print(f"broken API: train failed in {train_s:.1f} s, evaluate in {evaluate_s:.1f} s")
+    assert train_s < 60 and evaluate_s < 60

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -28,6 +29,7 @@ from genpipe.data.canonical import (
     image_sha1,
     write_prepared,
 )
+from genpipe.errors import DataError
 from genpipe.gan import train as gan_loop
 from genpipe.params import parse_params
 from genpipe.training import TrainingError
@@ -341,7 +343,8 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path):
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    step = torch.load(ckpt, weights_only=True)["step"]
+    killed_state = torch.load(ckpt, weights_only=True)
+    step, orphan = killed_state["step"], killed_state["mlflow_run_id"]  # the killed run's
     assert 0 < step < 600
 
     resumed = stage(killed, store)
@@ -363,3 +366,88 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path):
     assert (reference / "reports/gan/samples.png").read_bytes() == (
         killed / "reports/gan/samples.png"
     ).read_bytes()
+
+    # the killed process's run, left RUNNING, is ended by the resumed one, which names it
+    from mlflow import MlflowClient
+
+    resumed_id = json.loads((killed / "models/gan/mlflow_run.json").read_text())["run_id"]
+    client = MlflowClient(f"sqlite:///{store}")
+    assert orphan != resumed_id and client.get_run(orphan).info.status == "KILLED"
+    resumed_run = client.get_run(resumed_id)
+    assert resumed_run.info.status == "FINISHED"
+    assert resumed_run.data.tags["genpipe.resumed_from_run_id"] == orphan
+
+
+def test_sigterm_keeps_the_checkpoint_and_marks_the_run_killed(tmp_path):
+    """`timeout`, `docker stop`, a cancelled CI job: SIGTERM ends training as Ctrl-C does."""
+    params = {"train": {"batch_size": 16, "checkpoint_every": 20, "log_every": 20},
+              "gan": {"steps": 100000, "z_dim": 8, "width": 8, "depth": 0}}  # fmt: skip
+    workdir = make_workdir(tmp_path / "w", params)
+    store = tmp_path / "mlflow.db"
+    proc = stage(workdir, store)
+    ckpt = workdir / "checkpoints" / "gan" / "checkpoint.pt"
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.communicate()[1]
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "error: terminated (SIGTERM)"
+    assert "Traceback" not in err
+    assert 0 < torch.load(ckpt, weights_only=True)["step"] < 100000
+
+    from mlflow import MlflowClient
+
+    run_id = json.loads((workdir / "models/gan/mlflow_run.json").read_text())["run_id"]
+    assert MlflowClient(f"sqlite:///{store}").get_run(run_id).info.status == "KILLED"
+
+
+# --- bad inputs to training --------------------------------------------------------------------
+
+
+def test_batch_size_larger_than_the_train_split_fails_before_any_work(tmp_path):
+    make_workdir(tmp_path, {})
+    prepared = tmp_path / "data" / "prepared"
+    images, _ = training.load_train_split(prepared)
+    n = len(images)
+    message = f"train.batch_size: expected at most the train split's {n:,} images; got 100,000"
+    with pytest.raises(TrainingError) as excinfo:
+        training.load_train_split(prepared, batch_size=100_000)
+    assert str(excinfo.value) == message
+    with pytest.raises(TrainingError, match="train.batch_size: expected at most"):
+        run_gan(tiny_params(train={"batch_size": 65}), tmp_path)  # IMAGES holds 64
+    assert not (tmp_path / "run").exists()  # no checkpoint, no log: nothing ran
+
+
+def test_truncated_manifest_parquet_names_the_file_and_the_fetch_stage(tmp_path):
+    make_workdir(tmp_path, {})
+    manifest = tmp_path / "data" / "prepared" / "manifest.parquet"
+    manifest.write_bytes(manifest.read_bytes()[:100])
+    with pytest.raises(DataError) as excinfo:
+        training.load_train_split(manifest.parent)
+    message = str(excinfo.value)
+    assert "\n" not in message and message.startswith(f"{manifest}: expected the fetch stage's")
+    assert "dvc repro --force fetch" in message
+
+
+def test_disk_full_while_checkpointing_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    training.save_checkpoint(path, {"step": 1, "w": torch.zeros(1000)})
+    before = path.read_bytes()
+
+    class FullDisk(io.FileIO):
+        def write(self, data):
+            if self.tell() > 1000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(data)
+
+    monkeypatch.setattr(training, "open", FullDisk, raising=False)
+    with pytest.raises(TrainingError) as excinfo:
+        training.save_checkpoint(path, {"step": 2, "w": torch.zeros(2**18)})  # 1 MiB
+    message = str(excinfo.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: no space left on the device to write the checkpoint")
+    assert "about 1.0 MiB" in message
+    assert path.read_bytes() == before  # the old one, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temp file left

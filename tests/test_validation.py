@@ -69,7 +69,8 @@ def arrays(n: int = N) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def prepare(images: np.ndarray, labels: np.ndarray, splits: np.ndarray) -> Prepared:
-    manifest = build_manifest(images, labels, splits, ["noise"] * len(images))
+    sources = [f"{label}/{i}.png" for i, label in enumerate(labels)]  # as a folder names them
+    manifest = build_manifest(images, labels, splits, sources)
     return Prepared(images=images, manifest=manifest, info={"num_classes": CLASSES})
 
 
@@ -119,9 +120,9 @@ def test_constant_images_are_blank():
 
     assert_failed(result, "pixels.not_blank")
     assert result["blank_images"] == 2
-    # the failure names the images by their manifest index
+    # the failure names the images by their manifest index and their source file
     (detail,) = [check.detail for check in report.failures]
-    assert "2 of 200 rows fail (e.g. index 0: 0.0, index 1: 0.0)" in detail
+    assert "2 of 200 rows fail (e.g. index 0 (0/0.png): 0.0, index 1 (1/1.png): 0.0)" in detail
 
 
 def test_same_image_in_train_and_test_is_leakage():
@@ -129,10 +130,13 @@ def test_same_image_in_train_and_test_is_leakage():
     assert (splits[0], splits[10]) == ("test", "train")
     images[10] = images[0]
 
-    result = summary(prepare(images, labels, splits))
+    report = validate_dataset(prepare(images, labels, splits), DATA, RULES, docs_dir=None)
+    result = report.summary()
 
     assert_failed(result, "images.no_leakage")
     assert (result["leaked"], result["duplicates"]) == (1, 1)
+    (detail,) = [check.detail for check in report.failures]
+    assert detail.endswith("identical images: [index 0 (0/0.png), index 10 (0/10.png)]")
 
 
 # max_duplicate_fraction 0.05 of 200 images: up to 10 copies pass
@@ -147,6 +151,27 @@ def test_duplicates_threshold(copies, failed):
     assert result["failed"] == failed
     assert result["checks"]["images.duplicates"] is (failed == [])
     assert (result["duplicates"], result["leaked"]) == (copies, 0)
+
+
+def test_duplicate_images_failure_names_their_source_files():
+    images, labels, splits = arrays()
+    train = np.flatnonzero(splits == "train")
+    images[train[1:13]] = images[train[0]]  # 12 copies of one image: over 5% of 200
+
+    report = validate_dataset(prepare(images, labels, splits), DATA, RULES, docs_dir=None)
+
+    (check,) = report.failures
+    assert check.id == "images.duplicates"
+    first = ", ".join(f"index {i} ({i % CLASSES}/{i}.png)" for i in train[:5])
+    assert f"identical images: [{first}]" in check.detail
+
+
+def test_pixels_changed_failure_names_the_source_file():
+    prepared, data = _pixels_changed()
+
+    (check,) = [c for c in array_checks(prepared, data) if not c.passed]
+
+    assert check.detail.endswith("1 images differ (e.g. index 3 (3/3.png))")
 
 
 def test_class_imbalance_within_a_split():

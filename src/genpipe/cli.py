@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
 
 from genpipe.fileio import atomic_path
@@ -14,7 +16,18 @@ def _params_command(args: argparse.Namespace) -> None:
     from genpipe.params import load_params
 
     params = load_params(args.file)
-    print(json.dumps(params.model_dump(mode="json", by_alias=True), indent=2))
+    _print(json.dumps(params.model_dump(mode="json", by_alias=True), indent=2))
+
+
+def _print(text: str) -> None:
+    """print(), quiet when the reader has gone (`genpipe params | head -3`): exit 0 with no
+    BrokenPipeError traceback, now or when Python flushes stdout at exit."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the flush at exit writes nowhere, quietly
+        sys.exit(0)
 
 
 def _ci_retrain_command(args: argparse.Namespace) -> None:
@@ -28,7 +41,7 @@ def _ci_retrain_command(args: argparse.Namespace) -> None:
     if args.report:
         with atomic_path(Path(args.report)) as tmp:
             tmp.write_text(result.report, encoding="utf-8")
-    print(result.report)
+    _print(result.report)
 
 
 def main(argv: list[str] | None = None) -> None:

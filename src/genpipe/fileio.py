@@ -54,6 +54,12 @@ def replace_dir(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def umask_mode(path: Path) -> None:
+    """Give a file the mode the umask allows (0644 under umask 022): for writers that make
+    their files private (safetensors' save_file makes 0600)."""
+    os.chmod(path, 0o666 & ~current_umask())
+
+
 def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

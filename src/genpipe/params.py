@@ -53,6 +53,10 @@ class DataParams(Section):
     # sources without an official split (digits, folder) split by content hash
     test_fraction: float = Field(0.2, gt=0, lt=1)
     on_bad_file: Literal["fail", "skip"] = "fail"
+    # folder: larger images are bad files (Pillow's decompression-bomb limit by default)
+    max_image_pixels: int = Field(89_478_485, gt=0)
+    # folder: what transparent pixels are composited onto before the grey/RGB conversion
+    background: Literal["white", "black"] = "white"
     mirrors: list[str] | None = None  # base URLs tried in order; null: the source's own
     sha256: dict[str, str] = {}  # file name -> SHA-256, overrides the pinned checksums
     download: DownloadParams = DownloadParams()

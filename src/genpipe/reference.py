@@ -19,11 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from genpipe import runtime
 from genpipe.data.canonical import Prepared
-from genpipe.errors import MetricsError
+from genpipe.errors import MetricsError, exception_text
+from genpipe.fileio import umask_mode
 from genpipe.metrics import fid
 from genpipe.metrics.domain import DomainNet, load_domain_network
 from genpipe.metrics.features import Backbone, extract_features
@@ -73,6 +75,7 @@ def save_reference(directory: Path, reference: Reference) -> None:
         },
         str(directory / STATS_FILE),
     )
+    umask_mode(directory / STATS_FILE)  # safetensors makes it private
     text = json.dumps(reference.info, indent=2, sort_keys=True) + "\n"
     (directory / INFO_FILE).write_text(text)
 
@@ -86,20 +89,48 @@ def load_reference(directory: Path, evaluate: EvaluateParams) -> Reference:
                 f"{directory / name}: expected the reference stage's output; found no such "
                 "file (run `dvc repro reference`)"
             )
-    info = json.loads((directory / INFO_FILE).read_text())
+    info = _read_info(directory / INFO_FILE)
     if info.get("backbone") != evaluate.backbone:
         raise MetricsError(
             f"{directory / INFO_FILE}: expected statistics of the {evaluate.backbone} backbone "
             f"(evaluate.backbone); found {info.get('backbone')} (run `dvc repro reference`)"
         )
-    arrays = load_file(str(directory / STATS_FILE))
-    return Reference(
-        info=info,
-        features=arrays["features"].astype(np.float64),
-        mu=arrays["mu"],
-        sigma=arrays["sigma"],
-        sigma_sqrt=arrays["sigma_sqrt"],
-    )
+    path = directory / STATS_FILE
+    try:
+        arrays = load_file(str(path))
+        features, mu = arrays["features"], arrays["mu"]
+        sigma, sigma_sqrt = arrays["sigma"], arrays["sigma_sqrt"]
+    except (SafetensorError, OSError, KeyError) as exc:
+        raise MetricsError(
+            f"{path}: expected the reference stage's statistics (features, mu, sigma, "
+            f"sigma_sqrt); could not read them ({exception_text(exc)}) "
+            "(run `dvc repro --force reference`)"
+        ) from None
+    d = mu.shape[0] if mu.ndim == 1 else -1
+    shapes_fit = features.ndim == 2 and features.shape[1] == d
+    if not shapes_fit or sigma.shape != (d, d) or sigma_sqrt.shape != (d, d):
+        raise MetricsError(
+            f"{path}: expected features (N, D), mu (D,), sigma and sigma_sqrt (D, D); found "
+            f"{features.shape}, {mu.shape}, {sigma.shape}, {sigma_sqrt.shape} "
+            "(run `dvc repro --force reference`)"
+        )
+    return Reference(info, features.astype(np.float64), mu, sigma, sigma_sqrt)
+
+
+def _read_info(path: Path) -> dict[str, Any]:
+    try:
+        info = json.loads(path.read_text())
+    except (ValueError, OSError) as exc:
+        raise MetricsError(
+            f"{path}: expected the reference stage's summary as JSON; found "
+            f"{exception_text(exc)[:200]} (run `dvc repro --force reference`)"
+        ) from None
+    if not isinstance(info, dict):
+        raise MetricsError(
+            f"{path}: expected the reference stage's summary, a JSON object; found "
+            f"{type(info).__name__} (run `dvc repro --force reference`)"
+        )
+    return info
 
 
 # --- backbones ------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from collections.abc import Callable
 
@@ -17,14 +18,32 @@ def setup_logging() -> None:
     log.setLevel(logging.INFO)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`timeout`, `docker stop`, a cancelled CI job), raised where the stage is, so
+    it ends as Ctrl-C does: the last checkpoint kept, the MLflow run marked KILLED."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # a second SIGTERM while the first is cleaned up (the run being ended) is not raised
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated
+
+
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's main(); a user error prints one line and exits non-zero."""
+    """Run a stage's main(); a user error prints one line and exits non-zero. Ctrl-C exits
+    130 and SIGTERM 143 (128 + the signal), each with one line."""
     setup_logging()
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         main()
     except GenpipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except Terminated:
+        print("error: terminated (SIGTERM)", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -60,6 +60,7 @@ TAG_GIT_COMMIT = "git.commit"
 TAG_GIT_DIRTY = "git.dirty"
 TAG_DATA_HASH = "data.hash"
 TAG_DVC_EXP = "dvc.exp_name"
+TAG_RESUMED_FROM = "genpipe.resumed_from_run_id"  # the killed run a resumed one goes on from
 
 log = logging.getLogger(__name__)
 
@@ -292,8 +293,68 @@ def flatten_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     }
 
 
+# MLflow's own HTTP client settings, where the user has set none: MLflow's defaults (7
+# retries with backoff from 2 s, 120 s a request) keep a stage waiting on a broken server
+# for minutes; these fail a call within about 30 s (3 tries 8 s each at worst, 2 to 4 s of
+# backoff between them) and still ride out a restart of a few seconds.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",  # an int to MLflow
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "8",
+}
+
+
+def bound_http_calls() -> None:
+    """Set HTTP_DEFAULTS in the environment (MLflow reads them at each call) where unset, and
+    say each retry as a line: a person waiting on a failing server sees why."""
+    for key, value in HTTP_DEFAULTS.items():
+        if not os.environ.get(key):
+            os.environ[key] = value
+    retry_log = logging.getLogger("urllib3.util.retry")
+    if not any(isinstance(h, _RetryLine) for h in retry_log.handlers):
+        retry_log.addHandler(_RetryLine())
+        retry_log.setLevel(logging.DEBUG)
+        retry_log.propagate = False  # its other debug lines stay unseen
+
+
+class _RetryLine(logging.Handler):
+    """urllib3 notes each retry at DEBUG ("Incremented Retry for (url=...): Retry(total=N,
+    ...)"); this says it as one genpipe warning."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not str(record.msg).startswith("Incremented Retry") or len(record.args or ()) != 2:
+            return
+        url, retry = record.args  # type: ignore[misc]
+        cause = getattr(retry, "history", None) and retry.history[-1]
+        why = f"HTTP {cause.status}" if cause and cause.status else "no answer"
+        left = getattr(retry, "total", None)
+        log.warning("MLflow server: %s failed (%s); retrying (%s left)",
+                    str(url).split("?", 1)[0], why, left)  # fmt: skip
+
+
+def store_error(uri: str, exc: BaseException) -> TrackingError | None:
+    """The one-line error for a tracking store that cannot be read at all (a corrupt sqlite
+    file: SQLAlchemy's DatabaseError), or None when `exc` is not that."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if not isinstance(exc, SQLAlchemyError):
+        return None
+    cause = getattr(exc, "orig", None) or exc
+    if uri.startswith("sqlite:///") and uri not in ("sqlite:///:memory:",):
+        db = uri.removeprefix("sqlite:///").split("?", 1)[0]
+        return TrackingError(
+            f"MLflow tracking store {db} is not a usable SQLite database "
+            f"({exception_text(cause)}); "
+            f"move it aside (`mv {db} {db}.corrupt`) to start a new store: the register "
+            "stages rebuild the runs from the DVC outputs"
+        )
+    return TrackingError(f"MLflow tracking store {uri}: database error ({exception_text(cause)})")
+
+
 def import_mlflow() -> Any:
-    """Import MLflow (slow: about 2 s) only when a run starts; keep its INFO lines quiet."""
+    """Import MLflow (slow: about 2 s) only when a run starts; keep its INFO lines quiet and
+    its HTTP calls bounded (bound_http_calls)."""
+    bound_http_calls()
     import mlflow
 
     # MLflow sets its own logger to INFO on import (first sqlite use logs migrations);
@@ -349,6 +410,7 @@ class TrainingRun:
         check_tracking_server(self.uri)
         mlflow = import_mlflow()
         from mlflow.exceptions import MlflowException
+        from sqlalchemy.exc import SQLAlchemyError
 
         git = git_info()
         self.run_name = run_name(self.model, git["short"], dvc_exp_name())
@@ -373,11 +435,11 @@ class TrainingRun:
             )
             # process-wide (and $MLFLOW_TRACKING_URI for subprocesses), once it is known to work
             mlflow.set_tracking_uri(self.uri)
-        except (MlflowException, OSError, ImportError) as exc:
+        except (MlflowException, OSError, ImportError, SQLAlchemyError) as exc:
             # ImportError: a database URI whose driver is not installed (postgresql://...)
             if self._run_id is not None:
                 self._terminate("FAILED")
-            raise TrackingError(
+            raise store_error(self.uri, exc) or TrackingError(
                 f"MLflow tracking store {self.uri}: could not start a run in experiment "
                 f"'{self.experiment}' ({exception_text(exc)})"
             ) from exc
@@ -455,6 +517,24 @@ class TrainingRun:
         # the training error propagates; the tracking one is only reported
         log.warning("%s", error)
 
+    def end_orphan(self, run_id: str) -> None:
+        """The run a killed process (kill -9, a lost machine) left RUNNING, which this one
+        goes on from (its checkpoint named it): marked KILLED, and named in this run's tag
+        TAG_RESUMED_FROM. A run that is gone or already ended is left as it is."""
+        from mlflow.exceptions import MlflowException
+
+        assert self._client is not None
+        if run_id == self.run_id:
+            return
+        try:
+            self._client.set_tag(self.run_id, TAG_RESUMED_FROM, run_id)
+            if self._client.get_run(run_id).info.status == "RUNNING":
+                self._client.set_terminated(run_id, status="KILLED")
+                log.info("run %s, left RUNNING by a killed process, is marked KILLED", run_id)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # another store: nothing to end
+                log.warning("could not end run %s as KILLED (%s)", run_id, exception_text(exc))
+
     def _terminate(self, status: str) -> TrackingError | None:
         """End the run with `status`; return (not raise) what went wrong."""
         from mlflow.exceptions import MlflowException
@@ -511,10 +591,13 @@ class RecordedRun:
         check_tracking_server(self.uri)
         mlflow = import_mlflow()
         from mlflow.exceptions import MlflowException
+        from sqlalchemy.exc import SQLAlchemyError
 
-        self._client = mlflow.MlflowClient(tracking_uri=self.uri)
         try:
+            self._client = mlflow.MlflowClient(tracking_uri=self.uri)
             run = self._client.get_run(self.run_id)
+        except SQLAlchemyError as exc:
+            raise store_error(self.uri, exc) from None
         except MlflowException as exc:
             if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
                 if missing_ok:

@@ -8,6 +8,7 @@ Each loop is written out in its model's package (gan/train.py, autoencoder/train
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import json
 import logging
@@ -139,11 +140,45 @@ def run_identity(model: str, params: dict[str, Any], data_hash: str) -> dict[str
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write atomically: a crash at any point leaves the previous checkpoint whole."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
+    """Write atomically: a crash at any point leaves the previous checkpoint whole. A full
+    disk is one line naming the path and the size needed."""
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as exc:
+        # torch's writer reports a failed write as RuntimeError ("unexpected pos ..."), the
+        # ENOSPC only in its context
+        if not any(getattr(e, "errno", None) in _DISK_FULL for e in _causes(exc)):
+            raise
+        raise TrainingError(
+            f"{path}: no space left on the device to write the checkpoint (about "
+            f"{_state_bytes(state) / 2**20:,.1f} MiB); free space there and rerun to resume "
+            "from the previous checkpoint, which is kept"
+        ) from None
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _state_bytes(state: Any) -> int:
+    """The bytes of the tensors in a (nested) checkpoint state: about its size on disk."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(_state_bytes(v) for v in state.values())
+    if isinstance(state, list | tuple):
+        return sum(_state_bytes(v) for v in state)
+    return 0
 
 
 def load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
@@ -197,11 +232,13 @@ class Checkpoint:
                  generators: tuple[torch.Generator, ...]):  # fmt: skip
         self.path, self.identity, self.steps = path, identity, steps
         self.states, self.generators = states, generators
+        self.run_id: str | None = None  # the tracking run, saved so a resume can end it
 
     def restore(self, run: Any = None) -> tuple[int, list[dict[str, float]]]:
         """Load this very run's checkpoint into the states and generators; return the step
         to go on from and the log rows so far, (0, []) to start afresh. The rows are sent
         to `run` (a tracking.TrainingRun, or None): a new run gets the whole curve."""
+        self.run_id = getattr(run, "run_id", None)  # kept in every snapshot
         state = load_checkpoint(self.path, self.identity)
         if state is None:
             return 0, []
@@ -209,6 +246,8 @@ class Checkpoint:
             obj.load_state_dict(state[name])
         set_rng_states(state["rng"], *self.generators)
         log.info("resuming from %s at step %d of %d", self.path, state["step"], self.steps)
+        if run is not None and state.get("mlflow_run_id"):
+            run.end_orphan(state["mlflow_run_id"])  # left RUNNING by the run that died
         for row in state["log"] if run is not None else []:
             send_row(run, row)
         return state["step"], state["log"]
@@ -219,6 +258,7 @@ class Checkpoint:
             "finished": step == self.steps,
             **{name: obj.state_dict() for name, obj in self.states.items()},
             "rng": rng_states(*self.generators), "log": rows,
+            **({"mlflow_run_id": self.run_id} if self.run_id else {}),
         })  # fmt: skip
 
 
@@ -308,10 +348,23 @@ def send_row(run: Any, row: dict[str, float]) -> None:
 # --- outputs ------------------------------------------------------------------------------
 
 
-def load_train_split(prepared_dir: Path) -> tuple[np.ndarray, str]:
-    """The train split's images (N, C, S, S) uint8, and the SHA-256 of the prepared data."""
+def load_train_split(prepared_dir: Path, batch_size: int | None = None) -> tuple[np.ndarray, str]:
+    """The train split's images (N, C, S, S) uint8, and the SHA-256 of the prepared data;
+    `batch_size` (train.batch_size) is checked against the split before any work."""
     prepared = read_prepared(prepared_dir)
     train = (prepared.manifest["split"] == "train").to_numpy()
     if not train.any():
         raise TrainingError(f"{prepared_dir}: expected images in the train split; found none")
+    if batch_size is not None:
+        check_batch_size(batch_size, int(train.sum()))
     return np.asarray(prepared.images[train]), prepared_sha256(prepared_dir)
+
+
+def check_batch_size(batch_size: int, train_images: int) -> None:
+    """A batch is drawn from the train split: one larger than the split only repeats images
+    and costs memory (100,000 against 1,427 images grew to 7.8 GB)."""
+    if batch_size > train_images:
+        raise TrainingError(
+            f"train.batch_size: expected at most the train split's {train_images:,} images; "
+            f"got {batch_size:,}"
+        )

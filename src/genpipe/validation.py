@@ -36,8 +36,10 @@ log = logging.getLogger(__name__)
 TYPE_NAMES = {"int64": ["int64", "Int64Dtype"], "float64": ["float64", "Float64Dtype"]}
 
 
-# the column that names a row of each table in failure details
-ROW_KEYS = {"manifest": "index", "splits": "split", "images_by_hash": "sha1"}
+# the columns that name a row of each table in failure details: an image by its manifest
+# index and its source (the file, for the folder source)
+ROW_KEYS = {"manifest": ("index", "source"), "splits": ("split",), "images_by_hash": ("sha1",)}
+SHOWN_ROWS = 5
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,8 @@ def validate_dataset(
     report = ValidationReport()
     report.checks += array_checks(prepared, data)
     tables = derived_tables(prepared.manifest, prepared.info.get("num_classes", 0))
-    report.checks += run_expectations(tables, expectations(prepared, rules), docs_dir)
+    checks = run_expectations(tables, expectations(prepared, rules), docs_dir)
+    report.checks += [_name_copies(check, prepared.manifest) for check in checks]
     report.counts = counts(tables, rules)
     return report
 
@@ -103,15 +106,44 @@ def array_checks(prepared: Prepared, data: DataParams) -> list[Check]:
         ),
     ]
     if all(check.passed for check in checks) and "sha1" in manifest:
-        mismatched = int(np.sum(np.array(image_sha1(images)) != manifest["sha1"].to_numpy()))
+        differ = np.flatnonzero(np.array(image_sha1(images)) != manifest["sha1"].to_numpy())
         checks.append(
             Check(
                 "images.sha1",
-                mismatched == 0,
-                f"expected the manifest's sha1 to match the pixels; {mismatched} images differ",
+                len(differ) == 0,
+                f"expected the manifest's sha1 to match the pixels; {len(differ)} images differ"
+                + (f" (e.g. {_name_rows(manifest.iloc[differ])})" if len(differ) else ""),
             )
         )
     return checks
+
+
+def _name_rows(rows: pd.DataFrame) -> str:
+    """'index 3 (cats/a.png), index 9 (...)' for the first few rows of the manifest."""
+    names = []
+    for _, row in rows.head(SHOWN_ROWS).iterrows():
+        source = f" ({row['source']})" if "source" in row else ""
+        names.append(f"index {row.get('index', row.name)}{source}")
+    return ", ".join(names)
+
+
+def _name_copies(check: Check, manifest: pd.DataFrame) -> Check:
+    """A failed duplicates or leakage check, its detail extended with the images that are
+    copies of one another (GX names no rows for them)."""
+    if check.passed or check.id not in {"images.duplicates", "images.no_leakage"}:
+        return check
+    if not {"sha1", "split"} <= set(manifest.columns):
+        return check
+    if check.id == "images.duplicates":
+        copies = manifest[manifest.duplicated("sha1", keep=False)]
+    else:
+        copies = manifest[manifest.groupby("sha1")["split"].transform("nunique") > 1]
+    shown = [
+        f"[{_name_rows(copies[copies['sha1'] == h])}]" for h in sorted(set(copies["sha1"]))[:3]
+    ]
+    if not shown:
+        return check
+    return Check(check.id, check.passed, f"{check.detail}; identical images: {', '.join(shown)}")
 
 
 def derived_tables(manifest: pd.DataFrame, num_classes: int) -> dict[str, pd.DataFrame]:
@@ -315,10 +347,10 @@ def _run_checkpoint(
             name=f"genpipe-{table}",
             validation_definitions=[definition],
             actions=actions,
-            # failures name the rows by their key (image index, split, sha1)
+            # failures name the rows by their keys (image index and source, split, sha1)
             result_format={
                 "result_format": "SUMMARY",
-                "unexpected_index_column_names": [ROW_KEYS[table]],
+                "unexpected_index_column_names": [k for k in ROW_KEYS[table] if k in frame],
             },
         )
     )
@@ -346,17 +378,23 @@ def _describe(result: Any, table: str) -> str:
     if result.exception_info and result.exception_info.get("raised_exception"):
         found = f"error: {result.exception_info.get('exception_message')}"
     elif res.get("unexpected_count"):
-        key = ROW_KEYS[table]
-        rows = [row.get(key) for row in (res.get("partial_unexpected_index_list") or [])[:5]]
-        values = (res.get("partial_unexpected_list") or [])[:5]
+        rows = [_row_name(table, row) for row in res.get("partial_unexpected_index_list") or []]
+        values = res.get("partial_unexpected_list") or []
         examples = ", ".join(
-            f"{key} {row}: {value}" for row, value in zip(rows, values, strict=False)
+            f"{row}: {value}" for row, value in zip(rows[:SHOWN_ROWS], values, strict=False)
         )
         found = f"{res['unexpected_count']} of {res.get('element_count')} rows fail"
         found += f" (e.g. {examples})" if examples else ""
     else:
         found = f"observed {res.get('observed_value')}"
     return f"{config.type} on {target} ({expected}): {found}"
+
+
+def _row_name(table: str, row: dict[str, Any]) -> str:
+    """'index 720 (7/ink.png)' for an image, 'split test', 'sha1 ...' for the other tables."""
+    key, *more = ROW_KEYS[table]
+    extra = ", ".join(str(row[k]) for k in more if k in row)
+    return f"{key} {row.get(key)}" + (f" ({extra})" if extra else "")
 
 
 def counts(tables: dict[str, pd.DataFrame], rules: ValidateParams) -> dict[str, Any]:

@@ -4,7 +4,6 @@ one-line errors that name the file and the stage that writes it."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from genpipe.errors import GenpipeError
-from genpipe.fileio import atomic_path, current_umask
+from genpipe.fileio import atomic_path, umask_mode
 from genpipe.runtime import unwrap
 
 
@@ -26,8 +25,7 @@ def save_weights(module: nn.Module, path: Path) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in unwrap(module).state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp))
-        # safetensors writes a file of its own, private: outputs are readable as any other
-        os.chmod(tmp, 0o666 & ~current_umask())
+        umask_mode(tmp)  # safetensors writes a file of its own, private
 
 
 def load_weights(module: nn.Module, path: Path, stage: str) -> nn.Module:

@@ -36,6 +36,7 @@ def train_autoencoder(
     this very run; the curve goes to `log_path`, `run` and the progress shown."""
     cfg, train = params.autoencoder, params.train
     _, channels, size, _ = images.shape
+    training.check_batch_size(train.batch_size, len(images))  # before any work
     dtype = runtime.resolve_precision(train.precision, device)
     runtime.seed_everything(params.seed, device, train.cpu_threads)
     net = AutoEncoder(size, channels, cfg.latent_dim, cfg.width, cfg.depth, kind=cfg.kind)

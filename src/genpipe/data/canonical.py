@@ -41,6 +41,8 @@ MANIFEST_COLUMNS = {
     "source": "str",
 }
 SPLITS = ("train", "test")
+BACKGROUNDS = {"white": 255, "black": 0}  # data.background -> grey level under transparency
+ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 
 
 @dataclass(frozen=True)
@@ -50,15 +52,32 @@ class Prepared:
     info: dict[str, Any]  # source, class_names, shape, counts
 
 
-def fit_image(image: Image.Image, size: int, channels: int) -> np.ndarray:
-    """Convert to `channels`, centre-crop to a square and resize to `size`: (C, S, S) uint8."""
+def fit_image(
+    image: Image.Image, size: int, channels: int, background: str = "white"
+) -> np.ndarray:
+    """Composite any transparency onto `background`, convert to `channels`, centre-crop to
+    a square and resize to `size`: (C, S, S) uint8."""
     image = ImageOps.exif_transpose(image)
+    image = flatten_alpha(image, background)
     image = image.convert("L" if channels == 1 else "RGB")
     if image.size != (size, size):
         # crops to the target aspect ratio around the centre, then resizes (antialiased)
         image = ImageOps.fit(image, (size, size), method=Image.Resampling.BICUBIC)
     pixels = np.asarray(image, dtype=np.uint8)
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1).copy()
+
+
+def flatten_alpha(image: Image.Image, background: str = "white") -> Image.Image:
+    """An image with transparency (RGBA, LA, PA, or a palette, grey or RGB image with a
+    transparent colour) composited onto an opaque `background` ("white" or "black") as RGB;
+    any other image unchanged. Converting to L or RGB would otherwise drop the alpha,
+    keeping whatever colour lies under transparent pixels."""
+    if image.mode not in ALPHA_MODES and "transparency" not in image.info:
+        return image  # opaque: untouched, so its pixels are exactly as before
+    rgba = image.convert("RGBA")  # a transparent palette entry or colour becomes alpha 0
+    level = BACKGROUNDS[background]
+    canvas = Image.new("RGBA", rgba.size, (level, level, level, 255))
+    return Image.alpha_composite(canvas, rgba).convert("RGB")
 
 
 def fit_array(images: np.ndarray, size: int, channels: int) -> np.ndarray:
@@ -131,8 +150,20 @@ def read_prepared(directory: Path) -> Prepared:
         images = np.load(directory / IMAGES_FILE, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
         raise DataError(f"{directory / IMAGES_FILE}: expected a .npy array; {exc}") from None
-    manifest = pd.read_parquet(directory / MANIFEST_FILE)
-    info = json.loads((directory / INFO_FILE).read_text())
+    try:
+        manifest = pd.read_parquet(directory / MANIFEST_FILE)
+    except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(
+            f"{directory / MANIFEST_FILE}: expected the fetch stage's manifest (Parquet); "
+            f"could not read it ({str(exc).splitlines()[0][:200]}) (run `dvc repro --force fetch`)"
+        ) from None
+    try:
+        info = json.loads((directory / INFO_FILE).read_text())
+    except ValueError as exc:
+        raise DataError(
+            f"{directory / INFO_FILE}: expected the fetch stage's info as JSON; {exc} "
+            "(run `dvc repro --force fetch`)"
+        ) from None
     return Prepared(images=images, manifest=manifest, info=info)
 
 

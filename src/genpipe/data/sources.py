@@ -221,7 +221,14 @@ def _official_split(
 
 
 def load_folder(data: DataParams) -> RawImages:
-    folder = read_folder(Path(data.path), data.image_size, data.channels, data.on_bad_file)
+    folder = read_folder(
+        Path(data.path),
+        data.image_size,
+        data.channels,
+        data.on_bad_file,
+        max_image_pixels=data.max_image_pixels,
+        background=data.background,
+    )
     return RawImages(
         images=folder.images,
         labels=folder.labels,

@@ -181,6 +181,7 @@ def train_gan(
     run; the curve goes to `log_path`, `run` and the progress shown."""
     cfg, train = params.gan, params.train
     _, channels, size, _ = images.shape
+    training.check_batch_size(train.batch_size, len(images))  # before any work
     gan = build_gan(params, channels, size, device)
     data = training.DeviceImages(images, device, train.compile)
     batches = runtime.make_generator(device, params.seed + 1)  # which images

@@ -104,6 +104,7 @@ def register(
     tracking.check_tracking_server(uri)  # before anything: a server that is down changes nothing
     mlflow = tracking.import_mlflow()
     from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
 
     metrics = _read_json(outputs.metrics, "the evaluate stage's metrics")
     reference = _read_json(outputs.reference, "the reference stage's summary")
@@ -116,9 +117,9 @@ def register(
         )
     value = float(metrics[metric])
     name = f"{name_prefix}-{outputs.model}"
-    client = mlflow.MlflowClient(tracking_uri=uri)
     for attempt in range(1, ATTEMPTS + 1):
         try:
+            client = mlflow.MlflowClient(tracking_uri=uri)  # a sqlite store is opened here
             run_id, version, decision = _register_once(
                 mlflow, client, uri, name, outputs, params, metrics, experiment,
                 record["run_id"], metric, value, str(reference.get("backbone")),
@@ -126,10 +127,14 @@ def register(
             )  # fmt: skip
             aliases = sorted(client.get_model_version(name, version.version).aliases)
             break
+        except SQLAlchemyError as exc:  # a corrupt sqlite file
+            raise tracking.store_error(uri, exc) from None
         except MlflowException as exc:
             # another register writing the same model at once, say: going again finishes
-            # what this pass began
-            if exc.error_code not in NOT_RETRIED and attempt < ATTEMPTS:
+            # what this pass began. A call MLflow's HTTP client has already retried (a broken
+            # server) is not: three passes would triple the wait.
+            retried = "Max retries exceeded" in str(exc)
+            if exc.error_code not in NOT_RETRIED and not retried and attempt < ATTEMPTS:
                 log.warning("%s: %s; trying again", name, exception_text(exc))
                 time.sleep(random.uniform(0.5, 2.0) * attempt)
                 continue
@@ -168,7 +173,7 @@ def _register_once(
     an earlier pass decided). Idempotent: a pass cut short is finished by the next."""
     run_id = _find_or_rebuild_run(client, source_run_id, outputs, params, metrics, experiment)
     weights = weights_sha256(outputs.weights)
-    version = _version_of_run(client, name, run_id) or _version_of_weights(client, name, weights)
+    version = _version_of_weights(client, name, run_id, weights)
     if version is not None and TAG_DECISION in version.tags:
         log.info("%s: run %s (weights %s...) is already version %s; not registered again",
                  name, run_id, weights[:12], version.version)  # fmt: skip
@@ -279,20 +284,18 @@ def _rebuild_run(
 # --- the version ---------------------------------------------------------------------------
 
 
-def _version_of_run(client: Any, name: str, run_id: str) -> Any | None:
-    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    return min(versions, key=lambda v: int(v.version)) if versions else None
-
-
-def _version_of_weights(client: Any, name: str, weights: str) -> Any | None:
-    """A version with these very weights: a retraining that reproduced them bitwise (same
-    params, data and code on the CPU) is the same model, not a new version."""
+def _version_of_weights(client: Any, name: str, run_id: str, weights: str) -> Any | None:
+    """The version of these very weights, the run's own first: another run's when a
+    retraining reproduced them bitwise (same params, data and code on the CPU), the same
+    model. A version of this run with other weights (replaced under the same run) is not
+    theirs: they get a new version."""
     versions = [
         v
         for v in client.search_model_versions(f"name = '{name}'")
         if v.tags.get(TAG_WEIGHTS) == weights
     ]
-    return min(versions, key=lambda v: int(v.version)) if versions else None
+    of_run = [v for v in versions if v.run_id == run_id]
+    return min(of_run or versions, key=lambda v: int(v.version)) if versions else None
 
 
 def weights_sha256(weights_dir: Path) -> str:
