@@ -8,7 +8,7 @@ from genpipe import paths, runtime
 from genpipe.autoencoder.artifact import load_autoencoder
 from genpipe.autoencoder.evaluate import evaluate_autoencoder
 from genpipe.data.canonical import read_prepared
-from genpipe.fileio import atomic_path, write_json
+from genpipe.fileio import staged_outputs, write_json
 from genpipe.params import load_params
 from genpipe.reference import load_backbone, load_reference, split_images
 from genpipe.stage import run_stage
@@ -34,10 +34,12 @@ def main() -> None:
         evaluate, device,
     )  # fmt: skip
     reports = paths.reports(MODEL)
-    with atomic_path(reports / "eval_grid.png") as tmp:
-        grid.save(tmp, format="PNG")
-    write_json(reports / "metrics.json", metrics)
-    run.log(metrics, [reports / "metrics.json", reports / "eval_grid.png"], "eval/")
+    # both files move into place only once the run has them: a failure leaves the old ones
+    with staged_outputs() as stage:
+        grid_path, metrics_path = stage(reports / "eval_grid.png"), stage(reports / "metrics.json")
+        grid.save(grid_path, format="PNG")
+        write_json(metrics_path, metrics)
+        run.log(metrics, [metrics_path, grid_path], "eval/")
 
 
 if __name__ == "__main__":

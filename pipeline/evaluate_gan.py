@@ -3,7 +3,7 @@ precision/recall, beside the real-data floor) and reports/gan/eval_grid.png; bot
 logged to the training run that models/gan/mlflow_run.json records."""
 
 from genpipe import paths, runtime
-from genpipe.fileio import atomic_path, write_json
+from genpipe.fileio import staged_outputs, write_json
 from genpipe.gan.artifact import load_generator
 from genpipe.gan.evaluate import evaluate_gan
 from genpipe.params import load_params
@@ -27,10 +27,12 @@ def main() -> None:
     netG = load_generator(paths.weights_dir(MODEL), device)
     metrics, grid = evaluate_gan(netG, reference, backbone, evaluate, params.seed, device)
     reports = paths.reports(MODEL)
-    with atomic_path(reports / "eval_grid.png") as tmp:
-        grid.save(tmp, format="PNG")
-    write_json(reports / "metrics.json", metrics)
-    run.log(metrics, [reports / "metrics.json", reports / "eval_grid.png"], "eval/")
+    # both files move into place only once the run has them: a failure leaves the old ones
+    with staged_outputs() as stage:
+        grid_path, metrics_path = stage(reports / "eval_grid.png"), stage(reports / "metrics.json")
+        grid.save(grid_path, format="PNG")
+        write_json(metrics_path, metrics)
+        run.log(metrics, [metrics_path, grid_path], "eval/")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ record), reports/autoencoder/train_log.csv. Resumes from checkpoints/autoencoder
 from genpipe import paths, runtime, training
 from genpipe.autoencoder.artifact import save_autoencoder
 from genpipe.autoencoder.train import reconstruction_grid, train_autoencoder
+from genpipe.fileio import staged_outputs
 from genpipe.params import load_params
 from genpipe.stage import run_stage
 from genpipe.tracking import TrainingRun
@@ -19,13 +20,20 @@ def main() -> None:
     reports = paths.reports(MODEL)
     flat = params.model_dump(mode="json", by_alias=True)
     record = paths.run_record(MODEL)
-    with TrainingRun(MODEL, flat, data_hash, params.train.experiment, record_path=record) as run:
+    # every output is written staged and moved into place only once the run has ended well:
+    # a failure leaves the previous ones (and the record of their run) as they were
+    experiment = params.train.experiment
+    with (
+        staged_outputs() as stage,
+        TrainingRun(MODEL, flat, data_hash, experiment, record_path=stage(record)) as run,
+    ):
+        train_log, samples = stage(reports / "train_log.csv"), stage(reports / "samples.png")
         result = train_autoencoder(params, images, data_hash, device, paths.checkpoint(MODEL),
-                                   reports / "train_log.csv", run=run)  # fmt: skip
-        save_autoencoder(paths.weights_dir(MODEL), result.net, result.config)
-        reconstruction_grid(result.net, images, device).save(reports / "samples.png")
-        run.log_artifact(reports / "samples.png")
-        run.log_artifact(reports / "train_log.csv")
+                                   train_log, run=run)  # fmt: skip
+        save_autoencoder(stage(paths.weights_dir(MODEL)), result.net, result.config)
+        reconstruction_grid(result.net, images, device).save(samples)
+        run.log_artifact(samples)
+        run.log_artifact(train_log)
 
 
 if __name__ == "__main__":

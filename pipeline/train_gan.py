@@ -2,6 +2,7 @@
 reports/gan/ (train_log.csv, samples.png). Resumes from checkpoints/gan/ after a crash."""
 
 from genpipe import paths, runtime, training
+from genpipe.fileio import staged_outputs
 from genpipe.gan.artifact import save_gan
 from genpipe.gan.train import sample_grid, train_gan
 from genpipe.params import load_params
@@ -19,13 +20,21 @@ def main() -> None:
     reports = paths.reports(MODEL)
     flat = params.model_dump(mode="json", by_alias=True)
     record = paths.run_record(MODEL)
-    with TrainingRun(MODEL, flat, data_hash, params.train.experiment, record_path=record) as run:
-        result = train_gan(params, images, data_hash, device, paths.checkpoint(MODEL),
-                           reports / "train_log.csv", run=run)  # fmt: skip
-        save_gan(paths.weights_dir(MODEL), result.netG, result.netD, result.ema, result.config)
-        sample_grid(result.ema, params.gan.z_dim, params.seed, device).save(reports / "samples.png")
-        run.log_artifact(reports / "samples.png")
-        run.log_artifact(reports / "train_log.csv")
+    # every output is written staged and moved into place only once the run has ended well:
+    # a failure leaves the previous ones (and the record of their run) as they were
+    experiment = params.train.experiment
+    with (
+        staged_outputs() as stage,
+        TrainingRun(MODEL, flat, data_hash, experiment, record_path=stage(record)) as run,
+    ):
+        train_log, samples = stage(reports / "train_log.csv"), stage(reports / "samples.png")
+        result = train_gan(params, images, data_hash, device, paths.checkpoint(MODEL), train_log,
+                           run=run)  # fmt: skip
+        save_gan(stage(paths.weights_dir(MODEL)), result.netG, result.netD, result.ema,
+                 result.config)  # fmt: skip
+        sample_grid(result.ema, params.gan.z_dim, params.seed, device).save(samples)
+        run.log_artifact(samples)
+        run.log_artifact(train_log)
 
 
 if __name__ == "__main__":

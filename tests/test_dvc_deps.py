@@ -133,6 +133,22 @@ def test_every_stage_after_params_waits_for_the_whole_params_check():
     assert not unchecked, f"stages that do not depend on {PARAMS_CHECK}: {unchecked}"
 
 
+def test_every_output_persists():
+    """DVC deletes an output that does not persist before its stage runs, so a stage that
+    then fails would leave nothing: every stage writes its outputs whole on success, and
+    dvc.yaml tells DVC to keep them until then. Read as DVC reads dvc.yaml (outs, metrics and
+    plots alike)."""
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        outs = {(stage.addressing, str(out)): out.persist
+                for stage in repo.index.stages for out in stage.outs}  # fmt: skip
+    assert len({name for name, _ in outs}) == len(STAGES)
+    assert ("train@gan", "models/gan/mlflow_run.json") in outs
+    deleted = [f"{name}: {out}" for (name, out), persist in outs.items() if not persist]
+    assert not deleted, f"outputs without persist: true: {deleted}"
+
+
 @pytest.mark.parametrize("model", ["gan", "autoencoder"])
 def test_checkpoint_fingerprint_covers_what_shapes_the_network(model):
     fingerprinted = {path.relative_to(REPO).as_posix()

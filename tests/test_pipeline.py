@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -38,10 +39,11 @@ ALL_STAGES = [
 ]  # fmt: skip
 
 
-def sh(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+def sh(*args: str, cwd: Path, check: bool = True, tracking_uri: str | None = None
+       ) -> subprocess.CompletedProcess:  # fmt: skip
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
            "GX_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db"}  # fmt: skip
+           "MLFLOW_TRACKING_URI": tracking_uri or f"sqlite:///{cwd}/mlflow.db"}  # fmt: skip
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
@@ -181,6 +183,82 @@ def test_a_typo_in_params_fails_before_any_stage_touches_an_output(project):
         "params", "train@gan", "evaluate@gan", "register@gan"]  # fmt: skip
     assert ran(sh("dvc", "repro", cwd=project)) == []
     assert snapshot(project / "models/autoencoder/weights") == before["models/autoencoder/weights"]
+
+
+# every output of every stage but the checkpoints (which training updates as it goes, so that
+# a rerun resumes), uncached ones included
+OUTPUTS = ["reports/params/check.json", "data/prepared", "reports/validation", "data/reference",
+           *(f"models/{m}/{name}" for m in ("gan", "autoencoder")
+             for name in ("weights", "mlflow_run.json")),
+           *(f"reports/{m}/{name}" for m in ("gan", "autoencoder")
+             for name in ("train_log.csv", "samples.png", "metrics.json", "eval_grid.png",
+                          "registry.json"))]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_stage_that_fails_at_run_time_leaves_its_previous_outputs_as_they_were(project):
+    assert ran(sh("dvc", "repro", cwd=project)) == ALL_STAGES
+
+    def contents() -> dict[str, bytes]:
+        return {path: data for name in OUTPUTS
+                for path, (data, _) in snapshot(project / name).items()}  # fmt: skip
+
+    before = contents()
+    valid = (project / "params.yaml").read_text()
+
+    def fails(*args: str, stages: list[str], error: str, **kw) -> None:
+        """`dvc repro *args` runs `stages`, the last one fails with `error`, and every output
+        is as it was, byte for byte, with no temporary file left."""
+        failed = sh("dvc", "repro", *args, cwd=project, check=False, **kw)
+        assert failed.returncode != 0 and ran(failed) == stages, failed.stdout
+        errors = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and error in errors[0], failed.stderr
+        assert contents() == before, stages
+        assert not [p for p in project.rglob(".*.tmp") if ".dvc" not in p.parts]
+        (project / "params.yaml").write_text(valid)
+
+    # fetch: a folder source whose path is a file (a dep DVC can hash; no folder to read)
+    set_params(project, data={"source": "folder", "path": "README.md"})
+    fails(stages=["params", "fetch"], error="README.md")
+    # reference: more samples than the train split holds
+    set_params(project, evaluate={"num_samples": 100_000})
+    fails(stages=["params", "reference"], error="evaluate.num_samples: expected at most")
+    # train: a learning rate that diverges, stopped at the first non-finite loss
+    set_params(project, gan={"lr_d": 1e30})
+    fails(stages=["params", "train@gan"], error="training stopped")
+    # evaluate and register: a tracking server that is down (each stage forced on its own)
+    down = f"http://127.0.0.1:{free_port()}"
+    for stage in ("evaluate@gan", "register@autoencoder"):
+        fails("--force", "--single-item", stage, stages=[stage], error="unreachable",
+              tracking_uri=down)  # fmt: skip
+
+    # nothing failed was recorded: with the causes gone, only the check of params.yaml (which
+    # passed the last bad file) is out of date, and the failed stages rerun to the same
+    # outputs and the same registered version
+    assert ran(sh("dvc", "repro", cwd=project)) == ["params"]
+    rerun = sh("dvc", "repro", "--force", "--single-item", "evaluate@gan",
+               "register@autoencoder", cwd=project)  # fmt: skip
+    assert ran(rerun) == ["evaluate@gan", "register@autoencoder"]
+    for name in ("reports/gan/metrics.json", "reports/gan/eval_grid.png"):
+        assert (project / name).read_bytes() == before[str(project / name)]
+    registered = json.loads((project / "reports/autoencoder/registry.json").read_text())
+    assert (registered["version"], registered["decision"]) == (1, "already registered")
+
+
+def test_an_unknown_model_fails_in_the_params_stage_with_one_line(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["models"] = ["vae"]  # no such stage script or package: DVC never gets to them
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    failed = sh("dvc", "repro", cwd=project, check=False)
+    assert failed.returncode != 0 and ran(failed) == ["params"]
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: models[0]: expected one of 'gan' or 'autoencoder'; got 'vae'"]
+    assert "train_vae.py" not in failed.stdout + failed.stderr
 
 
 def test_repro_on_a_folder_of_rgb_pngs_of_assorted_sizes(project, tmp_path):

@@ -137,6 +137,19 @@ def test_run_is_logged_to_sqlite(store, tmp_path):
     assert [p.name for p in record.parent.iterdir()] == ["mlflow_run.json"]  # no temp file
 
 
+def test_a_failed_run_writes_no_record_and_keeps_the_previous_one(store, tmp_path):
+    record = tmp_path / "mlflow_run.json"
+    with _training_run(record) as finished:
+        pass
+    before = record.read_bytes()
+    with pytest.raises(ValueError, match="diverged"), _training_run(record) as failed:
+        raise ValueError("diverged")  # training fails inside the run
+    assert record.read_bytes() == before  # evaluate still reads the finished run
+    client = MlflowClient(store)
+    assert client.get_run(failed.run_id).info.status == "FAILED"
+    assert json.loads(before)["run_id"] == finished.run_id != failed.run_id
+
+
 def test_run_name_and_dvc_experiment(store, tmp_path, monkeypatch):
     assert tracking.run_name("gan", "3f2a1bc", "clean-hake") == "gan-3f2a1bc-clean-hake"
     assert tracking.run_name("gan", "3f2a1bc", None) == "gan-3f2a1bc"

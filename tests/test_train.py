@@ -399,8 +399,12 @@ def test_sigterm_keeps_the_checkpoint_and_marks_the_run_killed(tmp_path):
 
     from mlflow import MlflowClient
 
-    run_id = json.loads((workdir / "models/gan/mlflow_run.json").read_text())["run_id"]
+    # the run is named in the checkpoint (a resume ends it); no record of it is written, nor
+    # any other output: evaluate never reads a killed run
+    run_id = torch.load(ckpt, weights_only=True)["mlflow_run_id"]
     assert MlflowClient(f"sqlite:///{store}").get_run(run_id).info.status == "KILLED"
+    written = [p for folder in ("models", "reports") for p in (workdir / folder).rglob("*")]
+    assert not [p for p in written if not p.is_dir()]  # models/gan/, reports/gan/: empty
 
 
 # --- bad inputs to training --------------------------------------------------------------------

@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,35 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         replace_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_outputs() -> Iterator[Callable[[Path], Path]]:
+    """A stage's outputs, all or none: yields `stage(path)`, which returns a temporary path
+    of the same name (file or directory) in a new folder beside `path`. When the block ends
+    without error, every staged path that was written replaces its output (directories
+    whole, so no stale file survives); on an error none does, and the outputs stay as they
+    were. dvc.yaml marks them `persist: true` so that DVC does not delete them first."""
+    pending: list[tuple[Path, Path]] = []  # (temporary folder, output)
+
+    def stage(path: Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        pending.append((tmp, path))
+        return tmp / path.name  # the output's own name: MLflow logs artifacts by it
+
+    try:
+        yield stage
+        written = [(tmp / path.name, path) for tmp, path in pending if (tmp / path.name).exists()]
+        for src, path in written:
+            if src.is_dir():
+                replace_dir(src, path)
+            else:
+                os.replace(src, path)
+    finally:
+        for tmp, _ in pending:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def replace_dir(src: Path, dst: Path) -> None:

@@ -375,6 +375,8 @@ class TrainingRun:
     logging, which writes it from its own thread (splitting it into batches MLflow
     accepts). The previous handover is waited for first, so there is one write at a time
     (one writer on a sqlite file, points in order) and a failed one stops training early.
+    The run's record (`record_path`: its id, store, experiment and name) is written when the
+    run ends FINISHED, and only then.
     """
 
     def __init__(
@@ -424,15 +426,6 @@ class TrainingRun:
             )
             self._run_id = run.info.run_id
             log_params(self._client, self._run_id, self.params)
-            write_json(
-                self.record_path,
-                {
-                    "run_id": self._run_id,
-                    "tracking_uri": self.uri,
-                    "experiment_id": self.experiment_id,
-                    "run_name": self.run_name,
-                },
-            )
             # process-wide (and $MLFLOW_TRACKING_URI for subprocesses), once it is known to work
             mlflow.set_tracking_uri(self.uri)
         except (MlflowException, OSError, ImportError, SQLAlchemyError) as exc:
@@ -511,11 +504,26 @@ class TrainingRun:
         terminate_error = self._terminate(status)
         error = error or terminate_error
         if error is None:
+            if exc_type is None:
+                self._write_record()
             return
         if exc_type is None:
             raise error
         # the training error propagates; the tracking one is only reported
         log.warning("%s", error)
+
+    def _write_record(self) -> None:
+        """mlflow_run.json, once the run has ended FINISHED: evaluate and register never read
+        the record of a failed or killed run (a resume finds the run id in its checkpoint)."""
+        write_json(
+            self.record_path,
+            {
+                "run_id": self.run_id,
+                "tracking_uri": self.uri,
+                "experiment_id": self.experiment_id,
+                "run_name": self.run_name,
+            },
+        )
 
     def end_orphan(self, run_id: str) -> None:
         """The run a killed process (kill -9, a lost machine) left RUNNING, which this one

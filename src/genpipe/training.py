@@ -311,8 +311,9 @@ class LossMonitor:
 
 class TrainLog:
     """The training curve, one row per train.log_every steps: kept in the checkpoint (a
-    resume continues it), sent to the tracking run, written to reports/<model>/train_log.csv
-    and shown by `progress` (a bar's postfix on a terminal, a log line elsewhere)."""
+    resume continues it), sent to the tracking run, shown by `progress` (a bar's postfix on a
+    terminal, a log line elsewhere) and, once training ends, written to
+    reports/<model>/train_log.csv."""
 
     def __init__(self, rows: list[dict[str, float]], run: Any, progress: Progress):
         self.rows, self.run, self.progress = rows, run, progress

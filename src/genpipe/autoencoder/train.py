@@ -33,7 +33,8 @@ def train_autoencoder(
     run: Any = None,  # a tracking.TrainingRun, or None
 ) -> AutoencoderResult:
     """params.autoencoder.steps steps on `images`, resumed from `checkpoint` when it holds
-    this very run; the curve goes to `log_path`, `run` and the progress shown."""
+    this very run; the curve goes to `run` and the progress shown as it grows, to `log_path`
+    at the end."""
     cfg, train = params.autoencoder, params.train
     _, channels, size, _ = images.shape
     training.check_batch_size(train.batch_size, len(images))  # before any work
@@ -78,8 +79,7 @@ def train_autoencoder(
             if step % train.checkpoint_every == 0 or step == cfg.steps:
                 monitor.check()  # never checkpoint weights that saw a non-finite loss
                 ckpt.snapshot(step, trainlog.rows)
-                trainlog.write(log_path)
-    trainlog.write(log_path)
+    trainlog.write(log_path)  # once, at the end: the rows so far live in the checkpoint
 
     config = {"model": "autoencoder", "image_size": size, "channels": channels,
               "autoencoder": runtime.unwrap(net).config()}  # fmt: skip

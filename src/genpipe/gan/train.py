@@ -178,7 +178,7 @@ def train_gan(
     run: Any = None,  # a tracking.TrainingRun, or None
 ) -> GanResult:
     """params.gan.steps steps on `images`, resumed from `checkpoint` when it holds this very
-    run; the curve goes to `log_path`, `run` and the progress shown."""
+    run; the curve goes to `run` and the progress shown as it grows, to `log_path` at the end."""
     cfg, train = params.gan, params.train
     _, channels, size, _ = images.shape
     training.check_batch_size(train.batch_size, len(images))  # before any work
@@ -210,8 +210,7 @@ def train_gan(
             if step % train.checkpoint_every == 0 or step == cfg.steps:
                 monitor.check()  # never checkpoint weights that saw a non-finite loss
                 ckpt.snapshot(step, trainlog.rows)
-                trainlog.write(log_path)
-    trainlog.write(log_path)
+    trainlog.write(log_path)  # once, at the end: the rows so far live in the checkpoint
 
     config = {
         "model": "gan", "image_size": size, "channels": channels, "loss": cfg.loss,
