@@ -47,7 +47,11 @@ class DownloadParams(Section):
 
 class DataParams(Section):
     source: Literal["digits", "mnist", "fashion-mnist", "cifar10", "folder"] = "digits"
-    path: str | None = None  # folder source: directory of images, optionally in class subfolders
+    # folder source: directory of images, optionally in class subfolders;
+    # with `local`: the directory holding the official files
+    path: str | None = None
+    # mnist, fashion-mnist, cifar10: read the official files from `path`, download nothing
+    local: bool = False
     image_size: Annotated[Literal[8, 16, 28, 32, 64], NoBool] = 8
     channels: Annotated[Literal[1, 3], NoBool] = 1
     # sources without an official split (digits, folder) split by content hash
@@ -208,6 +212,8 @@ def _check_context(params: Params) -> None:
             "data.path: expected a directory of images when data.source is 'folder'; "
             f"got {_show(data.path)}"
         )
+    if data.local:
+        _check_local(data)
     for name, digest in data.sha256.items():
         if not re.fullmatch(r"[0-9a-f]{64}", digest):
             raise ParamsError(
@@ -216,6 +222,23 @@ def _check_context(params: Params) -> None:
     for i, url in enumerate(data.mirrors or []):
         if not re.match(r"https?://", url):
             raise ParamsError(f"data.mirrors[{i}]: expected an http(s):// URL; got {url!r}")
+
+
+def _check_local(data: DataParams) -> None:
+    """data.local reads an official source's files from the directory data.path."""
+    if data.source in ("digits", "folder"):
+        raise ParamsError(
+            "data.local: expected false for source "
+            f"{data.source!r} (only mnist, fashion-mnist and cifar10 have official files "
+            "to read from data.path); got true"
+        )
+    expected = f"a directory holding {data.source}'s official files when data.local is true"
+    if not data.path:
+        raise ParamsError(f"data.path: expected {expected}; got {_show(data.path)}")
+    path = Path(data.path)
+    if not path.is_dir():
+        found = "a file" if path.exists() else "nothing"
+        raise ParamsError(f"data.path: expected {expected}; found {found} at {path}")
 
 
 def _describe(exc: ValidationError) -> str:
