@@ -3,6 +3,8 @@ gives an autoencoder's MSE its meaning (a linear code of the same size)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from genpipe.errors import MetricsError
@@ -58,9 +60,9 @@ def ssim(x: np.ndarray, y: np.ndarray, data_range: float = 1.0) -> float:
 PCA_CHUNK = 2048  # rows converted to float64 at a time: (2048, 784) is 13 MB
 
 
-def _rows(images: np.ndarray, scale: float):
-    """(N, ...) images -> (B, F) float64 chunks of PCA_CHUNK rows, times `scale`."""
-    flat = images.reshape(len(images), -1)  # a view of contiguous images
+def _rows(images: np.ndarray, scale: float) -> Iterator[tuple[int, np.ndarray]]:
+    """(N, ...) images -> (first row, (B, F) float64 chunk of PCA_CHUNK rows times `scale`)."""
+    flat = images.reshape(len(images), -1)  # (N, F), a view where the images are contiguous
     for start in range(0, len(flat), PCA_CHUNK):
         x = flat[start : start + PCA_CHUNK].astype(np.float64)  # (B, F), a copy
         x *= scale
@@ -76,8 +78,8 @@ def pca_reconstruction(
     Both are multiplied by `scale` first (1 / 255 for uint8 images) a chunk at a time, so the
     train split is never copied whole. The components are the top eigenvectors of the (F, F)
     covariance (F pixels per image), two-pass in float64: exact, deterministic, and the
-    reconstructions of sklearn's PCA(svd_solver="full") to round-off, without its SVD of the
-    whole (N, F) train matrix.
+    reconstructions of sklearn's PCA(svd_solver="full") to round-off (where the K-th and
+    K+1-th eigenvalues differ), without its SVD of the whole (N, F) train matrix.
     """
     n_train, n = len(train), len(test)
     if n_train < 1 or train.shape[1:] != test.shape[1:]:
