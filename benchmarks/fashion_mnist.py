@@ -173,17 +173,15 @@ def make_project(root: Path, params: dict) -> None:
         subprocess.run(["git", *args], cwd=root, env=env, capture_output=True, check=True)
 
 
-def log_path(logs: Path, stage: str) -> Path:
-    return logs / f"{stage.replace('@', '-')}.log"
+def log_path(work: Path, stage: str) -> Path:
+    return work / f"{stage.replace('@', '-')}.log"
 
 
-def run_stage(
-    root: Path, stage: str, work: Path, logs: Path
-) -> tuple[Measured | None, Measured | None]:
-    """`dvc repro --single-item stage` under the wrapper, its output in logs/: the measures of
-    (dvc with the stage, the stage's command); None where the wrapper never ran."""
+def run_stage(root: Path, stage: str, work: Path) -> tuple[Measured | None, Measured | None]:
+    """`dvc repro --single-item stage` under the wrapper, its output in a log in work: the
+    measures of (dvc with the stage, the stage's command); None where the wrapper never ran."""
     outer, inner = work / "outer.json", work / "inner.json"
-    log = log_path(logs, stage)
+    log = log_path(work, stage)
     command = [*wrapper(outer), sys.executable, "-m", "dvc", "repro", "--single-item",
                "--no-run-cache", stage]  # fmt: skip
     with log.open("w") as f:
@@ -210,16 +208,16 @@ def quality(root: Path) -> list[tuple[str, str, str, bool]]:
     return rows
 
 
-def run_stages(root: Path, work: Path, logs: Path) -> tuple[dict[str, float], float, str | None]:
+def run_stages(root: Path, work: Path) -> tuple[dict[str, float], float, str | None]:
     """Each stage in order, a table line as each ends: (peak RSS MiB of each stage's command,
     the whole run's wall seconds, the stage that failed or None)."""
     print(f"\n{'stage':<22}{'wall s':>9}{'cmd s':>9}{'peak RSS MiB':>14}{'with dvc':>10}")
     peaks: dict[str, float] = {}
     start = time.perf_counter()
     for stage in STAGES:
-        with_dvc, cmd = run_stage(root, stage, work, logs)
+        with_dvc, cmd = run_stage(root, stage, work)
         if with_dvc is None or cmd is None or with_dvc.returncode or cmd.returncode:
-            log = log_path(logs, stage)
+            log = log_path(work, stage)
             tail = log.read_text()[-3000:] if log.exists() else ""
             print(f"\nstage {stage} failed (or dvc did not run its command); its log's end:\n"
                   f"{tail}")  # fmt: skip
@@ -243,12 +241,12 @@ def print_targets(rows: list[tuple[str, str, str, bool]]) -> int:
     return missed
 
 
-def run_preset(root: Path, work: Path, logs: Path, params: dict, args: argparse.Namespace) -> int:
+def run_preset(root: Path, work: Path, params: dict, args: argparse.Namespace) -> int:
     make_project(root, params)
     wrap_commands(root, work / "inner.json")
     overrides = f" with {', '.join(args.set)}" if args.set else ""
     print(f"Fashion-MNIST preset: {args.params}{overrides}; project {root}", flush=True)
-    peaks, total, failed = run_stages(root, work, logs)
+    peaks, total, failed = run_stages(root, work)
     rows = [(f"stage {failed}", "failed", "runs", False)] if failed else []
     rows.append(("whole preset wall time", f"{total:.0f} s", f"<= {MAX_WALL_S} s",
                  not failed and total <= MAX_WALL_S))  # fmt: skip
@@ -270,7 +268,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one param, e.g. gan.steps=20 (repeatable)")  # fmt: skip
     parser.add_argument("--keep", type=Path, metavar="DIR",
-                        help="build the project in DIR (new or empty) and keep it")  # fmt: skip
+                        help="build the project in DIR (new or empty) and keep it;"
+                             " the stages' logs go to DIR-bench")  # fmt: skip
     args = parser.parse_args()
     if not args.params.is_file():
         raise SystemExit(f"--params: expected a file; got {args.params}")
@@ -286,10 +285,10 @@ def main() -> None:
             if root.exists() and any(root.iterdir()):
                 raise SystemExit(f"--keep: expected a new or empty directory; got {root}")
         root.mkdir(parents=True, exist_ok=True)
-        # each stage's `dvc repro` output; kept beside a kept project
-        logs = root.parent / f"{root.name}-logs" if args.keep else work
-        logs.mkdir(exist_ok=True)
-        code = run_preset(root, work, logs, params, args)
+        if args.keep:  # the stages' logs and measures, which the kept dvc.yaml's cmds write
+            work = root.parent / f"{root.name}-bench"
+            work.mkdir(exist_ok=True)
+        code = run_preset(root, work, params, args)
     raise SystemExit(code)
 
 
