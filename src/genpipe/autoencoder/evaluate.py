@@ -59,12 +59,14 @@ def evaluate_autoencoder(
 ) -> tuple[dict[str, Any], Image.Image]:
     """metrics.json's content and a grid of test originals above their reconstructions."""
     x = test_images.astype(np.float64) / 255.0  # (M, C, S, S) in [0, 1]
-    recon, recon_uint8 = reconstruct(net, test_images, evaluate.batch_size, device)
     latent_dim = net.config()["latent_dim"]
-    # uint8 in, scaled a chunk at a time: no float copy of the train split
+    # first, while no reconstructions are held; uint8 in, scaled a chunk at a time: no float
+    # copy of the train split
     pca = reconstruction.pca_reconstruction(train_images, test_images, latent_dim, 1 / 255)
-    mse, pca_mse = reconstruction.mse(x, recon), reconstruction.mse(x, pca)
+    pca_mse = reconstruction.mse(x, pca)
     del pca  # (M, C, S, S) float64, no longer needed
+    recon, recon_uint8 = reconstruct(net, test_images, evaluate.batch_size, device)
+    mse = reconstruction.mse(x, recon)
     features = extract_features(
         backbone, recon_uint8, evaluate.batch_size, device, "reconstruction features"
     )
