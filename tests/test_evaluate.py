@@ -142,6 +142,19 @@ def test_domain_network_learns_and_is_deterministic():
     assert accuracy(a, test_images, test_labels, batch_size=7) == 1.0
 
 
+def test_saved_domain_network_reloads_to_the_same_features(tmp_path):
+    """Weights (BatchNorm's running statistics too) and config round-trip bit for bit."""
+    from genpipe.metrics.domain import load_domain_network
+
+    images, labels = two_class_images(64)
+    params = DomainParams(steps=5, width=4, feature_dim=8, batch_size=16)
+    net = train_domain_network(images, labels, 2, params, seed=0, device=CPU)
+    weights.save_weights(net, tmp_path / "domain.safetensors")
+    loaded = load_domain_network(tmp_path / "domain.safetensors", net.config(), CPU)
+    x = torch.from_numpy(images)
+    assert torch.equal(loaded.features(x), net.features(x))
+
+
 def test_domain_backbone_refuses_unlabeled_data():
     images, labels = two_class_images(8)
     labels[:] = -1
