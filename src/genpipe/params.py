@@ -102,6 +102,8 @@ class GanParams(Section):
     beta2: float = Field(0.999, ge=0, lt=1)
     d_steps: int = Field(1, ge=1)  # discriminator updates per generator update
     gp_weight: float = Field(10.0, ge=0)  # wgan-gp gradient penalty
+    r1_weight: float = Field(0.0, ge=0)  # R1: r1_weight / 2 * E ||grad D(real)||^2; 0: off
+    lr_decay: Literal["none", "linear", "cosine"] = "none"  # lr_g and lr_d over the steps
     ema_decay: float = Field(0.999, ge=0, lt=1)  # EMA of the generator, used for evaluation
 
 
@@ -112,6 +114,7 @@ class AutoencoderParams(Section):
     width: int = Field(32, ge=1)  # feature maps of the first encoder layer
     depth: int = Field(0, ge=0)  # extra 3x3 conv layers per resolution
     lr: float = Field(1e-3, gt=0)
+    lr_decay: Literal["none", "linear", "cosine"] = "none"  # lr over the steps, down to 0
     kl_weight: float = Field(1.0, ge=0)  # vae: weight of the KL term
 
 
