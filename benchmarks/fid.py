@@ -1,24 +1,37 @@
-"""Seconds for one Fréchet distance on 2048-d statistics: genpipe's eigenvalue form against
-the scipy.linalg.sqrtm formula as pytorch-fid computes it; then the feature-extraction
-images/s of both backbones (domain and Inception) on this machine's CPU or GPU.
+"""Seconds for one Fréchet distance on 2048-d statistics: genpipe's eigenvalue form, with
+and without a cached root, against the scipy.linalg.sqrtm formula as pytorch-fid computes
+it; with --scaling, the time and memory of FID, KID and precision/recall at 1k-10k samples;
+then the feature-extraction images/s of both backbones (domain and Inception) on this
+machine's CPU or GPU.
 
 genpipe   fid.frechet_distance with the real side's statistics as the reference stage
           caches them: mu, sigma and fid.sqrt_psd(sigma), computed once before timing. The
           real side is argument 1, so its cached root goes in as sqrt_sigma1; what is timed
           is S sigma_fake S (two matrix products) and one eigvalsh.
+uncached  fid.frechet_distance with no cached root, as when two runs' statistics are
+          compared directly: a Cholesky factor L of sigma_real, L^T sigma_fake L (two matrix
+          products) and one eigvalsh.
 baseline  pytorch-fid's calculate_frechet_distance (fid_score.py), step for step:
           sqrtm(sigma1 @ sigma2), the eps-offset retry when that is not finite, the real part.
 
 Both get the same statistics, from 10,000 samples a side of random features with a
 realistic spectrum: a random projection of a 256-d latent with decaying scales plus noise,
 through a ReLU (non-negative, like Inception's pooled activations); the fake side's
-projection and offset differ a little. Each is timed --rounds times, the two taking turns;
-the median is reported, with the absolute and relative difference of the two values. On a
-busy machine the times move by several per cent from run to run; BLAS's threads matter most.
+projection and offset differ a little. Each is timed --rounds times, the three taking turns;
+the median is reported, with the relative difference of each value from the baseline's.
+On a busy machine the times move by several per cent from run to run; BLAS's threads matter
+most: one by default, as the targets are stated.
+
+--scaling times FID (the fake side's statistics and the distance to the cached real ones),
+KID (100 subsets of min(1000, N/2), as reference.compare()) and precision/recall (k=3;
+quadratic in N, so also seconds per N^2) of N fake against N real features, N = 1,000,
+5,000 and 10,000, at 128 dimensions (the domain network's) and at 2048 for FID; with the
+peak of the numpy memory each call allocates (tracemalloc).
 
 Run (from the repository root):
     .venv/bin/python benchmarks/fid.py
-    .venv/bin/python benchmarks/fid.py --threads 1 --rounds 5
+    .venv/bin/python benchmarks/fid.py --rounds 5 --skip-extraction
+    .venv/bin/python benchmarks/fid.py --skip-frechet --scaling --rounds 1 --skip-extraction
     .venv/bin/python benchmarks/fid.py --skip-frechet --device cuda --inception-images 2048 \
         --inception-batch 256
 """
@@ -32,6 +45,7 @@ import platform
 import statistics
 import sys
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -39,11 +53,15 @@ import numpy as np
 import torch
 from scipy.linalg import sqrtm
 
-from genpipe.metrics import fid
+from genpipe.metrics import fid, kid, precision_recall
 
 TIME_TARGET = 10.0  # genpipe at least this many times faster than the baseline
+UNCACHED_TIME_TARGET = 6.0  # and without a cached root (two runs compared directly)
 AGREEMENT_TARGET = 1e-6  # relative difference of the two values at most this
 LATENT = 256  # dimensions behind the features
+SCALING_SAMPLES = (1_000, 5_000, 10_000)  # N of --scaling
+SCALING_MEMORY_TARGET_MIB = 1024
+KID_SUBSETS, KID_SUBSET_SIZE, PR_K = 100, 1000, 3  # EvaluateParams' defaults
 
 
 # --- the baseline --------------------------------------------------------------------------
@@ -174,6 +192,8 @@ def frechet_section(args: argparse.Namespace) -> None:
         "genpipe": lambda: fid.frechet_distance(
             mu_real, sigma_real, mu_fake, sigma_fake, sqrt_sigma1=sqrt_real
         ),
+        # two runs compared directly: no cached root, a Cholesky factor instead
+        "uncached": lambda: fid.frechet_distance(mu_real, sigma_real, mu_fake, sigma_fake),
         "baseline": lambda: pytorch_fid_distance(mu_fake, sigma_fake, mu_real, sigma_real),
     }
     progress("warming up genpipe")
@@ -182,25 +202,91 @@ def frechet_section(args: argparse.Namespace) -> None:
     results = interleaved(calls, args.rounds)
     seconds = {name: statistics.median(s) for name, (s, _) in results.items()}
     value = {name: v for name, (_, v) in results.items()}
-    progress("timing genpipe without the cached root, once")
-    uncached, _ = timed(lambda: fid.frechet_distance(mu_real, sigma_real, mu_fake, sigma_fake))
 
-    difference = abs(value["genpipe"] - value["baseline"])
-    relative = difference / abs(value["baseline"])
     print()
     print(f"Fréchet distance, {args.dim}-d statistics from {args.samples:,} samples a side")
-    print(f"genpipe  (eigvalsh, real side's root cached): {seconds['genpipe']:8.3f} s")
-    print(f"baseline (scipy sqrtm, as pytorch-fid):       {seconds['baseline']:8.3f} s")
+    rows = {
+        "genpipe": ("genpipe  (eigvalsh, real side's root cached)", TIME_TARGET),
+        "uncached": ("genpipe  (no cached root: Cholesky, eigvalsh)", UNCACHED_TIME_TARGET),
+    }
+    print(f"{'baseline (scipy sqrtm, as pytorch-fid)':46s} {seconds['baseline']:8.3f} s")
+    for name, (label, target) in rows.items():
+        ratio = seconds["baseline"] / seconds[name]
+        relative = abs(value[name] - value["baseline"]) / abs(value["baseline"])
+        print(
+            f"{label:46s} {seconds[name]:8.3f} s: {ratio:5.1f}x faster (target >= "
+            f"{target:.0f}x); rel diff {relative:.2e} (target <= {AGREEMENT_TARGET:.0e})"
+        )
     print(
-        f"ratio: {seconds['baseline'] / seconds['genpipe']:.1f}x faster "
-        f"(target >= {TIME_TARGET:.0f}x)"
+        f"values: genpipe {value['genpipe']:.10f}, uncached {value['uncached']:.10f}, "
+        f"baseline {value['baseline']:.10f}"
     )
-    print(
-        f"values: genpipe {value['genpipe']:.10f}, baseline {value['baseline']:.10f}; "
-        f"abs diff {difference:.2e}, rel diff {relative:.2e} (target <= {AGREEMENT_TARGET:.0e})"
-    )
-    print(f"  genpipe without the cached root (one more eigh): {uncached:.3f} s, once")
     sys.stdout.flush()
+
+
+# --- section 2: evaluation's cost against the sample count --------------------------------
+
+
+def measured(fn: Callable[[], object]) -> tuple[float, float]:
+    """(seconds, peak MiB) of one call; the peak is of the numpy arrays (and Python objects)
+    allocated during the call beyond those held before it, as tracemalloc sees them."""
+    tracemalloc.start()
+    try:
+        held = tracemalloc.get_traced_memory()[0]
+        start = time.perf_counter()
+        fn()
+        seconds = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1] - held
+    finally:
+        tracemalloc.stop()
+    return seconds, peak / 2**20
+
+
+def scaling_calls(real: np.ndarray, fake: np.ndarray) -> dict[str, Callable[[], object]]:
+    """The metrics as reference.compare() calls them with the default evaluate params. The
+    real side's statistics and root are the reference's cache: computed before, not timed."""
+    mu, sigma = fid.feature_statistics(real)
+    root = fid.sqrt_psd(sigma)
+    subset_size = max(2, min(KID_SUBSET_SIZE, len(real) // 2))  # as reference.kid_subset_size
+    return {
+        "fid": lambda: fid.frechet_distance(
+            mu, sigma, *fid.feature_statistics(fake), sqrt_sigma1=root
+        ),
+        "kid": lambda: kid.kernel_inception_distance(real, fake, KID_SUBSETS, subset_size, 0),
+        "precision/recall": lambda: precision_recall.precision_recall(real, fake, k=PR_K),
+    }
+
+
+def scaling_section(args: argparse.Namespace) -> None:
+    """Seconds and peak memory of FID, KID and precision/recall of N fake against N real
+    features, N in SCALING_SAMPLES: at the domain network's 128 dimensions, and at 2048
+    (Inception's) for FID."""
+    print()
+    print(
+        f"evaluation against the sample count: N real and N fake features, median of "
+        f"{args.rounds} calls; peak: numpy memory the call allocates (tracemalloc); KID: "
+        f"{KID_SUBSETS} subsets of min({KID_SUBSET_SIZE}, N/2); precision/recall k={PR_K}, "
+        f"blocks of <= {precision_recall.BLOCK_ELEMENTS:,} distances"
+    )
+    print(f"{'metric':17s} {'dim':>5s} {'N':>7s} {'seconds':>9s} {'peak MiB':>9s} {'s / N^2':>9s}")
+    for dim, names in ((128, ("fid", "kid", "precision/recall")), (2048, ("fid",))):
+        for n in SCALING_SAMPLES:
+            progress(f"  {n:,} x {dim} features a side")
+            real, fake = two_distributions(n, dim, args.seed)
+            calls = scaling_calls(real, fake)
+            for name in names:
+                timings = [measured(calls[name]) for _ in range(args.rounds)]
+                seconds = statistics.median(t for t, _ in timings)
+                peak = max(m for _, m in timings)
+                per_n2 = f"{seconds / n**2:9.2e}" if name == "precision/recall" else ""
+                print(f"{name:17s} {dim:5d} {n:7,d} {seconds:9.3f} {peak:9.1f} {per_n2}")
+            sys.stdout.flush()
+    inputs = SCALING_SAMPLES[-1] * 128 * 8 / 2**20
+    print(
+        f"not counted above: the features, N x dim x 8 bytes a side ({inputs:.0f} MiB at "
+        f"{SCALING_SAMPLES[-1]:,} x 128); target for KID and precision/recall at "
+        f"{SCALING_SAMPLES[-1]:,}: peak < {SCALING_MEMORY_TARGET_MIB:,} MiB"
+    )
 
 
 # --- feature extraction ----------------------------------------------------------------------
@@ -254,7 +340,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dim", type=int, default=2048, help="feature dimensions")
     parser.add_argument("--rounds", type=int, default=3, help="timed calls each; the median")
     parser.add_argument(
-        "--threads", type=int, default=None, help="BLAS threads (default: the library's own)"
+        "--threads",
+        type=int,
+        default=1,
+        help="BLAS threads, 1 as the targets are stated; 0: the library's own",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -263,6 +352,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--inception-images", type=int, default=32)
     parser.add_argument("--inception-batch", type=int, default=16)
     parser.add_argument("--skip-frechet", action="store_true", help="feature extraction only")
+    parser.add_argument(
+        "--scaling", action="store_true", help="also FID, KID, precision/recall at N = 1k-10k"
+    )
+    parser.add_argument("--skip-extraction", action="store_true")
     return parser.parse_args(argv)
 
 
@@ -270,12 +363,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.samples < 2 or args.dim < 1 or args.rounds < 1:
         raise SystemExit("--samples: expected >= 2, --dim >= 1, --rounds >= 1")
-    with blas_threads(args.threads) as blas:
+    with blas_threads(args.threads or None) as blas:
         print(f"cpu:    {describe_cpu(blas)}")
         print(f"timing: {args.rounds} rounds each, taking turns, median")
         if not args.skip_frechet:
             frechet_section(args)
-        extraction_section(args)
+        if args.scaling:
+            scaling_section(args)
+        if not args.skip_extraction:
+            extraction_section(args)
 
 
 if __name__ == "__main__":

@@ -77,9 +77,51 @@ def test_checksum_mismatch_is_not_retried(http_server, sleeps, tmp_path):
         dl.download(NAME, SHA, [http_server.url], tmp_path)
 
     wrong = hashlib.sha256(b"wrong content").hexdigest()
-    _assert_failed(excinfo, tmp_path, f"expected {SHA[:12]}…, got {wrong[:12]}…")
+    _assert_failed(excinfo, tmp_path, f"sha256 mismatch: expected sha256 {SHA}; found {wrong}")
     assert http_server.hits[f"/{NAME}"] == 1
     assert sleeps == []
+
+
+# the same payload compressed again (level 1, another mtime): other bytes, same content
+RECOMPRESSED = gzip.compress(gzip.decompress(DATA), compresslevel=1, mtime=1)
+CONTENT_SHA = hashlib.sha256(gzip.decompress(DATA)).hexdigest()
+
+
+def test_recompressed_copy_passes_by_content(http_server, tmp_path):
+    assert RECOMPRESSED != DATA
+    http_server.route(f"/{NAME}", (200, RECOMPRESSED))
+    pin = dl.Pin(SHA, content=CONTENT_SHA)
+
+    path = dl.download(NAME, pin, [http_server.url], tmp_path)
+
+    assert path.read_bytes() == RECOMPRESSED
+    assert dl.download(NAME, pin, [http_server.url], tmp_path) == path  # the cache passes too
+    assert http_server.hits[f"/{NAME}"] == 1
+
+
+def test_other_content_names_both_pins_and_both_found_sums(http_server, tmp_path):
+    other = gzip.compress(b"other payload", mtime=0)
+    http_server.route(f"/{NAME}", (200, other))
+
+    with pytest.raises(DownloadError) as excinfo:
+        dl.download(NAME, dl.Pin(SHA, content=CONTENT_SHA), [http_server.url], tmp_path)
+
+    _assert_failed(
+        excinfo, tmp_path,
+        f"expected archive sha256 {SHA} or content sha256 {CONTENT_SHA}; "
+        f"found archive {hashlib.sha256(other).hexdigest()}, "
+        f"content {hashlib.sha256(b'other payload').hexdigest()}",
+    )  # fmt: skip
+
+
+def test_content_sum_is_bounded(tmp_path, monkeypatch):
+    from genpipe.data import formats
+
+    bomb = tmp_path / NAME
+    bomb.write_bytes(gzip.compress(bytes(5 << 20)))  # 5 MiB of zeros in a few KiB
+    monkeypatch.setattr(formats, "MAX_GUNZIP_BYTES", 2 << 20)
+    problem = dl.mismatch(bomb, dl.Pin(SHA, content=CONTENT_SHA))
+    assert "expected at most 2097152 bytes once decompressed; found more" in problem
 
 
 def test_truncated_gzip_fails_checksum(http_server, tmp_path):

@@ -80,6 +80,29 @@ def test_pca_with_every_component_is_exact_and_with_fewer_is_not():
     assert reconstruction.mse(test, reconstruction.pca_reconstruction(train, test, 2)) > 1e-3
 
 
+@pytest.mark.parametrize("components", [2, 16, 40])
+def test_pca_matches_sklearn_from_uint8_in_chunks(components, monkeypatch):
+    from sklearn.decomposition import PCA
+
+    # digits-like: 8 x 8 uint8 images of 17 levels with a structured spectrum, scaled by
+    # 1/16 inside; more train rows than a chunk, so the sums go chunk by chunk
+    monkeypatch.setattr(reconstruction, "PCA_CHUNK", 64)
+    rng = np.random.default_rng(3)
+    codes = rng.standard_normal((500, 12)) @ rng.standard_normal((12, 64))  # (500, 64)
+    images = np.clip(np.rint(8 + 3 * codes + rng.standard_normal((500, 64))), 0, 16)
+    images = images.astype(np.uint8).reshape(500, 1, 8, 8)
+    train, test = images[:400], images[400:]
+    pca = PCA(n_components=components, svd_solver="full").fit(train.reshape(400, -1) / 16)
+    codes = pca.transform(test.reshape(100, -1) / 16)
+    expected = np.clip(pca.inverse_transform(codes), 0.0, 1.0).reshape(test.shape)
+    found = reconstruction.pca_reconstruction(train, test, components, scale=1 / 16)
+    np.testing.assert_allclose(found, expected, rtol=0, atol=1e-12)
+    x = test / 16
+    mse = reconstruction.mse(x, found)
+    assert mse == pytest.approx(reconstruction.mse(x, expected), rel=1e-9)
+    assert mse > 1e-4  # not the trivial full-rank case
+
+
 # --- the domain network ----------------------------------------------------------------------
 
 
@@ -117,6 +140,19 @@ def test_domain_network_learns_and_is_deterministic():
     from genpipe.reference import accuracy
 
     assert accuracy(a, test_images, test_labels, batch_size=7) == 1.0
+
+
+def test_saved_domain_network_reloads_to_the_same_features(tmp_path):
+    """Weights (BatchNorm's running statistics too) and config round-trip bit for bit."""
+    from genpipe.metrics.domain import load_domain_network
+
+    images, labels = two_class_images(64)
+    params = DomainParams(steps=5, width=4, feature_dim=8, batch_size=16)
+    net = train_domain_network(images, labels, 2, params, seed=0, device=CPU)
+    weights.save_weights(net, tmp_path / "domain.safetensors")
+    loaded = load_domain_network(tmp_path / "domain.safetensors", net.config(), CPU)
+    x = torch.from_numpy(images)
+    assert torch.equal(loaded.features(x), net.features(x))
 
 
 def test_domain_backbone_refuses_unlabeled_data():

@@ -131,8 +131,10 @@ def exact_fid(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def check_against_sqrtm(d: int, n: int, seed: int) -> None:
-    """genpipe's FID of two random (n, d) feature sets agrees with pytorch-fid's to 1e-6
-    relative; where n < d, it is also no further than pytorch-fid's from the exact value."""
+    """genpipe's FID of two random (n, d) feature sets, with the cached root and without it
+    (a Cholesky factor where n > d), agrees with pytorch-fid's to 1e-6 relative and the two
+    agree to 1e-9; where n < d, it is also no further than pytorch-fid's from the exact
+    value."""
     rng = np.random.default_rng(seed)
     x, y = features(rng, n, d), features(rng, n, d, shift=0.05, spread=1.2)
     mu1, sigma1 = x.mean(axis=0), np.cov(x, rowvar=False)
@@ -141,6 +143,9 @@ def check_against_sqrtm(d: int, n: int, seed: int) -> None:
     root = fid.sqrt_psd(sigma1)
     distance = fid.frechet_distance(mu1, sigma1, mu2, sigma2, sqrt_sigma1=root)
     assert distance == pytest.approx(expected, rel=1e-6)
+    uncached = fid.frechet_distance(mu1, sigma1, mu2, sigma2)
+    assert uncached == pytest.approx(expected, rel=1e-6)
+    assert uncached == pytest.approx(distance, rel=1e-9)
     if n < d:
         # both take square roots of round-off in the null space and come out ~1e-6 low;
         # the eigenvalue form by less
@@ -157,6 +162,33 @@ def test_fid_matches_the_sqrtm_formula(d, n):
 @pytest.mark.parametrize("n", [4096, 500], ids=["full-rank", "rank-deficient"])
 def test_fid_matches_the_sqrtm_formula_on_2048d_statistics(n):
     check_against_sqrtm(2048, n, seed=6)
+
+
+@pytest.mark.parametrize("singular", ["neither", "sigma1", "both"])
+def test_fid_without_a_cached_root_factors_a_positive_definite_side(singular, monkeypatch):
+    # sigma1 of 30 samples in 64-d is singular: Cholesky fails on it and factors sigma2;
+    # when both are singular, sqrt_psd(sigma1) is the fallback, with no jitter
+    rng = np.random.default_rng(18)
+    n1, n2 = {"neither": (400, 400), "sigma1": (30, 400), "both": (30, 40)}[singular]
+    x, y = features(rng, n1, 64), features(rng, n2, 64, shift=0.1, spread=1.3)
+    mu1, sigma1 = x.mean(axis=0), np.cov(x, rowvar=False)
+    mu2, sigma2 = y.mean(axis=0), np.cov(y, rowvar=False)
+    cached = fid.frechet_distance(mu1, sigma1, mu2, sigma2, sqrt_sigma1=fid.sqrt_psd(sigma1))
+    original, roots = fid.sqrt_psd, []
+
+    def counted_sqrt_psd(sigma):
+        roots.append(sigma.shape)
+        return original(sigma)
+
+    monkeypatch.setattr(fid, "sqrt_psd", counted_sqrt_psd)
+    uncached = fid.frechet_distance(mu1, sigma1, mu2, sigma2)
+    assert len(roots) == (singular == "both")
+    exact = exact_fid(x, y)
+    if singular == "neither":
+        assert uncached == pytest.approx(cached, rel=1e-12)
+    else:  # both come out ~5e-8 relative low: square roots of round-off in a null space
+        assert uncached == pytest.approx(exact, rel=1e-6)
+        assert cached == pytest.approx(exact, rel=1e-6)
 
 
 # --- the Fréchet distance: never NaN, errors --------------------------------------------------

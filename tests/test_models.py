@@ -25,6 +25,7 @@ from genpipe.gan.network import (
     gan_config,
     generator_loss,
     gradient_penalty,
+    r1_penalty,
 )
 from genpipe.params import GanParams
 from genpipe.resolution import resolution_plan
@@ -232,6 +233,17 @@ def test_gradient_penalty_of_a_linear_critic():
     # the graph was kept: d/dw (||w|| - 1)^2 = 2 (||w|| - 1) w / ||w|| = w at ||w|| = 2
     gp.backward()
     torch.testing.assert_close(double.w.grad, double.w.detach())
+
+
+def test_r1_penalty_of_a_linear_critic():
+    # D(x) = w . x: grad_x D = w for every image, so the penalty is ||w||^2, graph kept
+    w = torch.randn(3 * 8 * 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    critic = LinearCritic(w)
+    real = images(4, 3, 8).double().requires_grad_(True)
+    r1 = r1_penalty(real, critic(real))
+    assert r1.item() == pytest.approx(w.square().sum().item())
+    r1.backward()  # d/dw ||w||^2 = 2 w
+    torch.testing.assert_close(critic.w.grad, 2 * w)
 
 
 def test_gradient_penalty_is_reproducible_through_its_generator():

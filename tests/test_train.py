@@ -84,6 +84,29 @@ def test_gan_runs_are_bitwise_identical(tmp_path, loss):
     assert not torch.equal(before["main.0.weight"], first.netG.state_dict()["main.0.weight"])
 
 
+def test_r1_and_lr_decay_runs_are_bitwise_identical_and_change_the_weights(tmp_path):
+    params = tiny_params(gan={"r1_weight": 1.0, "lr_decay": "linear"})
+    first, second = run_gan(params, tmp_path, "a"), run_gan(params, tmp_path, "b")
+    assert_same_weights(first.netG, second.netG)
+    plain = run_gan(tiny_params(), tmp_path, "plain").netD.state_dict()
+    assert not torch.equal(plain["main.0.weight"], first.netD.state_dict()["main.0.weight"])
+    ae = tiny_params(autoencoder={"lr_decay": "cosine"})
+    assert_same_weights(run_ae(ae, tmp_path, "c").net, run_ae(ae, tmp_path, "d").net)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "factors"),
+    [
+        ("none", [1, 1, 1, 1]),
+        ("linear", [1, 0.75, 0.5, 0.25]),
+        ("cosine", [1, 0.853553, 0.5, 0.146447]),
+    ],
+)
+def test_lr_factor(schedule, factors):
+    got = [training.lr_factor(schedule, step, 4) for step in range(1, 5)]
+    assert got == pytest.approx(factors, abs=1e-6)
+
+
 @pytest.mark.parametrize("kind", ["ae", "vae"])
 def test_autoencoder_runs_are_bitwise_identical(tmp_path, kind):
     params = tiny_params(autoencoder={"kind": kind})

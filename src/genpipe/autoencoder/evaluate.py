@@ -32,15 +32,20 @@ MSE, PSNR, SSIM, PCA_MSE, MSE_OVER_PCA = "mse", "psnr", "ssim", "pca_mse", "mse_
 @torch.inference_mode()
 def reconstruct(
     net: AutoEncoder, images: np.ndarray, batch_size: int, device: torch.device
-) -> np.ndarray:
-    """(N, C, S, S) uint8 -> reconstructions as float64 in [0, 1]. A VAE decodes its mean."""
-    out = []
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C, S, S) uint8 -> reconstructions as float64 in [0, 1] and as uint8 (rounded by
+    unit_to_uint8). A VAE decodes its mean."""
+    # filled a batch at a time: no list to concatenate, no whole-array temporaries
+    out = np.empty(images.shape, dtype=np.float64)
+    out_uint8 = np.empty(images.shape, dtype=np.uint8)
     for start in range(0, len(images), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
         x = to_float(x.to(device))  # as in training: [-1, 1]
         recon = net(x)[0].float().clamp(-1.0, 1.0).add(1.0).div(2.0)
-        out.append(recon.double().cpu().numpy())
-    return np.concatenate(out)
+        rows = slice(start, start + len(x))
+        out[rows] = recon.double().cpu().numpy()
+        out_uint8[rows] = unit_to_uint8(out[rows])
+    return out, out_uint8
 
 
 def evaluate_autoencoder(
@@ -54,11 +59,14 @@ def evaluate_autoencoder(
 ) -> tuple[dict[str, Any], Image.Image]:
     """metrics.json's content and a grid of test originals above their reconstructions."""
     x = test_images.astype(np.float64) / 255.0  # (M, C, S, S) in [0, 1]
-    recon = reconstruct(net, test_images, evaluate.batch_size, device)
     latent_dim = net.config()["latent_dim"]
-    pca = reconstruction.pca_reconstruction(train_images / 255.0, x, latent_dim)
-    mse, pca_mse = reconstruction.mse(x, recon), reconstruction.mse(x, pca)
-    recon_uint8 = unit_to_uint8(recon)
+    # first, while no reconstructions are held; uint8 in, scaled a chunk at a time: no float
+    # copy of the train split
+    pca = reconstruction.pca_reconstruction(train_images, test_images, latent_dim, 1 / 255)
+    pca_mse = reconstruction.mse(x, pca)
+    del pca  # (M, C, S, S) float64, no longer needed
+    recon, recon_uint8 = reconstruct(net, test_images, evaluate.batch_size, device)
+    mse = reconstruction.mse(x, recon)
     features = extract_features(
         backbone, recon_uint8, evaluate.batch_size, device, "reconstruction features"
     )

@@ -60,6 +60,8 @@ def train_autoencoder(
     with Progress("train autoencoder", cfg.steps, start) as progress:
         trainlog = training.TrainLog(rows, run, progress)
         for step in range(start + 1, cfg.steps + 1):
+            if cfg.lr_decay != "none":
+                training.set_lr(opt, cfg.lr * training.lr_factor(cfg.lr_decay, step, cfg.steps))
             # (1) Reconstruct x
             x = data.batch(B, batches)  # (B, C, S, S) in [-1, 1]
             with runtime.autocast(device, dtype):

@@ -1,4 +1,9 @@
-"""Fetch a pinned file from a list of mirrors: verified by SHA-256, written atomically."""
+"""Fetch a pinned file from a list of mirrors: verified by SHA-256, written atomically.
+
+A pin holds the SHA-256 of the file (the archive) and, where known, of its decompressed
+payload (the content): a file passes when either matches, so a copy that was compressed
+again (a distribution's package, a mirror) is accepted for the same data.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +16,15 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
 from tqdm import tqdm
 
-from genpipe.errors import DownloadError, exception_text
+from genpipe.data.formats import gunzip_chunks
+from genpipe.errors import DataError, DownloadError, exception_text
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,45 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(CHUNK_SIZE):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def content_sha256(path: Path) -> str:
+    """SHA-256 of a gzip file's decompressed payload, inflated a chunk at a time with a size
+    bound (formats.MAX_GUNZIP_BYTES); DataError for a truncated, corrupt or bomb file."""
+    digest = hashlib.sha256()
+    for chunk in gunzip_chunks(path):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Pin:
+    archive: str  # SHA-256 of the file's bytes, as `sha256sum` prints it
+    content: str | None = None  # SHA-256 of its gzip-decompressed payload; None: not pinned
+
+    def expected(self) -> str:
+        if self.content is None:
+            return f"sha256 {self.archive}"
+        return f"archive sha256 {self.archive} or content sha256 {self.content}"
+
+
+def mismatch(path: Path, pin: Pin, archive: str | None = None) -> str | None:
+    """None when the file's bytes or its decompressed payload match the pin; else one line
+    with the expected and the found sums. `archive`: the file's SHA-256 if already known."""
+    archive = archive or sha256_file(path)
+    if archive == pin.archive:
+        return None
+    if pin.content is None:
+        return f"expected {pin.expected()}; found {archive}"
+    try:
+        content = content_sha256(path)
+    except DataError as exc:
+        found = f"archive {archive}, no content sum ({exc})"
+    else:
+        if content == pin.content:
+            return None
+        found = f"archive {archive}, content {content}"
+    return f"expected {pin.expected()}; found {found}"
 
 
 class _AttemptFailed(Exception):
@@ -84,8 +130,8 @@ def _describe(exc: requests.RequestException, timeout: float) -> str:
     return exception_text(exc)[:200]
 
 
-def _fetch(session: requests.Session, url: str, dest: Path, sha256: str, timeout: float) -> None:
-    """One GET of url into a temp file next to dest, renamed to dest only if its sha256 matches."""
+def _fetch(session: requests.Session, url: str, dest: Path, pin: Pin, timeout: float) -> None:
+    """One GET of url into a temp file next to dest, renamed to dest only if it matches pin."""
     # Closed by the `with` below, before the rename; delete=False keeps the name ours to manage.
     tmp = tempfile.NamedTemporaryFile(  # noqa: SIM115
         dir=dest.parent, prefix=f".{dest.name}.", suffix=".part", delete=False
@@ -108,11 +154,8 @@ def _fetch(session: requests.Session, url: str, dest: Path, sha256: str, timeout
                     bar.update(len(chunk))
             tmp.flush()
             os.fsync(tmp.fileno())
-        got = digest.hexdigest()
-        if got != sha256:
-            raise _AttemptFailed(
-                f"sha256 mismatch (expected {sha256[:12]}…, got {got[:12]}…)", transient=False
-            )
+        if problem := mismatch(Path(tmp.name), pin, archive=digest.hexdigest()):
+            raise _AttemptFailed(f"sha256 mismatch: {problem}", transient=False)
         os.replace(tmp.name, dest)
     except requests.RequestException as e:
         Path(tmp.name).unlink(missing_ok=True)
@@ -124,7 +167,7 @@ def _fetch(session: requests.Session, url: str, dest: Path, sha256: str, timeout
 
 def download(
     name: str,
-    sha256: str,
+    sha256: str | Pin,
     mirrors: Sequence[str],
     dest_dir: Path,
     *,
@@ -132,14 +175,17 @@ def download(
     retries: int = 3,
     backoff: float = 1.0,
 ) -> Path:
-    """Return dest_dir/name holding the file with this sha256, fetched from the first good mirror.
+    """Return dest_dir/name holding the file this pin (or archive sha256) accepts, fetched
+    from the first good mirror.
 
     Transient failures (connection errors, timeouts, HTTP 5xx/429, short bodies) are retried
     `retries` times per mirror with exponential backoff; a 4xx or a wrong checksum moves on
     to the next mirror at once.
     """
-    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
-        raise DownloadError(f"{name}: expected a 64-digit lowercase hex sha256, got {sha256!r}")
+    pin = sha256 if isinstance(sha256, Pin) else Pin(sha256)
+    for digest in (pin.archive, pin.content):
+        if digest is not None and not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise DownloadError(f"{name}: expected a 64-digit lowercase hex sha256, got {digest!r}")
     if not mirrors:
         raise DownloadError(f"{name}: expected at least one mirror URL, got none")
     urls = [f"{mirror.rstrip('/')}/{name}" for mirror in mirrors]
@@ -148,7 +194,7 @@ def download(
             raise DownloadError(f"{name}: expected an http:// or https:// mirror URL, got {url}")
 
     dest = Path(dest_dir) / name
-    if dest.is_file() and sha256_file(dest) == sha256:
+    if dest.is_file() and mismatch(dest, pin) is None:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
 
@@ -164,7 +210,7 @@ def download(
                     log.warning("retrying %s in %gs: %s", url, delay, reason)
                     time.sleep(delay)
                 try:
-                    _fetch(session, url, dest, sha256, timeout)
+                    _fetch(session, url, dest, pin, timeout)
                     return dest
                 except _AttemptFailed as e:
                     reason = str(e)

@@ -8,7 +8,7 @@ import math
 import struct
 import tarfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -19,14 +19,35 @@ IDX_UBYTE = 0x08
 CIFAR_RECORD = 1 + 3 * 32 * 32  # label byte + 3x32x32 pixels
 
 
-def read_gzip(path: Path) -> bytes:
+# The largest official payload is CIFAR-10's tar, about 185 MB; MNIST's train images are
+# 47 MB. Anything that inflates past this is a decompression bomb, not a dataset.
+MAX_GUNZIP_BYTES = 1 << 30
+GUNZIP_CHUNK = 1 << 20
+
+
+def gunzip_chunks(path: Path, limit: int | None = None) -> Iterator[bytes]:
+    """The decompressed payload of a gzip file in 1 MiB chunks, refused past `limit` bytes
+    (default MAX_GUNZIP_BYTES)."""
+    limit = MAX_GUNZIP_BYTES if limit is None else limit
+    total = 0
     try:
         with gzip.open(path, "rb") as f:
-            return f.read()
+            while chunk := f.read(GUNZIP_CHUNK):  # at most one chunk inflated at a time
+                total += len(chunk)
+                if total > limit:
+                    raise DataError(
+                        f"{path.name}: expected at most {limit} bytes once decompressed; "
+                        "found more (a decompression bomb?)"
+                    )
+                yield chunk
     except (EOFError, OSError, zlib.error) as exc:
         raise DataError(
             f"{path.name}: expected a complete gzip file; found a truncated or corrupt one ({exc})"
         ) from None
+
+
+def read_gzip(path: Path, limit: int | None = None) -> bytes:
+    return b"".join(gunzip_chunks(path, limit))
 
 
 def read_idx(path: Path, ndim: int) -> np.ndarray:

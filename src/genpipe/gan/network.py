@@ -28,6 +28,7 @@ __all__ = [
     "generator_loss",
     "gradient_penalty",
     "init_weights",
+    "r1_penalty",
     "resolution_plan",
 ]
 
@@ -222,6 +223,13 @@ def gradient_penalty(
     (grad,) = torch.autograd.grad(netD(x_hat).sum(), x_hat, create_graph=True)
     norm = grad.float().reshape(n, -1).norm(2, dim=1)  # (N,)
     return ((norm - 1.0) ** 2).mean()
+
+
+def r1_penalty(real: Tensor, real_logits: Tensor) -> Tensor:
+    """R1: mean over the batch of ||grad_x D(x)||^2 at the real images, which must have been
+    marked requires_grad before D scored them. The graph is kept, as in gradient_penalty."""
+    (grad,) = torch.autograd.grad(real_logits.float().sum(), real, create_graph=True)
+    return grad.float().square().reshape(len(real), -1).sum(dim=1).mean()
 
 
 def ema_decay_at(step: int, decay: float) -> float:

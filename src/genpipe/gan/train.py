@@ -24,6 +24,7 @@ from genpipe.gan.network import (
     gan_config,
     generator_loss,
     gradient_penalty,
+    r1_penalty,
 )
 from genpipe.images import image_grid, to_uint8
 from genpipe.params import GanParams, Params
@@ -69,6 +70,8 @@ def build_gan(params: Params, channels: int, size: int, device: torch.device) ->
     # has graphs of its own
     cuda = device.type == "cuda"
     graphed = cuda and train.cuda_graphs and not train.compile and dtype != torch.float16
+    # a graph bakes in the lr it was captured with: a decaying lr runs eagerly
+    graphed = graphed and cfg.lr_decay == "none"
 
     networks = gan_config(size, channels, cfg)  # WGAN-GP's critic gets no BatchNorm
     netG = runtime.prepare_module(Generator(**networks["generator"]), device, train.compile)
@@ -121,11 +124,15 @@ def gan_step(
     # (1) Update D: maximise D(x) - D(G(z)) in the chosen loss's form
     for i in range(cfg.d_steps):
         real = data.take(index[i])  # (B, C, S, S) in [-1, 1]
+        real.requires_grad_(cfg.r1_weight > 0)  # R1 differentiates D(real) by the images
         with runtime.autocast(device, dtype):
             # the last fake keeps G's graph: (2) scores it again rather than drawing anew
             with torch.set_grad_enabled(i == cfg.d_steps - 1):
                 fake = gan.stepG(z[i])
-            loss_d = discriminator_loss(cfg.loss, gan.stepD(real), gan.stepD(fake.detach()))
+            real_logits = gan.stepD(real)
+            loss_d = discriminator_loss(cfg.loss, real_logits, gan.stepD(fake.detach()))
+        if cfg.r1_weight > 0:  # R1 (Mescheder et al. 2018): keeps D flat on the real data
+            loss_d = loss_d + 0.5 * cfg.r1_weight * r1_penalty(real, real_logits)
         if alpha is not None:  # WGAN-GP; the penalty's double backward stays in fp32
             loss_d = loss_d + cfg.gp_weight * gradient_penalty(
                 gan.stepD, real, fake.detach().float(), alpha=alpha[i]
@@ -157,9 +164,14 @@ def make_step(
     """step(t) runs training step t (from 1): draws its randomness, then runs gan_step,
     eagerly or, when gan.graphed, replayed as a CUDA graph."""
     graph = training.CudaGraphStep(functools.partial(gan_step, gan, data), "GAN")
+    cfg = gan.cfg
 
     def step(t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        weight = 1.0 - ema_decay_at(t, gan.cfg.ema_decay)
+        weight = 1.0 - ema_decay_at(t, cfg.ema_decay)
+        if cfg.lr_decay != "none":  # then gan.graphed is False: the new lr is read eagerly
+            factor = training.lr_factor(cfg.lr_decay, t, cfg.steps)
+            training.set_lr(gan.optG, cfg.lr_g * factor)
+            training.set_lr(gan.optD, cfg.lr_d * factor)
         draws = draw(gan, data, batches, noise)
         if not gan.graphed:
             return gan_step(gan, data, weight, *draws)

@@ -2,8 +2,9 @@
 
 Statistics are the interchange format: features (N, D) -> (mu, sigma) -> distance. Each
 step is a small pure function on float64 numpy arrays, so the real data's statistics (and
-sigma's square root) are computed once and cached, and a distance costs one symmetric
-eigendecomposition instead of scipy.linalg.sqrtm's Schur decomposition.
+sigma's square root) are computed once and cached, and a distance costs the eigenvalues of
+one symmetric matrix instead of scipy.linalg.sqrtm's Schur decomposition; without a cached
+root, a Cholesky factor stands in for it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from genpipe.errors import MetricsError
 
 log = logging.getLogger("genpipe.metrics.fid")
+
 
 def _check_finite(a: np.ndarray, name: str) -> None:
     if not np.isfinite(a).all():
@@ -154,6 +156,25 @@ def sqrt_psd(sigma: np.ndarray) -> np.ndarray:
     return _symmetric((v * np.sqrt(np.clip(w, 0.0, None))) @ v.T)
 
 
+def _congruence(sigma1: np.ndarray, sigma2: np.ndarray) -> np.ndarray:
+    """A (D, D) symmetric PSD matrix with the eigenvalues of sigma1 sigma2, without a cached
+    root: L^T sigma_b L with sigma_a = L L^T, for the first of (sigma1, sigma2) that is
+    numerically positive definite; S sigma2 S with S = sqrt_psd(sigma1) when neither is.
+
+    L^T sigma_b L is similar to L L^T sigma_b = sigma_a sigma_b (conjugate by L), and
+    sigma1 sigma2 and sigma2 sigma1 share their eigenvalues. Cholesky needs no
+    eigenvectors: at D = 2048 it costs about a tenth of sqrt_psd's eigh.
+    """
+    for a, b in ((sigma1, sigma2), (sigma2, sigma1)):
+        try:
+            factor = np.linalg.cholesky(a)  # (D, D) lower triangular
+        except np.linalg.LinAlgError:  # singular (n <= D samples) or round-off negative
+            continue
+        return factor.T @ b @ factor
+    s = sqrt_psd(sigma1)  # exact for PSD sigma1 of any rank; no jitter added
+    return s @ sigma2 @ s
+
+
 def frechet_distance(
     mu1: np.ndarray,
     sigma1: np.ndarray,
@@ -165,7 +186,8 @@ def frechet_distance(
 
     tr sqrt(sigma1 sigma2) = tr sqrt(S sigma2 S) with S = sqrt(sigma1) symmetric: S sigma2 S
     is symmetric PSD, so it is the sum of the square roots of its eigenvalues. Pass the
-    cached sqrt_psd(sigma1) as `sqrt_sigma1` to skip one eigendecomposition.
+    cached sqrt_psd(sigma1) as `sqrt_sigma1` to use it. Without it, a Cholesky factor
+    stands in for S where either sigma is positive definite (see _congruence).
     """
     mu1, mu2 = np.asarray(mu1, dtype=np.float64), np.asarray(mu2, dtype=np.float64)
     sigma1 = _symmetric(_square_matrix(sigma1, "sigma1"))  # (D, D)
@@ -182,14 +204,15 @@ def frechet_distance(
             f"statistics of different dimensions: sigma1 {sigma1.shape}, sigma2 {sigma2.shape}"
         )
     if sqrt_sigma1 is None:
-        s = sqrt_psd(sigma1)
+        m = _congruence(sigma1, sigma2)
     else:
         s = _symmetric(_square_matrix(sqrt_sigma1, "sqrt_sigma1"))
         if s.shape != sigma1.shape:
             raise MetricsError(
                 f"sqrt_sigma1: expected the shape of sigma1 {sigma1.shape}; got {s.shape}"
             )
-    m = _symmetric(s @ sigma2 @ s)  # (D, D), PSD: same eigenvalues as sigma1 sigma2
+        m = s @ sigma2 @ s
+    m = _symmetric(m)  # (D, D), PSD: same eigenvalues as sigma1 sigma2
     eigenvalues = np.clip(np.linalg.eigvalsh(m), 0.0, None)  # negatives are round-off
     tr_covmean = np.sqrt(eigenvalues).sum()
     diff = mu1 - mu2

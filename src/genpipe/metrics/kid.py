@@ -14,18 +14,22 @@ KID_SUBSETS_PARAM = "evaluate.kid_subsets"
 KID_SUBSET_SIZE_PARAM = "evaluate.kid_subset_size"
 
 
-def _polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(m, D), (m, D) -> (m, m): k(x, y) = (x^T y / D + 1)^3."""
-    return (x @ y.T / x.shape[1] + 1.0) ** 3
+def _kernel_sum(x: np.ndarray, y: np.ndarray, off_diagonal: bool = False) -> float:
+    """Sum of k(x_i, y_j) = (x_i^T y_j / D + 1)^3 over the pairs of (m, D) x and y (i != j
+    when off_diagonal), built in place: one (m, m) float64 array at a time."""
+    k = x @ y.T  # (m, m)
+    k /= x.shape[1]
+    k += 1.0
+    np.power(k, 3, out=k)
+    total = k.sum()
+    return float(total - np.trace(k)) if off_diagonal else float(total)
 
 
 def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     """The unbiased MMD^2 estimate of two (m, D) samples with the cubic polynomial kernel."""
     m = x.shape[0]
-    k_xx, k_yy = _polynomial_kernel(x, x), _polynomial_kernel(y, y)  # (m, m)
-    k_xy = _polynomial_kernel(x, y)  # (m, m)
-    off_diagonal = k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)
-    return float(off_diagonal / (m * (m - 1)) - 2.0 * k_xy.mean())
+    same = _kernel_sum(x, x, off_diagonal=True) + _kernel_sum(y, y, off_diagonal=True)
+    return same / (m * (m - 1)) - 2.0 * _kernel_sum(x, y) / (m * m)
 
 
 def kernel_inception_distance(

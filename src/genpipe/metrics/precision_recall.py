@@ -10,6 +10,7 @@ from genpipe.errors import MetricsError
 from genpipe.metrics.fid import paired_features
 
 PR_K_PARAM = "evaluate.pr_k"  # the param that sets k, named in errors
+BLOCK_ELEMENTS = 1 << 22  # a (B, N) float64 block of distances at most: 32 MiB
 
 
 def _squared_norms(x: np.ndarray) -> np.ndarray:
@@ -18,15 +19,25 @@ def _squared_norms(x: np.ndarray) -> np.ndarray:
 
 
 def _squared_distances(x: np.ndarray, y: np.ndarray, y_sq: np.ndarray) -> np.ndarray:
-    """(B, D), (N, D), |y|^2 (N,) -> (B, N) squared Euclidean distances."""
-    d2 = _squared_norms(x)[:, None] + y_sq[None, :] - 2.0 * (x @ y.T)
+    """(B, D), (N, D), |y|^2 (N,) -> (B, N) squared Euclidean distances: two (B, N) arrays
+    live, the values of |x|^2 + |y|^2 - 2 x y^T to the bit."""
+    products = x @ y.T  # (B, N)
+    products *= 2.0  # exact
+    d2 = _squared_norms(x)[:, None] + y_sq[None, :]  # (B, N)
+    d2 -= products
     return np.maximum(d2, 0.0, out=d2)
+
+
+def _rows_per_block(batch_size: int, n: int) -> int:
+    """Rows of a (B, n) block: batch_size, fewer where B * n would pass BLOCK_ELEMENTS."""
+    return max(1, min(batch_size, BLOCK_ELEMENTS // n))
 
 
 def _knn_radii(x: np.ndarray, k: int, batch_size: int) -> np.ndarray:
     """(N, D) -> (N,): squared distance of each point to its k-th nearest neighbour in x,
-    itself excluded. Rows go `batch_size` at a time: memory O(batch_size * N)."""
+    itself excluded. Rows go `batch_size` (or fewer, see _rows_per_block) at a time."""
     n = x.shape[0]
+    batch_size = _rows_per_block(batch_size, n)
     x_sq = _squared_norms(x)  # (N,)
     radii = np.empty(n)
     for start in range(0, n, batch_size):
@@ -34,7 +45,8 @@ def _knn_radii(x: np.ndarray, k: int, batch_size: int) -> np.ndarray:
         d2 = _squared_distances(x[start:stop], x, x_sq)  # (B, N)
         rows = np.arange(stop - start)
         d2[rows, start + rows] = np.inf  # a point is not its own neighbour
-        radii[start:stop] = np.partition(d2, k - 1, axis=1)[:, k - 1]
+        d2.partition(k - 1, axis=1)  # in place, as np.partition does on its copy
+        radii[start:stop] = d2[:, k - 1]
     return radii
 
 
@@ -46,7 +58,8 @@ def precision_recall(
 ) -> tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019). Each point's ball reaches
     its k-th nearest neighbour in its own set; precision is the share of fake points inside
-    some real ball, recall the share of real points inside some fake ball."""
+    some real ball, recall the share of real points inside some fake ball. Distances go
+    in (B, N) blocks of at most `batch_size` rows and BLOCK_ELEMENTS entries."""
     x, y = paired_features(real, fake)  # (N, D) real, (M, D) fake
     if k < 1 or k >= min(len(x), len(y)):
         raise MetricsError(
@@ -60,8 +73,9 @@ def precision_recall(
     precise = np.zeros(len(y), dtype=bool)  # fake point inside some real ball
     recalled = np.zeros(len(x), dtype=bool)  # real point inside some fake ball
     # one pass over the (M, N) fake-to-real distances serves both
-    for start in range(0, len(y), batch_size):
-        stop = min(start + batch_size, len(y))
+    rows = _rows_per_block(batch_size, len(x))
+    for start in range(0, len(y), rows):
+        stop = min(start + rows, len(y))
         d2 = _squared_distances(y[start:stop], x, x_sq)  # (B, N)
         precise[start:stop] = (d2 <= radii_x[None, :]).any(axis=1)
         recalled |= (d2 <= radii_y[start:stop, None]).any(axis=0)
