@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml constraints/cpu.txt scripts/setup_env.sh tools/actionli
 	touch $@
 
 run: $(STAMP)
+	genpipe params > /dev/null  # what DVC itself would only call "unexpected error"
 	dvc repro
 
 test: $(STAMP)

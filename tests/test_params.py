@@ -235,3 +235,18 @@ def test_genpipe_params_into_a_closed_pipe_exits_quietly(tmp_path):
     proc.wait(timeout=60)
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
+def test_data_path_null_is_refused_before_dvc_reads_it(tmp_path, capsys):
+    """dvc.yaml interpolates data.path into fetch's deps: DVC stops on a null with only
+    "unexpected error", before the params stage can run, so `genpipe params` (which
+    `make run` and `genpipe ci-retrain` run first) names it."""
+    path = tmp_path / "params.yaml"
+    path.write_text("data:\n  source: mnist\n  path: null\n")
+    assert load_params(path).data.path is None  # the schema alone lets it through
+    with pytest.raises(SystemExit) as excinfo:
+        main(["params", "--file", str(path)])
+    assert excinfo.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: data.path: expected a path for DVC to track") and "\n" not in err
+
