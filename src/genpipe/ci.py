@@ -100,6 +100,9 @@ def check_report_paths(*paths: str | None) -> None:
 def ci_retrain(base: str, cwd: Path = Path("."), push: bool = True) -> Retrain:
     """Rerun what changed, push it, and report against `base` (a git revision)."""
     check_setup(cwd)
+    from genpipe.cli import load_checked_params  # what DVC would call "unexpected error"
+
+    load_checked_params(cwd / "params.yaml")
     log.info("dvc repro --pull --allow-missing")
     repro = dvc("repro", "--pull", "--allow-missing", cwd=cwd, capture=False)
     ran = stages_run(repro.stdout)

@@ -52,7 +52,6 @@ def _ci_retrain_command(args: argparse.Namespace) -> None:
     from genpipe.ci import check_report_paths, ci_retrain
 
     check_report_paths(args.summary, args.report)  # before the retraining, not after
-    load_checked_params()  # a mistake DVC would report only as "unexpected error"
     result = ci_retrain(args.base, push=not args.no_push)
     if args.summary:
         with open(args.summary, "a", encoding="utf-8") as f:  # GITHUB_STEP_SUMMARY: appended
