@@ -1,11 +1,17 @@
 """Stage train@gan: data/prepared/ -> models/gan/ (weights, config, MLflow run record),
 reports/gan/ (train_log.csv, samples.png). Resumes from checkpoints/gan/ after a crash."""
 
-from genpipe import paths, runtime, training
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genpipe import distributed, paths, runtime, training
 from genpipe.fileio import staged_outputs
 from genpipe.gan.artifact import save_gan
 from genpipe.gan.train import sample_grid, train_gan
-from genpipe.params import load_params
+from genpipe.params import Params, load_params
 from genpipe.stage import run_stage
 from genpipe.tracking import TrainingRun
 
@@ -15,8 +21,28 @@ MODEL = "gan"
 def main() -> None:
     params = load_params()
     runtime.pin_cpu_kernels(params.cpu_kernels)  # may re-execute: before any work
+    # nproc_per_node > 1: relaunch as that many workers, which inherit the pin, and wait
+    if distributed.launch(f"train {MODEL}", params.train):
+        return
     images, data_hash = training.load_train_split(paths.PREPARED, params.train.batch_size)
     device = runtime.resolve_device(params.train.device)
+    with distributed.joined(params.train, device) as (world, device):
+        if world is None or world.main:
+            write_outputs(params, images, data_hash, device, world)
+        else:  # the other ranks train alongside and write nothing
+            log_path = Path(os.devnull)  # never written: rank 0 writes the log
+            train_gan(
+                params, images, data_hash, device, paths.checkpoint(MODEL), log_path, world=world
+            )
+
+
+def write_outputs(
+    params: Params,
+    images: np.ndarray,
+    data_hash: str,
+    device: torch.device,
+    world: distributed.World | None,
+) -> None:
     reports = paths.reports(MODEL)
     flat = params.model_dump(mode="json", by_alias=True)
     record = paths.run_record(MODEL)
@@ -29,7 +55,7 @@ def main() -> None:
     ):
         train_log, samples = stage(reports / "train_log.csv"), stage(reports / "samples.png")
         result = train_gan(params, images, data_hash, device, paths.checkpoint(MODEL), train_log,
-                           run=run)  # fmt: skip
+                           run=run, world=world)  # fmt: skip
         save_gan(stage(paths.weights_dir(MODEL)), result.netG, result.netD, result.ema,
                  result.config)  # fmt: skip
         sample_grid(result.ema, params.gan.z_dim, params.seed, device).save(samples)
@@ -38,4 +64,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(distributed.recorded(main))

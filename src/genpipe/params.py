@@ -86,7 +86,12 @@ class TrainParams(Section):
     # CPU threads for training; 0: torch's default (all cores). Small networks run fastest,
     # and are least sensitive to a busy machine, on one thread.
     cpu_threads: int = Field(1, ge=0)
-    batch_size: int = Field(128, ge=1)
+    batch_size: int = Field(128, ge=1)  # the global batch: split evenly among the processes
+    # processes on this machine, each with its slice of every batch (torchrun, DDP); the
+    # stage relaunches itself under torch's launcher when above 1
+    nproc_per_node: int = Field(1, ge=1)
+    # seconds a process waits on the others (a collective, a barrier) before the run fails
+    dist_timeout_s: float = Field(300.0, gt=0)
     checkpoint_every: int = Field(500, ge=1)  # steps between checkpoints
     log_every: int = Field(50, ge=1)  # steps between logged metrics
     # prefix of the MLflow experiments, one a model: <experiment>-<model> (genpipe-gan)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from genpipe import codedeps, runtime
+from genpipe import codedeps, distributed, runtime
 from genpipe.data.canonical import prepared_sha256, read_prepared
 from genpipe.errors import TrainingError, exception_text
 from genpipe.fileio import atomic_path
@@ -140,7 +140,10 @@ class CudaGraphStep:
 # --- checkpoints --------------------------------------------------------------------------
 
 # Params that change neither the weights nor the steps taken: a resume may differ in these.
-NOT_IN_FINGERPRINT = {"log_every", "checkpoint_every", "experiment"}
+# nproc_per_node is not, but the world size it makes is (run_identity): an outer torchrun
+# may make another; the process-group timeout only decides how long a failure takes to show
+NOT_IN_FINGERPRINT = {"log_every", "checkpoint_every", "experiment", "nproc_per_node",
+                      "dist_timeout_s"}  # fmt: skip
 
 
 def code_fingerprint(model: str) -> str:
@@ -154,12 +157,17 @@ def code_fingerprint(model: str) -> str:
     return digest.hexdigest()
 
 
-def run_identity(model: str, params: dict[str, Any], data_hash: str) -> dict[str, Any]:
+def run_identity(model: str, params: dict[str, Any], data_hash: str,
+                 world_size: int = 1) -> dict[str, Any]:  # fmt: skip
     """What a checkpoint must match to be resumed: the model's params, shared params, data
-    and code."""
+    and code, and, above one process, their number (each slices the batch, and BatchNorm's
+    statistics and the gradients are reduced in another order)."""
     train = {k: v for k, v in params["train"].items() if k not in NOT_IN_FINGERPRINT}
-    return {"model": model, "seed": params["seed"], "train": train, model: params[model],
-            "data_hash": data_hash, "code": code_fingerprint(model)}  # fmt: skip
+    identity = {"model": model, "seed": params["seed"], "train": train, model: params[model],
+                "data_hash": data_hash, "code": code_fingerprint(model)}  # fmt: skip
+    if world_size > 1:
+        identity["world_size"] = world_size
+    return identity
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -249,12 +257,14 @@ class Checkpoint:
     """A run's one checkpoint file: at `path`, for the run `identity`, holding `states`
     (modules, optimizers and scalers by name), the global RNG's and `generators`' states,
     the step and the training log's rows. `steps` is the run's length: a checkpoint at it
-    is a finished run's."""
+    is a finished run's. Under torchrun (`world`) every rank restores it and rank 0 alone
+    writes it."""
 
     def __init__(self, path: Path, identity: dict[str, Any], steps: int, states: dict[str, Any],
-                 generators: tuple[torch.Generator, ...]):  # fmt: skip
+                 generators: tuple[torch.Generator, ...],
+                 world: distributed.World | None = None):  # fmt: skip
         self.path, self.identity, self.steps = path, identity, steps
-        self.states, self.generators = states, generators
+        self.states, self.generators, self.world = states, generators, world
         self.run_id: str | None = None  # the tracking run, saved so a resume can end it
 
     def restore(self, run: Any = None) -> tuple[int, list[dict[str, float]]]:
@@ -263,6 +273,8 @@ class Checkpoint:
         to `run` (a tracking.TrainingRun, or None): a new run gets the whole curve."""
         self.run_id = getattr(run, "run_id", None)  # kept in every snapshot
         state = load_checkpoint(self.path, self.identity)
+        # no rank goes on (and rank 0 replaces the file) before every rank has read it
+        distributed.barrier(self.world)
         if state is None:
             return 0, []
         for name, obj in self.states.items():
@@ -276,6 +288,8 @@ class Checkpoint:
         return state["step"], state["log"]
 
     def snapshot(self, step: int, rows: list[dict[str, float]]) -> None:
+        if self.world is not None and not self.world.main:
+            return  # the states are the same on every rank: rank 0's file holds them
         save_checkpoint(self.path, {
             "identity": json.dumps(self.identity, sort_keys=True), "step": step,
             "finished": step == self.steps,
@@ -301,11 +315,13 @@ def set_rng_states(states: list[torch.Tensor], *generators: torch.Generator) -> 
 class LossMonitor:
     """Collects per-step losses on the device and checks them once per interval.
 
-    No per-step host sync: the losses of an interval are stacked and copied once.
+    No per-step host sync: the losses of an interval are stacked and copied once. Under
+    torchrun (`world`) they are averaged over the ranks then, one all-reduce an interval:
+    every rank logs the global batch's losses and stops at the same non-finite one.
     """
 
-    def __init__(self, names: tuple[str, ...]):
-        self.names = names
+    def __init__(self, names: tuple[str, ...], world: distributed.World | None = None):
+        self.names, self.world = names, world
         self.steps: list[int] = []
         self.values: list[torch.Tensor] = []
 
@@ -315,7 +331,9 @@ class LossMonitor:
 
     def check(self) -> torch.Tensor:
         """The pending losses as (steps, losses) on the CPU; raise at the first non-finite one."""
-        values = torch.stack(self.values).cpu() if self.values else torch.zeros(0, len(self.names))
+        values = torch.zeros(0, len(self.names))
+        if self.values:
+            values = distributed.mean(torch.stack(self.values), self.world).cpu()
         bad = ~torch.isfinite(values)
         if bad.any():
             row, col = (int(i) for i in bad.nonzero()[0])

@@ -85,15 +85,17 @@ class AutoEncoder(nn.Module):
         return self.decoder(h)  # (N, C, S, S)
 
     def forward(
-        self, x: Tensor, generator: torch.Generator | None = None
+        self, x: Tensor, generator: torch.Generator | None = None, eps: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """(reconstruction, mu, logvar). A VAE in training mode samples z with `generator`."""
+        """(reconstruction, mu, logvar). A VAE in training mode samples z with `generator`,
+        or takes its noise `eps` (N, latent_dim) as given."""
         mu, logvar = self.encode(x)
         z = mu
         if logvar is not None and self.training:
             # reparameterisation: z = mu + eps * sigma, eps ~ N(0, I)
-            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-            z = mu + eps * torch.exp(0.5 * logvar)
+            if eps is None:
+                eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+            z = mu + eps.to(mu.dtype) * torch.exp(0.5 * logvar)
         return self.decode(z), mu, logvar
 
     def config(self) -> dict:

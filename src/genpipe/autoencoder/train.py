@@ -10,10 +10,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from genpipe import runtime, training
+from genpipe import distributed, runtime, training
 from genpipe.autoencoder.network import AutoEncoder, vae_kl
 from genpipe.images import pairs_grid, to_float, to_uint8
-from genpipe.params import Params
+from genpipe.params import AutoencoderParams, Params
 from genpipe.progress import Progress
 
 
@@ -31,10 +31,12 @@ def train_autoencoder(
     checkpoint: Path,
     log_path: Path,
     run: Any = None,  # a tracking.TrainingRun, or None
+    world: distributed.World | None = None,  # under torchrun: rank 0 writes, all train
 ) -> AutoencoderResult:
     """params.autoencoder.steps steps on `images`, resumed from `checkpoint` when it holds
     this very run; the curve goes to `run` and the progress shown as it grows, to `log_path`
-    at the end."""
+    at the end. Under torchrun each rank steps on its slice of every batch (BatchNorm over
+    the global batch, gradients averaged by DDP); rank 0 writes the files."""
     cfg, train = params.autoencoder, params.train
     _, channels, size, _ = images.shape
     training.check_batch_size(train.batch_size, len(images))  # before any work
@@ -42,7 +44,10 @@ def train_autoencoder(
     runtime.seed_everything(params.seed, device, train.cpu_threads)
     net = AutoEncoder(size, channels, cfg.latent_dim, cfg.width, cfg.depth, kind=cfg.kind)
     net = runtime.prepare_module(net, device, train.compile)
-    step_net = torch.compile(net) if train.compile else net  # shares net's weights
+    if world is not None:
+        net = distributed.sync_batchnorm(net, device)
+    step_net = distributed.data_parallel(net, world, device)
+    step_net = torch.compile(step_net) if train.compile else step_net  # shares net's weights
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     scaler = runtime.grad_scaler(device, dtype)
 
@@ -50,12 +55,12 @@ def train_autoencoder(
     batches = runtime.make_generator(device, params.seed + 1)  # which images
     noise = runtime.make_generator(device, params.seed + 2)  # vae: the reparameterisation noise
     identity = training.run_identity("autoencoder", params.model_dump(mode="json", by_alias=True),
-                                     data_hash)  # fmt: skip
+                                     data_hash, world.size if world else 1)  # fmt: skip
     states = {"net": net, "opt": opt, "scaler": scaler}
-    ckpt = training.Checkpoint(checkpoint, identity, cfg.steps, states, (batches, noise))
+    ckpt = training.Checkpoint(checkpoint, identity, cfg.steps, states, (batches, noise), world)
     start, rows = ckpt.restore(run)
     B, pixels = train.batch_size, channels * size * size
-    monitor = training.LossMonitor(("loss", "mse"))
+    monitor = training.LossMonitor(("loss", "mse"), world)
     net.train()
     with Progress("train autoencoder", cfg.steps, start) as progress:
         trainlog = training.TrainLog(rows, run, progress)
@@ -63,9 +68,9 @@ def train_autoencoder(
             if cfg.lr_decay != "none":
                 training.set_lr(opt, cfg.lr * training.lr_factor(cfg.lr_decay, step, cfg.steps))
             # (1) Reconstruct x
-            x = data.batch(B, batches)  # (B, C, S, S) in [-1, 1]
+            x, eps = draw(data, B, batches, noise, cfg, world)  # (b, C, S, S) in [-1, 1]
             with runtime.autocast(device, dtype):
-                recon, mu, logvar = step_net(x, generator=noise)
+                recon, mu, logvar = step_net(x, generator=noise, eps=eps)
             loss = mse = F.mse_loss(recon.float(), x)  # per pixel, on the [-1, 1] scale
             if cfg.kind == "vae":  # (2) per image: Gaussian reconstruction term + weighted KL
                 loss = mse * pixels + cfg.kl_weight * vae_kl(mu.float(), logvar.float())
@@ -81,11 +86,33 @@ def train_autoencoder(
             if step % train.checkpoint_every == 0 or step == cfg.steps:
                 monitor.check()  # never checkpoint weights that saw a non-finite loss
                 ckpt.snapshot(step, trainlog.rows)
-    trainlog.write(log_path)  # once, at the end: the rows so far live in the checkpoint
+    distributed.check_same(net, world, "autoencoder")  # bitwise, once
+    if world is None or world.main:
+        trainlog.write(log_path)  # once, at the end: the rows so far live in the checkpoint
 
     config = {"model": "autoencoder", "image_size": size, "channels": channels,
               "autoencoder": runtime.unwrap(net).config()}  # fmt: skip
     return AutoencoderResult(net=net, config=config)
+
+
+def draw(
+    data: training.DeviceImages,
+    B: int,
+    batches: torch.Generator,
+    noise: torch.Generator,
+    cfg: AutoencoderParams,
+    world: distributed.World | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A step's images x (b, C, S, S) and, under torchrun for a VAE, its noise eps (b, latent):
+    b = B in one process, where the network draws eps itself; else every rank draws the
+    whole batch's, the same on all, and takes its slice (b = B / world size)."""
+    if world is None:
+        return data.batch(B, batches), None
+    part = world.part(B)
+    x = data.take(data.draw(B, batches)[part])
+    if cfg.kind != "vae":
+        return x, None
+    return x, torch.randn(B, cfg.latent_dim, generator=noise, device=x.device)[part]
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from genpipe import runtime, training
+from genpipe import distributed, runtime, training
 from genpipe.gan.network import (
     Discriminator,
     Generator,
@@ -50,8 +50,11 @@ class Gan:
     dtype: torch.dtype | None  # autocast's; None: fp32
     netG: Generator
     netD: Discriminator
-    stepG: nn.Module  # what the step calls: netG, or its torch.compile'd view
+    stepG: nn.Module  # what the step calls: netG, or its torch.compile'd or DDP view
     stepD: nn.Module
+    # D as the G phase calls it: never DDP's wrapper, as D's weights are frozen then and
+    # DDP's reducer would wait for their gradients; its BatchNorm still syncs
+    scoreD: nn.Module
     ema: Generator
     optG: torch.optim.Optimizer
     optD: torch.optim.Optimizer
@@ -59,10 +62,13 @@ class Gan:
     scalerD: torch.amp.GradScaler
     B: int  # batch size
     graphed: bool  # the step is replayed as a CUDA graph
+    world: distributed.World | None = None  # under torchrun: this rank's slice of each batch
 
 
-def build_gan(params: Params, channels: int, size: int, device: torch.device) -> Gan:
-    """Seeded networks on the device, in train.precision and train.compile's form."""
+def build_gan(params: Params, channels: int, size: int, device: torch.device,
+              world: distributed.World | None = None) -> Gan:  # fmt: skip
+    """Seeded networks on the device, in train.precision and train.compile's form; under
+    torchrun (`world`), BatchNorm over the global batch and the step's views in DDP."""
     cfg, train = params.gan, params.train
     dtype = runtime.resolve_precision(train.precision, device)
     runtime.seed_everything(params.seed, device, train.cpu_threads)
@@ -72,10 +78,24 @@ def build_gan(params: Params, channels: int, size: int, device: torch.device) ->
     graphed = cuda and train.cuda_graphs and not train.compile and dtype != torch.float16
     # a graph bakes in the lr it was captured with: a decaying lr runs eagerly
     graphed = graphed and cfg.lr_decay == "none"
+    # nor under DDP: its reducer decides on the host, in autograd hooks, when each bucket's
+    # all-reduce starts (and rebuilds its buckets after the first step), which a captured
+    # graph would freeze
+    graphed = graphed and world is None
 
     networks = gan_config(size, channels, cfg)  # WGAN-GP's critic gets no BatchNorm
     netG = runtime.prepare_module(Generator(**networks["generator"]), device, train.compile)
     netD = runtime.prepare_module(Discriminator(**networks["discriminator"]), device, train.compile)
+    if world is not None:  # before the EMA's copy and the optimizers: the same tensors
+        netG = distributed.sync_batchnorm(netG, device)
+        netD = distributed.sync_batchnorm(netD, device)
+    # compiled views share their weights with netG/netD, which are what is saved
+    stepG = distributed.data_parallel(netG, world, device)
+    stepD = distributed.data_parallel(netD, world, device)
+    scoreD = stepD if world is None else netD
+    if train.compile:
+        stepG, stepD = torch.compile(stepG), torch.compile(stepD)
+        scoreD = stepD if world is None else torch.compile(netD)
     betas = (cfg.beta1, cfg.beta2)
     return Gan(
         cfg=cfg,
@@ -83,9 +103,9 @@ def build_gan(params: Params, channels: int, size: int, device: torch.device) ->
         dtype=dtype,
         netG=netG,
         netD=netD,
-        # compiled views share their weights with netG/netD, which are what is saved
-        stepG=torch.compile(netG) if train.compile else netG,
-        stepD=torch.compile(netD) if train.compile else netD,
+        stepG=stepG,
+        stepD=stepD,
+        scoreD=scoreD,
         ema=copy.deepcopy(netG).eval().requires_grad_(False),
         # capturable on CUDA, graphed or not: Adam keeps its step count on the device, where
         # a graph can update it, and train.cuda_graphs changes the speed, not the weights
@@ -95,6 +115,7 @@ def build_gan(params: Params, channels: int, size: int, device: torch.device) ->
         scalerD=runtime.grad_scaler(device, dtype),
         B=train.batch_size,
         graphed=graphed,
+        world=world,
     )
 
 
@@ -146,7 +167,7 @@ def gan_step(
     # the backward pass then skips their gradients, which G's update never reads
     gan.netD.requires_grad_(False)
     with runtime.autocast(device, dtype):
-        loss_g = generator_loss(cfg.loss, gan.stepD(fake))
+        loss_g = generator_loss(cfg.loss, gan.scoreD(fake))
     gan.optG.zero_grad(set_to_none=True)
     gan.scalerG.scale(loss_g).backward()
     gan.scalerG.step(gan.optG)
@@ -162,9 +183,11 @@ def make_step(
     gan: Gan, data: training.DeviceImages, batches: torch.Generator, noise: torch.Generator
 ) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
     """step(t) runs training step t (from 1): draws its randomness, then runs gan_step,
-    eagerly or, when gan.graphed, replayed as a CUDA graph."""
+    eagerly or, when gan.graphed, replayed as a CUDA graph. Under torchrun every rank draws
+    the whole batch's randomness, the same on all, and steps on its own slice of it."""
     graph = training.CudaGraphStep(functools.partial(gan_step, gan, data), "GAN")
     cfg = gan.cfg
+    part = gan.world.part(gan.B) if gan.world is not None else None
 
     def step(t: int) -> tuple[torch.Tensor, torch.Tensor]:
         weight = 1.0 - ema_decay_at(t, cfg.ema_decay)
@@ -173,6 +196,8 @@ def make_step(
             training.set_lr(gan.optG, cfg.lr_g * factor)
             training.set_lr(gan.optD, cfg.lr_d * factor)
         draws = draw(gan, data, batches, noise)
+        if part is not None:  # (d_steps, B, ...) -> (d_steps, B / world size, ...)
+            draws = tuple(x[:, part] for x in draws)
         if not gan.graphed:
             return gan_step(gan, data, weight, *draws)
         return graph(torch.full((), weight, device=gan.device), *draws)
@@ -188,25 +213,27 @@ def train_gan(
     checkpoint: Path,
     log_path: Path,
     run: Any = None,  # a tracking.TrainingRun, or None
+    world: distributed.World | None = None,  # under torchrun: rank 0 writes, all train
 ) -> GanResult:
     """params.gan.steps steps on `images`, resumed from `checkpoint` when it holds this very
-    run; the curve goes to `run` and the progress shown as it grows, to `log_path` at the end."""
+    run; the curve goes to `run` and the progress shown as it grows, to `log_path` at the end.
+    Under torchrun each rank steps on its slice of every batch; rank 0 writes the files."""
     cfg, train = params.gan, params.train
     _, channels, size, _ = images.shape
     training.check_batch_size(train.batch_size, len(images))  # before any work
-    gan = build_gan(params, channels, size, device)
+    gan = build_gan(params, channels, size, device, world)
     data = training.DeviceImages(images, device, train.compile)
     batches = runtime.make_generator(device, params.seed + 1)  # which images
     noise = runtime.make_generator(device, params.seed + 2)  # z and GP interpolation
     identity = training.run_identity("gan", params.model_dump(mode="json", by_alias=True),
-                                     data_hash)  # fmt: skip
+                                     data_hash, world.size if world else 1)  # fmt: skip
     states = {"netG": gan.netG, "netD": gan.netD, "ema": gan.ema, "optG": gan.optG,
               "optD": gan.optD, "scalerG": gan.scalerG, "scalerD": gan.scalerD}  # fmt: skip
-    ckpt = training.Checkpoint(checkpoint, identity, cfg.steps, states, (batches, noise))
+    ckpt = training.Checkpoint(checkpoint, identity, cfg.steps, states, (batches, noise), world)
     start, rows = ckpt.restore(run)
 
     B = train.batch_size
-    monitor = training.LossMonitor(("loss_d", "loss_g"))
+    monitor = training.LossMonitor(("loss_d", "loss_g"), world)
     gan.netG.train()
     gan.netD.train()
     step_fn = make_step(gan, data, batches, noise)
@@ -222,7 +249,10 @@ def train_gan(
             if step % train.checkpoint_every == 0 or step == cfg.steps:
                 monitor.check()  # never checkpoint weights that saw a non-finite loss
                 ckpt.snapshot(step, trainlog.rows)
-    trainlog.write(log_path)  # once, at the end: the rows so far live in the checkpoint
+    # the same weights on every rank make the same EMA: checked once, bitwise
+    distributed.check_same(gan.ema, world, "gan EMA")
+    if world is None or world.main:
+        trainlog.write(log_path)  # once, at the end: the rows so far live in the checkpoint
 
     config = {
         "model": "gan", "image_size": size, "channels": channels, "loss": cfg.loss,

@@ -1,0 +1,288 @@
+"""Training on several processes (torchrun, DistributedDataParallel): the launch, the process
+group, batch slices, BatchNorm over the global batch, and what crosses between the ranks.
+
+A stage with train.nproc_per_node above 1 relaunches itself under torch's elastic launcher
+(torchrun --standalone's mechanism); a stage that finds itself under torchrun already (an
+outer `torchrun --nnodes M ...`) joins that group instead. Every rank draws the same seeded
+batch and takes its own contiguous slice of it, so the global batch, and the randomness,
+are the one-process run's. Only rank 0 writes outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from genpipe.errors import GenpipeError, TrainingError, exception_text
+from genpipe.params import TrainParams
+from genpipe.stage import Terminated
+
+log = logging.getLogger(__name__)
+
+# set by torchrun (and torch's launcher) in every worker's environment
+TORCHRUN_KEYS = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
+# tests only: the rank named here fails as it joins the group (GENPIPE_TEST_FAIL_RANK=1)
+FAIL_RANK = "GENPIPE_TEST_FAIL_RANK"
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the group: rank (global), size (processes in all), and
+    local_rank (on this machine: its GPU's index)."""
+
+    rank: int
+    size: int
+    local_rank: int
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one process that writes outputs."""
+        return self.rank == 0
+
+    def part(self, batch: int) -> slice:
+        """This rank's contiguous slice of a global batch of `batch` (divisible by size)."""
+        per = batch // self.size
+        return slice(self.rank * per, (self.rank + 1) * per)
+
+
+def under_torchrun() -> bool:
+    return all(key in os.environ for key in TORCHRUN_KEYS)
+
+
+def check_divisible(batch_size: int, size: int) -> None:
+    if batch_size % size:
+        raise TrainingError(
+            f"train.batch_size: expected a multiple of the {size} processes (each takes an "
+            f"equal slice of the global batch); got {batch_size}"
+        )
+
+
+# --- the launch ---------------------------------------------------------------------------
+
+
+def launch(name: str, train: TrainParams) -> bool:
+    """With train.nproc_per_node above 1, outside torchrun: rerun this very command (after the
+    CPU-kernel re-exec, so the pin is inherited) as nproc_per_node workers under torch's
+    elastic launcher, as `torchrun --standalone --nproc-per-node N` does, and wait for them.
+    True here, in the launcher, once they all ended well; False in a worker or a
+    one-process run, which goes on to train. A failed worker is one line naming its rank."""
+    nproc = train.nproc_per_node
+    if nproc == 1 or under_torchrun():
+        return False
+    check_divisible(train.batch_size, nproc)
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(
+        min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d", rdzv_endpoint="localhost:0",  # --standalone: a free port
+        max_restarts=0,  # a failure ends the run; the rerun resumes from the checkpoint
+        monitor_interval=0.1,  # how soon a dead worker is noticed and the others stopped
+        shutdown_timeout=10,  # then SIGKILL for a worker deaf to SIGTERM
+    )  # fmt: skip
+    # the agent logs every failure at length; the one line below says it
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        elastic_launch(config, sys.executable)(*sys.orig_argv[1:])
+    except ChildFailedError as exc:
+        raise TrainingError(f"{name}: {failure_line(exc.failures, nproc)}") from None
+    except SignalException:  # SIGTERM or SIGINT: the agent has stopped the workers
+        raise Terminated from None
+    return True
+
+
+def failure_line(failures: dict[int, Any], size: int) -> str:
+    """'rank 1 of 2 exited with 1 (its error)' for the first rank to fail: the first to
+    write its error file, a rank killed by a signal (which writes none, so its timestamp is
+    the launcher's, in seconds, below every µs one) before any."""
+    rank = min(failures, key=lambda r: (failures[r].timestamp, r))
+    failure = failures[rank]
+    code = failure.exitcode
+    how = f"exited with {code}" if code >= 0 else f"was killed by {failure.signal_name()}"
+    message = failure.message if isinstance(failure.message, str) else ""
+    if message.startswith("To enable traceback") or message.startswith("Signal "):
+        message = ""  # the launcher's placeholders, not the worker's words
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    return f"rank {rank} of {size} {how}" + (f" ({first})" if first else "")
+
+
+def recorded(main: Callable[[], None]) -> Callable[[], None]:
+    """main, writing a failure's one line to the error file torchrun names for each worker
+    (TORCHELASTIC_ERROR_FILE), where the launcher reads it; outside torchrun, main itself."""
+
+    def wrapper() -> None:
+        try:
+            main()
+        except BaseException as exc:
+            path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+            if path:
+                text = str(exc) if isinstance(exc, GenpipeError) else exception_text(exc)
+                if isinstance(exc, KeyboardInterrupt):  # Terminated too
+                    text = "stopped by a signal"
+                stamp = time.time_ns() // 1000  # µs: orders the ranks' failures
+                with open(path, "w") as f:
+                    json.dump({"message": " ".join(text.split()), "timestamp": stamp}, f)
+            raise
+
+    return wrapper
+
+
+# --- the process group --------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def joined(train: TrainParams, device: torch.device) -> Iterator[tuple[World | None, torch.device]]:
+    """Under torchrun: this process's World and device (cuda:LOCAL_RANK on CUDA) in a process
+    group (NCCL on CUDA, gloo on the CPU) whose collectives fail after train.dist_timeout_s;
+    the group is left at the end. Outside: (None, device), and nothing changes."""
+    if not under_torchrun():
+        yield None, device
+        return
+    env = os.environ
+    world = World(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"]))
+    check_divisible(train.batch_size, world.size)
+    if device.type == "mps":
+        raise TrainingError(f"train.device: expected cpu or cuda with {world.size} processes; "
+                            "got mps")  # fmt: skip
+    if device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    if not world.main:  # one voice: rank 0 logs the progress
+        logging.getLogger("genpipe").setLevel(logging.WARNING)
+        os.environ["TQDM_DISABLE"] = "1"
+    timeout = datetime.timedelta(seconds=train.dist_timeout_s)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, timeout=timeout, rank=world.rank, world_size=world.size)
+    try:
+        if env.get(FAIL_RANK) == str(world.rank):
+            raise TrainingError(f"rank {world.rank}: failing as {FAIL_RANK} asks")
+        yield world, device
+    except dist.DistError as exc:  # a peer died or timed out: one line, not a traceback
+        found = exception_text(exc).splitlines()[0][:200]
+        raise TrainingError(f"rank {world.rank} of {world.size}: lost the other processes "
+                            f"({found})") from None  # fmt: skip
+    finally:
+        dist.destroy_process_group()
+
+
+def barrier(world: World | None) -> None:
+    if world is not None:
+        dist.barrier()
+
+
+def mean(x: torch.Tensor, world: World | None) -> torch.Tensor:
+    """The mean of `x` over the ranks (x itself in one process); every rank gets it."""
+    if world is None or world.size == 1:
+        return x
+    x = x.clone()
+    dist.all_reduce(x)
+    return x / world.size
+
+
+def check_same(module: nn.Module, world: World | None, what: str) -> None:
+    """Raise unless `module`'s state is bitwise the same on every rank: a digest of its bytes
+    is gathered once, so a drift (an EMA updated differently, say) never goes unnoticed."""
+    if world is None or world.size == 1:
+        return
+    digest = hashlib.sha256()
+    for key, value in module.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    gathered: list[Any] = [None] * world.size
+    dist.all_gather_object(gathered, digest.hexdigest())
+    differ = [r for r, theirs in enumerate(gathered) if theirs != gathered[world.rank]]
+    if differ:
+        raise TrainingError(f"{what}: expected the same weights on all {world.size} ranks; "
+                            f"rank {world.rank} differs from rank {differ[0]}")  # fmt: skip
+
+
+# --- the networks -------------------------------------------------------------------------
+
+
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d over the global batch on the CPU, where torch's SyncBatchNorm refuses to run
+    (its statistics kernels are CUDA's only). In training mode with several ranks, each rank's
+    per-channel mean and variance are combined exactly with one autograd-aware all-reduce;
+    otherwise it is BatchNorm2d. Its state_dict is BatchNorm2d's, key for key."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W), N this rank's slice
+        size = dist.get_world_size() if dist.is_initialized() else 1
+        if not self.training or size == 1 or not self.track_running_stats:
+            return super().forward(x)
+        # autograd-aware (its backward all-reduces the gradients), the successor torch names
+        # for the deprecated torch.distributed.nn.functional.all_reduce
+        from torch.distributed._functional_collectives import all_reduce
+
+        var, mu = torch.var_mean(x, dim=(0, 2, 3), correction=0)  # (C,) each, this rank's
+        # about the running mean, the same on every rank: E[d^2] - E[d]^2 then cancels little
+        d = mu - self.running_mean
+        # (2, C) summed over ranks: their mean of d, and of var + d^2 (equal counts)
+        total = all_reduce(torch.stack([d, var + d * d]) / size, "sum", dist.group.WORLD)
+        mean = total[0] + self.running_mean
+        var = (total[1] - total[0] * total[0]).clamp_min(0)  # biased, over the global batch
+        self._update_running(mean.detach(), var.detach(), x.numel() // x.shape[1] * size)
+        scale = self.weight * torch.rsqrt(var + self.eps)  # (C,)
+        shift = self.bias - mean * scale
+        return x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+
+    @torch.no_grad()
+    def _update_running(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
+        """As BatchNorm2d does, with the global count: running_var takes the unbiased var."""
+        self.num_batches_tracked.add_(1)
+        # momentum None: a cumulative moving average
+        factor = self.momentum or 1.0 / float(self.num_batches_tracked)
+        self.running_mean.lerp_(mean, factor)
+        self.running_var.lerp_(var * (count / (count - 1)), factor)
+
+
+def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """`module` with every BatchNorm2d taking its statistics over the global batch:
+    torch.nn.SyncBatchNorm on CUDA, GlobalBatchNorm2d on the CPU. The weights and buffers
+    are kept (same tensors, same state_dict keys), so what rank 0 saves loads into the
+    plain networks."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            bn = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                   child.track_running_stats)  # fmt: skip
+            bn._parameters, bn._buffers = child._parameters, child._buffers  # the same tensors
+            bn.train(child.training)
+            setattr(module, name, bn)
+        else:
+            sync_batchnorm(child, device)
+    return module
+
+
+def data_parallel(module: nn.Module, world: World | None, device: torch.device) -> nn.Module:
+    """`module` wrapped in DistributedDataParallel under torchrun; `module` itself otherwise.
+
+    forward_sync_buffers=False (broadcast_buffers=False of old): the BatchNorm statistics
+    are synced in the forward pass, so the running stats agree on every rank without rank
+    0's being broadcast each call.
+    gradient_as_bucket_view: the gradients live in DDP's buckets, no copy in and out."""
+    if world is None:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(
+        module, device_ids=[device.index] if device.type == "cuda" else None,
+        forward_sync_buffers=False, gradient_as_bucket_view=True,
+    )  # fmt: skip
