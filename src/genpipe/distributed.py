@@ -110,15 +110,17 @@ def launch(name: str, train: TrainParams) -> bool:
 
 def failure_line(failures: dict[int, Any], size: int) -> str:
     """'rank 1 of 2 exited with 1 (its error)' for the first rank to fail: the first to
-    write its error file, a rank killed by a signal (which writes none, so its timestamp is
-    the launcher's, in seconds, below every µs one) before any."""
-    rank = min(failures, key=lambda r: (failures[r].timestamp, r))
+    write its error file (`recorded`), but before any a rank killed by a signal, which
+    writes none: the others' failures follow from it."""
+
+    def written_at(rank: int) -> int:
+        return failures[rank].error_file_data.get("written_us", 0)
+
+    rank = min(failures, key=lambda r: (written_at(r), r))
     failure = failures[rank]
     code = failure.exitcode
     how = f"exited with {code}" if code >= 0 else f"was killed by {failure.signal_name()}"
-    message = failure.message if isinstance(failure.message, str) else ""
-    if message.startswith("To enable traceback") or message.startswith("Signal "):
-        message = ""  # the launcher's placeholders, not the worker's words
+    message = failure.message if written_at(rank) and isinstance(failure.message, str) else ""
     first = message.strip().splitlines()[0] if message.strip() else ""
     return f"rank {rank} of {size} {how}" + (f" ({first})" if first else "")
 
@@ -136,9 +138,11 @@ def recorded(main: Callable[[], None]) -> Callable[[], None]:
                 text = str(exc) if isinstance(exc, GenpipeError) else exception_text(exc)
                 if isinstance(exc, KeyboardInterrupt):  # Terminated too
                     text = "stopped by a signal"
-                stamp = time.time_ns() // 1000  # µs: orders the ranks' failures
+                # the launcher reads message and timestamp (s); µs order the ranks' failures
+                data = {"message": " ".join(text.split()), "timestamp": int(time.time()),
+                        "written_us": time.time_ns() // 1000}  # fmt: skip
                 with open(path, "w") as f:
-                    json.dump({"message": " ".join(text.split()), "timestamp": stamp}, f)
+                    json.dump(data, f)
             raise
 
     return wrapper
@@ -169,17 +173,22 @@ def joined(train: TrainParams, device: torch.device) -> Iterator[tuple[World | N
         os.environ["TQDM_DISABLE"] = "1"
     timeout = datetime.timedelta(seconds=train.dist_timeout_s)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=timeout, rank=world.rank, world_size=world.size)
     try:
-        if env.get(FAIL_RANK) == str(world.rank):
+        dist.init_process_group(backend, timeout=timeout, rank=world.rank, world_size=world.size)
+        if env.get(FAIL_RANK) == str(world.rank):  # the others go on to their first collective
             raise TrainingError(f"rank {world.rank}: failing as {FAIL_RANK} asks")
         yield world, device
-    except dist.DistError as exc:  # a peer died or timed out: one line, not a traceback
+    except RuntimeError as exc:  # a peer died or timed out: one line, not a traceback
+        # NCCL's and the store's errors are DistErrors; gloo's transport raises RuntimeError
+        # naming its own source ("gloo/transport/tcp/pair.cc: Connection closed by peer")
+        if not isinstance(exc, dist.DistError) and "gloo" not in str(exc):
+            raise
         found = exception_text(exc).splitlines()[0][:200]
         raise TrainingError(f"rank {world.rank} of {world.size}: lost the other processes "
                             f"({found})") from None  # fmt: skip
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def barrier(world: World | None) -> None:

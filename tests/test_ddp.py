@@ -1,0 +1,330 @@
+"""Training on several processes (train.nproc_per_node, torchrun, DDP over gloo on the CPU).
+
+The stage scripts run as they do under DVC: one command that relaunches itself as two
+workers. Every run here is tiny (8 x 8 images, width 8, a few dozen steps) but each worker
+imports torch and MLflow, so a run costs seconds; process-group timeouts are generous for
+a loaded two-core machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+from torch import nn
+
+from genpipe import distributed, training
+from genpipe.errors import TrainingError
+
+from test_train import make_workdir
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = {"batch_size": 16, "checkpoint_every": 10, "log_every": 10, "device": "cpu",
+         "dist_timeout_s": 120}  # fmt: skip
+NETS = {"gan": {"steps": 20, "z_dim": 8, "width": 8, "depth": 0},
+        "autoencoder": {"steps": 20, "latent_dim": 4, "width": 8}}  # fmt: skip
+# the 2-process run against the 1-process one, per tensor: |a - b| <= TOLERANCE * max|a|.
+# Not bitwise: DDP averages the two halves' gradients ((g0 + g1) / 2 rather than one sum over
+# the batch) and BatchNorm's statistics are combined from two halves, each a different order
+# of float32 additions, ~1e-7 relative per step. Adam divides by sqrt(v), so a parameter
+# whose gradient is nearly nil (a bias ahead of BatchNorm, which cancels it) turns that
+# rounding into steps of lr's size. Measured over 20 steps (GAN of each loss, R1, d_steps 2;
+# ae and vae): at most 3.4e-5 (a discriminator bias), 1.2e-6 elsewhere; 1e-4 leaves 3x room
+# and still fails a slice taken twice or a BatchNorm over half the batch (5e-2 and more).
+TOLERANCE = 1e-4
+
+
+def workdir(path: Path, model: str = "gan", train: dict | None = None, **net) -> Path:
+    params = {"models": [model], "train": {**TRAIN, **(train or {})},
+              model: {**NETS[model], **net}}  # fmt: skip
+    return make_workdir(path, params)
+
+
+def stage(path: Path, model: str = "gan", env: dict | None = None,
+          launcher: list[str] | None = None) -> subprocess.Popen:  # fmt: skip
+    """The train stage in `path`, as DVC runs it, or under `launcher` (an outer torchrun)."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{path / 'mlflow.db'}", **(env or {})}
+    script = str(REPO / "pipeline" / f"train_{model}.py")
+    return subprocess.Popen([*(launcher or [sys.executable]), script], cwd=path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def communicate(proc: subprocess.Popen, timeout: float = 300) -> str:
+    """The stage's stderr once it ends; past `timeout`, it and its workers are killed (a hung
+    run fails the test, and leaves nothing running)."""
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
+        proc.kill()
+        raise
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    """The stage's stderr, after asserting it ended well."""
+    err = communicate(proc, timeout)
+    assert proc.returncode == 0, err
+    return err
+
+
+def weights(path: Path, model: str = "gan") -> dict[str, dict[str, torch.Tensor]]:
+    folder = path / "models" / model / "weights"
+    return {f.stem: load_file(f) for f in sorted(folder.glob("*.safetensors"))}
+
+
+def assert_bitwise(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].keys() == b[name].keys(), name
+        for key in a[name]:
+            assert torch.equal(a[name][key], b[name][key]), f"{name}.{key}"
+
+
+def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert proc.poll() is None, communicate(proc)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- one process per rank, in this test: the BatchNorm and the checks themselves ------------
+
+
+def _global_batchnorm_rank(rank: int, port: int, out: Path) -> None:
+    """Rank `rank` of 2: GlobalBatchNorm2d on its half of a batch, twice (forward and
+    backward; then R1's double backward), its results saved for the parent to compare."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=2)  # fmt: skip
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 4, 4) * 3 + 5  # (N, C, H, W), the global batch; a mean far from 0
+    plain = nn.BatchNorm2d(3)
+    nn.init.normal_(plain.weight, 1, 0.1)
+    net = distributed.sync_batchnorm(nn.Sequential(nn.BatchNorm2d(3)), torch.device("cpu"))
+    net[0].load_state_dict(plain.state_dict())
+    half = x[rank * 4 : (rank + 1) * 4].clone().requires_grad_(True)
+    for _ in range(2):  # the second call normalises about updated running stats
+        y = net(half)
+    (grad,) = torch.autograd.grad((y * y).sum(), half, create_graph=True)
+    grad.square().sum().backward()  # R1's pattern: a penalty on an input gradient
+    torch.save({"y": y.detach(), "grad": grad.detach(), "weight_grad": net[0].weight.grad,
+                "state": net[0].state_dict(), "type": type(net[0]).__name__}, out / f"{rank}.pt")
+    world = distributed.World(rank, 2, rank)
+    distributed.check_same(net, world, "bn")  # the same running stats on both ranks
+    with torch.no_grad():
+        net[0].weight[0] += rank  # now rank 1's weights differ
+    try:
+        distributed.check_same(net, world, "bn")
+    except TrainingError as exc:
+        (out / f"{rank}.err").write_text(str(exc))
+    dist.destroy_process_group()
+
+
+def test_global_batchnorm_is_batchnorm_over_the_whole_batch(tmp_path):
+    mp.start_processes(_global_batchnorm_rank, args=(free_port(), tmp_path), nprocs=2,
+                       start_method="spawn")  # fmt: skip
+    ranks = [torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in range(2)]
+    torch.manual_seed(0)
+    x = (torch.randn(8, 3, 4, 4) * 3 + 5).requires_grad_(True)
+    bn = nn.BatchNorm2d(3)
+    nn.init.normal_(bn.weight, 1, 0.1)
+    for _ in range(2):
+        y = bn(x)
+    # each rank's loss is over its half: the sum of the two is the one-process loss
+    (grad,) = torch.autograd.grad((y * y).sum(), x, create_graph=True)
+    grad.square().sum().backward()
+
+    assert ranks[0]["type"] == "GlobalBatchNorm2d"
+    close = {"rtol": 1e-5, "atol": 1e-5}
+    torch.testing.assert_close(torch.cat([r["y"] for r in ranks]), y.detach(), **close)
+    torch.testing.assert_close(torch.cat([r["grad"] for r in ranks]), grad.detach(), **close)
+    # the weight's gradient is each rank's share; DDP would sum (and halve) them
+    torch.testing.assert_close(ranks[0]["weight_grad"] + ranks[1]["weight_grad"], bn.weight.grad,
+                               **close)  # fmt: skip
+    for rank in ranks:  # BatchNorm2d's state, key for key: running_var unbiased, count 2
+        assert list(rank["state"]) == list(bn.state_dict())
+        for key, value in bn.state_dict().items():
+            torch.testing.assert_close(rank["state"][key], value, **close)
+    message = "bn: expected the same weights on all 2 ranks; rank 0 differs from rank 1"
+    assert (tmp_path / "0.err").read_text() == message
+
+
+def test_world_slices_are_disjoint_and_cover_the_batch():
+    parts = [distributed.World(r, 4, r).part(16) for r in range(4)]
+    assert [list(range(16))[p] for p in parts] == [list(range(4 * r, 4 * r + 4)) for r in range(4)]
+    with pytest.raises(TrainingError) as excinfo:
+        distributed.check_divisible(18, 4)
+    assert str(excinfo.value) == (
+        "train.batch_size: expected a multiple of the 4 processes (each takes an equal slice "
+        "of the global batch); got 18"
+    )
+
+
+def test_world_size_is_in_the_identity_and_the_launch_params_are_not():
+    params = {"seed": 0, "train": {"batch_size": 16, "nproc_per_node": 2, "dist_timeout_s": 60},
+              "gan": {}}  # fmt: skip
+    one = training.run_identity("gan", params, "h")
+    assert "world_size" not in one and one["train"] == {"batch_size": 16}
+    assert training.run_identity("gan", params, "h", world_size=2) == {**one, "world_size": 2}
+
+
+def test_under_torchrun_the_stage_joins_rather_than_relaunches(monkeypatch):
+    params = distributed.TrainParams(nproc_per_node=2)
+    for key, value in {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(key, value)
+    assert distributed.launch("train gan", params) is False  # an outer torchrun's worker
+    monkeypatch.delenv("WORLD_SIZE")
+    one = distributed.TrainParams(nproc_per_node=1)
+    assert distributed.launch("train gan", one) is False  # one process: no launcher at all
+
+
+# --- the stage, as DVC runs it --------------------------------------------------------------
+
+
+def test_batch_size_not_divisible_by_the_processes_fails_in_one_line(tmp_path):
+    path = workdir(tmp_path, train={"batch_size": 15, "nproc_per_node": 2})
+    proc = stage(path)
+    err = communicate(proc, 120)
+    assert proc.returncode == 1
+    assert err.strip().splitlines()[-1] == (
+        "error: train.batch_size: expected a multiple of the 2 processes (each takes an equal "
+        "slice of the global batch); got 15"
+    )
+    assert "Traceback" not in err and not (path / "checkpoints").exists()
+
+
+def test_a_failing_rank_ends_the_run_in_one_line_within_seconds(tmp_path):
+    path = workdir(tmp_path, train={"nproc_per_node": 2}, steps=100000)
+    started = time.monotonic()
+    proc = stage(path, env={distributed.FAIL_RANK: "1"})  # rank 1 fails as it joins
+    err = communicate(proc, 120)
+    # rank 0 waits for it in a barrier: the launcher stops it at once, no timeout needed
+    assert time.monotonic() - started < 60
+    assert proc.returncode == 1
+    assert err.strip().splitlines()[-1] == (
+        "error: train gan: rank 1 of 2 exited with 1 (rank 1: failing as "
+        "GENPIPE_TEST_FAIL_RANK asks)"
+    )
+    assert "Traceback" not in err
+
+
+def rank_pid(launcher: subprocess.Popen, rank: int) -> int:
+    for child in psutil.Process(launcher.pid).children(recursive=True):
+        if child.environ().get("RANK") == str(rank):
+            return child.pid
+    raise AssertionError(f"no worker of rank {rank}")
+
+
+@pytest.mark.slow
+def test_sigkill_of_one_rank_then_rerun_matches_an_uninterrupted_run(tmp_path):
+    train = {"nproc_per_node": 2, "checkpoint_every": 20, "log_every": 20}
+    reference = workdir(tmp_path / "reference", train=train, steps=400)
+    killed = workdir(tmp_path / "killed", train=train, steps=400)
+
+    proc = stage(killed)
+    ckpt = killed / "checkpoints" / "gan" / "checkpoint.pt"
+    wait_for(ckpt, proc)
+    time.sleep(0.25)  # well into training, between two checkpoints
+    os.kill(rank_pid(proc, 1), signal.SIGKILL)
+    killed_at = time.monotonic()
+    err = communicate(proc, 120)
+    assert time.monotonic() - killed_at < 30  # the launcher stops rank 0 at once
+    assert proc.returncode == 1
+    assert err.strip().splitlines()[-1] == "error: train gan: rank 1 of 2 was killed by SIGKILL"
+    step = torch.load(ckpt, weights_only=True)["step"]
+    assert 0 < step < 400
+
+    err = finish(stage(killed))  # every rank reads the checkpoint, then goes on
+    assert f"resuming from checkpoints/gan/checkpoint.pt at step {step} of 400" in err
+    finish(stage(reference))
+    assert_bitwise(weights(reference), weights(killed))
+    assert (reference / "reports/gan/samples.png").read_bytes() == (
+        killed / "reports/gan/samples.png"
+    ).read_bytes()
+
+
+def checkpoint_layout(path: Path, model: str) -> dict:
+    """The checkpoint's entries, and the state_dict keys of those that are modules'."""
+    state = torch.load(path / "checkpoints" / model / "checkpoint.pt", weights_only=True)
+    return {k: sorted(v) if isinstance(v, dict) and k not in ("rng",) else type(v).__name__
+            for k, v in state.items() if k not in ("identity", "mlflow_run_id")}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("model", "net"), [("gan", {"loss": "hinge", "r1_weight": 1.0}),
+                                            ("autoencoder", {"kind": "vae"})])  # fmt: skip
+def test_two_process_runs_are_bitwise_identical_and_match_one_process(tmp_path, model, net):
+    two = {"nproc_per_node": 2}
+    runs = {name: workdir(tmp_path / name, model, train=train, **net)
+            for name, train in (("one", {}), ("two", two), ("again", two))}  # fmt: skip
+    errs = {name: finish(stage(path, model)) for name, path in runs.items()}
+    one, two, again = (weights(runs[name], model) for name in ("one", "two", "again"))
+    assert_bitwise(two, again)
+
+    assert one.keys() == two.keys()  # the same files, the same keys: plain BatchNorm2d's
+    for name in one:
+        assert one[name].keys() == two[name].keys()
+        for key, a in one[name].items():
+            b = two[name][key]
+            if a.is_floating_point():
+                torch.testing.assert_close(b, a, rtol=0, atol=TOLERANCE * a.abs().max().item())
+            else:  # num_batches_tracked
+                assert torch.equal(a, b), f"{name}.{key}"
+    assert checkpoint_layout(runs["one"], model) == checkpoint_layout(runs["two"], model)
+    identity = torch.load(runs["two"] / "checkpoints" / model / "checkpoint.pt",
+                          weights_only=True)["identity"]  # fmt: skip
+    assert json.loads(identity)["world_size"] == 2
+    # rank 0 alone logs and writes the curve, which both runs share to the step
+    assert errs["two"].count(f"train {model}: step 20/20") == 1
+    rows = [line.split(",")[0] for line in
+            (runs["two"] / "reports" / model / "train_log.csv").read_text().splitlines()]
+    assert rows == ["step", "10", "20"]
+
+
+@pytest.mark.slow
+def test_an_outer_torchrun_is_joined_not_relaunched(tmp_path):
+    """`torchrun --nproc-per-node 2 pipeline/train_gan.py`, as a multi-host launch would
+    run it: the workers join that group (of 2) whatever nproc_per_node says (3 here)."""
+    train = {"batch_size": 24, "nproc_per_node": 3}
+    outer = workdir(tmp_path / "outer", train=train)
+    own = workdir(tmp_path / "own", train={**train, "nproc_per_node": 2})
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node", "2"]  # fmt: skip
+    finish(stage(outer, launcher=torchrun))
+    finish(stage(own))
+    state = torch.load(outer / "checkpoints/gan/checkpoint.pt", weights_only=True)
+    assert json.loads(state["identity"])["world_size"] == 2
+    assert_bitwise(weights(outer), weights(own))  # its own launch is torchrun's
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_stops_every_rank(tmp_path):
+    path = workdir(tmp_path, train={"nproc_per_node": 2}, steps=100000)
+    proc = stage(path)
+    wait_for(path / "checkpoints" / "gan" / "checkpoint.pt", proc)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert len(workers) == 2
+    proc.send_signal(signal.SIGTERM)
+    err = communicate(proc, 60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "error: terminated (SIGTERM)"
+    assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+    assert "Traceback" not in err
