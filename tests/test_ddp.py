@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 import torch.distributed as dist
@@ -27,7 +26,6 @@ from torch import nn
 
 from genpipe import distributed, training
 from genpipe.errors import TrainingError
-
 from test_train import make_workdir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,14 +59,34 @@ def stage(path: Path, model: str = "gan", env: dict | None = None,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
+def workers(pid: int) -> list[int]:
+    """The processes started by `pid` (the launcher's workers), from /proc: (pid, ppid)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(comm)": state ppid
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def communicate(proc: subprocess.Popen, timeout: float = 300) -> str:
     """The stage's stderr once it ends; past `timeout`, it and its workers are killed (a hung
     run fails the test, and leaves nothing running)."""
     try:
         return proc.communicate(timeout=timeout)[1]
     except subprocess.TimeoutExpired:
-        for child in psutil.Process(proc.pid).children(recursive=True):
-            child.kill()
+        for pid in workers(proc.pid):
+            os.kill(pid, signal.SIGKILL)
         proc.kill()
         raise
 
@@ -125,8 +143,16 @@ def _global_batchnorm_rank(rank: int, port: int, out: Path) -> None:
         y = net(half)
     (grad,) = torch.autograd.grad((y * y).sum(), half, create_graph=True)
     grad.square().sum().backward()  # R1's pattern: a penalty on an input gradient
-    torch.save({"y": y.detach(), "grad": grad.detach(), "weight_grad": net[0].weight.grad,
-                "state": net[0].state_dict(), "type": type(net[0]).__name__}, out / f"{rank}.pt")
+    torch.save(
+        {
+            "y": y.detach(),
+            "grad": grad.detach(),
+            "weight_grad": net[0].weight.grad,
+            "state": net[0].state_dict(),
+            "type": type(net[0]).__name__,
+        },
+        out / f"{rank}.pt",
+    )
     world = distributed.World(rank, 2, rank)
     distributed.check_same(net, world, "bn")  # the same running stats on both ranks
     with torch.no_grad():
@@ -227,9 +253,10 @@ def test_a_failing_rank_ends_the_run_in_one_line_within_seconds(tmp_path):
 
 
 def rank_pid(launcher: subprocess.Popen, rank: int) -> int:
-    for child in psutil.Process(launcher.pid).children(recursive=True):
-        if child.environ().get("RANK") == str(rank):
-            return child.pid
+    for pid in workers(launcher.pid):
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if f"RANK={rank}".encode() in environ:
+            return pid
     raise AssertionError(f"no worker of rank {rank}")
 
 
@@ -294,8 +321,10 @@ def test_two_process_runs_are_bitwise_identical_and_match_one_process(tmp_path, 
     assert json.loads(identity)["world_size"] == 2
     # rank 0 alone logs and writes the curve, which both runs share to the step
     assert errs["two"].count(f"train {model}: step 20/20") == 1
-    rows = [line.split(",")[0] for line in
-            (runs["two"] / "reports" / model / "train_log.csv").read_text().splitlines()]
+    rows = [
+        line.split(",")[0]
+        for line in (runs["two"] / "reports" / model / "train_log.csv").read_text().splitlines()
+    ]
     assert rows == ["step", "10", "20"]
 
 
@@ -320,11 +349,11 @@ def test_sigterm_to_the_launcher_stops_every_rank(tmp_path):
     path = workdir(tmp_path, train={"nproc_per_node": 2}, steps=100000)
     proc = stage(path)
     wait_for(path / "checkpoints" / "gan" / "checkpoint.pt", proc)
-    workers = psutil.Process(proc.pid).children(recursive=True)
-    assert len(workers) == 2
+    ranks = workers(proc.pid)
+    assert len(ranks) == 2
     proc.send_signal(signal.SIGTERM)
     err = communicate(proc, 60)
     assert proc.returncode == 143, err
     assert err.strip().splitlines()[-1] == "error: terminated (SIGTERM)"
-    assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+    assert not [pid for pid in ranks if alive(pid)]
     assert "Traceback" not in err

@@ -23,6 +23,21 @@ class AutoencoderResult:
     config: dict[str, Any]  # rebuilds the network without params.yaml
 
 
+def build_network(
+    params: Params, channels: int, size: int, device: torch.device, world: distributed.World | None
+) -> tuple[AutoEncoder, torch.nn.Module]:
+    """The seeded network, and the view of it that the step calls: itself, or in DDP under
+    torchrun (with BatchNorm over the global batch), torch.compile'd with train.compile."""
+    cfg, train = params.autoencoder, params.train
+    runtime.seed_everything(params.seed, device, train.cpu_threads)
+    net = AutoEncoder(size, channels, cfg.latent_dim, cfg.width, cfg.depth, kind=cfg.kind)
+    net = runtime.prepare_module(net, device, train.compile)
+    if world is not None:
+        net = distributed.sync_batchnorm(net, device)
+    step_net = distributed.data_parallel(net, world, device)
+    return net, torch.compile(step_net) if train.compile else step_net  # sharing net's weights
+
+
 def train_autoencoder(
     params: Params,
     images: np.ndarray,  # (N, C, S, S) uint8, the train split
@@ -41,13 +56,7 @@ def train_autoencoder(
     _, channels, size, _ = images.shape
     training.check_batch_size(train.batch_size, len(images))  # before any work
     dtype = runtime.resolve_precision(train.precision, device)
-    runtime.seed_everything(params.seed, device, train.cpu_threads)
-    net = AutoEncoder(size, channels, cfg.latent_dim, cfg.width, cfg.depth, kind=cfg.kind)
-    net = runtime.prepare_module(net, device, train.compile)
-    if world is not None:
-        net = distributed.sync_batchnorm(net, device)
-    step_net = distributed.data_parallel(net, world, device)
-    step_net = torch.compile(step_net) if train.compile else step_net  # shares net's weights
+    net, step_net = build_network(params, channels, size, device, world)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     scaler = runtime.grad_scaler(device, dtype)
 
