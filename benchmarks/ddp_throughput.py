@@ -1,7 +1,8 @@
 """Images/s of the GAN training step on several processes (DDP) against one, at the same
 global batch.
 
-CPU (gloo)  2 ranks of 1 thread each vs 1 process of 1 thread (target >= 1.6x: 80% scaling
+CPU         2 ranks of 1 thread each (gloo for DDP's gradients; BatchNorm's statistics
+            through shared memory) vs 1 process of 1 thread (target >= 1.6x: 80% scaling
             efficiency), and vs 1 process of 2 threads (the other way to use two cores).
 CUDA        1 GPU: the DDP path (world size 1 under torchrun: DDP's wrapper, SyncBatchNorm,
             no CUDA graph) vs the plain path (target: DDP costs < 5%).
@@ -125,7 +126,7 @@ def main() -> None:
         modes = {"plain, 1 GPU": (0, 1), "DDP, 1 GPU": (1, 1)}
     else:
         modes = {"1 process x 1 thread": (0, 1), "1 process x 2 threads": (0, 2),
-                 "2 gloo ranks x 1 thread": (2, 1)}  # fmt: skip
+                 "2 ranks x 1 thread": (2, 1)}  # fmt: skip
     print(f"GAN step, batch {args.batch_size} (global), 8x8x1, {args.iters} steps x "
           f"{args.rounds} rounds, median; {load()}")  # fmt: skip
     missed = False
@@ -150,8 +151,12 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--widths", type=lambda s: [int(w) for w in s.split(",")], default=[64],
-                        help="gan.width values, comma-separated; the last one decides the exit")
+    parser.add_argument(
+        "--widths",
+        type=lambda s: [int(w) for w in s.split(",")],
+        default=[64],
+        help="gan.width values, comma-separated; the last one decides the exit",
+    )
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -109,8 +110,10 @@ def launch(name: str, train: TrainParams) -> bool:
         elastic_launch(config, sys.executable)(*sys.orig_argv[1:])
     except ChildFailedError as exc:
         raise TrainingError(f"{name}: {failure_line(exc.failures, nproc)}") from None
-    except SignalException:  # SIGTERM or SIGINT: the agent has stopped the workers
-        raise Terminated from None
+    except SignalException as exc:  # the agent has stopped the workers
+        if exc.sigval == signal.SIGINT:
+            raise KeyboardInterrupt from None  # Ctrl-C: 130
+        raise Terminated from None  # SIGTERM (or SIGHUP, SIGQUIT): 143
     return True
 
 
@@ -182,7 +185,7 @@ def joined(train: TrainParams, device: torch.device) -> Iterator[tuple[World | N
     try:
         dist.init_process_group(backend, timeout=timeout, rank=world.rank, world_size=world.size)
         one_machine = env.get("LOCAL_WORLD_SIZE") == env["WORLD_SIZE"]
-        if device.type == "cpu" and one_machine and SharedSum.usable():
+        if device.type == "cpu" and world.size > 1 and one_machine and SharedSum.usable():
             world = replace(world, shared=SharedSum(world, train.dist_timeout_s))
         if env.get(FAIL_RANK) == str(world.rank):  # the others go on to their first collective
             raise TrainingError(f"rank {world.rank}: failing as {FAIL_RANK} asks")
