@@ -62,7 +62,10 @@ pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || tr
 # pg_ctl and initdb refuse root: as root, PostgreSQL runs as the postgres user
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
-alive() { [ -f "$1" ] && kill -0 "$(head -n 1 "$1")" 2>/dev/null; }
+# a service is its process group (each starts as a group leader); exited processes that no
+# one has reaped yet (zombies) do not count
+running() { ps -eo pgid=,stat= | awk -v g="$1" '$1 == g && $2 !~ /^Z/ {n++} END {exit !n}'; }
+alive() { [ -f "$1" ] && running "$(head -n 1 "$1")"; }
 
 answers() {  # HTTP URL answers at all (any status)
     python3 - "$1" <<'EOF' 2>/dev/null
@@ -151,7 +154,7 @@ start_mlflow() {
     wait_for "mlflow server" "$log" "$dir/run/mlflow.pid" mlflow_answers
 }
 
-stop() {  # NAME: its process group, then wait for it to go (10 s, then killed)
+stop() {  # NAME: its process group, then wait for it to go (10 s, then SIGKILL)
     local pidfile=$dir/run/$1.pid
     if alive "$pidfile"; then
         local pid
@@ -159,8 +162,10 @@ stop() {  # NAME: its process group, then wait for it to go (10 s, then killed)
         if [ "$1" = postgres ]; then
             as_pg "$pg_bin/pg_ctl" stop -D "$dir/postgres" -m fast -w >/dev/null
         else
-            kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
-            for _ in $(seq 50); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.2; done
+            kill -TERM -- "-$pid" 2>/dev/null || true
+        fi
+        for _ in $(seq 50); do running "$pid" || break; sleep 0.2; done
+        if running "$pid"; then
             kill -KILL -- "-$pid" 2>/dev/null || true
         fi
         echo "team-stack: $1 stopped"
