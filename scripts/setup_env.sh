@@ -13,7 +13,8 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
 
-pip_args=(install --quiet --editable ".[dev]")
+# dev: the test tools; team: what the team stack's tests start (moto, PostgreSQL's driver, dvc-s3)
+pip_args=(install --quiet --editable ".[dev,team]")
 if [ -n "${TORCH_INDEX_URL:-}" ]; then
     pip_args+=(--extra-index-url "$TORCH_INDEX_URL")
 fi

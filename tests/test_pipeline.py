@@ -58,8 +58,13 @@ def ran(result: subprocess.CompletedProcess) -> list[str]:
 @pytest.fixture
 def project(tmp_path) -> Path:
     """The repository's files (committed or not, minus ignored ones) in a fresh git repo."""
+    return copy_project(tmp_path / "project")
+
+
+def copy_project(dest: Path) -> Path:
+    """The repository's files (committed or not, minus ignored ones) in a fresh git repo at
+    `dest`, with tiny training params."""
     files = sh("git", "ls-files", "-co", "--exclude-standard", cwd=REPO).stdout.split()
-    dest = tmp_path / "project"
     for name in files:
         if (REPO / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
