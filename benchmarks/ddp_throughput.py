@@ -1,15 +1,18 @@
 """Images/s of the GAN training step on several processes (DDP) against one, at the same
 global batch.
 
-CPU         2 ranks of 1 thread each (gloo for DDP's gradients; BatchNorm's statistics
-            through shared memory) vs 1 process of 1 thread (target >= 1.6x: 80% scaling
-            efficiency), and vs 1 process of 2 threads (the other way to use two cores).
+CPU         2 ranks of 1 thread each (gloo: DDP's gradients, and BatchNorm's statistics
+            over the global batch, one all-reduce per layer and pass) vs 1 process of 1
+            thread (target >= 1.6x: 80% scaling efficiency), and vs 1 process of 2 threads
+            (the other way to use two cores). A diagnostic mode, 2 ranks whose BatchNorm
+            sees each rank's half only (not what training does), shows what BatchNorm's
+            all-reduces cost.
 CUDA        1 GPU: the DDP path (world size 1 under torchrun: DDP's wrapper, SyncBatchNorm,
             no CUDA graph) vs the plain path (target: DDP costs < 5%).
 
 Each measurement is its own process (or torchrun's workers), running train_gan's own pieces
 (build_gan, make_step, distributed.joined) on a synthetic dataset of the digits' shape
-(1,437 images, 1 x 8 x 8) with the default GAN params (width 64, depth 1, batch 128), CPU
+(1,437 images, 1 x 8 x 8; --image-size 28 for Fashion-MNIST's, a step 7x longer) with the default GAN params (width 64, depth 1, batch 128), CPU
 kernels pinned as the stage pins them. On the CPU, one process on half the batch is timed
 too: twice its speed is what 2 ranks would reach if communication cost nothing (a small
 step does not halve with its batch). Each is warmed up, then timed over --iters steps;
@@ -20,6 +23,7 @@ where 2 ranks stop paying). Exits 1, printing "target missed", below the target.
 Run (from the repository root):
     .venv/bin/python benchmarks/ddp_throughput.py
     .venv/bin/python benchmarks/ddp_throughput.py --widths 16,32,64 --iters 40
+    .venv/bin/python benchmarks/ddp_throughput.py --image-size 28 --iters 20 --warmup 3
     .venv/bin/python benchmarks/ddp_throughput.py --device cuda --batch-size 256
 """
 
@@ -55,11 +59,14 @@ def worker(args: argparse.Namespace) -> None:
                      "batch_size": args.batch_size, "dist_timeout_s": 600},
            "gan": {"width": args.width}}  # fmt: skip
     params = parse_params(raw)
+    if args.local_batchnorm:  # the diagnostic mode: each rank's BatchNorm sees its half only
+        distributed.sync_batchnorm = lambda module, device: module
     runtime.pin_cpu_kernels(params.cpu_kernels)  # may re-execute, as the stage does
     device = runtime.resolve_device(params.train.device)
-    images = np.random.default_rng(0).integers(0, 256, (IMAGES, 1, 8, 8), np.uint8)
+    size = args.image_size
+    images = np.random.default_rng(0).integers(0, 256, (IMAGES, 1, size, size), np.uint8)
     with distributed.joined(params.train, device) as (world, device):
-        gan = build_gan(params, 1, 8, device, world)
+        gan = build_gan(params, 1, size, device, world)
         data = training.DeviceImages(images, device)
         batches = runtime.make_generator(device, params.seed + 1)
         noise = runtime.make_generator(device, params.seed + 2)
@@ -84,12 +91,14 @@ def sync(device: torch.device, world: distributed.World | None) -> None:
     distributed.barrier(world)
 
 
-def measure(args: argparse.Namespace, procs: int, threads: int, batch: int, width: int) -> float:
+def measure(args: argparse.Namespace, procs: int, threads: int, batch: int, local_bn: bool,
+            width: int) -> float:  # fmt: skip
     """images/s of one run: `procs` ranks under torchrun (0: one process, no torchrun)."""
     script = [str(Path(__file__).resolve()), "--worker", "--threads", str(threads),
-              "--width", str(width), "--device", args.device, "--batch-size",
-              str(batch), "--iters", str(args.iters), "--warmup", str(args.warmup),
-              "--cpu-kernels", args.cpu_kernels]  # fmt: skip
+              "--width", str(width), "--image-size", str(args.image_size), "--device",
+              args.device, "--batch-size", str(batch), "--iters", str(args.iters), "--warmup",
+              str(args.warmup), "--cpu-kernels", args.cpu_kernels,
+              *(["--local-batchnorm"] if local_bn else [])]  # fmt: skip
     if procs:
         command = [*TORCHRUN, "--nproc-per-node", str(procs), *script]
     else:
@@ -126,12 +135,18 @@ def main() -> None:
     cuda = args.device == "cuda"
     B = args.batch_size
     if cuda:  # the plain path vs world size 1 under torchrun
-        modes = {"plain, 1 GPU": (0, 1, B), "DDP, 1 GPU": (1, 1, B)}
+        modes = {"plain, 1 GPU": (0, 1, B, False), "DDP, 1 GPU": (1, 1, B, False)}
     else:  # half: one rank's share alone, whose speed bounds what 2 ranks could reach
-        modes = {"1 process x 1 thread": (0, 1, B), "1 process x 2 threads": (0, 2, B),
-                 "half batch, 1 process x 1 thread": (0, 1, B // 2),
-                 "2 ranks x 1 thread": (2, 1, B)}  # fmt: skip
-    print(f"GAN step, batch {args.batch_size} (global), 8x8x1, {args.iters} steps x "
+        # diagnostic, not the product: BatchNorm over each rank's half alone (what DDP without
+        # SyncBatchNorm does), which changes the training; its gap to "2 ranks" is what the
+        # per-layer all-reduces of BatchNorm's statistics cost
+        modes = {"1 process x 1 thread": (0, 1, B, False),
+                 "1 process x 2 threads": (0, 2, B, False),
+                 "half batch, 1 process x 1 thread": (0, 1, B // 2, False),
+                 "2 ranks x 1 thread, BatchNorm per rank": (2, 1, B, True),
+                 "2 ranks x 1 thread": (2, 1, B, False)}  # fmt: skip
+    size = args.image_size
+    print(f"GAN step, batch {args.batch_size} (global), {size}x{size}x1, {args.iters} steps x "
           f"{args.rounds} rounds, median; {load()}")  # fmt: skip
     missed = False
     for width in args.widths:
@@ -157,6 +172,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--batch-size", type=int, default=128)
+    # 8: the digits (the default pipeline); 28: Fashion-MNIST and MNIST, a larger step
+    parser.add_argument("--image-size", type=int, default=8, choices=[8, 16, 28, 32, 64])
     parser.add_argument(
         "--widths",
         type=lambda s: [int(w) for w in s.split(",")],
@@ -168,6 +185,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cpu-kernels", default="avx2", choices=["avx2", "native"])
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--local-batchnorm", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--width", type=int, default=64, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -127,20 +127,17 @@ def free_port() -> int:
 # --- one process per rank, in this test: the BatchNorm and the checks themselves ------------
 
 
-def _global_batchnorm_rank(rank: int, port: int, out: Path, shared: bool) -> None:
+def _global_batchnorm_rank(rank: int, port: int, out: Path) -> None:
     """Rank `rank` of 2: GlobalBatchNorm2d on its half of a batch, twice (forward and
-    backward; then R1's double backward), its results saved for the parent to compare.
-    The statistics are summed through `shared` memory, or by gloo."""
+    backward; then R1's double backward), its results saved for the parent to compare."""
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=2)  # fmt: skip
     world = distributed.World(rank, 2, rank)
-    if shared:
-        world = distributed.World(rank, 2, rank, distributed.SharedSum(world, timeout_s=60))
     torch.manual_seed(0)
     x = torch.randn(8, 3, 4, 4) * 3 + 5  # (N, C, H, W), the global batch; a mean far from 0
     plain = nn.BatchNorm2d(3)
     nn.init.normal_(plain.weight, 1, 0.1)
-    net = distributed.sync_batchnorm(nn.Sequential(nn.BatchNorm2d(3)), world, torch.device("cpu"))
+    net = distributed.sync_batchnorm(nn.Sequential(nn.BatchNorm2d(3)), torch.device("cpu"))
     net[0].load_state_dict(plain.state_dict())
     half = x[rank * 4 : (rank + 1) * 4].clone().requires_grad_(True)
     for _ in range(2):  # the second call normalises about updated running stats
@@ -168,9 +165,8 @@ def _global_batchnorm_rank(rank: int, port: int, out: Path, shared: bool) -> Non
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("shared", [True, False], ids=["shared-memory", "gloo"])
-def test_global_batchnorm_is_batchnorm_over_the_whole_batch(tmp_path, shared):
-    mp.start_processes(_global_batchnorm_rank, args=(free_port(), tmp_path, shared), nprocs=2,
+def test_global_batchnorm_is_batchnorm_over_the_whole_batch(tmp_path):
+    mp.start_processes(_global_batchnorm_rank, args=(free_port(), tmp_path), nprocs=2,
                        start_method="spawn")  # fmt: skip
     ranks = [torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in range(2)]
     torch.manual_seed(0)

@@ -16,18 +16,14 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import signal
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -52,8 +48,6 @@ class World:
     rank: int
     size: int
     local_rank: int
-    # the sum of small tensors through shared memory, where every rank is on this machine
-    shared: SharedSum | None = field(default=None, compare=False)
 
     @property
     def main(self) -> bool:
@@ -184,9 +178,6 @@ def joined(train: TrainParams, device: torch.device) -> Iterator[tuple[World | N
     backend = "nccl" if device.type == "cuda" else "gloo"
     try:
         dist.init_process_group(backend, timeout=timeout, rank=world.rank, world_size=world.size)
-        one_machine = env.get("LOCAL_WORLD_SIZE") == env["WORLD_SIZE"]
-        if device.type == "cpu" and world.size > 1 and one_machine and SharedSum.usable():
-            world = replace(world, shared=SharedSum(world, train.dist_timeout_s))
         if env.get(FAIL_RANK) == str(world.rank):  # the others go on to their first collective
             raise TrainingError(f"rank {world.rank}: failing as {FAIL_RANK} asks")
         yield world, device
@@ -237,94 +228,10 @@ def check_same(module: nn.Module, world: World | None, what: str) -> None:
 # --- the networks -------------------------------------------------------------------------
 
 
-class SharedSum:
-    """The sum over the ranks of a small float32 tensor, through shared memory: what
-    BatchNorm's statistics take when every rank is on one machine. A gloo all-reduce wakes
-    three threads on each rank; on a busy two-core machine that was 1.2-1.9 ms a call (load
-    average 5), this about 0.1 ms. Each rank writes its tensor to its slot, then the call's
-    number to its flag, and waits for every flag to reach it; all then add the slots in rank
-    order, so every rank gets the same bits. Two banks of slots, used in turn: no rank writes
-    call k + 2 before every rank has flagged k + 1, which each does only after reading k.
-    Stores and loads keep their order on x86-64 (usable()), which the flags rely on."""
-
-    SLOTS = 1 << 16  # floats a rank may send a call: BatchNorm over up to 32,768 channels
-    SPIN_S = 0.005  # longer than a layer's compute on one rank, so most waits end spinning
-
-    def __init__(self, world: World, timeout_s: float):
-        self.rank, self.size, self.timeout_s, self.calls = world.rank, world.size, timeout_s, 0
-        folder = "/dev/shm" if Path("/dev/shm").is_dir() else tempfile.gettempdir()
-        names = [f"{folder}/genpipe-{uuid.uuid4().hex}"]
-        dist.broadcast_object_list(names)  # rank 0's name
-        data_bytes = 2 * self.size * self.SLOTS * 4
-        if self.rank == 0:
-            with open(names[0], "wb") as f:
-                f.truncate(data_bytes + self.size * 64)  # each flag on its own cache line
-        dist.barrier()
-        self.memory = np.memmap(names[0], dtype=np.uint8, mode="r+")
-        dist.barrier()
-        if self.rank == 0:
-            os.unlink(names[0])  # the mappings stay; nothing is left behind
-        data = torch.from_numpy(self.memory[:data_bytes]).view(torch.float32)
-        self.banks = data.view(2, self.size, self.SLOTS)  # (bank, rank, slot)
-        self.flags = self.memory[data_bytes:].view(np.int64).reshape(self.size, 8)[:, 0]
-
-    @staticmethod
-    def usable() -> bool:
-        return platform.machine().lower() in ("x86_64", "amd64")
-
-    def __deepcopy__(self, memo: dict) -> SharedSum:
-        return self  # a module's copy (the EMA's) shares its channel
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        n, bank = x.numel(), self.banks[self.calls % 2]
-        if n > self.SLOTS:
-            raise TrainingError(f"{n} values to sum across the ranks; at most {self.SLOTS}")
-        bank[self.rank, :n].copy_(x.detach().reshape(-1))
-        self.flags[self.rank] = self.calls
-        self._wait()
-        total = bank[0, :n].clone()
-        for rank in range(1, self.size):
-            total += bank[rank, :n]
-        return total.view_as(x)
-
-    def _wait(self) -> None:
-        """Until every rank has flagged this call: spin (a sched_yield per poll cost 3x the
-        wait on a busy machine: the core went to another process for a whole slice), then,
-        after SPIN_S, yield the core to a rank that may need it, until the timeout."""
-        start = time.monotonic()
-        polls = 0
-        while self.flags.min() < self.calls:
-            polls += 1
-            if polls % 256:
-                continue
-            waited = time.monotonic() - start
-            if waited > self.SPIN_S:
-                os.sched_yield()
-            if waited > self.timeout_s:
-                behind = [r for r in range(self.size) if self.flags[r] < self.calls]
-                raise TrainingError(f"rank {self.rank} of {self.size}: no word from rank "
-                                    f"{behind[0]} in {self.timeout_s:g} s")  # fmt: skip
-
-
-class _SharedSumFn(torch.autograd.Function):
-    """SharedSum with autograd: the gradient of a sum over the ranks is the sum over the
-    ranks of the gradients, itself differentiable (R1's double backward passes here)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, shared: SharedSum) -> torch.Tensor:
-        ctx.shared = shared
-        return shared(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return _SharedSumFn.apply(grad.contiguous(), ctx.shared), None
-
-
-def sum_over_ranks(x: torch.Tensor, shared: SharedSum | None) -> torch.Tensor:
-    """x summed over the ranks, autograd-aware: through `shared` memory, else gloo/NCCL."""
-    if shared is not None:
-        return _SharedSumFn.apply(x.float().contiguous(), shared).to(x.dtype)
+def sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    """x summed over the ranks by the process group's all-reduce (gloo, NCCL), autograd-aware:
+    its backward sums the gradients over the ranks, and is itself differentiable (R1's
+    double backward passes here)."""
     # the successor torch names for the deprecated torch.distributed.nn.functional.all_reduce
     from torch.distributed._functional_collectives import all_reduce
 
@@ -335,10 +242,8 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d over the global batch on the CPU, where torch's SyncBatchNorm refuses to run
     (its statistics kernels are CUDA's only). In training mode with several ranks, each rank's
     per-channel mean and variance are combined exactly with one autograd-aware sum over the
-    ranks (`shared` memory on one machine); otherwise it is BatchNorm2d. Its state_dict is
+    ranks; otherwise it is BatchNorm2d. Its state_dict is
     BatchNorm2d's, key for key."""
-
-    shared: SharedSum | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W), N this rank's slice
         size = dist.get_world_size() if dist.is_initialized() else 1
@@ -348,7 +253,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         # about the running mean, the same on every rank: E[d^2] - E[d]^2 then cancels little
         d = mu - self.running_mean
         # (2, C) summed over ranks: their mean of d, and of var + d^2 (equal counts)
-        total = sum_over_ranks(torch.stack([d, var + d * d]) / size, self.shared)
+        total = sum_over_ranks(torch.stack([d, var + d * d]) / size)
         mean = total[0] + self.running_mean
         var = (total[1] - total[0] * total[0]).clamp_min(0)  # biased, over the global batch
         self._update_running(mean.detach(), var.detach(), x.numel() // x.shape[1] * size)
@@ -366,7 +271,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         self.running_var.lerp_(var * (count / (count - 1)), factor)
 
 
-def sync_batchnorm(module: nn.Module, world: World, device: torch.device) -> nn.Module:
+def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
     """`module` with every BatchNorm2d taking its statistics over the global batch:
     torch.nn.SyncBatchNorm on CUDA, GlobalBatchNorm2d on the CPU. The weights and buffers
     are kept (same tensors, same state_dict keys), so what rank 0 saves loads into the
@@ -379,10 +284,9 @@ def sync_batchnorm(module: nn.Module, world: World, device: torch.device) -> nn.
                                    child.track_running_stats)  # fmt: skip
             bn._parameters, bn._buffers = child._parameters, child._buffers  # the same tensors
             bn.train(child.training)
-            bn.shared = world.shared
             setattr(module, name, bn)
         else:
-            sync_batchnorm(child, world, device)
+            sync_batchnorm(child, device)
     return module
 
 

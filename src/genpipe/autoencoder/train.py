@@ -33,7 +33,7 @@ def build_network(
     net = AutoEncoder(size, channels, cfg.latent_dim, cfg.width, cfg.depth, kind=cfg.kind)
     net = runtime.prepare_module(net, device, train.compile)
     if world is not None:
-        net = distributed.sync_batchnorm(net, world, device)
+        net = distributed.sync_batchnorm(net, device)
     step_net = distributed.data_parallel(net, world, device)
     return net, torch.compile(step_net) if train.compile else step_net  # sharing net's weights
 
