@@ -12,13 +12,14 @@ CUDA        1 GPU: the DDP path (world size 1 under torchrun: DDP's wrapper, Syn
 
 Each measurement is its own process (or torchrun's workers), running train_gan's own pieces
 (build_gan, make_step, distributed.joined) on a synthetic dataset of the digits' shape
-(1,437 images, 1 x 8 x 8; --image-size 28 for Fashion-MNIST's, a step 7x longer) with the default GAN params (width 64, depth 1, batch 128), CPU
-kernels pinned as the stage pins them. On the CPU, one process on half the batch is timed
-too: twice its speed is what 2 ranks would reach if communication cost nothing (a small
-step does not halve with its batch). Each is warmed up, then timed over --iters steps;
-the modes take turns for --rounds rounds and the median is reported. --widths sweeps
-gan.width: the smaller the network, the more of a step the all-reduces take (the crossover
-where 2 ranks stop paying). Exits 1, printing "target missed", below the target.
+(1,437 images, 1 x 8 x 8; --image-size 28 for Fashion-MNIST's, a step 7x longer) with the
+default GAN params (width 64, depth 1, batch 128), CPU kernels pinned as the stage pins
+them. On the CPU, one process on half the batch is timed too: twice its speed is what 2
+ranks would reach if communication cost nothing (a small step does not halve with its
+batch). Each is warmed up, then timed over --iters steps; the modes take turns for
+--rounds rounds and the median is reported. --widths sweeps gan.width: the smaller the
+network, the more of a step the all-reduces take (the crossover where 2 ranks stop
+paying). Exits 1, printing "target missed", below the target.
 
 Run (from the repository root):
     .venv/bin/python benchmarks/ddp_throughput.py
