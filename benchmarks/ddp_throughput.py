@@ -7,7 +7,7 @@ CPU         2 ranks of 1 thread each (gloo: DDP's gradients, and BatchNorm's sta
             (the other way to use two cores). A diagnostic mode, 2 ranks whose BatchNorm
             sees each rank's half only (not what training does), shows what BatchNorm's
             all-reduces cost.
-CUDA        1 GPU: the DDP path (world size 1 under torchrun: DDP's wrapper, SyncBatchNorm,
+CUDA        1 GPU: the DDP path (world size 1 under torchrun: DDP's wrapper,
             no CUDA graph) vs the plain path (target: DDP costs < 5%).
 
 Each measurement is its own process (or torchrun's workers), running train_gan's own pieces
@@ -61,7 +61,7 @@ def worker(args: argparse.Namespace) -> None:
            "gan": {"width": args.width}}  # fmt: skip
     params = parse_params(raw)
     if args.local_batchnorm:  # the diagnostic mode: each rank's BatchNorm sees its half only
-        distributed.sync_batchnorm = lambda module, device: module
+        distributed.sync_batchnorm = lambda module: module
     runtime.pin_cpu_kernels(params.cpu_kernels)  # may re-execute, as the stage does
     device = runtime.resolve_device(params.train.device)
     size = args.image_size
@@ -138,9 +138,9 @@ def main() -> None:
     if cuda:  # the plain path vs world size 1 under torchrun
         modes = {"plain, 1 GPU": (0, 1, B, False), "DDP, 1 GPU": (1, 1, B, False)}
     else:  # half: one rank's share alone, whose speed bounds what 2 ranks could reach
-        # diagnostic, not the product: BatchNorm over each rank's half alone (what DDP without
-        # SyncBatchNorm does), which changes the training; its gap to "2 ranks" is what the
-        # per-layer all-reduces of BatchNorm's statistics cost
+        # diagnostic, not the product: BatchNorm over each rank's half alone (DDP with plain
+        # BatchNorm), which changes the training; its gap to "2 ranks" is what the per-layer
+        # all-reduces of BatchNorm's statistics cost
         modes = {"1 process x 1 thread": (0, 1, B, False),
                  "1 process x 2 threads": (0, 2, B, False),
                  "half batch, 1 process x 1 thread": (0, 1, B // 2, False),

@@ -11,7 +11,8 @@
 # A real team runs its own PostgreSQL, S3 bucket and MLflow server and sets the same lines
 # with its own hosts; nothing else changes.
 #
-# Settings (environment; `up` records them in DIR/stack.env, later calls read them back):
+# Settings (environment; `up` records the ports and the bucket in DIR/stack.env when it starts
+# from nothing running, and later calls read them back):
 #   TEAM_STACK_PG_PORT (5433)  TEAM_STACK_S3_PORT (9000)  TEAM_STACK_MLFLOW_PORT (5000)
 #   TEAM_STACK_BUCKET (genpipe)  TEAM_STACK_MLFLOW_WORKERS (2)  TEAM_STACK_TIMEOUT (60 s a service)
 # Needs: Debian's postgresql package, and the project's environment first on PATH with the
@@ -81,9 +82,20 @@ postgres_answers() { pg_isready -q -h 127.0.0.1 -p "$pg_port" 2>/dev/null || "$p
 s3_answers() { answers "$s3_url/"; }
 mlflow_answers() { answers "$mlflow_url/health"; }
 
+port_free() {  # PORT: nothing listens on 127.0.0.1:PORT (else a check could pass on another's server)
+    python3 - "$1" <<'EOF' 2>/dev/null
+import socket, sys
+with socket.socket() as s:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+EOF
+}
+need_port() {  # NAME PORT VARIABLE
+    port_free "$2" || fail "$1: port $2 on 127.0.0.1 is in use by another process; set $3 to a free one"
+}
+
 wait_for() {  # NAME LOG PIDFILE CHECK: until CHECK passes, for $timeout seconds at most
     local name=$1 log=$2 pidfile=$3 check=$4 waited=0
-    until $check; do
+    until alive "$pidfile" && $check; do
         if ! alive "$pidfile" || [ "$waited" -ge $((timeout * 2)) ]; then
             local why="did not answer within $timeout s"
             alive "$pidfile" || why="exited"
@@ -128,6 +140,7 @@ EOF
 start_s3() {
     local log=$dir/logs/s3.log
     command -v moto_server >/dev/null || fail "moto_server not found on PATH (pip install -e '.[team]')"
+    need_port "S3 endpoint (moto)" "$s3_port" TEAM_STACK_S3_PORT
     setsid moto_server -H 127.0.0.1 -p "$s3_port" </dev/null >"$log" 2>&1 &
     echo $! >"$dir/run/s3.pid"
     wait_for "S3 endpoint (moto)" "$log" "$dir/run/s3.pid" s3_answers
@@ -144,6 +157,7 @@ EOF
 start_mlflow() {
     local log=$dir/logs/mlflow.log
     command -v mlflow >/dev/null || fail "mlflow not found on PATH (activate the project's environment)"
+    need_port "mlflow server" "$mlflow_port" TEAM_STACK_MLFLOW_PORT
     # the server alone talks to S3; clients up- and download artifacts through it
     PGPASSFILE=$dir/pgpass MLFLOW_S3_ENDPOINT_URL=$s3_url AWS_DEFAULT_REGION=us-east-1 \
     AWS_ACCESS_KEY_ID=$MOTO_KEY_ID AWS_SECRET_ACCESS_KEY=$MOTO_SECRET \
@@ -156,11 +170,16 @@ start_mlflow() {
 
 stop() {  # NAME: its process group, then wait for it to go (10 s, then SIGKILL)
     local pidfile=$dir/run/$1.pid
+    # a PostgreSQL whose start timed out has its own pid file only
+    if [ "$1" = postgres ] && [ ! -f "$pidfile" ] && [ -f "$dir/postgres/postmaster.pid" ]; then
+        head -n 1 "$dir/postgres/postmaster.pid" >"$pidfile"
+    fi
     if alive "$pidfile"; then
         local pid
         pid=$(head -n 1 "$pidfile")
-        if [ "$1" = postgres ]; then
-            as_pg "$pg_bin/pg_ctl" stop -D "$dir/postgres" -m fast -w >/dev/null
+        if [ "$1" = postgres ]; then  # a failed stop falls through to the signals below
+            as_pg "$pg_bin/pg_ctl" stop -D "$dir/postgres" -m fast -w >/dev/null 2>&1 ||
+                kill -TERM -- "-$pid" 2>/dev/null || true
         else
             kill -TERM -- "-$pid" 2>/dev/null || true
         fi
@@ -187,8 +206,11 @@ EOF
 
 case $command in
 up)
-    printf '%s\n' "TEAM_STACK_PG_PORT=$pg_port" "TEAM_STACK_S3_PORT=$s3_port" \
-        "TEAM_STACK_MLFLOW_PORT=$mlflow_port" "TEAM_STACK_BUCKET=$bucket" >"$dir/stack.env"
+    # recorded only from a clean start: a running service keeps the ports it was started on
+    if ! alive "$dir/run/postgres.pid" && ! alive "$dir/run/s3.pid" && ! alive "$dir/run/mlflow.pid"; then
+        printf '%s\n' "TEAM_STACK_PG_PORT=$pg_port" "TEAM_STACK_S3_PORT=$s3_port" \
+            "TEAM_STACK_MLFLOW_PORT=$mlflow_port" "TEAM_STACK_BUCKET=$bucket" >"$dir/stack.env"
+    fi
     started=0
     if alive "$dir/run/postgres.pid"; then :; else start_postgres; started=1; fi
     if alive "$dir/run/s3.pid"; then :; else start_s3; started=1; fi

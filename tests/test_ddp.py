@@ -137,7 +137,7 @@ def _global_batchnorm_rank(rank: int, port: int, out: Path) -> None:
     x = torch.randn(8, 3, 4, 4) * 3 + 5  # (N, C, H, W), the global batch; a mean far from 0
     plain = nn.BatchNorm2d(3)
     nn.init.normal_(plain.weight, 1, 0.1)
-    net = distributed.sync_batchnorm(nn.Sequential(nn.BatchNorm2d(3)), torch.device("cpu"))
+    net = distributed.sync_batchnorm(nn.Sequential(nn.BatchNorm2d(3)))
     net[0].load_state_dict(plain.state_dict())
     half = x[rank * 4 : (rank + 1) * 4].clone().requires_grad_(True)
     for _ in range(2):  # the second call normalises about updated running stats
@@ -238,6 +238,7 @@ def test_batch_size_not_divisible_by_the_processes_fails_in_one_line(tmp_path):
     assert "Traceback" not in err and not (path / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_a_failing_rank_ends_the_run_in_one_line_within_seconds(tmp_path):
     path = workdir(tmp_path, train={"nproc_per_node": 2}, steps=100000)
     started = time.monotonic()
@@ -251,6 +252,35 @@ def test_a_failing_rank_ends_the_run_in_one_line_within_seconds(tmp_path):
         "GENPIPE_TEST_FAIL_RANK asks)"
     )
     assert "Traceback" not in err
+
+
+def _resume_rank(rank: int, port: int, out: Path) -> None:
+    """Rank `rank` of 2 restores from its own host's checkpoints/: rank 0's holds step 3,
+    rank 1's none (a second host, no shared filesystem)."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=2)  # fmt: skip
+    world = distributed.World(rank, 2, rank)
+    net = nn.Linear(2, 2)
+    path = out / f"host{rank}" / "checkpoint.pt"
+    identity = {"run": "same"}
+    if rank == 0:  # written as rank 0 writes it
+        training.Checkpoint(path, identity, 10, {"net": net}, ()).snapshot(3, [])
+    try:
+        training.Checkpoint(path, identity, 10, {"net": net}, (), world).restore()
+    except TrainingError as exc:
+        (out / f"{rank}.err").write_text(str(exc))
+    dist.destroy_process_group()
+
+
+def test_ranks_that_find_different_checkpoints_all_stop_in_one_line(tmp_path):
+    mp.start_processes(_resume_rank, args=(free_port(), tmp_path), nprocs=2,
+                       start_method="spawn")  # fmt: skip
+    for rank in range(2):  # every rank stops, each naming its own file: none trains on alone
+        assert (tmp_path / f"{rank}.err").read_text() == (
+            f"{tmp_path / f'host{rank}' / 'checkpoint.pt'}: the step to resume from: expected "
+            "the same on all 2 ranks; rank 0 found step 3, rank 1 step 0 (on several hosts, "
+            "checkpoints/ must be on a filesystem they share)"
+        )
 
 
 def rank_pid(launcher: subprocess.Popen, rank: int) -> int:

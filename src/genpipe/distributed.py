@@ -164,6 +164,11 @@ def joined(train: TrainParams, device: torch.device) -> Iterator[tuple[World | N
         return
     env = os.environ
     world = World(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"]))
+    # SIGTERM (a clean stop: checkpoint kept, MLflow run ended) when the launcher dies, even
+    # by SIGKILL: torch's launcher starts workers in sessions of their own, out of reach of a
+    # signal to its group, and a worker left running would still write outputs. Linux
+    # only; torch's own spawn does the same
+    torch.multiprocessing._prctl_pr_set_pdeathsig(signal.SIGTERM)
     check_divisible(train.batch_size, world.size)
     if device.type == "mps":
         raise TrainingError(f"train.device: expected cpu or cuda with {world.size} processes; "
@@ -208,6 +213,22 @@ def mean(x: torch.Tensor, world: World | None) -> torch.Tensor:
     return x / world.size
 
 
+def check_agree(found: str, world: World | None, what: str) -> None:
+    """Raise, on every rank, unless every rank `found` the same (a collective: all ranks
+    must call it)."""
+    if world is None or world.size == 1:
+        return
+    gathered: list[Any] = [None] * world.size
+    dist.all_gather_object(gathered, found)
+    differ = [r for r, theirs in enumerate(gathered) if theirs != gathered[0]]
+    if differ:
+        raise TrainingError(
+            f"{what}: expected the same on all {world.size} ranks; rank 0 found "
+            f"{gathered[0][:200]}, rank {differ[0]} {gathered[differ[0]][:200]} (on several "
+            "hosts, checkpoints/ must be on a filesystem they share)"
+        )
+
+
 def check_same(module: nn.Module, world: World | None, what: str) -> None:
     """Raise unless `module`'s state is bitwise the same on every rank: a digest of its bytes
     is gathered once, so a drift (an EMA updated differently, say) never goes unnoticed."""
@@ -239,17 +260,21 @@ def sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d over the global batch on the CPU, where torch's SyncBatchNorm refuses to run
-    (its statistics kernels are CUDA's only). In training mode with several ranks, each rank's
+    """BatchNorm2d over the global batch. In training mode with several ranks, each rank's
     per-channel mean and variance are combined exactly with one autograd-aware sum over the
-    ranks; otherwise it is BatchNorm2d. Its state_dict is
-    BatchNorm2d's, key for key."""
+    ranks (gloo, NCCL); otherwise it is BatchNorm2d. Its state_dict is BatchNorm2d's, key
+    for key.
+
+    Not torch's SyncBatchNorm: that refuses CPU tensors (its statistics kernels are CUDA's
+    only), and its backward is not differentiable, which R1's and WGAN-GP's double backward
+    through the discriminator need. One implementation on every device, tested on the CPU."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W), N this rank's slice
         size = dist.get_world_size() if dist.is_initialized() else 1
         if not self.training or size == 1 or not self.track_running_stats:
             return super().forward(x)
-        var, mu = torch.var_mean(x, dim=(0, 2, 3), correction=0)  # (C,) each, this rank's
+        # in fp32 under autocast too, as BatchNorm2d keeps its statistics
+        var, mu = torch.var_mean(x.float(), dim=(0, 2, 3), correction=0)  # (C,), this rank's
         # about the running mean, the same on every rank: E[d^2] - E[d]^2 then cancels little
         d = mu - self.running_mean
         # (2, C) summed over ranks: their mean of d, and of var + d^2 (equal counts)
@@ -259,25 +284,23 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         self._update_running(mean.detach(), var.detach(), x.numel() // x.shape[1] * size)
         scale = self.weight * torch.rsqrt(var + self.eps)  # (C,)
         shift = self.bias - mean * scale
-        return x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+        return (x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)).to(x.dtype)
 
     @torch.no_grad()
     def _update_running(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
         """As BatchNorm2d does, with the global count: running_var takes the unbiased var."""
         self.num_batches_tracked.add_(1)
         # momentum None: a cumulative moving average
-        factor = self.momentum or 1.0 / float(self.num_batches_tracked)
+        cumulative = 1.0 / float(self.num_batches_tracked)
+        factor = cumulative if self.momentum is None else self.momentum  # 0.0 is a momentum
         self.running_mean.lerp_(mean, factor)
         self.running_var.lerp_(var * (count / (count - 1)), factor)
 
 
-def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
-    """`module` with every BatchNorm2d taking its statistics over the global batch:
-    torch.nn.SyncBatchNorm on CUDA, GlobalBatchNorm2d on the CPU. The weights and buffers
-    are kept (same tensors, same state_dict keys), so what rank 0 saves loads into the
-    plain networks."""
-    if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+def sync_batchnorm(module: nn.Module) -> nn.Module:
+    """`module` with every BatchNorm2d a GlobalBatchNorm2d, which takes its statistics over
+    the global batch. The weights and buffers are kept (same tensors, same state_dict keys),
+    so what rank 0 saves loads into the plain networks."""
     for name, child in module.named_children():
         if type(child) is nn.BatchNorm2d:
             bn = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
@@ -286,7 +309,7 @@ def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
             bn.train(child.training)
             setattr(module, name, bn)
         else:
-            sync_batchnorm(child, device)
+            sync_batchnorm(child)
     return module
 
 

@@ -272,9 +272,17 @@ class Checkpoint:
         to go on from and the log rows so far, (0, []) to start afresh. The rows are sent
         to `run` (a tracking.TrainingRun, or None): a new run gets the whole curve."""
         self.run_id = getattr(run, "run_id", None)  # kept in every snapshot
-        state = load_checkpoint(self.path, self.identity)
-        # no rank goes on (and rank 0 replaces the file) before every rank has read it
-        distributed.barrier(self.world)
+        try:
+            state, failed = load_checkpoint(self.path, self.identity), None
+        except TrainingError as exc:  # raised below, on every rank at once
+            state, failed = None, str(exc)
+        # every rank resumes from the same step, or none goes on: on several hosts each reads
+        # its own checkpoints/, and only rank 0's is written. A collective, so it is also the
+        # barrier that keeps rank 0 from replacing the file while another rank reads it
+        found = f"failed: {failed}" if failed else f"step {state['step'] if state else 0}"
+        distributed.check_agree(found, self.world, f"{self.path}: the step to resume from")
+        if failed:
+            raise TrainingError(failed)
         if state is None:
             return 0, []
         for name, obj in self.states.items():

@@ -33,7 +33,7 @@ def build_network(
     net = AutoEncoder(size, channels, cfg.latent_dim, cfg.width, cfg.depth, kind=cfg.kind)
     net = runtime.prepare_module(net, device, train.compile)
     if world is not None:
-        net = distributed.sync_batchnorm(net, device)
+        net = distributed.sync_batchnorm(net)
     step_net = distributed.data_parallel(net, world, device)
     return net, torch.compile(step_net) if train.compile else step_net  # sharing net's weights
 
@@ -77,7 +77,8 @@ def train_autoencoder(
             if cfg.lr_decay != "none":
                 training.set_lr(opt, cfg.lr * training.lr_factor(cfg.lr_decay, step, cfg.steps))
             # (1) Reconstruct x
-            x, eps = draw(data, B, batches, noise, cfg, world)  # (b, C, S, S) in [-1, 1]
+            # (b, C, S, S) in [-1, 1]; eps: the VAE's noise, drawn here under torchrun
+            x, eps = draw(data, B, batches, noise, cfg, world, dtype or torch.float32)
             with runtime.autocast(device, dtype):
                 recon, mu, logvar = step_net(x, generator=noise, eps=eps)
             loss = mse = F.mse_loss(recon.float(), x)  # per pixel, on the [-1, 1] scale
@@ -111,6 +112,7 @@ def draw(
     noise: torch.Generator,
     cfg: AutoencoderParams,
     world: distributed.World | None,
+    dtype: torch.dtype,  # mu's: autocast's, else fp32; the one-process network draws in it
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A step's images x (b, C, S, S) and, under torchrun for a VAE, its noise eps (b, latent):
     b = B in one process, where the network draws eps itself; else every rank draws the
@@ -121,7 +123,7 @@ def draw(
     x = data.take(data.draw(B, batches)[part])
     if cfg.kind != "vae":
         return x, None
-    return x, torch.randn(B, cfg.latent_dim, generator=noise, device=x.device)[part]
+    return x, torch.randn(B, cfg.latent_dim, generator=noise, device=x.device, dtype=dtype)[part]
 
 
 @torch.no_grad()

@@ -87,8 +87,8 @@ def build_gan(params: Params, channels: int, size: int, device: torch.device,
     netG = runtime.prepare_module(Generator(**networks["generator"]), device, train.compile)
     netD = runtime.prepare_module(Discriminator(**networks["discriminator"]), device, train.compile)
     if world is not None:  # before the EMA's copy and the optimizers: the same tensors
-        netG = distributed.sync_batchnorm(netG, device)
-        netD = distributed.sync_batchnorm(netD, device)
+        netG = distributed.sync_batchnorm(netG)
+        netD = distributed.sync_batchnorm(netD)
     # compiled views share their weights with netG/netD, which are what is saved
     stepG = distributed.data_parallel(netG, world, device)
     stepD = distributed.data_parallel(netD, world, device)
