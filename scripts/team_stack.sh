@@ -85,8 +85,10 @@ mlflow_answers() { answers "$mlflow_url/health"; }
 port_free() {  # PORT: nothing listens on 127.0.0.1:PORT (else a check could pass on another's server)
     python3 - "$1" <<'EOF' 2>/dev/null
 import socket, sys
-with socket.socket() as s:
+with socket.socket() as s:  # as the servers bind: a closed connection's TIME_WAIT is no user
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("127.0.0.1", int(sys.argv[1])))
+    s.listen()
 EOF
 }
 need_port() {  # NAME PORT VARIABLE
