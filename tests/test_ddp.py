@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from torch import nn
 from genpipe import distributed, training
 from genpipe.errors import TrainingError
 from test_train import make_workdir
+
+from net import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = {"batch_size": 16, "checkpoint_every": 10, "log_every": 10, "device": "cpu",
@@ -116,12 +117,6 @@ def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 120) -> None:
     while not path.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.01)
     assert proc.poll() is None, communicate(proc)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- one process per rank, in this test: the BatchNorm and the checks themselves ------------

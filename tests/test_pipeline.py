@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import yaml
 from genpipe.ci import stages_run
 
 from builders import write_png
+from net import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the environment's dvc, and the `python` stages call
@@ -198,12 +198,6 @@ OUTPUTS = ["reports/params/check.json", "data/prepared", "reports/validation", "
            *(f"reports/{m}/{name}" for m in ("gan", "autoencoder")
              for name in ("train_log.csv", "samples.png", "metrics.json", "eval_grid.png",
                           "registry.json"))]  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_a_stage_that_fails_at_run_time_leaves_its_previous_outputs_as_they_were(project):

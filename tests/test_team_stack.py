@@ -31,9 +31,10 @@ import pytest
 import yaml
 
 from genpipe.ci import stages_run
-from test_pipeline import copy_project, free_port, set_params
+from test_pipeline import copy_project, set_params
 
 from builders import write_png
+from net import free_port, free_ports
 
 pytestmark = pytest.mark.slow
 
@@ -171,7 +172,7 @@ def stack_dir() -> Path:
 def stack() -> Iterator[Stack]:
     require_stack()
     path = stack_dir()
-    ports = {"PG": free_port(), "S3": free_port(), "MLFLOW": free_port()}
+    ports = dict(zip(("PG", "S3", "MLFLOW"), free_ports(3), strict=True))
     stack = Stack(path, ports, settings=[])
     try:
         up = stack.script("up")
@@ -261,8 +262,9 @@ def test_a_service_that_cannot_start_is_one_line_naming_it_and_its_log(stack):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        broken = Stack(path, {"PG": taken.getsockname()[1], "S3": free_port(),
-                              "MLFLOW": free_port()}, settings=[])  # fmt: skip
+        s3, mlflow = free_ports(2)
+        ports = {"PG": taken.getsockname()[1], "S3": s3, "MLFLOW": mlflow}
+        broken = Stack(path, ports, settings=[])
         try:
             result = broken.script("up", check=False)
         finally:
