@@ -2,11 +2,11 @@
 global batch.
 
 CPU         2 ranks of 1 thread each (gloo: DDP's gradients, and BatchNorm's statistics
-            over the global batch, one all-reduce per layer and pass) vs 1 process of 1
+            over the global batch, one all-gather per layer and pass) vs 1 process of 1
             thread (target >= 1.6x: 80% scaling efficiency), and vs 1 process of 2 threads
             (the other way to use two cores). A diagnostic mode, 2 ranks whose BatchNorm
             sees each rank's half only (not what training does), shows what BatchNorm's
-            all-reduces cost.
+            exchanges cost.
 CUDA        1 GPU: the DDP path (world size 1 under torchrun: DDP's wrapper,
             no CUDA graph) vs the plain path (target: DDP costs < 5%).
 
@@ -18,7 +18,7 @@ them. On the CPU, one process on half the batch is timed too: twice its speed is
 ranks would reach if communication cost nothing (a small step does not halve with its
 batch). Each is warmed up, then timed over --iters steps; the modes take turns for
 --rounds rounds and the median is reported. --widths sweeps gan.width: the smaller the
-network, the more of a step the all-reduces take (the crossover where 2 ranks stop
+network, the more of a step the collectives take (the crossover where 2 ranks stop
 paying). Exits 1, printing "target missed", below the target.
 
 Run (from the repository root):
@@ -140,7 +140,7 @@ def main() -> None:
     else:  # half: one rank's share alone, whose speed bounds what 2 ranks could reach
         # diagnostic, not the product: BatchNorm over each rank's half alone (DDP with plain
         # BatchNorm), which changes the training; its gap to "2 ranks" is what the per-layer
-        # all-reduces of BatchNorm's statistics cost
+        # exchanges of BatchNorm's statistics cost
         modes = {"1 process x 1 thread": (0, 1, B, False),
                  "1 process x 2 threads": (0, 2, B, False),
                  "half batch, 1 process x 1 thread": (0, 1, B // 2, False),
