@@ -112,6 +112,13 @@ def assert_bitwise(a: dict, b: dict) -> None:
             assert torch.equal(a[name][key], b[name][key]), f"{name}.{key}"
 
 
+def launcher_leftovers(tmp: Path) -> list[str]:
+    """What the launcher left in `tmp` (its TMPDIR): genpipe's folder for the workers' error
+    files, or torch's own default, a torchelastic_* folder per launch."""
+    return sorted(p.name for p in tmp.iterdir()
+                  if p.name.startswith(("genpipe-torchrun-", "torchelastic_")))  # fmt: skip
+
+
 def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 120) -> None:
     deadline = time.monotonic() + seconds
     while not path.exists() and time.monotonic() < deadline and proc.poll() is None:
@@ -237,8 +244,11 @@ def test_batch_size_not_divisible_by_the_processes_fails_in_one_line(tmp_path):
 def test_a_failing_rank_ends_the_run_in_one_line_within_seconds(tmp_path):
     path = workdir(tmp_path, train={"nproc_per_node": 2}, steps=100000)
     started = time.monotonic()
-    proc = stage(path, env={distributed.FAIL_RANK: "1"})  # rank 1 fails as it joins
+    tmp = tmp_path / "tmp"  # the launcher's temporary folders
+    tmp.mkdir()
+    proc = stage(path, env={distributed.FAIL_RANK: "1", "TMPDIR": str(tmp)})  # fails as it joins
     err = communicate(proc, 120)
+    assert launcher_leftovers(tmp) == []  # the workers' error files are gone with their folder
     # rank 0 waits for it in a barrier: the launcher stops it at once, no timeout needed
     assert time.monotonic() - started < 60
     assert proc.returncode == 1
@@ -328,7 +338,11 @@ def test_two_process_runs_are_bitwise_identical_and_match_one_process(tmp_path, 
     two = {"nproc_per_node": 2}
     runs = {name: workdir(tmp_path / name, model, train=train, **net)
             for name, train in (("one", {}), ("two", two), ("again", two))}  # fmt: skip
-    errs = {name: finish(stage(path, model)) for name, path in runs.items()}
+    tmp = tmp_path / "tmp"  # the launchers' temporary folders
+    tmp.mkdir()
+    errs = {name: finish(stage(path, model, env={"TMPDIR": str(tmp)}))
+            for name, path in runs.items()}  # fmt: skip
+    assert launcher_leftovers(tmp) == []
     one, two, again = (weights(runs[name], model) for name in ("one", "two", "again"))
     assert_bitwise(two, again)
 

@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -85,29 +86,34 @@ def launch(name: str, train: TrainParams) -> bool:
     if nproc == 1 or under_torchrun():
         return False
     check_divisible(train.batch_size, nproc)
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    config = LaunchConfig(
-        min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
-        rdzv_backend="c10d", rdzv_endpoint="localhost:0",  # --standalone: a free port
-        max_restarts=0,  # a failure ends the run; the rerun resumes from the checkpoint
-        monitor_interval=0.1,  # how soon a dead worker is noticed and the others stopped
-        shutdown_timeout=10,  # then SIGKILL for a worker deaf to SIGTERM
-    )  # fmt: skip
     # the agent logs every failure at length; the one line below says it
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     sys.stdout.flush()
     sys.stderr.flush()
-    try:
-        elastic_launch(config, sys.executable)(*sys.orig_argv[1:])
-    except ChildFailedError as exc:
-        raise TrainingError(f"{name}: {failure_line(exc.failures, nproc)}") from None
-    except SignalException as exc:  # the agent has stopped the workers
-        if exc.sigval == signal.SIGINT:
-            raise KeyboardInterrupt from None  # Ctrl-C: 130
-        raise Terminated from None  # SIGTERM (or SIGHUP, SIGQUIT): 143
+    # the workers' error files, in a folder removed at the end (the agent's own default is a
+    # /tmp/torchelastic_* folder per launch, left behind)
+    with tempfile.TemporaryDirectory(prefix="genpipe-torchrun-") as logs:
+        config = LaunchConfig(
+            min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
+            rdzv_backend="c10d", rdzv_endpoint="localhost:0",  # --standalone: a free port
+            max_restarts=0,  # a failure ends the run; the rerun resumes from the checkpoint
+            monitor_interval=0.1,  # how soon a dead worker is noticed and the others stopped
+            shutdown_timeout=10,  # then SIGKILL for a worker deaf to SIGTERM
+            logs_specs=DefaultLogsSpecs(log_dir=logs),
+        )  # fmt: skip
+        try:
+            elastic_launch(config, sys.executable)(*sys.orig_argv[1:])
+        except ChildFailedError as exc:
+            raise TrainingError(f"{name}: {failure_line(exc.failures, nproc)}") from None
+        except SignalException as exc:  # the agent has stopped the workers
+            if exc.sigval == signal.SIGINT:
+                raise KeyboardInterrupt from None  # Ctrl-C: 130
+            raise Terminated from None  # SIGTERM (or SIGHUP, SIGQUIT): 143
     return True
 
 
