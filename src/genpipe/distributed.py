@@ -96,8 +96,10 @@ def launch(name: str, train: TrainParams) -> bool:
     sys.stdout.flush()
     sys.stderr.flush()
     # the workers' error files, in a folder removed at the end (the agent's own default is a
-    # /tmp/torchelastic_* folder per launch, left behind)
-    with tempfile.TemporaryDirectory(prefix="genpipe-torchrun-") as logs:
+    # /tmp/torchelastic_* folder per launch, left behind); one that will not go (NFS, say)
+    # must not replace the run's own one line
+    scratch = tempfile.TemporaryDirectory(prefix="genpipe-torchrun-", ignore_cleanup_errors=True)
+    with scratch as logs:
         config = LaunchConfig(
             min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
             rdzv_backend="c10d", rdzv_endpoint="localhost:0",  # --standalone: a free port
@@ -280,10 +282,9 @@ def sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d over the global batch. In training mode with several ranks, each rank's
-    per-channel sums of x and x^2 are added up with one autograd-aware sum over the ranks
-    (gloo, NCCL), and the global mean and variance taken from them; otherwise it is
-    BatchNorm2d. Its state_dict is BatchNorm2d's, key
-    for key.
+    per-channel sums of d and d^2 (d: x less the running mean) are added up with one
+    autograd-aware sum over the ranks (gloo, NCCL), and the global mean and variance taken
+    from them; otherwise it is BatchNorm2d. Its state_dict is BatchNorm2d's, key for key.
 
     Not torch's SyncBatchNorm: that refuses CPU tensors (its statistics kernels are CUDA's
     only), and its backward is not differentiable, which R1's and WGAN-GP's double backward
