@@ -387,13 +387,17 @@ def test_an_outer_torchrun_is_joined_not_relaunched(tmp_path):
 @pytest.mark.slow
 def test_sigterm_to_the_launcher_stops_every_rank(tmp_path):
     path = workdir(tmp_path, train={"nproc_per_node": 2}, steps=100000)
-    proc = stage(path)
+    tmp = tmp_path / "tmp"  # the launcher's temporary folders
+    tmp.mkdir()
+    proc = stage(path, env={"TMPDIR": str(tmp)})
     wait_for(path / "checkpoints" / "gan" / "checkpoint.pt", proc)
     ranks = workers(proc.pid)
     assert len(ranks) == 2
+    assert len(launcher_leftovers(tmp)) == 1  # the workers' error files, while they run
     proc.send_signal(signal.SIGTERM)
     err = communicate(proc, 60)
     assert proc.returncode == 143, err
     assert err.strip().splitlines()[-1] == "error: terminated (SIGTERM)"
     assert not [pid for pid in ranks if alive(pid)]
+    assert launcher_leftovers(tmp) == []
     assert "Traceback" not in err
