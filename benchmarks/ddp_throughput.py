@@ -7,8 +7,11 @@ CPU         2 ranks of 1 thread each (gloo: DDP's gradients, and BatchNorm's sta
             (the other way to use two cores). A diagnostic mode, 2 ranks whose BatchNorm
             sees each rank's half only (not what training does), shows what BatchNorm's
             exchanges cost.
-CUDA        1 GPU: the DDP path (world size 1 under torchrun: DDP's wrapper,
-            no CUDA graph) vs the plain path (target: DDP costs < 5%).
+CUDA        1 GPU: the DDP path (world size 1 under torchrun: NCCL, DDP's wrapper,
+            GlobalBatchNorm2d; eager, as DDP's steps are not captured as a CUDA graph)
+            vs the plain path run the same way, eagerly (target: DDP costs < 5%); and the
+            plain path's default, the step replayed as a CUDA graph, for what a user
+            gives up on one GPU under torchrun.
 
 Each measurement is its own process (or torchrun's workers), running train_gan's own pieces
 (build_gan, make_step, distributed.joined) on a synthetic dataset of the digits' shape
@@ -57,7 +60,8 @@ def worker(args: argparse.Namespace) -> None:
     {"images_per_s": ...} as a JSON line. Under torchrun the ranks join their group."""
     raw = {"cpu_kernels": args.cpu_kernels,
            "train": {"device": args.device, "cpu_threads": args.threads,
-                     "batch_size": args.batch_size, "dist_timeout_s": 600},
+                     "batch_size": args.batch_size, "dist_timeout_s": 600,
+                     "cuda_graphs": not args.eager},
            "gan": {"width": args.width}}  # fmt: skip
     params = parse_params(raw)
     if args.local_batchnorm:  # the diagnostic mode: each rank's BatchNorm sees its half only
@@ -93,13 +97,14 @@ def sync(device: torch.device, world: distributed.World | None) -> None:
 
 
 def measure(args: argparse.Namespace, procs: int, threads: int, batch: int, local_bn: bool,
-            width: int) -> float:  # fmt: skip
+            width: int, eager: bool = False) -> float:  # fmt: skip
     """images/s of one run: `procs` ranks under torchrun (0: one process, no torchrun)."""
     script = [str(Path(__file__).resolve()), "--worker", "--threads", str(threads),
               "--width", str(width), "--image-size", str(args.image_size), "--device",
               args.device, "--batch-size", str(batch), "--iters", str(args.iters), "--warmup",
               str(args.warmup), "--cpu-kernels", args.cpu_kernels,
-              *(["--local-batchnorm"] if local_bn else [])]  # fmt: skip
+              *(["--local-batchnorm"] if local_bn else []),
+              *(["--eager"] if eager else [])]  # fmt: skip
     if procs:
         command = [*TORCHRUN, "--nproc-per-node", str(procs), *script]
     else:
@@ -114,12 +119,13 @@ def measure(args: argparse.Namespace, procs: int, threads: int, batch: int, loca
     return json.loads(lines[-1])["images_per_s"]
 
 
-def compare(args: argparse.Namespace, modes: dict[str, tuple[int, ...]], width: int) -> dict:
-    """Median images/s of each mode (name -> (procs, threads, batch)), taking turns."""
+def compare(args: argparse.Namespace, modes: dict[str, tuple], width: int) -> dict:
+    """Median images/s of each mode (name -> (procs, threads, batch, local_bn[, eager])),
+    taking turns."""
     seen: dict[str, list[float]] = {name: [] for name in modes}
     for _ in range(args.rounds):
-        for name, mode in modes.items():
-            seen[name].append(measure(args, *mode, width))
+        for name, (procs, threads, batch, local_bn, *eager) in modes.items():
+            seen[name].append(measure(args, procs, threads, batch, local_bn, width, *eager))
     return {name: statistics.median(values) for name, values in seen.items()}
 
 
@@ -135,8 +141,9 @@ def main() -> None:
         return worker(args)
     cuda = args.device == "cuda"
     B = args.batch_size
-    if cuda:  # the plain path vs world size 1 under torchrun
-        modes = {"plain, 1 GPU": (0, 1, B, False), "DDP, 1 GPU": (1, 1, B, False)}
+    if cuda:  # the plain path vs world size 1 under torchrun, both eager; then the default
+        modes = {"plain, eager": (0, 1, B, False, True), "DDP (eager)": (1, 1, B, False, True),
+                 "plain, CUDA graph (the default)": (0, 1, B, False, False)}  # fmt: skip
     else:  # half: one rank's share alone, whose speed bounds what 2 ranks could reach
         # diagnostic, not the product: BatchNorm over each rank's half alone (DDP with plain
         # BatchNorm), which changes the training; its gap to "2 ranks" is what the per-layer
@@ -156,7 +163,7 @@ def main() -> None:
         base = result[names[0]]
         parts = [f"{name} {value:,.0f} img/s ({value / base:.2f}x)" for name, value in
                  result.items()]  # fmt: skip
-        ratio = result[names[-1]] / base
+        ratio = result[names[1 if cuda else -1]] / base  # DDP's / the same path's without
         if not cuda:  # no communication at all: each rank as fast as the half batch alone
             parts.append(f"ceiling without communication {2 * result[names[2]] / base:.2f}x")
         target = CUDA_TARGET if cuda else CPU_TARGET
@@ -181,16 +188,21 @@ def parse_args() -> argparse.Namespace:
         default=[64],
         help="gan.width values, comma-separated; the last one decides the exit",
     )
-    parser.add_argument("--iters", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
+    # a GPU step takes milliseconds: more of them, for a time that a launch does not swamp
+    parser.add_argument("--iters", type=int, help="timed steps (CPU 30, CUDA 300)")
+    parser.add_argument("--warmup", type=int, help="untimed steps first (CPU 5, CUDA 20)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cpu-kernels", default="avx2", choices=["avx2", "native"])
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--local-batchnorm", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--eager", action="store_true", help=argparse.SUPPRESS)  # no CUDA graph
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--width", type=int, default=64, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
+    cuda = args.device == "cuda"
+    args.iters = args.iters or (300 if cuda else 30)
+    args.warmup = args.warmup if args.warmup is not None else (20 if cuda else 5)
+    if cuda and not torch.cuda.is_available():
         parser.error("--device cuda: expected a CUDA GPU; found none")
     return args
 

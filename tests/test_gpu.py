@@ -8,11 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 
-from genpipe import training
+from genpipe import distributed, training
 from genpipe.gan import train as gan_loop
 from genpipe.params import parse_params
 from test_train import assert_same_weights
+
+from net import free_port
 
 pytestmark = [
     pytest.mark.gpu,
@@ -89,3 +92,30 @@ def test_default_bf16_graphed_training_gives_finite_weights(tmp_path):
     result = train(params(train={"precision": "auto"}, gan={"steps": 20}), tmp_path, "bf16")
     for value in result.ema.state_dict().values():
         assert torch.isfinite(value.float()).all()
+
+
+@pytest.mark.parametrize("loss", ["non-saturating", "wgan-gp"])
+def test_ddp_path_on_one_gpu_joins_nccl_and_trains_bitwise_as_the_plain_path(tmp_path, monkeypatch,
+                                                                             loss):  # fmt: skip
+    """World size 1 under torchrun: the process group is NCCL's, the step runs through DDP's
+    wrapper and GlobalBatchNorm2d, eagerly; one rank's all-reduce and its division by 1
+    change no bit, so the weights are the plain eager path's."""
+    env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port())}  # fmt: skip
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    p = params(gan={"loss": loss}, train={"cuda_graphs": False})
+    with distributed.joined(p.train, CUDA) as (world, device):
+        assert world == distributed.World(0, 1, 0)
+        assert dist.get_backend() == "nccl"
+        gan = gan_loop.build_gan(p, 3, 16, device, world)
+        assert not gan.graphed
+        assert type(gan.stepD).__name__ == "DistributedDataParallel"
+        ddp = gan_loop.train_gan(p, IMAGES, "data-hash", device, tmp_path / "ddp" / "ckpt.pt",
+                                 tmp_path / "ddp" / "train_log.csv", world=world)  # fmt: skip
+    assert not dist.is_initialized()  # the group is left at the end
+    for key in env:
+        monkeypatch.delenv(key)
+    plain = train(p, tmp_path, "plain")
+    for net in ("netG", "netD", "ema"):
+        assert_same_weights(getattr(ddp, net), getattr(plain, net))
