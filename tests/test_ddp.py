@@ -25,7 +25,7 @@ from torch import nn
 
 from genpipe import distributed, training
 from genpipe.errors import TrainingError
-from test_train import make_workdir
+from test_train import make_workdir, nohup
 
 from net import free_port
 
@@ -385,7 +385,12 @@ def test_an_outer_torchrun_is_joined_not_relaunched(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_to_the_launcher_stops_every_rank(tmp_path):
+@pytest.mark.parametrize(("signum", "line"), [
+    (signal.SIGTERM, "error: terminated (SIGTERM)"),
+    (signal.SIGHUP, "error: terminated (SIGHUP)"),  # the SSH session closed
+    (signal.SIGINT, "error: interrupted"),  # Ctrl-C
+])  # fmt: skip
+def test_a_signal_to_the_launcher_stops_every_rank(tmp_path, signum, line):
     path = workdir(tmp_path, train={"nproc_per_node": 2}, steps=100000)
     tmp = tmp_path / "tmp"  # the launcher's temporary folders
     tmp.mkdir()
@@ -394,10 +399,40 @@ def test_sigterm_to_the_launcher_stops_every_rank(tmp_path):
     ranks = workers(proc.pid)
     assert len(ranks) == 2
     assert len(launcher_leftovers(tmp)) == 1  # the workers' error files, while they run
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     err = communicate(proc, 60)
-    assert proc.returncode == 143, err
-    assert err.strip().splitlines()[-1] == "error: terminated (SIGTERM)"
+    assert proc.returncode == (130 if signum == signal.SIGINT else 128 + signum), err
+    assert err.strip().splitlines()[-1] == line
     assert not [pid for pid in ranks if alive(pid)]
     assert launcher_leftovers(tmp) == []
     assert "Traceback" not in err
+
+
+def test_sighup_to_the_launcher_under_nohup_is_ignored(tmp_path):
+    """`nohup dvc repro &` with 2 processes: a hang-up stops neither the launcher (whose
+    agent would by default) nor the ranks."""
+    path = workdir(tmp_path, train={"nproc_per_node": 2, "checkpoint_every": 5}, steps=100000)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{path / 'mlflow.db'}"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "pipeline" / "train_gan.py")], cwd=path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=nohup)  # fmt: skip
+    ckpt = path / "checkpoints" / "gan" / "checkpoint.pt"
+    wait_for(ckpt, proc)
+    ranks = workers(proc.pid)
+    step = torch.load(ckpt, weights_only=True)["step"]
+    proc.send_signal(signal.SIGHUP)
+    for pid in ranks:
+        os.kill(pid, signal.SIGHUP)  # as a hang-up of the whole session would
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if torch.load(ckpt, weights_only=True)["step"] >= step + 10:
+                break
+        except (OSError, RuntimeError, EOFError):  # being replaced
+            pass
+        time.sleep(0.05)
+    assert proc.poll() is None, communicate(proc)
+    assert all(alive(pid) for pid in ranks)
+    proc.send_signal(signal.SIGTERM)
+    err = communicate(proc, 60)
+    assert proc.returncode == 143, err

@@ -401,22 +401,36 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path):
     assert resumed_run.data.tags["genpipe.resumed_from_run_id"] == orphan
 
 
-def test_sigterm_keeps_the_checkpoint_and_marks_the_run_killed(tmp_path):
-    """`timeout`, `docker stop`, a cancelled CI job: SIGTERM ends training as Ctrl-C does."""
+def wait_for_checkpoint(workdir: Path, proc: subprocess.Popen, after_step: int = 0) -> int:
+    """The step of the training run's checkpoint once it is past `after_step`."""
+    ckpt = workdir / "checkpoints" / "gan" / "checkpoint.pt"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            step = torch.load(ckpt, weights_only=True)["step"]
+        except (OSError, RuntimeError, EOFError):  # not there yet, or being replaced
+            step = 0
+        if step > after_step:
+            return step
+        time.sleep(0.01)
+    raise AssertionError(proc.communicate()[1] if proc.poll() is not None else "no checkpoint")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_keeps_the_checkpoint_and_marks_the_run_killed(tmp_path, signum):
+    """`timeout`, `docker stop`, a cancelled CI job (SIGTERM); the SSH session that ran
+    `dvc repro` closed (SIGHUP): either ends training as Ctrl-C does."""
     params = {"train": {"batch_size": 16, "checkpoint_every": 20, "log_every": 20},
               "gan": {"steps": 100000, "z_dim": 8, "width": 8, "depth": 0}}  # fmt: skip
     workdir = make_workdir(tmp_path / "w", params)
     store = tmp_path / "mlflow.db"
     proc = stage(workdir, store)
     ckpt = workdir / "checkpoints" / "gan" / "checkpoint.pt"
-    deadline = time.monotonic() + 120
-    while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    assert proc.poll() is None, proc.communicate()[1]
-    proc.send_signal(signal.SIGTERM)
+    wait_for_checkpoint(workdir, proc)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err
-    assert err.strip().splitlines()[-1] == "error: terminated (SIGTERM)"
+    assert proc.returncode == 128 + signum, err
+    assert err.strip().splitlines()[-1] == f"error: terminated ({signal.Signals(signum).name})"
     assert "Traceback" not in err
     assert 0 < torch.load(ckpt, weights_only=True)["step"] < 100000
 
@@ -428,6 +442,30 @@ def test_sigterm_keeps_the_checkpoint_and_marks_the_run_killed(tmp_path):
     assert MlflowClient(f"sqlite:///{store}").get_run(run_id).info.status == "KILLED"
     written = [p for folder in ("models", "reports") for p in (workdir / folder).rglob("*")]
     assert not [p for p in written if not p.is_dir()]  # models/gan/, reports/gan/: empty
+
+
+def nohup() -> None:
+    """In the child before exec, as `nohup` does: SIGHUP ignored."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def test_sighup_stays_ignored_under_nohup(tmp_path):
+    """`nohup dvc repro &`: the stage inherits SIGHUP ignored, and a hang-up leaves it
+    training; SIGTERM still stops it."""
+    params = {"train": {"batch_size": 16, "checkpoint_every": 20, "log_every": 20},
+              "gan": {"steps": 100000, "z_dim": 8, "width": 8, "depth": 0}}  # fmt: skip
+    workdir = make_workdir(tmp_path / "w", params)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "pipeline" / "train_gan.py")],
+                            cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=nohup)  # fmt: skip
+    step = wait_for_checkpoint(workdir, proc)
+    proc.send_signal(signal.SIGHUP)
+    wait_for_checkpoint(workdir, proc, after_step=step + 20)  # two checkpoints on: training
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
 
 
 # --- bad inputs to training --------------------------------------------------------------------

@@ -95,6 +95,12 @@ def launch(name: str, train: TrainParams) -> bool:
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     sys.stdout.flush()
     sys.stderr.flush()
+    # the signals on which the agent stops the workers: by default SIGHUP too, but under
+    # nohup (SIGHUP ignored, as run_stage leaves it) a hang-up must not stop the run, and
+    # the workers inherit the ignored SIGHUP
+    stops = ["SIGTERM", "SIGINT", "SIGQUIT"]
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+        stops.append("SIGHUP")
     # the workers' error files, in a folder removed at the end (the agent's own default is a
     # /tmp/torchelastic_* folder per launch, left behind); one that will not go (NFS, say)
     # must not replace the run's own one line
@@ -106,7 +112,7 @@ def launch(name: str, train: TrainParams) -> bool:
             max_restarts=0,  # a failure ends the run; the rerun resumes from the checkpoint
             monitor_interval=0.1,  # how soon a dead worker is noticed and the others stopped
             shutdown_timeout=10,  # then SIGKILL for a worker deaf to SIGTERM
-            logs_specs=DefaultLogsSpecs(log_dir=logs),
+            logs_specs=DefaultLogsSpecs(log_dir=logs), signals_to_handle=",".join(stops),
         )  # fmt: skip
         try:
             elastic_launch(config, sys.executable)(*sys.orig_argv[1:])
@@ -115,7 +121,7 @@ def launch(name: str, train: TrainParams) -> bool:
         except SignalException as exc:  # the agent has stopped the workers
             if exc.sigval == signal.SIGINT:
                 raise KeyboardInterrupt from None  # Ctrl-C: 130
-            raise Terminated from None  # SIGTERM (or SIGHUP, SIGQUIT): 143
+            raise Terminated(exc.sigval) from None  # SIGTERM 143, SIGHUP 129, SIGQUIT 131
     return True
 
 

@@ -19,31 +19,46 @@ def setup_logging() -> None:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (`timeout`, `docker stop`, a cancelled CI job), raised where the stage is, so
-    it ends as Ctrl-C does: the last checkpoint kept, the MLflow run marked KILLED."""
+    """SIGTERM (`timeout`, `docker stop`, a cancelled CI job) or SIGHUP (the terminal or SSH
+    session that ran `dvc repro` closed), raised where the stage is, so it ends as Ctrl-C
+    does: the last checkpoint kept, the MLflow run marked KILLED."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__(signum)  # args (signum,): a copy (pickle) is built the same way
+        self.signum = signum
+
+
+# the signals that stop a stage as Ctrl-C does. SIGHUP only where it is not ignored already:
+# under `nohup dvc repro` it must stay ignored
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _terminate(signum: int, frame: object) -> None:
-    # a second SIGTERM while the first is cleaned up (the run being ended) is not raised
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Terminated
+    # a second signal while the first is cleaned up (the run being ended) is not raised
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, signal.SIG_IGN)
+    raise Terminated(signum)
 
 
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's main(); a user error prints one line and exits non-zero. Ctrl-C exits
-    130 and SIGTERM 143 (128 + the signal), each with one line."""
+    130, SIGTERM 143 and SIGHUP 129 (128 + the signal), each with one line."""
     setup_logging()
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous = {stop: signal.getsignal(stop) for stop in STOP_SIGNALS}
+    for stop, handler in previous.items():
+        if stop == signal.SIGTERM or handler != signal.SIG_IGN:
+            signal.signal(stop, _terminate)
     try:
         main()
     except GenpipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except Terminated:
-        print("error: terminated (SIGTERM)", file=sys.stderr)
-        sys.exit(128 + signal.SIGTERM)
+    except Terminated as exc:
+        print(f"error: terminated ({signal.Signals(exc.signum).name})", file=sys.stderr)
+        sys.exit(128 + exc.signum)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
