@@ -225,6 +225,18 @@ def test_under_torchrun_the_stage_joins_rather_than_relaunches(monkeypatch):
     assert distributed.launch("train gan", one) is False  # one process: no launcher at all
 
 
+def test_compile_under_an_outer_torchrun_fails_in_one_line(monkeypatch):
+    for key, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(key, value)
+    train = distributed.TrainParams(compile=True, batch_size=16)
+    with pytest.raises(TrainingError) as excinfo, distributed.joined(train, torch.device("cpu")):
+        pass
+    assert str(excinfo.value) == ("train.compile: expected false when training on several "
+                                  "processes (the DDP step is not compiled) under torchrun; "
+                                  "got true")  # fmt: skip
+    assert not dist.is_initialized()  # refused before joining any group
+
+
 # --- the stage, as DVC runs it --------------------------------------------------------------
 
 

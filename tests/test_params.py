@@ -166,6 +166,14 @@ def test_several_errors_report_the_first_and_a_count():
     assert message.endswith("(and 1 more)")
 
 
+def test_compile_with_several_processes_is_refused():
+    assert error_for({"train": {"compile": True, "nproc_per_node": 2}}) == (
+        "train.compile: expected false when training on several processes (the DDP step is "
+        "not compiled) with train.nproc_per_node above 1; got true"
+    )
+    assert parse_params({"train": {"compile": True}}).train.compile  # one process compiles
+
+
 def test_not_a_mapping():
     assert error_for(["data"]) == "params: expected a mapping of sections; got list"
 

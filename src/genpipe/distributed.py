@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from genpipe.errors import GenpipeError, TrainingError, exception_text
-from genpipe.params import TrainParams
+from genpipe.params import COMPILE_DDP, TrainParams
 from genpipe.stage import Terminated
 
 log = logging.getLogger(__name__)
@@ -178,6 +178,8 @@ def joined(train: TrainParams, device: torch.device) -> Iterator[tuple[World | N
         return
     env = os.environ
     world = World(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"]))
+    if train.compile:  # an outer torchrun: nproc_per_node is not the params' to set
+        raise TrainingError(f"{COMPILE_DDP} under torchrun; got true")
     # SIGTERM (a clean stop: checkpoint kept, MLflow run ended) when the launcher dies, even
     # by SIGKILL: torch's launcher starts workers in sessions of their own, out of reach of a
     # signal to its group, and a worker left running would still write outputs. Linux

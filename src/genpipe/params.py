@@ -234,6 +234,17 @@ def _check_context(params: Params) -> None:
     for i, url in enumerate(data.mirrors or []):
         if not re.match(r"https?://", url):
             raise ParamsError(f"data.mirrors[{i}]: expected an http(s):// URL; got {url!r}")
+    if params.train.compile and params.train.nproc_per_node > 1:
+        raise ParamsError(COMPILE_DDP + " with train.nproc_per_node above 1; got true")
+
+
+# torch.compile of the DDP step: on the CPU torch's compiled DDP crashed (free(): invalid
+# pointer, torch 2.13, gloo), and its backward kept a BatchNorm running mean that the step
+# then updates in place. Refused, not left to fail mid-run
+COMPILE_DDP = (
+    "train.compile: expected false when training on several processes (the DDP step is not "
+    "compiled)"
+)
 
 
 def _check_local(data: DataParams) -> None:
