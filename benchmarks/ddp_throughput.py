@@ -123,6 +123,9 @@ def compare(args: argparse.Namespace, modes: dict[str, tuple], width: int) -> di
     """Median images/s of each mode (name -> (procs, threads, batch, local_bn[, eager])),
     taking turns."""
     seen: dict[str, list[float]] = {name: [] for name in modes}
+    if args.device == "cuda":  # a GPU that was idle runs its first seconds at low clocks:
+        procs, threads, batch, local_bn, *eager = next(iter(modes.values()))
+        measure(args, procs, threads, batch, local_bn, width, *eager)  # one run, not counted
     for _ in range(args.rounds):
         for name, (procs, threads, batch, local_bn, *eager) in modes.items():
             seen[name].append(measure(args, procs, threads, batch, local_bn, width, *eager))
