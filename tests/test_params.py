@@ -168,8 +168,8 @@ def test_several_errors_report_the_first_and_a_count():
 
 def test_compile_with_several_processes_is_refused():
     assert error_for({"train": {"compile": True, "nproc_per_node": 2}}) == (
-        "train.compile: expected false when training on several processes (the DDP step is "
-        "not compiled) with train.nproc_per_node above 1; got true"
+        "train.compile: expected false with train.nproc_per_node above 1 (torch.compile of "
+        "the DDP step is not supported); got true"
     )
     assert parse_params({"train": {"compile": True}}).train.compile  # one process compiles
 

@@ -343,10 +343,15 @@ def make_workdir(path: Path, params: dict) -> Path:
     return path
 
 
-def stage(workdir: Path, store: Path) -> subprocess.Popen:
+# SIGHUP as a terminal's session has it (pytest may run under nohup), or ignored as nohup does
+HUP_DEFAULT = ["env", "--default-signal=HUP"]
+NOHUP = ["nohup"]
+
+
+def stage(workdir: Path, store: Path, prefix: list[str] | None = None) -> subprocess.Popen:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}"}
-    return subprocess.Popen([sys.executable, str(REPO / "pipeline" / "train_gan.py")],
-                            cwd=workdir, env=env, stdout=subprocess.PIPE,
+    command = [*(prefix or []), sys.executable, str(REPO / "pipeline" / "train_gan.py")]
+    return subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
@@ -413,7 +418,9 @@ def wait_for_checkpoint(workdir: Path, proc: subprocess.Popen, after_step: int =
         if step > after_step:
             return step
         time.sleep(0.01)
-    raise AssertionError(proc.communicate()[1] if proc.poll() is not None else "no checkpoint")
+    ended = proc.poll() is not None
+    proc.kill()  # a run left going would train on past the test
+    raise AssertionError(proc.communicate()[1] if ended else f"no checkpoint past {after_step}")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
@@ -424,7 +431,7 @@ def test_sigterm_keeps_the_checkpoint_and_marks_the_run_killed(tmp_path, signum)
               "gan": {"steps": 100000, "z_dim": 8, "width": 8, "depth": 0}}  # fmt: skip
     workdir = make_workdir(tmp_path / "w", params)
     store = tmp_path / "mlflow.db"
-    proc = stage(workdir, store)
+    proc = stage(workdir, store, HUP_DEFAULT)
     ckpt = workdir / "checkpoints" / "gan" / "checkpoint.pt"
     wait_for_checkpoint(workdir, proc)
     proc.send_signal(signum)
@@ -444,21 +451,13 @@ def test_sigterm_keeps_the_checkpoint_and_marks_the_run_killed(tmp_path, signum)
     assert not [p for p in written if not p.is_dir()]  # models/gan/, reports/gan/: empty
 
 
-def nohup() -> None:
-    """In the child before exec, as `nohup` does: SIGHUP ignored."""
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-
-
 def test_sighup_stays_ignored_under_nohup(tmp_path):
     """`nohup dvc repro &`: the stage inherits SIGHUP ignored, and a hang-up leaves it
     training; SIGTERM still stops it."""
     params = {"train": {"batch_size": 16, "checkpoint_every": 20, "log_every": 20},
               "gan": {"steps": 100000, "z_dim": 8, "width": 8, "depth": 0}}  # fmt: skip
     workdir = make_workdir(tmp_path / "w", params)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "pipeline" / "train_gan.py")],
-                            cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=nohup)  # fmt: skip
+    proc = stage(workdir, tmp_path / "mlflow.db", NOHUP)
     step = wait_for_checkpoint(workdir, proc)
     proc.send_signal(signal.SIGHUP)
     wait_for_checkpoint(workdir, proc, after_step=step + 20)  # two checkpoints on: training

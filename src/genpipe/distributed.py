@@ -119,6 +119,10 @@ def launch(name: str, train: TrainParams) -> bool:
         except ChildFailedError as exc:
             raise TrainingError(f"{name}: {failure_line(exc.failures, nproc)}") from None
         except SignalException as exc:  # the agent has stopped the workers
+            # a hang-up often comes twice (the kernel's, then the shell's to its jobs); torch's
+            # handler stays set: from here on, another signal is not raised
+            for stop in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT):
+                signal.signal(stop, signal.SIG_IGN)
             if exc.sigval == signal.SIGINT:
                 raise KeyboardInterrupt from None  # Ctrl-C: 130
             raise Terminated(exc.sigval) from None  # SIGTERM 143, SIGHUP 129, SIGQUIT 131
@@ -179,7 +183,7 @@ def joined(train: TrainParams, device: torch.device) -> Iterator[tuple[World | N
     env = os.environ
     world = World(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"]))
     if train.compile:  # an outer torchrun: nproc_per_node is not the params' to set
-        raise TrainingError(f"{COMPILE_DDP} under torchrun; got true")
+        raise TrainingError(COMPILE_DDP.format(where="under torchrun"))
     # SIGTERM (a clean stop: checkpoint kept, MLflow run ended) when the launcher dies, even
     # by SIGKILL: torch's launcher starts workers in sessions of their own, out of reach of a
     # signal to its group, and a worker left running would still write outputs. Linux

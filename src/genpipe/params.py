@@ -235,15 +235,15 @@ def _check_context(params: Params) -> None:
         if not re.match(r"https?://", url):
             raise ParamsError(f"data.mirrors[{i}]: expected an http(s):// URL; got {url!r}")
     if params.train.compile and params.train.nproc_per_node > 1:
-        raise ParamsError(COMPILE_DDP + " with train.nproc_per_node above 1; got true")
+        raise ParamsError(COMPILE_DDP.format(where="with train.nproc_per_node above 1"))
 
 
 # torch.compile of the DDP step: on the CPU torch's compiled DDP crashed (free(): invalid
 # pointer, torch 2.13, gloo), and its backward kept a BatchNorm running mean that the step
 # then updates in place. Refused, not left to fail mid-run
 COMPILE_DDP = (
-    "train.compile: expected false when training on several processes (the DDP step is not "
-    "compiled)"
+    "train.compile: expected false {where} (torch.compile of the DDP step is not supported); "
+    "got true"
 )
 
 

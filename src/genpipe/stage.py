@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
@@ -40,6 +41,13 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated(signum)
 
 
+def _say(line: str) -> None:
+    """The one line on stderr, if it can still be written: after a hang-up (SIGHUP) the
+    terminal is gone and a write fails (EIO), which must not replace the exit code."""
+    with contextlib.suppress(OSError):
+        print(line, file=sys.stderr, flush=True)
+
+
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's main(); a user error prints one line and exits non-zero. Ctrl-C exits
     130, SIGTERM 143 and SIGHUP 129 (128 + the signal), each with one line."""
@@ -51,13 +59,13 @@ def run_stage(main: Callable[[], None]) -> None:
     try:
         main()
     except GenpipeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}")
         sys.exit(exc.exit_code)
     except Terminated as exc:
-        print(f"error: terminated ({signal.Signals(exc.signum).name})", file=sys.stderr)
+        _say(f"error: terminated ({signal.Signals(exc.signum).name})")
         sys.exit(128 + exc.signum)
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        _say("error: interrupted")
         sys.exit(130)
     finally:
         for stop, handler in previous.items():

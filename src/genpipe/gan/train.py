@@ -93,9 +93,9 @@ def build_gan(params: Params, channels: int, size: int, device: torch.device,
     stepG = distributed.data_parallel(netG, world, device)
     stepD = distributed.data_parallel(netD, world, device)
     scoreD = stepD if world is None else netD
-    if train.compile:
+    if train.compile:  # one process only: params and distributed.joined refuse DDP's
         stepG, stepD = torch.compile(stepG), torch.compile(stepD)
-        scoreD = stepD if world is None else torch.compile(netD)
+        scoreD = stepD
     betas = (cfg.beta1, cfg.beta2)
     return Gan(
         cfg=cfg,
