@@ -7,6 +7,7 @@ import errno
 import io
 import json
 import os
+import pty
 import re
 import signal
 import subprocess
@@ -449,6 +450,26 @@ def test_sigterm_keeps_the_checkpoint_and_marks_the_run_killed(tmp_path, signum)
     assert MlflowClient(f"sqlite:///{store}").get_run(run_id).info.status == "KILLED"
     written = [p for folder in ("models", "reports") for p in (workdir / folder).rglob("*")]
     assert not [p for p in written if not p.is_dir()]  # models/gan/, reports/gan/: empty
+
+
+def test_sighup_after_the_terminal_is_gone_still_exits_129(tmp_path):
+    """An SSH session that closed: stderr is a terminal that no longer takes writes (EIO),
+    so the one line cannot be written, and the exit code still says SIGHUP."""
+    params = {"train": {"batch_size": 16, "checkpoint_every": 20, "log_every": 20},
+              "gan": {"steps": 100000, "z_dim": 8, "width": 8, "depth": 0}}  # fmt: skip
+    workdir = make_workdir(tmp_path / "w", params)
+    master, terminal = pty.openpty()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    command = [*HUP_DEFAULT, sys.executable, str(REPO / "pipeline" / "train_gan.py")]
+    proc = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.DEVNULL,
+                            stderr=terminal)  # fmt: skip
+    os.close(terminal)
+    try:
+        wait_for_checkpoint(workdir, proc)
+    finally:
+        os.close(master)  # the terminal hangs up: writes to it fail from now on
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(timeout=60) == 129
 
 
 def test_sighup_stays_ignored_under_nohup(tmp_path):
