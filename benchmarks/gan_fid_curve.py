@@ -19,6 +19,8 @@ Run (from the repository root; 12,000 steps take about 35 minutes on 2 cores):
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import time
 from pathlib import Path
 
@@ -28,7 +30,7 @@ import yaml
 from genpipe import runtime, training
 from genpipe.data.sources import fetch_dataset
 from genpipe.gan.evaluate import evaluate_gan
-from genpipe.gan.train import build_gan, make_step
+from genpipe.gan.train import build_gan, make_step, standing_statistics
 from genpipe.params import parse_params
 from genpipe.reference import FLOOR, build_reference, split_images
 
@@ -104,7 +106,11 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         trained += time.perf_counter() - begin
-        metrics, _ = evaluate_gan(gan.ema, reference, net.features, params.evaluate,
+        # the EMA as train_gan would end at this step: with its own BatchNorm statistics
+        # (on a copy: the run goes on with the EMA as it was)
+        scored = dataclasses.replace(gan, ema=copy.deepcopy(gan.ema))
+        standing_statistics(scored, params.seed)
+        metrics, _ = evaluate_gan(scored.ema, reference, net.features, params.evaluate,
                                   params.seed, device)  # fmt: skip
         worst = min(metrics["precision"], metrics["recall"])
         met = metrics["fid_over_floor"] <= MAX_FID_OVER_FLOOR and worst >= MIN_PRECISION_RECALL

@@ -26,6 +26,7 @@ from genpipe.gan.network import (
     generator_loss,
     gradient_penalty,
     r1_penalty,
+    recompute_batchnorm,
 )
 from genpipe.params import GanParams
 from genpipe.resolution import resolution_plan
@@ -313,6 +314,31 @@ def test_ema_update():
 
     for (name, e), b in zip(ema.named_buffers(), model.buffers(), strict=True):
         assert torch.equal(e, b), name
+
+
+def test_recompute_batchnorm_averages_the_nets_own_batch_statistics_and_keeps_its_weights():
+    torch.manual_seed(0)
+    net = Generator(8, 1, Z_DIM, WIDTH, depth=1)
+    net(noise(16))  # running statistics away from their reset values
+    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    weights = {k: v.clone() for k, v in net.named_parameters()}
+    seen: dict[nn.Module, list[torch.Tensor]] = {m: [] for m in norms}
+    hooks = [m.register_forward_pre_hook(lambda m, args: seen[m].append(args[0])) for m in norms]
+    batches = [noise(32, seed=s) for s in range(3)]
+
+    recompute_batchnorm(net, batches)
+
+    for hook in hooks:
+        hook.remove()
+    assert not net.training and all(m.momentum == 0.1 for m in norms)
+    for name, value in net.named_parameters():
+        assert torch.equal(value, weights[name]), name
+    for m in norms:  # the plain average over the 3 batches, not a momentum-weighted one
+        assert len(seen[m]) == 3 and int(m.num_batches_tracked) == 3
+        means = torch.stack([x.mean((0, 2, 3)) for x in seen[m]])
+        variances = torch.stack([x.var((0, 2, 3)) for x in seen[m]])  # unbiased, as BatchNorm
+        torch.testing.assert_close(m.running_mean, means.mean(0))
+        torch.testing.assert_close(m.running_var, variances.mean(0))
 
 
 # --- autoencoder -----------------------------------------------------------------------------

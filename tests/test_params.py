@@ -257,4 +257,3 @@ def test_data_path_null_is_refused_before_dvc_reads_it(tmp_path, capsys):
     assert excinfo.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: data.path: expected a path for DVC to track") and "\n" not in err
-

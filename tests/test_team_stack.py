@@ -119,8 +119,11 @@ class Stack:
         return f"http://127.0.0.1:{self.ports['S3']}"
 
     def script(self, command: str, check: bool = True) -> subprocess.CompletedProcess:
-        env = {**client_env(None), "TEAM_STACK_MLFLOW_WORKERS": "1",
-               **{f"TEAM_STACK_{name}_PORT": str(port) for name, port in self.ports.items()}}
+        env = {
+            **client_env(None),
+            "TEAM_STACK_MLFLOW_WORKERS": "1",
+            **{f"TEAM_STACK_{name}_PORT": str(port) for name, port in self.ports.items()},
+        }
         result = subprocess.run([str(SCRIPT), command, str(self.dir)], env=env,
                                 capture_output=True, text=True, timeout=300)  # fmt: skip
         if check and result.returncode != 0:

@@ -114,6 +114,24 @@ def test_autoencoder_runs_are_bitwise_identical(tmp_path, kind):
     assert_same_weights(run_ae(params, tmp_path, "a").net, run_ae(params, tmp_path, "b").net)
 
 
+def test_gan_ema_ends_with_batchnorm_statistics_of_its_own_samples(tmp_path):
+    own = run_gan(tiny_params(), tmp_path, "own")
+    copied = run_gan(tiny_params(gan={"ema_bn_batches": 0}), tmp_path, "copied")
+    # the same training: only the EMA's statistics differ
+    assert_same_weights(own.netG, copied.netG)
+    for (name, e), c in zip(own.ema.named_parameters(), copied.ema.parameters(), strict=True):
+        assert torch.equal(e, c), name
+    bn = "main.1.running_var"  # after the first layer, a linear function of z
+    assert torch.equal(copied.ema.state_dict()[bn], copied.netG.state_dict()[bn])  # copied
+    z = torch.randn(20_000, 8, 1, 1, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        var = own.ema.main[0](z).var((0, 2, 3))  # of the EMA's own first layer
+    error = ((own.ema.state_dict()[bn] - var).abs() / var).max()
+    assert error < 0.1
+    assert ((copied.ema.state_dict()[bn] - var).abs() / var).max() > 10 * error
+    assert not own.ema.training
+
+
 def test_seed_changes_the_weights(tmp_path):
     a = run_gan(tiny_params(), tmp_path, "a").netG.state_dict()
     b = gan_loop.train_gan(parse_params({**TINY, "seed": 1}), IMAGES, "h", CPU,

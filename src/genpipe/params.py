@@ -114,6 +114,9 @@ class GanParams(Section):
     r1_weight: float = Field(0.0, ge=0)  # R1: r1_weight / 2 * E ||grad D(real)||^2; 0: off
     lr_decay: Literal["none", "linear", "cosine"] = "none"  # lr_g and lr_d over the steps
     ema_decay: float = Field(0.999, ge=0, lt=1)  # EMA of the generator, used for evaluation
+    # batches of noise (train.batch_size each) on which the EMA generator's BatchNorm running
+    # statistics are recomputed for its own weights after training; 0: the live G's, copied
+    ema_bn_batches: int = Field(50, ge=0)
 
 
 class AutoencoderParams(Section):

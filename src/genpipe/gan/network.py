@@ -6,6 +6,7 @@ else 4) by stride-2 transposed convs; the discriminator mirrors it back down to 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import torch
@@ -24,6 +25,7 @@ __all__ = [
     "Generator",
     "discriminator_loss",
     "ema_update",
+    "recompute_batchnorm",
     "gan_config",
     "generator_loss",
     "gradient_penalty",
@@ -253,3 +255,24 @@ def ema_update(
         e.lerp_(p.to(e.dtype), weight)
     for e, b in zip(ema.buffers(), model.buffers(), strict=True):
         e.copy_(b)
+
+
+@torch.no_grad()
+def recompute_batchnorm(net: nn.Module, inputs: Iterable[Tensor]) -> None:
+    """Replace `net`'s BatchNorm running statistics by the plain average of the batch
+    statistics it computes on `inputs`, then leave it in eval mode; the weights are kept.
+
+    For the EMA generator ("standing statistics", Brock et al. 2019, BigGAN): ema_update
+    copies the live G's running statistics, which belong to other weights, and in eval mode
+    the EMA's samples are then normalised by statistics that are not their own."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches
+    net.train()
+    for x in inputs:
+        net(x)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    net.eval()

@@ -1,4 +1,5 @@
-"""The GAN training loop, written out: (1) update D, (2) update G, (3) update the EMA."""
+"""The GAN training loop, written out: (1) update D, (2) update G, (3) update the EMA; at
+the end, (4) the EMA's BatchNorm statistics recomputed for its own weights."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from genpipe.gan.network import (
     generator_loss,
     gradient_penalty,
     r1_penalty,
+    recompute_batchnorm,
 )
 from genpipe.images import image_grid, to_uint8
 from genpipe.params import GanParams, Params
@@ -249,6 +251,8 @@ def train_gan(
             if step % train.checkpoint_every == 0 or step == cfg.steps:
                 monitor.check()  # never checkpoint weights that saw a non-finite loss
                 ckpt.snapshot(step, trainlog.rows)
+    # (4) The EMA's BatchNorm statistics, recomputed for its own weights
+    standing_statistics(gan, params.seed)
     # the same weights on every rank make the same EMA: checked once, bitwise
     distributed.check_same(gan.ema, world, "gan EMA")
     if world is None or world.main:
@@ -260,6 +264,22 @@ def train_gan(
         "discriminator": runtime.unwrap(gan.netD).config(),
     }  # fmt: skip
     return GanResult(netG=gan.netG, netD=gan.netD, ema=gan.ema, config=config)
+
+
+def standing_statistics(gan: Gan, seed: int) -> None:
+    """The EMA generator's BatchNorm running statistics recomputed on gan.cfg.ema_bn_batches
+    batches of seeded noise (recompute_batchnorm), in fp32 as evaluation runs it. Every rank
+    draws the whole batch and takes its slice: the statistics are the global batch's, as in
+    one process. With ema_bn_batches 0 the live G's, copied at each step, are kept."""
+    if gan.cfg.ema_bn_batches == 0:
+        return
+    noise = runtime.make_generator(gan.device, seed + 3)  # beside train_gan's seed + 1, + 2
+    part = gan.world.part(gan.B) if gan.world is not None else slice(None)
+    z = (
+        torch.randn(gan.B, gan.cfg.z_dim, device=gan.device, generator=noise)[part]
+        for _ in range(gan.cfg.ema_bn_batches)
+    )
+    recompute_batchnorm(gan.ema, z)
 
 
 @torch.no_grad()
