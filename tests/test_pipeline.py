@@ -338,3 +338,31 @@ def test_experiment_is_tagged_shown_and_reproducible(project, tmp_path, monkeypa
     theirs = cached_outs(yaml.safe_load((twin / "dvc.lock").read_text()))
     assert ours == theirs
     assert {"data/prepared", "models/gan/weights", "reports/gan/metrics.json"} <= set(ours)
+
+
+DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+
+
+def test_the_fashion_mnist_preset_runs_all_nine_stages_with_tiny_steps(tmp_path):
+    if not DEBIAN.is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{DEBIAN}: expected Debian's dataset-fashion-mnist (.ci/run installs it)")
+        pytest.skip(f"{DEBIAN} not found: apt-get install dataset-fashion-mnist")
+    project = copy_project(tmp_path / "project")
+    # the preset applied as the README says, then its training and scoring made tiny
+    shutil.copy2(REPO / "examples/fashion-mnist/params.yaml", project / "params.yaml")
+    set_params(project, gan={"steps": 10}, autoencoder={"steps": 10},
+               evaluate={"num_samples": 1000, "kid_subsets": 5,
+                         "domain": {"steps": 50, "min_accuracy": 0.0}})  # fmt: skip
+    assert ran(sh("dvc", "repro", cwd=project)) == ALL_STAGES
+    summary = json.loads((project / "reports/validation/summary.json").read_text())
+    assert summary["passed"] is True and summary["images"]["total"] == 70000
+    reference = json.loads((project / "data/reference/reference.json").read_text())
+    assert (reference["test_images"], reference["num_samples"]) == (10000, 1000)
+    gan = json.loads((project / "reports/gan/metrics.json").read_text())
+    autoencoder = json.loads((project / "reports/autoencoder/metrics.json").read_text())
+    assert gan["num_samples"] == 1000 and gan["fid"] > 0
+    assert autoencoder["test_images"] == 10000 and autoencoder["latent_dim"] == 16
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert str(DEBIAN) in {dep["path"] for dep in lock["stages"]["fetch"]["deps"]}
+    assert ran(sh("dvc", "repro", cwd=project)) == []
