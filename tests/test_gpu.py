@@ -1,4 +1,5 @@
-"""Training on a CUDA GPU: the GAN step replayed as a CUDA graph. Skipped without one."""
+"""Training on a CUDA GPU: the GAN step replayed as a CUDA graph, in one process and under
+DDP. Skipped without one."""
 
 from __future__ import annotations
 
@@ -94,26 +95,36 @@ def test_default_bf16_graphed_training_gives_finite_weights(tmp_path):
         assert torch.isfinite(value.float()).all()
 
 
+@pytest.mark.parametrize("graphs", [True, False], ids=["graphed", "eager"])
 @pytest.mark.parametrize("loss", ["non-saturating", "wgan-gp"])
-def test_ddp_path_on_one_gpu_joins_nccl_and_trains_bitwise_as_the_plain_path(tmp_path, monkeypatch,
-                                                                             loss):  # fmt: skip
+def test_ddp_path_on_one_gpu_joins_nccl_and_trains_bitwise_as_the_plain_path(
+    tmp_path, monkeypatch, loss, graphs
+):
     """World size 1 under torchrun: the process group is NCCL's, the step runs through DDP's
-    wrapper and GlobalBatchNorm2d, eagerly; one rank's all-reduce and its division by 1
-    change no bit, so the weights are the plain eager path's."""
+    wrapper and GlobalBatchNorm2d, replayed as a CUDA graph after DDP's 11 eager warm-up
+    steps (NCCL's all-reduce captured in it) or eagerly; one rank's all-reduce and its
+    division by 1 change no bit, so the weights are the plain path's."""
     env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(free_port())}  # fmt: skip
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    p = params(gan={"loss": loss}, train={"cuda_graphs": False})
+    steps = training.CudaGraphStep.DDP_WARMUP + 9
+    p = params(gan={"loss": loss, "steps": steps}, train={"cuda_graphs": graphs})
+    replays = []
+    replay = torch.cuda.CUDAGraph.replay
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "replay",
+                        lambda self: replays.append(1) or replay(self))  # fmt: skip
     with distributed.joined(p.train, CUDA) as (world, device):
         assert world == distributed.World(0, 1, 0)
         assert dist.get_backend() == "nccl"
         gan = gan_loop.build_gan(p, 3, 16, device, world)
-        assert not gan.graphed
+        assert gan.graphed == graphs
         assert type(gan.stepD).__name__ == "DistributedDataParallel"
         ddp = gan_loop.train_gan(p, IMAGES, "data-hash", device, tmp_path / "ddp" / "ckpt.pt",
                                  tmp_path / "ddp" / "train_log.csv", world=world)  # fmt: skip
     assert not dist.is_initialized()  # the group is left at the end
+    # every step after the warm-up was a replay (the first of them captured, then replayed)
+    assert len(replays) == (steps - training.CudaGraphStep.DDP_WARMUP if graphs else 0)
     for key in env:
         monkeypatch.delenv(key)
     plain = train(p, tmp_path, "plain")

@@ -324,9 +324,9 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     def _update_running(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
         """As BatchNorm2d does, with the global count: running_var takes the unbiased var."""
         self.num_batches_tracked.add_(1)
-        # momentum None: a cumulative moving average
-        cumulative = 1.0 / float(self.num_batches_tracked)
-        factor = cumulative if self.momentum is None else self.momentum  # 0.0 is a momentum
+        factor = self.momentum  # 0.0 is a momentum
+        if factor is None:  # a cumulative moving average; read on the host, so never in a
+            factor = 1.0 / float(self.num_batches_tracked)  # CUDA graph (training's momentum)
         self.running_mean.lerp_(mean, factor)
         self.running_var.lerp_(var * (count / (count - 1)), factor)
 

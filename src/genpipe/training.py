@@ -7,6 +7,7 @@ Each loop is written out in its model's package (gan/train.py, autoencoder/train
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import hashlib
@@ -82,6 +83,20 @@ class DeviceImages:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
+@contextlib.contextmanager
+def on_stream(stream: torch.cuda.Stream | None) -> Iterator[None]:
+    """Queue the block's CUDA work on `stream`, after the current stream's work and before
+    what the current stream is given next; None: on the current stream, as it is."""
+    if stream is None:
+        yield
+        return
+    current = torch.cuda.current_stream(stream.device)
+    stream.wait_stream(current)
+    with torch.cuda.stream(stream):
+        yield
+    current.wait_stream(stream)
+
+
 class CudaGraphStep:
     """A training step replayed as one CUDA graph: the CPU launches a whole step at once
     rather than each of its hundreds of small kernels, which is what bounds a small
@@ -89,28 +104,37 @@ class CudaGraphStep:
 
     The step is a function of tensors only: its randomness is drawn outside, with the
     run's own generators, and passed in, so eager and replayed steps draw the same numbers
-    and the generators' states stay what checkpoints save. The first WARMUP calls run
+    and the generators' states stay what checkpoints save. The first `warmup` calls run
     eagerly on a side stream (optimizer state, cuDNN and cuBLAS set themselves up there),
-    as torch.cuda.graphs asks; the next call captures the step, and every call from then on
-    copies its inputs into the captured ones and replays. Each call is one real step.
+    as torch.cuda.graphs asks; the next call captures the step on that same stream, and
+    every call from then on copies its inputs into the captured ones and replays. Each call
+    is one real step.
+
+    Under DDP (torch's CUDA notes, "Usage with DistributedDataParallel") the wrapper must
+    be built on the stream that warms up and captures (`stream`), and warm up for
+    DDP_WARMUP calls, past the iterations in which DDP rebuilds its buckets and times
+    itself on the host; NCCL's all-reduces are then captured with the rest of the step.
     """
 
     WARMUP = 3
+    DDP_WARMUP = 11
 
-    def __init__(self, fn: Callable[..., Any], name: str):
+    def __init__(self, fn: Callable[..., Any], name: str, warmup: int = WARMUP,
+                 stream: torch.cuda.Stream | None = None):  # fmt: skip
         self.fn = fn
         self.name = name  # for the error message
+        self.warmup = warmup
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.inputs: tuple[torch.Tensor, ...] = ()
         self.outputs: Any = None
-        self.side: torch.cuda.Stream | None = None  # the warm-up's stream
+        self.side = stream  # the warm-up's and the capture's stream
 
     def __call__(self, *inputs: torch.Tensor) -> Any:
         self.calls += 1
-        if self.calls <= self.WARMUP:
+        self.side = self.side or torch.cuda.Stream()
+        if self.calls <= self.warmup:
             current = torch.cuda.current_stream()
-            self.side = self.side or torch.cuda.Stream()
             self.side.wait_stream(current)
             with torch.cuda.stream(self.side):
                 outputs = self.fn(*inputs)
@@ -123,7 +147,7 @@ class CudaGraphStep:
             self.inputs = tuple(x.clone() for x in inputs)
             self.graph = torch.cuda.CUDAGraph()
             try:
-                with torch.cuda.graph(self.graph):
+                with torch.cuda.graph(self.graph, stream=self.side):
                     self.outputs = self.fn(*self.inputs)
             except RuntimeError as exc:
                 found = exception_text(exc).splitlines()[0][:200]

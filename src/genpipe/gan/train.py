@@ -65,6 +65,7 @@ class Gan:
     B: int  # batch size
     graphed: bool  # the step is replayed as a CUDA graph
     world: distributed.World | None = None  # under torchrun: this rank's slice of each batch
+    stream: torch.cuda.Stream | None = None  # when graphed: the step's warm-up and capture
 
 
 def build_gan(params: Params, channels: int, size: int, device: torch.device,
@@ -80,10 +81,9 @@ def build_gan(params: Params, channels: int, size: int, device: torch.device,
     graphed = cuda and train.cuda_graphs and not train.compile and dtype != torch.float16
     # a graph bakes in the lr it was captured with: a decaying lr runs eagerly
     graphed = graphed and cfg.lr_decay == "none"
-    # nor under DDP: its reducer decides on the host, in autograd hooks, when each bucket's
-    # all-reduce starts (and rebuilds its buckets after the first step), which a captured
-    # graph would freeze
-    graphed = graphed and world is None
+    # under DDP too: NCCL's all-reduces are captured with the step, once DDP is built on the
+    # stream that warms the step up and captures it (training.CudaGraphStep)
+    stream = torch.cuda.Stream(device) if graphed else None
 
     networks = gan_config(size, channels, cfg)  # WGAN-GP's critic gets no BatchNorm
     netG = runtime.prepare_module(Generator(**networks["generator"]), device, train.compile)
@@ -92,8 +92,9 @@ def build_gan(params: Params, channels: int, size: int, device: torch.device,
         netG = distributed.sync_batchnorm(netG)
         netD = distributed.sync_batchnorm(netD)
     # compiled views share their weights with netG/netD, which are what is saved
-    stepG = distributed.data_parallel(netG, world, device)
-    stepD = distributed.data_parallel(netD, world, device)
+    with training.on_stream(stream):  # rank 0's weights broadcast there, too
+        stepG = distributed.data_parallel(netG, world, device)
+        stepD = distributed.data_parallel(netD, world, device)
     scoreD = stepD if world is None else netD
     if train.compile:  # one process only: params and distributed.joined refuse DDP's
         stepG, stepD = torch.compile(stepG), torch.compile(stepD)
@@ -118,6 +119,7 @@ def build_gan(params: Params, channels: int, size: int, device: torch.device,
         B=train.batch_size,
         graphed=graphed,
         world=world,
+        stream=stream,
     )
 
 
@@ -187,7 +189,10 @@ def make_step(
     """step(t) runs training step t (from 1): draws its randomness, then runs gan_step,
     eagerly or, when gan.graphed, replayed as a CUDA graph. Under torchrun every rank draws
     the whole batch's randomness, the same on all, and steps on its own slice of it."""
-    graph = training.CudaGraphStep(functools.partial(gan_step, gan, data), "GAN")
+    graphs = training.CudaGraphStep
+    warmup = graphs.DDP_WARMUP if gan.world is not None else graphs.WARMUP
+    graph = training.CudaGraphStep(functools.partial(gan_step, gan, data), "GAN", warmup,
+                                   gan.stream)  # fmt: skip
     cfg = gan.cfg
     part = gan.world.part(gan.B) if gan.world is not None else None
 
