@@ -30,16 +30,23 @@ def extract_features(
     device: torch.device,
     desc: str = "features",
 ) -> np.ndarray:
-    """(N, D) float64 features, in batches, in inference mode, on the device."""
+    """(N, D) float64 features, in batches, in inference mode, on the device.
+
+    Written into one array made at the first batch, not gathered and concatenated: small
+    arrays kept between each batch's freed activations would pin those holes in the
+    allocator's heap, which then grows (on 60,000 Fashion-MNIST images, 300 MiB more RSS)."""
     if images.dtype not in (np.uint8, torch.uint8):
         raise MetricsError(f"{desc}: expected uint8 images; got {images.dtype}")
-    out = []
+    out = np.empty((0, 0))
     every = LOG_EVERY_BATCHES * batch_size
     with Progress(desc, len(images), unit="img", every=every, leave=False) as progress:
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
             if isinstance(batch, np.ndarray):
                 batch = torch.from_numpy(np.ascontiguousarray(batch))
-            out.append(backbone(batch.to(device)).double().cpu().numpy())
+            features = backbone(batch.to(device)).double().cpu().numpy()
+            if start == 0:
+                out = np.empty((len(images), *features.shape[1:]))  # float64
+            out[start : start + len(batch)] = features
             progress.update(len(batch))
-    return np.concatenate(out)
+    return out
