@@ -114,6 +114,39 @@ def test_autoencoder_runs_are_bitwise_identical(tmp_path, kind):
     assert_same_weights(run_ae(params, tmp_path, "a").net, run_ae(params, tmp_path, "b").net)
 
 
+@pytest.mark.parametrize("shape", [(3, 1, 8, 8), (2, 3, 28, 28), (2, 1, 16, 12)])
+def test_the_ssim_loss_is_the_evaluation_metric(shape):
+    """The training term computes what evaluation scores (scikit-image's SSIM), on images
+    near each other and on unrelated ones."""
+    from genpipe.metrics import reconstruction
+
+    rng = np.random.default_rng(4)
+    x = rng.random(shape)
+    for y in (np.clip(x + rng.normal(0, 0.1, shape), 0, 1), rng.random(shape)):
+        want = reconstruction.ssim(x, y)
+        got = ae_loop.ssim(torch.from_numpy(x), torch.from_numpy(y)).item()
+        assert got == pytest.approx(want, abs=1e-10)
+    assert reconstruction.ssim(x, np.clip(x + rng.normal(0, 0.1, shape), 0, 1)) > 0.3 > want
+
+
+@pytest.mark.parametrize("kind", ["ae", "vae"])
+def test_ssim_weight_adds_the_structure_term(tmp_path, kind):
+    def curve(weight: float) -> list[dict[str, str]]:
+        params = tiny_params(autoencoder={"kind": kind, "ssim_weight": weight})
+        run_ae(params, tmp_path, f"w{weight}")
+        with open(tmp_path / f"w{weight}" / "train_log.csv") as f:
+            return list(csv.DictReader(f))
+
+    plain, weighted = curve(0.0), curve(1.0)
+    for row in plain if kind == "ae" else []:  # loss: the MSE on [-1, 1], logged on [0, 1]
+        assert float(row["loss"]) == pytest.approx(4 * float(row["mse"]), rel=1e-6)
+    for a, b in zip(plain, weighted, strict=True):  # 1 - SSIM > 0 on top, from the first row
+        assert float(b["loss"]) > float(a["loss"]) and float(b["mse"]) != float(a["mse"])
+    # 1 - SSIM of random reconstructions is near 1: the term is far from negligible
+    gap = float(weighted[0]["loss"]) - float(plain[0]["loss"])
+    assert gap > (0.1 if kind == "ae" else 0.1 * 64)
+
+
 def test_gan_ema_ends_with_batchnorm_statistics_of_its_own_samples(tmp_path):
     own = run_gan(tiny_params(), tmp_path, "own")
     copied = run_gan(tiny_params(gan={"ema_bn_batches": 0}), tmp_path, "copied")
@@ -383,9 +416,7 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path):
     store = tmp_path / "mlflow.db"  # one store: MLflow creates its tables once
     proc = stage(killed, store)
     ckpt = killed / "checkpoints" / "gan" / "checkpoint.pt"
-    deadline = time.monotonic() + 120
-    while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.01)
+    wait_for_checkpoint(killed, proc)  # past the step-0 one
     time.sleep(0.25)  # well into training, between two checkpoints
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
@@ -440,6 +471,66 @@ def wait_for_checkpoint(workdir: Path, proc: subprocess.Popen, after_step: int =
     ended = proc.poll() is not None
     proc.kill()  # a run left going would train on past the test
     raise AssertionError(proc.communicate()[1] if ended else f"no checkpoint past {after_step}")
+
+
+def test_sigkill_before_the_first_checkpoint_leaves_no_run_running(tmp_path):
+    """kill -9 before a step of work is checkpointed: the step-0 checkpoint names the run,
+    so the rerun goes on from it and ends the run the killed process left RUNNING."""
+    params = {"train": {"batch_size": 16, "checkpoint_every": 10000, "log_every": 20},
+              "gan": {"steps": 400, "z_dim": 8, "width": 8, "depth": 0}}  # fmt: skip
+    workdir = make_workdir(tmp_path / "w", params)
+    store = tmp_path / "mlflow.db"
+    proc = stage(workdir, store)
+    ckpt = workdir / "checkpoints" / "gan" / "checkpoint.pt"
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    assert proc.poll() is None, proc.communicate()[1]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = torch.load(ckpt, weights_only=True)
+    assert state["step"] == 0 and not state["finished"]
+    orphan = state["mlflow_run_id"]
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{store}")
+    assert client.get_run(orphan).info.status == "RUNNING"
+    rerun = stage(workdir, store)
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    assert "resuming from checkpoints/gan/checkpoint.pt at step 0 of 400" in err
+    assert client.get_run(orphan).info.status == "KILLED"
+    rerun_id = json.loads((workdir / "models/gan/mlflow_run.json").read_text())["run_id"]
+    assert client.get_run(rerun_id).data.tags["genpipe.resumed_from_run_id"] == orphan
+
+
+def test_a_step0_checkpoint_never_blocks_other_params_and_its_run_is_ended(tmp_path):
+    """A step-0 checkpoint under other params holds no work: the run starts afresh (an
+    unfinished one at a later step blocks it instead), and the run it names, if a killed
+    process left it RUNNING, is ended without being called resumed."""
+    net = torch.nn.Linear(2, 2)
+    path = tmp_path / "checkpoint.pt"
+    ended = []
+
+    class Run:
+        run_id = "new"
+
+        def end_orphan(self, run_id, resumed=True):
+            ended.append((run_id, resumed))
+
+    old = training.Checkpoint(path, {"lr": 1}, 10, {"net": net}, ())
+    old.run_id = "killed"
+    old.snapshot(0, [])
+    start, rows = training.Checkpoint(path, {"lr": 2}, 10, {"net": net}, ()).restore(Run())
+    assert (start, rows) == (0, []) and ended == [("killed", False)]
+    state = torch.load(path, weights_only=True)  # replaced by this run's own step-0 one
+    assert state["step"] == 0 and state["mlflow_run_id"] == "new"
+
+    old.snapshot(3, [])  # a step of work under the old params: kept, and the run refused
+    with pytest.raises(training.TrainingError, match="written under other params"):
+        training.Checkpoint(path, {"lr": 2}, 10, {"net": net}, ()).restore(Run())
+    assert torch.load(path, weights_only=True)["step"] == 3
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])

@@ -128,6 +128,8 @@ class AutoencoderParams(Section):
     lr: float = Field(1e-3, gt=0)
     lr_decay: Literal["none", "linear", "cosine"] = "none"  # lr over the steps, down to 0
     kl_weight: float = Field(1.0, ge=0)  # vae: weight of the KL term
+    # weight of (1 - SSIM) beside the per-pixel MSE in the loss (SSIM as evaluation scores it)
+    ssim_weight: float = Field(0.0, ge=0)
 
 
 class DomainParams(Section):

@@ -525,17 +525,19 @@ class TrainingRun:
             },
         )
 
-    def end_orphan(self, run_id: str) -> None:
-        """The run a killed process (kill -9, a lost machine) left RUNNING, which this one
-        goes on from (its checkpoint named it): marked KILLED, and named in this run's tag
-        TAG_RESUMED_FROM. A run that is gone or already ended is left as it is."""
+    def end_orphan(self, run_id: str, resumed: bool = True) -> None:
+        """The run a killed process (kill -9, a lost machine) left RUNNING, named by the
+        checkpoint it left: marked KILLED and, when this run goes on from that checkpoint
+        (`resumed`), named in this run's tag TAG_RESUMED_FROM. A run that is gone or already
+        ended is left as it is."""
         from mlflow.exceptions import MlflowException
 
         assert self._client is not None
         if run_id == self.run_id:
             return
         try:
-            self._client.set_tag(self.run_id, TAG_RESUMED_FROM, run_id)
+            if resumed:
+                self._client.set_tag(self.run_id, TAG_RESUMED_FROM, run_id)
             if self._client.get_run(run_id).info.status == "RUNNING":
                 self._client.set_terminated(run_id, status="KILLED")
                 log.info("run %s, left RUNNING by a killed process, is marked KILLED", run_id)

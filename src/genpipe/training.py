@@ -236,11 +236,22 @@ def _state_bytes(state: Any) -> int:
     return 0
 
 
+def checkpoint_run_id(path: Path) -> str | None:
+    """The tracking run that the checkpoint at `path` names; None when there is none, or no
+    readable checkpoint."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # missing, truncated or foreign: it names no run
+        return None
+    run_id = state.get("mlflow_run_id") if isinstance(state, dict) else None
+    return run_id if isinstance(run_id, str) else None
+
+
 def load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
     """The checkpoint at `path` if it was written by this very run; None to start afresh.
 
-    A finished run's checkpoint (kept so that a forced rerun is instant) never blocks a run
-    under new params; an unfinished one does, so that a crashed run is never mixed with
+    A finished run's checkpoint (kept so that a forced rerun is instant) and a step-0 one
+    (which holds no work) never block a run under new params; an unfinished one does, so that a crashed run is never mixed with
     another or silently thrown away. A checkpoint written by other code (a fix after a
     crash, say) is never resumed: the run starts afresh, with a warning when it was
     unfinished.
@@ -255,8 +266,8 @@ def load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any] | No
             "delete it to start over"
         ) from None
     written = json.loads(state.get("identity", "{}"))
-    if written != identity and state.get("finished"):
-        return None
+    if written != identity and (state.get("finished") or state.get("step") == 0):
+        return None  # a finished run, or one that had done no work: nothing is lost
     if written != identity and list(_diff(written, identity)) == ["code"]:
         log.warning("%s: written by other code at step %s; starting afresh", path, state["step"])
         return None
@@ -308,6 +319,15 @@ class Checkpoint:
         if failed:
             raise TrainingError(failed)
         if state is None:
+            if run is not None:
+                # the run that left the file, if killed (kill -9) before a step of work could
+                # be resumed, is still RUNNING: end it. Then name this run at once, in a
+                # step-0 checkpoint, so that a kill before the first real one is ended too
+                orphan = checkpoint_run_id(self.path)
+                if orphan:
+                    run.end_orphan(orphan, resumed=False)
+                if self.run_id:
+                    self.snapshot(0, [])
             return 0, []
         for name, obj in self.states.items():
             obj.load_state_dict(state[name])

@@ -81,9 +81,8 @@ def train_autoencoder(
             x, eps = draw(data, B, batches, noise, cfg, world, dtype or torch.float32)
             with runtime.autocast(device, dtype):
                 recon, mu, logvar = step_net(x, generator=noise, eps=eps)
-            loss = mse = F.mse_loss(recon.float(), x)  # per pixel, on the [-1, 1] scale
-            if cfg.kind == "vae":  # (2) per image: Gaussian reconstruction term + weighted KL
-                loss = mse * pixels + cfg.kl_weight * vae_kl(mu.float(), logvar.float())
+            # (2) The loss: reconstruction (+ structure) (+ the VAE's KL)
+            loss, mse = autoencoder_loss(cfg, recon, x, mu, logvar, pixels)
             # (3) Step
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -103,6 +102,52 @@ def train_autoencoder(
     config = {"model": "autoencoder", "image_size": size, "channels": channels,
               "autoencoder": runtime.unwrap(net).config()}  # fmt: skip
     return AutoencoderResult(net=net, config=config)
+
+
+def autoencoder_loss(
+    cfg: AutoencoderParams,
+    recon: torch.Tensor,  # (b, C, S, S) in [-1, 1], as the network made it
+    x: torch.Tensor,  # (b, C, S, S) in [-1, 1]
+    mu: torch.Tensor,
+    logvar: torch.Tensor | None,
+    pixels: int,  # C * S * S
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, MSE per pixel on the [-1, 1] scale). The loss: the MSE, plus ssim_weight times
+    (1 - SSIM) on [0, 1] as evaluation scores it; a VAE's is that per image (times the
+    pixels: a Gaussian reconstruction term) plus kl_weight times the KL term."""
+    recon = recon.float()
+    loss = mse = F.mse_loss(recon, x)
+    if cfg.ssim_weight:
+        loss = loss + cfg.ssim_weight * (1.0 - ssim(recon.add(1).div(2), x.add(1).div(2)))
+    if cfg.kind == "vae":
+        assert logvar is not None
+        loss = loss * pixels + cfg.kl_weight * vae_kl(mu.float(), logvar.float())
+    return loss, mse
+
+
+# SSIM's constants for data in [0, 1] (Wang et al. 2004; scikit-image's defaults)
+SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM of (N, C, H, W) images in [0, 1], differentiable: what evaluation's
+    metrics.reconstruction.ssim (scikit-image) computes, each channel on its own with a
+    uniform 7 x 7 window (or the largest odd one the images allow), valid positions only, and
+    sample (co)variances."""
+    n, c, h, w = x.shape
+    win = min(7, h - (h % 2 == 0), w - (w % 2 == 0))
+    x, y = x.reshape(n * c, 1, h, w), y.reshape(n * c, 1, h, w)
+
+    def mean(t: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(t, win, stride=1)  # (N*C, 1, h - win + 1, w - win + 1)
+
+    mx, my = mean(x), mean(y)
+    unbiased = win * win / (win * win - 1)
+    vx = (mean(x * x) - mx * mx) * unbiased
+    vy = (mean(y * y) - my * my) * unbiased
+    cxy = (mean(x * y) - mx * my) * unbiased
+    num = (2 * mx * my + SSIM_C1) * (2 * cxy + SSIM_C2)
+    return (num / ((mx * mx + my * my + SSIM_C1) * (vx + vy + SSIM_C2))).mean()
 
 
 def draw(
