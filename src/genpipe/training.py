@@ -251,10 +251,10 @@ def load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any] | No
     """The checkpoint at `path` if it was written by this very run; None to start afresh.
 
     A finished run's checkpoint (kept so that a forced rerun is instant) and a step-0 one
-    (which holds no work) never block a run under new params; an unfinished one does, so that a crashed run is never mixed with
-    another or silently thrown away. A checkpoint written by other code (a fix after a
-    crash, say) is never resumed: the run starts afresh, with a warning when it was
-    unfinished.
+    (which holds no work) never block a run under new params; an unfinished one does, so
+    that a crashed run is never mixed with another or silently thrown away. A checkpoint
+    written by other code (a fix after a crash, say) is never resumed: the run starts
+    afresh, with a warning when it was unfinished.
     """
     if not path.exists():
         return None
