@@ -127,6 +127,18 @@ def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 120) -> None:
     assert proc.poll() is None, communicate(proc)
 
 
+def wait_for_step(ckpt: Path, proc: subprocess.Popen, seconds: float = 120) -> int:
+    """The step of the checkpoint at `ckpt` once one past the step-0 one is there."""
+    deadline = time.monotonic() + seconds
+    step = 0
+    while step == 0 and time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(OSError, RuntimeError, EOFError):  # not there, or replaced
+            step = torch.load(ckpt, weights_only=True)["step"]
+        time.sleep(0.01)
+    assert proc.poll() is None and step > 0, communicate(proc)
+    return step
+
+
 # --- one process per rank, in this test: the BatchNorm and the checks themselves ------------
 
 
@@ -316,7 +328,7 @@ def test_sigkill_of_one_rank_then_rerun_matches_an_uninterrupted_run(tmp_path):
 
     proc = stage(killed)
     ckpt = killed / "checkpoints" / "gan" / "checkpoint.pt"
-    wait_for(ckpt, proc)
+    wait_for_step(ckpt, proc)  # past the step-0 one
     time.sleep(0.25)  # well into training, between two checkpoints
     os.kill(rank_pid(proc, 1), signal.SIGKILL)
     killed_at = time.monotonic()
