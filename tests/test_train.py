@@ -533,6 +533,45 @@ def test_a_step0_checkpoint_never_blocks_other_params_and_its_run_is_ended(tmp_p
     assert torch.load(path, weights_only=True)["step"] == 3
 
 
+@pytest.mark.parametrize("error", [TrainingError("step 4: loss_d is nan"), KeyboardInterrupt()])
+def test_a_failed_run_puts_back_the_checkpoint_it_found(tmp_path, error):
+    """Its step-0 checkpoint is for a kill that runs no code: an error or a signal puts back
+    the file it replaced (a failed stage leaves its outputs as they were), or removes it,
+    and its folder, where there was none. Once a step of work is saved, that file stays."""
+    net = torch.nn.Linear(2, 2)
+
+    class Run:
+        run_id = "new"
+
+        def end_orphan(self, run_id, resumed=True):
+            pass
+
+    def fail_after(path: Path, saved_step: int | None) -> None:
+        with (
+            pytest.raises(type(error)),
+            training.Checkpoint(path, {"lr": 2}, 10, {"net": net}, ()) as ckpt,
+        ):
+            assert ckpt.restore(Run()) == (0, [])
+            assert torch.load(path, weights_only=True)["mlflow_run_id"] == "new"
+            if saved_step is not None:
+                ckpt.snapshot(saved_step, [])
+            raise error
+
+    path = tmp_path / "kept" / "checkpoint.pt"
+    training.Checkpoint(path, {"lr": 1}, 10, {"net": net}, ()).snapshot(10, [])  # finished
+    before = path.read_bytes()
+    fail_after(path, None)
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == ["checkpoint.pt"]  # no temporary file
+
+    fail_after(path, 4)  # a step of work saved: the new file stays
+    assert torch.load(path, weights_only=True)["step"] == 4
+
+    fresh = tmp_path / "fresh" / "checkpoint.pt"
+    fail_after(fresh, None)
+    assert not fresh.parent.exists()
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_keeps_the_checkpoint_and_marks_the_run_killed(tmp_path, signum):
     """`timeout`, `docker stop`, a cancelled CI job (SIGTERM); the SSH session that ran

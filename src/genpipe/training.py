@@ -293,7 +293,12 @@ class Checkpoint:
     (modules, optimizers and scalers by name), the global RNG's and `generators`' states,
     the step and the training log's rows. `steps` is the run's length: a checkpoint at it
     is a finished run's. Under torchrun (`world`) every rank restores it and rank 0 alone
-    writes it."""
+    writes it.
+
+    Used as a context manager around the run: a run that fails (an error, a signal) before
+    a step of work is saved puts back the file that restore() found in place of its step-0
+    one, so a failed stage leaves checkpoints/ as it was. Only a kill that runs no code
+    (kill -9, the OOM killer) leaves the step-0 file, which the rerun needs."""
 
     def __init__(self, path: Path, identity: dict[str, Any], steps: int, states: dict[str, Any],
                  generators: tuple[torch.Generator, ...],
@@ -301,6 +306,29 @@ class Checkpoint:
         self.path, self.identity, self.steps = path, identity, steps
         self.states, self.generators, self.world = states, generators, world
         self.run_id: str | None = None  # the tracking run, saved so a resume can end it
+        # while only the step-0 file is written: the bytes it replaced (None: no file), and
+        # whether its folder was made for it
+        self._replaced: tuple[bytes | None, bool] | None = None
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: Any) -> None:
+        if exc_type is None or self._replaced is None:
+            return
+        previous, made_folder = self._replaced
+        self._replaced = None
+        try:
+            if previous is not None:
+                with atomic_path(self.path) as tmp:
+                    tmp.write_bytes(previous)
+            else:
+                self.path.unlink()
+                if made_folder and not any(self.path.parent.iterdir()):
+                    self.path.parent.rmdir()
+        except OSError as exc:  # the run's own error is the one to report
+            log.warning("%s: could not put back the checkpoint found before this run (%s)",
+                        self.path, exception_text(exc))  # fmt: skip
 
     def restore(self, run: Any = None) -> tuple[int, list[dict[str, float]]]:
         """Load this very run's checkpoint into the states and generators; return the step
@@ -326,8 +354,7 @@ class Checkpoint:
                 orphan = checkpoint_run_id(self.path)
                 if orphan:
                     run.end_orphan(orphan, resumed=False)
-                if self.run_id:
-                    self.snapshot(0, [])
+                self._name_run()
             return 0, []
         for name, obj in self.states.items():
             obj.load_state_dict(state[name])
@@ -335,13 +362,27 @@ class Checkpoint:
         log.info("resuming from %s at step %d of %d", self.path, state["step"], self.steps)
         if run is not None and state.get("mlflow_run_id"):
             run.end_orphan(state["mlflow_run_id"])  # left RUNNING by the run that died
+            if state["step"] == 0:
+                self._name_run()  # its step-0 file named the killed run: now name this one
         for row in state["log"] if run is not None else []:
             send_row(run, row)
         return state["step"], state["log"]
 
+    def _name_run(self) -> None:
+        """Write the step-0 checkpoint that names this run, keeping the bytes it replaces
+        until a step of work is saved (see __exit__)."""
+        if not self.run_id or (self.world is not None and not self.world.main):
+            return
+        previous = self.path.read_bytes() if self.path.exists() else None
+        made_folder = not self.path.parent.exists()
+        self.snapshot(0, [])
+        self._replaced = (previous, made_folder)
+
     def snapshot(self, step: int, rows: list[dict[str, float]]) -> None:
         if self.world is not None and not self.world.main:
             return  # the states are the same on every rank: rank 0's file holds them
+        if step > 0:
+            self._replaced = None  # work is saved: the file it replaced is gone for good
         save_checkpoint(self.path, {
             "identity": json.dumps(self.identity, sort_keys=True), "step": step,
             "finished": step == self.steps,

@@ -67,34 +67,35 @@ def train_autoencoder(
                                      data_hash, world.size if world else 1)  # fmt: skip
     states = {"net": net, "opt": opt, "scaler": scaler}
     ckpt = training.Checkpoint(checkpoint, identity, cfg.steps, states, (batches, noise), world)
-    start, rows = ckpt.restore(run)
-    B, pixels = train.batch_size, channels * size * size
-    monitor = training.LossMonitor(("loss", "mse"), world)
-    net.train()
-    with Progress("train autoencoder", cfg.steps, start) as progress:
-        trainlog = training.TrainLog(rows, run, progress)
-        for step in range(start + 1, cfg.steps + 1):
-            if cfg.lr_decay != "none":
-                training.set_lr(opt, cfg.lr * training.lr_factor(cfg.lr_decay, step, cfg.steps))
-            # (1) Reconstruct x
-            # (b, C, S, S) in [-1, 1]; eps: the VAE's noise, drawn here under torchrun
-            x, eps = draw(data, B, batches, noise, cfg, world, dtype or torch.float32)
-            with runtime.autocast(device, dtype):
-                recon, mu, logvar = step_net(x, generator=noise, eps=eps)
-            # (2) The loss: reconstruction (+ structure) (+ the VAE's KL)
-            loss, mse = autoencoder_loss(cfg, recon, x, mu, logvar, pixels)
-            # (3) Step
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            monitor.add(step, loss, mse / 4)  # logged MSE on the [0, 1] pixel scale
-            progress.update()
-            if step % train.log_every == 0 or step == cfg.steps:  # drain: raises if non-finite
-                trainlog.add(step, step * B / len(data), monitor.drain(), B)
-            if step % train.checkpoint_every == 0 or step == cfg.steps:
-                monitor.check()  # never checkpoint weights that saw a non-finite loss
-                ckpt.snapshot(step, trainlog.rows)
+    with ckpt:  # a failure before a step of work is saved puts back the file it found
+        start, rows = ckpt.restore(run)
+        B, pixels = train.batch_size, channels * size * size
+        monitor = training.LossMonitor(("loss", "mse"), world)
+        net.train()
+        with Progress("train autoencoder", cfg.steps, start) as progress:
+            trainlog = training.TrainLog(rows, run, progress)
+            for step in range(start + 1, cfg.steps + 1):
+                if cfg.lr_decay != "none":
+                    training.set_lr(opt, cfg.lr * training.lr_factor(cfg.lr_decay, step, cfg.steps))
+                # (1) Reconstruct x
+                # (b, C, S, S) in [-1, 1]; eps: the VAE's noise, drawn here under torchrun
+                x, eps = draw(data, B, batches, noise, cfg, world, dtype or torch.float32)
+                with runtime.autocast(device, dtype):
+                    recon, mu, logvar = step_net(x, generator=noise, eps=eps)
+                # (2) The loss: reconstruction (+ structure) (+ the VAE's KL)
+                loss, mse = autoencoder_loss(cfg, recon, x, mu, logvar, pixels)
+                # (3) Step
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                monitor.add(step, loss, mse / 4)  # logged MSE on the [0, 1] pixel scale
+                progress.update()
+                if step % train.log_every == 0 or step == cfg.steps:  # drain: raises if non-finite
+                    trainlog.add(step, step * B / len(data), monitor.drain(), B)
+                if step % train.checkpoint_every == 0 or step == cfg.steps:
+                    monitor.check()  # never checkpoint weights that saw a non-finite loss
+                    ckpt.snapshot(step, trainlog.rows)
     distributed.check_same(net, world, "autoencoder")  # bitwise, once
     if world is None or world.main:
         trainlog.write(log_path)  # once, at the end: the rows so far live in the checkpoint

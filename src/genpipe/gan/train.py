@@ -237,25 +237,26 @@ def train_gan(
     states = {"netG": gan.netG, "netD": gan.netD, "ema": gan.ema, "optG": gan.optG,
               "optD": gan.optD, "scalerG": gan.scalerG, "scalerD": gan.scalerD}  # fmt: skip
     ckpt = training.Checkpoint(checkpoint, identity, cfg.steps, states, (batches, noise), world)
-    start, rows = ckpt.restore(run)
+    with ckpt:  # a failure before a step of work is saved puts back the file it found
+        start, rows = ckpt.restore(run)
 
-    B = train.batch_size
-    monitor = training.LossMonitor(("loss_d", "loss_g"), world)
-    gan.netG.train()
-    gan.netD.train()
-    step_fn = make_step(gan, data, batches, noise)
-    with Progress("train gan", cfg.steps, start) as progress:
-        trainlog = training.TrainLog(rows, run, progress)
-        for step in range(start + 1, cfg.steps + 1):
-            loss_d, loss_g = step_fn(step)  # gan_step: (1) update D, (2) update G, (3) EMA
-            monitor.add(step, loss_d, loss_g)
-            progress.update()
-            if step % train.log_every == 0 or step == cfg.steps:
-                # drain raises at a non-finite loss; D sees B * d_steps real images a step
-                trainlog.add(step, step * B / len(data), monitor.drain(), B * cfg.d_steps)
-            if step % train.checkpoint_every == 0 or step == cfg.steps:
-                monitor.check()  # never checkpoint weights that saw a non-finite loss
-                ckpt.snapshot(step, trainlog.rows)
+        B = train.batch_size
+        monitor = training.LossMonitor(("loss_d", "loss_g"), world)
+        gan.netG.train()
+        gan.netD.train()
+        step_fn = make_step(gan, data, batches, noise)
+        with Progress("train gan", cfg.steps, start) as progress:
+            trainlog = training.TrainLog(rows, run, progress)
+            for step in range(start + 1, cfg.steps + 1):
+                loss_d, loss_g = step_fn(step)  # gan_step: (1) update D, (2) update G, (3) EMA
+                monitor.add(step, loss_d, loss_g)
+                progress.update()
+                if step % train.log_every == 0 or step == cfg.steps:
+                    # drain raises at a non-finite loss; D sees B * d_steps real images a step
+                    trainlog.add(step, step * B / len(data), monitor.drain(), B * cfg.d_steps)
+                if step % train.checkpoint_every == 0 or step == cfg.steps:
+                    monitor.check()  # never checkpoint weights that saw a non-finite loss
+                    ckpt.snapshot(step, trainlog.rows)
     # (4) The EMA's BatchNorm statistics, recomputed for its own weights
     standing_statistics(gan, params.seed)
     # the same weights on every rank make the same EMA: checked once, bitwise
