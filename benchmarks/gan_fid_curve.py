@@ -86,8 +86,14 @@ def main() -> None:
           f"recall {floor['recall']}")  # fmt: skip
     train_images, _ = split_images(prepared)
 
-    gan = build_gan(params, train_images.shape[1], train_images.shape[2], device)  # seeds all
-    data = training.DeviceImages(train_images, device)
+    labels = weights = None
+    if params.gan.conditional:  # the train split's labels, as train_gan takes them
+        split = prepared.manifest["split"].to_numpy()
+        labels = prepared.manifest["label"].to_numpy()[split == "train"]
+        weights = training.class_weights(labels, "gan.conditional")
+    _, channels, size, _ = train_images.shape
+    gan = build_gan(params, channels, size, device, class_weights=weights)  # seeds all
+    data = training.DeviceImages(train_images, device, labels=labels)
     batches = runtime.make_generator(device, params.seed + 1)  # as train_gan draws them
     noise = runtime.make_generator(device, params.seed + 2)
     step = make_step(gan, data, batches, noise)

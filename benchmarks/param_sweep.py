@@ -40,6 +40,7 @@ from genpipe.gan.evaluate import evaluate_gan
 from genpipe.gan.train import train_gan
 from genpipe.params import parse_params
 from genpipe.reference import load_backbone, load_reference, split_images
+from genpipe.training import load_train_labels
 
 MODELS = {"gan": ("fid_over_floor", "fid", "precision", "recall"),
           "autoencoder": ("mse_over_pca", "mse", "pca_mse", "ssim")}  # fmt: skip
@@ -97,6 +98,7 @@ def main() -> None:
     reference = load_reference(reference_dir, base.evaluate)
     backbone = load_backbone(base.evaluate, reference, reference_dir, device)
     train, test = split_images(read_prepared(args.project / "data" / "prepared"))
+    labels = load_train_labels(args.project / "data" / "prepared")  # for gan.conditional
     baselines: dict[str, float] = {}
     failed = False
     models = [] if args.no_baseline else list(dict.fromkeys(model for _, model, _ in specs))
@@ -107,7 +109,8 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 ckpt, log = Path(tmp) / "checkpoint.pt", Path(tmp) / "train_log.csv"
                 if model == "gan":
-                    net = train_gan(params, train, "sweep", device, ckpt, log).ema
+                    net = train_gan(params, train, "sweep", device, ckpt, log,
+                                    labels=labels).ema  # fmt: skip
                 else:
                     net = train_autoencoder(params, train, "sweep", device, ckpt, log).net
             if device.type == "cuda":

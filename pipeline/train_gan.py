@@ -25,20 +25,24 @@ def main() -> None:
     if distributed.launch(f"train {MODEL}", params.train):
         return
     images, data_hash = training.load_train_split(paths.PREPARED, params.train.batch_size)
+    labels = None
+    if params.gan.conditional:  # every train image labeled, in 2 classes or more: checked now
+        labels = training.load_train_labels(paths.PREPARED)
+        training.class_weights(labels, "gan.conditional")
     device = runtime.resolve_device(params.train.device)
     with distributed.joined(params.train, device) as (world, device):
         if world is None or world.main:
-            write_outputs(params, images, data_hash, device, world)
+            write_outputs(params, images, labels, data_hash, device, world)
         else:  # the other ranks train alongside and write nothing
             log_path = Path(os.devnull)  # never written: rank 0 writes the log
-            train_gan(
-                params, images, data_hash, device, paths.checkpoint(MODEL), log_path, world=world
-            )
+            train_gan(params, images, data_hash, device, paths.checkpoint(MODEL), log_path,
+                      world=world, labels=labels)  # fmt: skip
 
 
 def write_outputs(
     params: Params,
     images: np.ndarray,
+    labels: np.ndarray | None,  # the train split's, for gan.conditional
     data_hash: str,
     device: torch.device,
     world: distributed.World | None,
@@ -55,7 +59,7 @@ def write_outputs(
     ):
         train_log, samples = stage(reports / "train_log.csv"), stage(reports / "samples.png")
         result = train_gan(params, images, data_hash, device, paths.checkpoint(MODEL), train_log,
-                           run=run, world=world)  # fmt: skip
+                           run=run, world=world, labels=labels)  # fmt: skip
         save_gan(stage(paths.weights_dir(MODEL)), result.netG, result.netD, result.ema,
                  result.config)  # fmt: skip
         sample_grid(result.ema, params.gan.z_dim, params.seed, device).save(samples)

@@ -25,6 +25,7 @@ from genpipe.gan.network import (
     gan_config,
     generator_loss,
     gradient_penalty,
+    prior_labels,
     r1_penalty,
     recompute_batchnorm,
 )
@@ -409,6 +410,8 @@ def networks() -> list[nn.Module]:
         Discriminator(28, 3, WIDTH, depth=1, spectral_norm=True),
         Discriminator(16, 1, WIDTH, batch_norm=False),
         AutoEncoder(16, 3, LATENT, WIDTH, depth=1, kind="vae"),
+        Generator(16, 1, Z_DIM, WIDTH, class_weights=[0.5, 0.3, 0.2]),
+        Discriminator(16, 1, WIDTH, spectral_norm=True, num_classes=3),
     ]
 
 
@@ -420,11 +423,12 @@ def inputs(net: nn.Module) -> torch.Tensor:
 
 
 def output(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    out = net(x)
+    conditional = isinstance(net, Discriminator) and net.config()["num_classes"]
+    out = net(x, torch.tensor([0, 1, 2, 1])) if conditional else net(x)
     return out[0] if isinstance(out, tuple) else out
 
 
-@pytest.mark.parametrize("index", range(4))
+@pytest.mark.parametrize("index", range(6))
 def test_config_round_trip(index):
     torch.manual_seed(0)
     net = networks()[index]
@@ -469,7 +473,7 @@ def test_dcgan_init():
     assert bn.std().item() == pytest.approx(0.02, rel=0.2)
 
 
-@pytest.mark.parametrize("index", range(4))
+@pytest.mark.parametrize("index", range(6))
 def test_channels_last_and_bf16_autocast(index):
     torch.manual_seed(0)
     net = networks()[index]
@@ -497,3 +501,27 @@ def test_gan_config_builds_the_networks_from_params():
     assert netD.config() == cfg["discriminator"]
     nsgan = gan_config(28, 3, GanParams())["discriminator"]
     assert nsgan["batch_norm"] is True and nsgan["spectral_norm"] is False
+    assert nsgan["num_classes"] == 0 and cfg["generator"]["class_weights"] is None
+
+
+def test_a_conditional_gan_samples_the_class_shares_and_scores_with_the_label():
+    cfg = gan_config(16, 1, GanParams(z_dim=8, width=16, conditional=True), [0.2, 0.3, 0.5])
+    netG, netD = Generator(**cfg["generator"]), Discriminator(**cfg["discriminator"])
+    assert cfg["discriminator"]["num_classes"] == 3
+    with pytest.raises(ValueError, match="class shares"):
+        gan_config(16, 1, GanParams(conditional=True))
+    # without labels, a batch takes them in the class shares, interleaved, deterministically
+    labels = netG.labels(10)
+    assert labels.tolist() == [2, 1, 0, 2, 1, 2, 2, 0, 1, 2]
+    assert torch.bincount(prior_labels(1000, [0.2, 0.3, 0.5])).tolist() == [200, 300, 500]
+    assert prior_labels(4, [1, 1, 1, 1]).tolist() == [0, 1, 2, 3]
+    netG.eval()
+    z = torch.randn(10, 8)
+    torch.testing.assert_close(netG(z), netG(z, labels))
+    assert not torch.allclose(netG(z), netG(z, torch.zeros(10, dtype=torch.long)))
+    # D's projection term: the same image scores differently under another label
+    x = images(3, 1, 16)
+    netD.eval()
+    assert not torch.allclose(netD(x, torch.tensor([0, 0, 0])), netD(x, torch.tensor([1, 1, 1])))
+    with pytest.raises(ValueError, match="scores an image with its label"):
+        netD(x)

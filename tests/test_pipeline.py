@@ -366,3 +366,22 @@ def test_the_fashion_mnist_preset_runs_all_nine_stages_with_tiny_steps(tmp_path)
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert str(DEBIAN) in {dep["path"] for dep in lock["stages"]["fetch"]["deps"]}
     assert ran(sh("dvc", "repro", cwd=project)) == []
+
+    # the GAN made class-conditional: only its stages rerun, on the 10 balanced classes, and
+    # the version it registers takes a label column
+    set_params(project, gan={"conditional": True})
+    assert ran(sh("dvc", "repro", cwd=project)) == ["params", "train@gan", "evaluate@gan",
+                                                     "register@gan"]  # fmt: skip
+    config = json.loads((project / "models/gan/weights/config.json").read_text())
+    assert config["generator"]["class_weights"] == [0.1] * 10
+    assert config["discriminator"]["num_classes"] == 10
+    version = json.loads((project / "reports/gan/registry.json").read_text())["version"]
+    code = (
+        "import mlflow, pandas as pd\n"
+        f"m = mlflow.pyfunc.load_model('models:/genpipe-gan/{version}')\n"
+        "print([c.name for c in m.metadata.get_input_schema().inputs])\n"
+        "x = m.predict(pd.DataFrame({'seed': [4, 4], 'label': [0, 9]}))\n"
+        "print(x.shape, (x[0] != x[1]).any())\n"
+    )
+    out = sh(sys.executable, "-c", code, cwd=project).stdout
+    assert out.splitlines()[-2:] == ["['seed', 'label']", "(2, 1, 28, 28) True"], out

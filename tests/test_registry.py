@@ -398,3 +398,34 @@ def test_server_whose_api_fails_fails_register_within_seconds(http_server, tmp_p
     print(f"broken API: register failed in {seconds:.1f} s")
     assert "\n" not in str(excinfo.value) and "could not register t17-gan" in str(excinfo.value)
     assert seconds < 60
+
+
+def test_a_served_conditional_gan_keeps_each_seeds_image_and_takes_labels(tmp_path):
+    """Without a "label" column each seed draws its own class, so a seed is one image
+    wherever it sits in a request; with one, the class is the caller's."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from genpipe.serving import GenpipeModel
+
+    torch.manual_seed(0)
+    netG = Generator(8, 1, z_dim=4, width=8, class_weights=[0.2, 0.3, 0.5])
+    weights = tmp_path / "weights"
+    save_weights(netG, weights / "generator_ema.safetensors")
+    config = {"model": "gan", "image_size": 8, "channels": 1, "generator": netG.config()}
+    (weights / "config.json").write_text(json.dumps(config))
+    model = GenpipeModel()
+    model.load_context(SimpleNamespace(artifacts={"weights": str(weights)}))
+
+    def predict(**columns):
+        return model.predict(None, pd.DataFrame(columns))
+
+    a, b = predict(seed=[5, 7, 9]), predict(seed=[9, 5])
+    assert (a[0] == b[1]).all() and (a[2] == b[0]).all()
+    by_label = predict(seed=[5, 5, 5], label=[0, 1, 2])
+    assert len({x.tobytes() for x in by_label}) == 3  # the label changes the image
+    assert any((a[0] == x).all() for x in by_label)  # seed 5's own class is one of them
+    for bad, found in (([0, 3], "got 3"), ([-1, 0], "got -1"), ([0.5, 1.0], "got 0.5")):
+        with pytest.raises(ValueError, match=f"^label: expected class indices 0..2; {found}"):
+            predict(seed=[1, 2], label=bad)

@@ -147,6 +147,47 @@ def test_ssim_weight_adds_the_structure_term(tmp_path, kind):
     assert gap > (0.1 if kind == "ae" else 0.1 * 64)
 
 
+LABELS = np.arange(len(IMAGES)) % 4  # (64,): 4 classes of 16
+
+
+def run_cgan(params, tmp_path: Path, name: str = "run", labels=LABELS):
+    return gan_loop.train_gan(params, IMAGES, "data-hash", CPU, tmp_path / name / "ckpt.pt",
+                              tmp_path / name / "train_log.csv", labels=labels)  # fmt: skip
+
+
+@pytest.mark.parametrize("loss", ["hinge", "wgan-gp"])
+def test_a_conditional_gan_trains_on_the_labels_bitwise_identically(tmp_path, loss):
+    """gan.conditional: G draws for the real images' labels, D scores both with them; the
+    labels change the weights, and the run is repeatable to the bit."""
+    params = tiny_params(gan={"conditional": True, "loss": loss, "d_steps": 2,
+                              "r1_weight": 0.1 if loss == "hinge" else 0.0})  # fmt: skip
+    a, b = run_cgan(params, tmp_path, "a"), run_cgan(params, tmp_path, "b")
+    assert_same_weights(a.ema, b.ema)
+    assert_same_weights(a.netD, b.netD)
+    assert a.config["generator"]["class_weights"] == [0.25] * 4
+    assert a.config["discriminator"]["num_classes"] == 4
+    shuffled = run_cgan(params, tmp_path, "c", labels=np.roll(LABELS, 1))
+    assert not torch.equal(a.netD.embed.weight, shuffled.netD.embed.weight)
+    rows = list(csv.DictReader((tmp_path / "a" / "train_log.csv").open()))
+    assert rows and all(np.isfinite(float(r["loss_d"])) for r in rows)
+    # evaluation's samples take the class shares, the same for any batch size
+    from genpipe.gan.evaluate import generate
+
+    torch.testing.assert_close(generate(a.ema, 40, 0, 7, CPU), generate(a.ema, 40, 0, 64, CPU))
+
+
+@pytest.mark.parametrize(
+    ("labels", "found"),
+    [(None, "got none"), (LABELS[:10], "got 10"), (np.full(64, -1), "found 64 unlabeled images"),
+     (np.zeros(64, dtype=np.int64), "found 1 class")],
+)  # fmt: skip
+def test_a_conditional_gan_refuses_data_without_labels(tmp_path, labels, found):
+    params = tiny_params(gan={"conditional": True})
+    with pytest.raises(TrainingError, match=r"^gan.conditional: expected .*" + found):
+        run_cgan(params, tmp_path, labels=labels)
+    assert not (tmp_path / "run").exists()  # before any work
+
+
 def test_gan_ema_ends_with_batchnorm_statistics_of_its_own_samples(tmp_path):
     own = run_gan(tiny_params(), tmp_path, "own")
     copied = run_gan(tiny_params(gan={"ema_bn_batches": 0}), tmp_path, "copied")

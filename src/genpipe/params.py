@@ -117,6 +117,9 @@ class GanParams(Section):
     # batches of noise (train.batch_size each) on which the EMA generator's BatchNorm running
     # statistics are recomputed for its own weights after training; 0: the live G's, copied
     ema_bn_batches: int = Field(50, ge=0)
+    # class-conditional on the data's labels: G takes a label beside z, D projects it on
+    # its features; samples take labels in the train split's class shares
+    conditional: bool = False
 
 
 class AutoencoderParams(Section):

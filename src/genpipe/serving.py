@@ -6,7 +6,9 @@ its weights directory (artifact "weights": safetensors + config.json), so
 `mlflow.pyfunc.load_model(uri)` works in any process with torch and MLflow installed.
 
 - GAN: `predict(pd.DataFrame({"seed": [0, 1, ...]}))` -> uint8 (N, C, S, S), one image
-  per seed, the same image for the same seed.
+  per seed, the same image for the same seed. A conditional GAN (gan.conditional) takes
+  an optional "label" column (class indices); without it each seed draws its class from
+  the train split's class shares.
 - Autoencoder: `predict(uint8 array (N, C, S, S))` -> their reconstructions, uint8.
 """
 
@@ -40,15 +42,31 @@ class GenpipeModel(PythonModel):
         with torch.inference_mode():
             if self.kind == "gan":
                 seeds = np.asarray(model_input["seed"], dtype=np.int64)  # (N,)
-                z = torch.stack([
-                    torch.randn(self.net.z_dim, generator=torch.Generator().manual_seed(int(s)))
-                    for s in seeds
-                ])  # fmt: skip
-                out = self.net(z)
+                draws = [torch.Generator().manual_seed(int(s)) for s in seeds]
+                z = torch.stack([torch.randn(self.net.z_dim, generator=g) for g in draws])
+                out = self.net(z, *self._labels(model_input, draws))
             else:
                 x = torch.from_numpy(np.ascontiguousarray(model_input, dtype=np.uint8))
                 out = self.net(to_float(x))[0]  # a VAE decodes its mean
         return to_uint8(out)  # (N, C, S, S)
+
+    def _labels(self, model_input, draws) -> tuple:
+        """A conditional GAN's labels: the "label" column when given, else each seed's own
+        draw from the train split's class shares (so a seed is one image wherever it sits
+        in a request); () for an unconditional one."""
+        torch = self.torch
+        classes = getattr(self.net, "num_classes", 0)
+        if not classes:
+            return ()
+        if "label" in getattr(model_input, "columns", ()):
+            labels = np.asarray(model_input["label"])
+            integral = labels.dtype.kind in "iu"
+            bad = (labels[(labels < 0) | (labels >= classes)] if integral else labels).tolist()
+            if bad:
+                raise ValueError(f"label: expected class indices 0..{classes - 1}; got {bad[0]!r}")
+            return (torch.from_numpy(labels.astype(np.int64)),)
+        shares = torch.tensor(self.net.class_weights, dtype=torch.float64)
+        return (torch.cat([torch.multinomial(shares, 1, generator=g) for g in draws]),)
 
 
 mlflow.models.set_model(GenpipeModel())

@@ -59,11 +59,14 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 class DeviceImages:
-    """The whole uint8 dataset on the device; batches are drawn by index there."""
+    """The whole uint8 dataset on the device, with its labels when given; batches are drawn
+    by index there."""
 
-    def __init__(self, images: np.ndarray, device: torch.device, compiled: bool = False):
+    def __init__(self, images: np.ndarray, device: torch.device, compiled: bool = False,
+                 labels: np.ndarray | None = None):  # fmt: skip
         self.device = device
         self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device)  # (N, C, H, W)
+        self.labels = None if labels is None else torch.from_numpy(labels).long().to(device)
         self.channels_last = runtime.channels_last(device, compiled)
 
     def __len__(self) -> int:
@@ -493,6 +496,31 @@ def load_train_split(prepared_dir: Path, batch_size: int | None = None) -> tuple
     if batch_size is not None:
         check_batch_size(batch_size, int(train.sum()))
     return np.asarray(prepared.images[train]), prepared_sha256(prepared_dir)
+
+
+def load_train_labels(prepared_dir: Path) -> np.ndarray:
+    """The train split's labels (N,) int64, in the order of load_train_split's images."""
+    manifest = read_prepared(prepared_dir).manifest
+    return manifest["label"].to_numpy()[(manifest["split"] == "train").to_numpy()]
+
+
+def class_weights(labels: np.ndarray | None, key: str, count: int | None = None) -> list[float]:
+    """The classes' shares of `labels`, for `key`, a param that needs labeled data: a label
+    for each of `count` images (when given), every one in 0..K-1 and at least 2 classes, or
+    one line saying what was found."""
+    if labels is None or (count is not None and len(labels) != count):
+        found = "none" if labels is None else f"{len(labels):,}"
+        raise TrainingError(f"{key}: expected a label for each of the {count:,} train images; "
+                            f"got {found}")  # fmt: skip
+    unlabeled = int((labels < 0).sum())
+    classes = int(labels.max()) + 1 if len(labels) else 0
+    if unlabeled or len(np.unique(labels)) < 2:
+        found = f"{unlabeled:,} unlabeled images" if unlabeled else f"{classes} class"
+        raise TrainingError(
+            f"{key}: expected labeled train images in at least 2 classes (a folder source "
+            f"labels images by their first-level subfolder); found {found}"
+        )
+    return (np.bincount(labels, minlength=classes) / len(labels)).tolist()
 
 
 def check_batch_size(batch_size: int, train_images: int) -> None:

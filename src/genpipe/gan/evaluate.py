@@ -30,11 +30,16 @@ GRID_SAMPLES = 64
 def generate(
     netG: Generator, n: int, seed: int, batch_size: int, device: torch.device
 ) -> np.ndarray:
-    """(n, C, S, S) uint8 samples from fixed noise, quantised as the real images are."""
+    """(n, C, S, S) uint8 samples from fixed noise, quantised as the real images are; a
+    conditional generator's in the train split's class shares."""
     noise = runtime.make_generator(device, seed)
     z = torch.randn(n, netG.z_dim, device=device, generator=noise)  # drawn at once: the
     # samples do not depend on the batch size
-    return np.concatenate([to_uint8(netG(zb)) for zb in z.split(batch_size)])
+    labels = netG.labels(n, device) if getattr(netG, "num_classes", 0) else None
+    if labels is None:
+        return np.concatenate([to_uint8(netG(zb)) for zb in z.split(batch_size)])
+    batches = zip(z.split(batch_size), labels.split(batch_size), strict=True)
+    return np.concatenate([to_uint8(netG(zb, yb)) for zb, yb in batches])
 
 
 def evaluate_gan(

@@ -30,6 +30,7 @@ __all__ = [
     "generator_loss",
     "gradient_penalty",
     "init_weights",
+    "prior_labels",
     "r1_penalty",
     "resolution_plan",
 ]
@@ -58,19 +59,43 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class Generator(nn.Module):
-    """z (N, z_dim) -> image (N, C, S, S) in [-1, 1]."""
+def prior_labels(n: int, class_weights: list[float], device: torch.device | None = None) -> Tensor:
+    """(n,) class labels in the proportions `class_weights`, exactly up to rounding (largest
+    remainder), interleaved rather than grouped: the labels a conditional generator samples
+    the data's distribution with. Deterministic, so fixed noise gives fixed samples; with
+    equal weights, 0, 1, ..., K-1, 0, 1, ..."""
+    w = torch.tensor(class_weights, dtype=torch.float64)
+    share = n * w / w.sum()
+    counts = share.floor().long()
+    extra = n - int(counts.sum())
+    counts[torch.argsort(counts - share, stable=True)[:extra]] += 1  # largest remainders
+    labels = torch.repeat_interleave(torch.arange(len(w)), counts)
+    # the j-th of a class's c labels sits at (j + 0.5) / c of the way: its share spread out
+    keys = torch.cat([(torch.arange(int(c)) + 0.5) / max(int(c), 1) for c in counts])
+    return labels[torch.argsort(keys, stable=True)].to(device)
 
-    def __init__(self, image_size: int, channels: int, z_dim: int, width: int, depth: int = 0):
+
+class Generator(nn.Module):
+    """z (N, z_dim) -> image (N, C, S, S) in [-1, 1]. Conditional (`class_weights`, the
+    train split's class shares): the label's one-hot joins z, and a call without labels
+    samples them from those shares (prior_labels)."""
+
+    def __init__(self, image_size: int, channels: int, z_dim: int, width: int, depth: int = 0,
+                 class_weights: list[float] | None = None):  # fmt: skip
         super().__init__()
+        class_weights = list(class_weights) if class_weights else None
         self._config = dict(
-            image_size=image_size, channels=channels, z_dim=z_dim, width=width, depth=depth
-        )
+            image_size=image_size, channels=channels, z_dim=z_dim, width=width, depth=depth,
+            class_weights=class_weights,
+        )  # fmt: skip
+        self.class_weights = class_weights
+        self.num_classes = len(class_weights) if class_weights else 0
         base, n_up = resolution_plan(image_size)
         widths = _widths(width, n_up + 1)  # widths[i]: feature maps at base * 2**i
         self.z_dim = z_dim
+        z_in = z_dim + self.num_classes
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(z_dim, widths[0], base, 1, 0, bias=False),  # 1x1 -> base x base
+            nn.ConvTranspose2d(z_in, widths[0], base, 1, 0, bias=False),  # 1x1 -> base x base
             nn.BatchNorm2d(widths[0]),
             nn.ReLU(inplace=True),
         ]
@@ -90,8 +115,17 @@ class Generator(nn.Module):
         self.main = nn.Sequential(*layers)
         init_weights(self)
 
-    def forward(self, z: Tensor) -> Tensor:
-        return self.main(z.reshape(-1, self.z_dim, 1, 1))  # (N, C, S, S)
+    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        z = z.reshape(-1, self.z_dim)
+        if self.num_classes:
+            labels = self.labels(len(z), z.device) if labels is None else labels
+            z = torch.cat([z, F.one_hot(labels, self.num_classes).to(z.dtype)], dim=1)
+        return self.main(z[:, :, None, None])  # (N, C, S, S)
+
+    def labels(self, n: int, device: torch.device | None = None) -> Tensor | None:
+        """The labels that n samples take from the data's class shares; None when
+        unconditional."""
+        return prior_labels(n, self.class_weights, device) if self.class_weights else None
 
     def config(self) -> dict:
         """Constructor kwargs: Generator(**netG.config()) rebuilds the architecture."""
@@ -99,7 +133,9 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """image (N, C, S, S) -> logits (N,)."""
+    """image (N, C, S, S) -> logits (N,). Conditional (`num_classes`): a projection
+    discriminator (Miyato & Koyama 2018), whose logit gains the inner product of a learned
+    class embedding with the image's features, summed over the last map."""
 
     def __init__(
         self,
@@ -109,6 +145,7 @@ class Discriminator(nn.Module):
         depth: int = 0,
         spectral_norm: bool = False,
         batch_norm: bool = True,
+        num_classes: int = 0,
     ):
         super().__init__()
         self._config = dict(
@@ -118,6 +155,7 @@ class Discriminator(nn.Module):
             depth=depth,
             spectral_norm=spectral_norm,
             batch_norm=batch_norm,
+            num_classes=num_classes,
         )
         base, n_up = resolution_plan(image_size)
         widths = _widths(width, n_up)[::-1]  # widths[i]: feature maps at S / 2**(i+1)
@@ -139,26 +177,45 @@ class Discriminator(nn.Module):
             c_in = c_out
         layers.append(nn.Conv2d(c_in, 1, base, 1, 0))  # base x base -> 1x1
         self.main = nn.Sequential(*layers)
+        self.embed = nn.Embedding(num_classes, c_in) if num_classes else None
         init_weights(self)
+        if self.embed is not None:
+            nn.init.xavier_uniform_(self.embed.weight)
         if spectral_norm:
             for m in self.main:
                 if isinstance(m, nn.Conv2d):
                     _spectral_norm(m)
+            if self.embed is not None:
+                _spectral_norm(self.embed)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.main(x).flatten()  # (N, 1, 1, 1) -> (N,)
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        if self.embed is None:
+            return self.main(x).flatten()  # (N, 1, 1, 1) -> (N,)
+        *body, head = self.main
+        h = x
+        for layer in body:
+            h = layer(h)  # (N, c, base, base): the features the label is projected on
+        logits = head(h).flatten()
+        if labels is None:
+            raise ValueError("a conditional discriminator scores an image with its label")
+        return logits + (self.embed(labels).to(h.dtype) * h.sum(dim=(2, 3))).sum(dim=1)
 
     def config(self) -> dict:
         """Constructor kwargs: Discriminator(**netD.config()) rebuilds the architecture."""
         return dict(self._config)
 
 
-def gan_config(image_size: int, channels: int, params: GanParams) -> dict:
-    """{"generator": kwargs, "discriminator": kwargs} from the data shape and a GanParams.
+def gan_config(image_size: int, channels: int, params: GanParams,
+               class_weights: list[float] | None = None) -> dict:  # fmt: skip
+    """{"generator": kwargs, "discriminator": kwargs} from the data shape and a GanParams;
+    with gan.conditional, `class_weights` are the train split's class shares.
 
     The WGAN-GP critic gets no BatchNorm: the penalty is per sample, and BatchNorm
     would make each critic output depend on the rest of the batch (Gulrajani et al. 2017).
     """
+    if params.conditional and not class_weights:
+        raise ValueError("gan.conditional: expected the train split's class shares")
+    weights = list(class_weights) if params.conditional and class_weights else None
     return {
         "generator": dict(
             image_size=image_size,
@@ -166,6 +223,7 @@ def gan_config(image_size: int, channels: int, params: GanParams) -> dict:
             z_dim=params.z_dim,
             width=params.width,
             depth=params.depth,
+            class_weights=weights,
         ),
         "discriminator": dict(
             image_size=image_size,
@@ -174,6 +232,7 @@ def gan_config(image_size: int, channels: int, params: GanParams) -> dict:
             depth=params.depth,
             spectral_norm=params.spectral_norm,
             batch_norm=params.loss != "wgan-gp",
+            num_classes=len(weights) if weights else 0,
         ),
     }
 
@@ -211,6 +270,7 @@ def gradient_penalty(
     fake: Tensor,
     generator: torch.Generator | None = None,
     alpha: Tensor | None = None,
+    labels: Tensor | None = None,
 ) -> Tensor:
     """WGAN-GP: mean over the batch of (||grad_x D(x_hat)||_2 - 1)^2 at random interpolates.
 
@@ -222,7 +282,8 @@ def gradient_penalty(
         alpha = torch.rand(n, generator=generator, device=real.device)
     alpha = alpha.to(real.dtype).reshape(n, 1, 1, 1)
     x_hat = torch.lerp(fake.detach().to(real.dtype), real.detach(), alpha).requires_grad_(True)
-    (grad,) = torch.autograd.grad(netD(x_hat).sum(), x_hat, create_graph=True)
+    scores = netD(x_hat) if labels is None else netD(x_hat, labels)  # conditional: the reals'
+    (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
     norm = grad.float().reshape(n, -1).norm(2, dim=1)  # (N,)
     return ((norm - 1.0) ** 2).mean()
 

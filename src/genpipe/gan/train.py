@@ -69,9 +69,11 @@ class Gan:
 
 
 def build_gan(params: Params, channels: int, size: int, device: torch.device,
-              world: distributed.World | None = None) -> Gan:  # fmt: skip
+              world: distributed.World | None = None,
+              class_weights: list[float] | None = None) -> Gan:  # fmt: skip
     """Seeded networks on the device, in train.precision and train.compile's form; under
-    torchrun (`world`), BatchNorm over the global batch and the step's views in DDP."""
+    torchrun (`world`), BatchNorm over the global batch and the step's views in DDP. With
+    gan.conditional, `class_weights` are the train split's class shares."""
     cfg, train = params.gan, params.train
     dtype = runtime.resolve_precision(train.precision, device)
     runtime.seed_everything(params.seed, device, train.cpu_threads)
@@ -85,7 +87,7 @@ def build_gan(params: Params, channels: int, size: int, device: torch.device,
     # stream that warms the step up and captures it (training.CudaGraphStep)
     stream = torch.cuda.Stream(device) if graphed else None
 
-    networks = gan_config(size, channels, cfg)  # WGAN-GP's critic gets no BatchNorm
+    networks = gan_config(size, channels, cfg, class_weights)  # WGAN-GP's: no BatchNorm
     netG = runtime.prepare_module(Generator(**networks["generator"]), device, train.compile)
     netD = runtime.prepare_module(Discriminator(**networks["discriminator"]), device, train.compile)
     if world is not None:  # before the EMA's copy and the optimizers: the same tensors
@@ -150,17 +152,20 @@ def gan_step(
     for i in range(cfg.d_steps):
         real = data.take(index[i])  # (B, C, S, S) in [-1, 1]
         real.requires_grad_(cfg.r1_weight > 0)  # R1 differentiates D(real) by the images
+        # conditional: G draws for the real images' labels, and D scores both with them
+        y = None if data.labels is None else data.labels[index[i]]
+        labels = () if y is None else (y,)
         with runtime.autocast(device, dtype):
             # the last fake keeps G's graph: (2) scores it again rather than drawing anew
             with torch.set_grad_enabled(i == cfg.d_steps - 1):
-                fake = gan.stepG(z[i])
-            real_logits = gan.stepD(real)
-            loss_d = discriminator_loss(cfg.loss, real_logits, gan.stepD(fake.detach()))
+                fake = gan.stepG(z[i], *labels)
+            real_logits = gan.stepD(real, *labels)
+            loss_d = discriminator_loss(cfg.loss, real_logits, gan.stepD(fake.detach(), *labels))
         if cfg.r1_weight > 0:  # R1 (Mescheder et al. 2018): keeps D flat on the real data
             loss_d = loss_d + 0.5 * cfg.r1_weight * r1_penalty(real, real_logits)
         if alpha is not None:  # WGAN-GP; the penalty's double backward stays in fp32
             loss_d = loss_d + cfg.gp_weight * gradient_penalty(
-                gan.stepD, real, fake.detach().float(), alpha=alpha[i]
+                gan.stepD, real, fake.detach().float(), alpha=alpha[i], labels=y
             )
         gan.optD.zero_grad(set_to_none=True)
         gan.scalerD.scale(loss_d).backward()
@@ -171,7 +176,7 @@ def gan_step(
     # the backward pass then skips their gradients, which G's update never reads
     gan.netD.requires_grad_(False)
     with runtime.autocast(device, dtype):
-        loss_g = generator_loss(cfg.loss, gan.scoreD(fake))
+        loss_g = generator_loss(cfg.loss, gan.scoreD(fake, *labels))
     gan.optG.zero_grad(set_to_none=True)
     gan.scalerG.scale(loss_g).backward()
     gan.scalerG.step(gan.optG)
@@ -221,6 +226,7 @@ def train_gan(
     log_path: Path,
     run: Any = None,  # a tracking.TrainingRun, or None
     world: distributed.World | None = None,  # under torchrun: rank 0 writes, all train
+    labels: np.ndarray | None = None,  # (N,) the train split's: gan.conditional needs them
 ) -> GanResult:
     """params.gan.steps steps on `images`, resumed from `checkpoint` when it holds this very
     run; the curve goes to `run` and the progress shown as it grows, to `log_path` at the end.
@@ -228,8 +234,12 @@ def train_gan(
     cfg, train = params.gan, params.train
     _, channels, size, _ = images.shape
     training.check_batch_size(train.batch_size, len(images))  # before any work
-    gan = build_gan(params, channels, size, device, world)
-    data = training.DeviceImages(images, device, train.compile)
+    # conditional: every image labeled, in 2 classes or more, checked before any work
+    key, n = "gan.conditional", len(images)
+    weights = training.class_weights(labels, key, n) if cfg.conditional else None
+    gan = build_gan(params, channels, size, device, world, weights)
+    data = training.DeviceImages(images, device, train.compile,
+                                 labels if cfg.conditional else None)  # fmt: skip
     batches = runtime.make_generator(device, params.seed + 1)  # which images
     noise = runtime.make_generator(device, params.seed + 2)  # z and GP interpolation
     identity = training.run_identity("gan", params.model_dump(mode="json", by_alias=True),

@@ -329,9 +329,12 @@ def _log_and_register(
     config = _read_json(outputs.weights / "config.json", "the train stage's network config")
     c, s = config["channels"], config["image_size"]
     images = Schema([TensorSpec(np.dtype(np.uint8), (-1, c, s, s))])  # (N, C, S, S) uint8
-    if outputs.model == "gan":  # seeds -> images
+    if outputs.model == "gan":  # seeds (and a conditional GAN's optional labels) -> images
         example = pd.DataFrame({"seed": np.array([0, 1], dtype=np.int64)})
-        signature = ModelSignature(inputs=Schema([ColSpec("long", "seed")]), outputs=images)
+        columns = [ColSpec("long", "seed")]
+        if (config.get("generator") or {}).get("class_weights"):
+            columns.append(ColSpec("long", "label", required=False))
+        signature = ModelSignature(inputs=Schema(columns), outputs=images)
     else:  # images -> their reconstructions
         example = np.zeros((2, c, s, s), dtype=np.uint8)
         signature = ModelSignature(inputs=images, outputs=images)
