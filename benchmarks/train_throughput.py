@@ -411,6 +411,11 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {"batch_size": args.batch_size, "cpu_threads": args.threads}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     params = params.model_copy(update={"train": params.train.model_copy(update=overrides)})
+    if params.gan.conditional:  # the plain loop has no labels; the label adds one embedding
+        progress("gan.conditional: timed unconditional (the plain loop takes no labels)")
+        params = params.model_copy(
+            update={"gan": params.gan.model_copy(update={"conditional": False})}
+        )
     B = params.train.batch_size
     device = runtime.resolve_device(args.device)
     iters = args.iters or (500 if device.type == "cuda" else 200)

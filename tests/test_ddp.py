@@ -357,8 +357,11 @@ def checkpoint_layout(path: Path, model: str) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("model", "net"), [("gan", {"loss": "hinge", "r1_weight": 1.0}),
+                                            ("gan", {"conditional": True, "minibatch_std": 4}),
                                             ("autoencoder", {"kind": "vae"})])  # fmt: skip
 def test_two_process_runs_are_bitwise_identical_and_match_one_process(tmp_path, model, net):
+    """The conditional GAN with minibatch_std: each rank's groups of 4 are the groups one
+    process forms, and the EMA's standing statistics take the global batch's labels."""
     two = {"nproc_per_node": 2}
     runs = {name: workdir(tmp_path / name, model, train=train, **net)
             for name, train in (("one", {}), ("two", two), ("again", two))}  # fmt: skip

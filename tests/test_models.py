@@ -25,6 +25,7 @@ from genpipe.gan.network import (
     gan_config,
     generator_loss,
     gradient_penalty,
+    minibatch_stddev,
     prior_labels,
     r1_penalty,
     recompute_batchnorm,
@@ -412,6 +413,7 @@ def networks() -> list[nn.Module]:
         AutoEncoder(16, 3, LATENT, WIDTH, depth=1, kind="vae"),
         Generator(16, 1, Z_DIM, WIDTH, class_weights=[0.5, 0.3, 0.2]),
         Discriminator(16, 1, WIDTH, spectral_norm=True, num_classes=3),
+        Discriminator(28, 1, WIDTH, depth=1, num_classes=3, minibatch_std=2),
     ]
 
 
@@ -428,7 +430,7 @@ def output(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
-@pytest.mark.parametrize("index", range(6))
+@pytest.mark.parametrize("index", range(7))
 def test_config_round_trip(index):
     torch.manual_seed(0)
     net = networks()[index]
@@ -473,7 +475,7 @@ def test_dcgan_init():
     assert bn.std().item() == pytest.approx(0.02, rel=0.2)
 
 
-@pytest.mark.parametrize("index", range(6))
+@pytest.mark.parametrize("index", range(7))
 def test_channels_last_and_bf16_autocast(index):
     torch.manual_seed(0)
     net = networks()[index]
@@ -502,6 +504,8 @@ def test_gan_config_builds_the_networks_from_params():
     nsgan = gan_config(28, 3, GanParams())["discriminator"]
     assert nsgan["batch_norm"] is True and nsgan["spectral_norm"] is False
     assert nsgan["num_classes"] == 0 and cfg["generator"]["class_weights"] is None
+    assert nsgan["minibatch_std"] == 0
+    assert gan_config(28, 3, GanParams(minibatch_std=4))["discriminator"]["minibatch_std"] == 4
 
 
 def test_a_conditional_gan_samples_the_class_shares_and_scores_with_the_label():
@@ -525,3 +529,33 @@ def test_a_conditional_gan_samples_the_class_shares_and_scores_with_the_label():
     assert not torch.allclose(netD(x, torch.tensor([0, 0, 0])), netD(x, torch.tensor([1, 1, 1])))
     with pytest.raises(ValueError, match="scores an image with its label"):
         netD(x)
+
+
+def test_minibatch_stddev_is_each_groups_spread():
+    h = torch.randn(8, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    out = minibatch_stddev(h, 4)  # groups of 4 consecutive samples: 0-3 and 4-7
+    assert out.shape == (8, 1, 2, 2)
+    for i in range(8):
+        group = h[i // 4 * 4 : i // 4 * 4 + 4]
+        expected = (group.var(dim=0, unbiased=False) + 1e-8).sqrt().mean()
+        torch.testing.assert_close(out[i], expected.expand(1, 2, 2))
+    # a rank's slice of the batch under torchrun forms the same groups
+    torch.testing.assert_close(minibatch_stddev(h[4:], 4), out[4:])
+    same = h[:1].expand(8, 3, 2, 2)  # a collapsed batch: no spread
+    assert minibatch_stddev(same, 4).max() < 1e-3 < out.min()
+    # a batch the group does not divide falls into the largest group that does: 6 -> 3
+    three = (h[:3].var(0, unbiased=False) + 1e-8).sqrt().mean()
+    torch.testing.assert_close(minibatch_stddev(h[:6], 4)[0, 0, 0, 0], three)
+
+
+@pytest.mark.parametrize("minibatch_std", [0, 4])
+def test_the_minibatch_std_discriminator_scores_an_image_against_its_group(minibatch_std):
+    torch.manual_seed(0)
+    netD = Discriminator(16, 1, WIDTH, batch_norm=False, minibatch_std=minibatch_std).eval()
+    x = images(8, 1, 16)
+    mate, other = x.clone(), x.clone()
+    mate[2] = -mate[2]  # in sample 0's group of 4 (0 to 3)
+    other[5] = -other[5]  # not
+    torch.testing.assert_close(netD(other)[0], netD(x)[0])
+    assert torch.equal(netD(mate)[0], netD(x)[0]) is (minibatch_std == 0)
+    assert netD.main[-1].in_channels == WIDTH + (1 if minibatch_std else 0)

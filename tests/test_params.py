@@ -174,6 +174,20 @@ def test_compile_with_several_processes_is_refused():
     assert parse_params({"train": {"compile": True}}).train.compile  # one process compiles
 
 
+@pytest.mark.parametrize(
+    ("train", "group", "per_process"),
+    [({"batch_size": 64}, 1, 64), ({"batch_size": 30}, 4, 30),
+     ({"batch_size": 16, "nproc_per_node": 2}, 16, 8)],
+)  # fmt: skip
+def test_a_minibatch_std_group_must_split_each_process_batch(train, group, per_process):
+    assert error_for({"train": train, "gan": {"minibatch_std": group}}) == (
+        "gan.minibatch_std: expected 0 (off) or a group size of at least 2 that divides each "
+        f"process's batch of {per_process}; got {group}"
+    )
+    ok = parse_params({"train": {**train, "batch_size": 16}, "gan": {"minibatch_std": 4}})
+    assert ok.gan.minibatch_std == 4
+
+
 def test_not_a_mapping():
     assert error_for(["data"]) == "params: expected a mapping of sections; got list"
 

@@ -21,7 +21,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from genpipe import images, runtime, training
+from genpipe import distributed, images, runtime, training
 from genpipe.autoencoder import train as ae_loop
 from genpipe.data.canonical import (
     Prepared,
@@ -174,6 +174,31 @@ def test_a_conditional_gan_trains_on_the_labels_bitwise_identically(tmp_path, lo
     from genpipe.gan.evaluate import generate
 
     torch.testing.assert_close(generate(a.ema, 40, 0, 7, CPU), generate(a.ema, 40, 0, 64, CPU))
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_a_minibatch_std_gan_trains_bitwise_identically(tmp_path, conditional):
+    """gan.minibatch_std: D's last layer also sees each group's spread; repeatable to the
+    bit, and other weights than without it."""
+    params = tiny_params(gan={"minibatch_std": 4, "conditional": conditional})
+    a, b = run_cgan(params, tmp_path, "a"), run_cgan(params, tmp_path, "b")
+    assert_same_weights(a.ema, b.ema)
+    assert_same_weights(a.netD, b.netD)
+    assert a.config["discriminator"]["minibatch_std"] == 4
+    plain = run_cgan(tiny_params(gan={"conditional": conditional}), tmp_path, "plain")
+    assert a.netD.main[-1].in_channels == plain.netD.main[-1].in_channels + 1  # + the map
+    assert not torch.equal(plain.ema.main[0].weight, a.ema.main[0].weight)
+
+
+def test_an_outer_torchrun_whose_slices_the_group_does_not_split_is_refused(tmp_path):
+    """params allow minibatch_std 8 with batches of 16 in one process; 4 processes of an
+    outer torchrun get slices of 4, refused before any work or file."""
+    params = tiny_params(gan={"minibatch_std": 8})
+    world = distributed.World(rank=0, size=4, local_rank=0)
+    with pytest.raises(TrainingError, match=r"^gan.minibatch_std: .*batch of 4; got 8$"):
+        gan_loop.train_gan(params, IMAGES, "data-hash", CPU, tmp_path / "ckpt.pt",
+                           tmp_path / "train_log.csv", world=world)  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(

@@ -120,6 +120,9 @@ class GanParams(Section):
     # class-conditional on the data's labels: G takes a label beside z, D projects it on
     # its features; samples take labels in the train split's class shares
     conditional: bool = False
+    # group size of the discriminator's minibatch standard deviation feature (ProGAN: 4),
+    # which lets it see a batch's variety; 0: off
+    minibatch_std: int = Field(0, ge=0)
 
 
 class AutoencoderParams(Section):
@@ -244,6 +247,16 @@ def _check_context(params: Params) -> None:
             raise ParamsError(f"data.mirrors[{i}]: expected an http(s):// URL; got {url!r}")
     if params.train.compile and params.train.nproc_per_node > 1:
         raise ParamsError(COMPILE_DDP.format(where="with train.nproc_per_node above 1"))
+    train, group = params.train, params.gan.minibatch_std
+    per_process = train.batch_size // train.nproc_per_node  # not a whole number: refused at launch
+    if group == 1 or (group and per_process % group):
+        raise ParamsError(minibatch_group_error(group, per_process))
+
+
+def minibatch_group_error(group: int, per_process: int) -> str:
+    """gan.minibatch_std's groups split each process's batch evenly, as one process would."""
+    return (f"gan.minibatch_std: expected 0 (off) or a group size of at least 2 that divides "
+            f"each process's batch of {per_process}; got {group}")  # fmt: skip
 
 
 # torch.compile of the DDP step: on the CPU torch's compiled DDP crashed (free(): invalid

@@ -510,12 +510,13 @@ def class_weights(labels: np.ndarray | None, key: str, count: int | None = None)
     one line saying what was found."""
     if labels is None or (count is not None and len(labels) != count):
         found = "none" if labels is None else f"{len(labels):,}"
-        raise TrainingError(f"{key}: expected a label for each of the {count:,} train images; "
-                            f"got {found}")  # fmt: skip
+        each = "each train image" if count is None else f"each of the {count:,} train images"
+        raise TrainingError(f"{key}: expected a label for {each}; got {found}")
     unlabeled = int((labels < 0).sum())
     classes = int(labels.max()) + 1 if len(labels) else 0
     if unlabeled or len(np.unique(labels)) < 2:
-        found = f"{unlabeled:,} unlabeled images" if unlabeled else f"{classes} class"
+        n = len(np.unique(labels))
+        found = f"{unlabeled:,} unlabeled images" if unlabeled else f"{n} class{'es' * (n != 1)}"
         raise TrainingError(
             f"{key}: expected labeled train images in at least 2 classes (a folder source "
             f"labels images by their first-level subfolder); found {found}"

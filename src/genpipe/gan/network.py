@@ -30,6 +30,7 @@ __all__ = [
     "generator_loss",
     "gradient_penalty",
     "init_weights",
+    "minibatch_stddev",
     "prior_labels",
     "r1_penalty",
     "resolution_plan",
@@ -132,10 +133,26 @@ class Generator(nn.Module):
         return dict(self._config)
 
 
+def minibatch_stddev(h: Tensor, group: int) -> Tensor:
+    """(N, C, H, W) features -> (N, 1, H, W): ProGAN's minibatch standard deviation (Karras
+    et al. 2018). The batch falls into runs of `group` consecutive samples (the largest
+    divisor of N up to it), so a rank's slice of the batch under torchrun forms the groups
+    one process would; each sample's map is its group's per-feature standard deviation,
+    averaged over C, H and W. A discriminator that sees how alike a batch's images are can
+    tell a generator whose images are too alike."""
+    n, _, height, width = h.shape
+    g = max(d for d in range(1, min(group, n) + 1) if n % d == 0)
+    y = h.float().reshape(n // g, g, *h.shape[1:])  # y[a, b]: sample a * g + b
+    std = (y.var(dim=1, unbiased=False) + 1e-8).sqrt()  # (n // g, C, H, W)
+    per_group = std.mean(dim=(1, 2, 3)).repeat_interleave(g)  # (n,)
+    return per_group[:, None, None, None].expand(n, 1, height, width).to(h.dtype)
+
+
 class Discriminator(nn.Module):
     """image (N, C, S, S) -> logits (N,). Conditional (`num_classes`): a projection
     discriminator (Miyato & Koyama 2018), whose logit gains the inner product of a learned
-    class embedding with the image's features, summed over the last map."""
+    class embedding with the image's features, summed over the last map. `minibatch_std`
+    (a group size; 0: off): the last layer also sees minibatch_stddev's map."""
 
     def __init__(
         self,
@@ -146,6 +163,7 @@ class Discriminator(nn.Module):
         spectral_norm: bool = False,
         batch_norm: bool = True,
         num_classes: int = 0,
+        minibatch_std: int = 0,
     ):
         super().__init__()
         self._config = dict(
@@ -156,7 +174,9 @@ class Discriminator(nn.Module):
             spectral_norm=spectral_norm,
             batch_norm=batch_norm,
             num_classes=num_classes,
+            minibatch_std=minibatch_std,
         )
+        self.minibatch_std = minibatch_std
         base, n_up = resolution_plan(image_size)
         widths = _widths(width, n_up)[::-1]  # widths[i]: feature maps at S / 2**(i+1)
         use_bn = batch_norm and not spectral_norm
@@ -175,7 +195,8 @@ class Discriminator(nn.Module):
                 layers += block(c_out, c_out, 3, 1, 1, use_bn)
                 layers.append(nn.LeakyReLU(0.2, inplace=True))
             c_in = c_out
-        layers.append(nn.Conv2d(c_in, 1, base, 1, 0))  # base x base -> 1x1
+        extra = 1 if minibatch_std else 0  # the minibatch_stddev map beside the features
+        layers.append(nn.Conv2d(c_in + extra, 1, base, 1, 0))  # base x base -> 1x1
         self.main = nn.Sequential(*layers)
         self.embed = nn.Embedding(num_classes, c_in) if num_classes else None
         init_weights(self)
@@ -189,13 +210,18 @@ class Discriminator(nn.Module):
                 _spectral_norm(self.embed)
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
-        if self.embed is None:
+        if self.embed is None and not self.minibatch_std:
             return self.main(x).flatten()  # (N, 1, 1, 1) -> (N,)
         *body, head = self.main
         h = x
         for layer in body:
             h = layer(h)  # (N, c, base, base): the features the label is projected on
-        logits = head(h).flatten()
+        if self.minibatch_std:
+            logits = head(torch.cat([h, minibatch_stddev(h, self.minibatch_std)], 1)).flatten()
+        else:
+            logits = head(h).flatten()
+        if self.embed is None:
+            return logits
         if labels is None:
             raise ValueError("a conditional discriminator scores an image with its label")
         return logits + (self.embed(labels).to(h.dtype) * h.sum(dim=(2, 3))).sum(dim=1)
@@ -212,6 +238,8 @@ def gan_config(image_size: int, channels: int, params: GanParams,
 
     The WGAN-GP critic gets no BatchNorm: the penalty is per sample, and BatchNorm
     would make each critic output depend on the rest of the batch (Gulrajani et al. 2017).
+    gan.minibatch_std brings back a dependence on the sample's group, on purpose: ProGAN
+    trained WGAN-GP with it.
     """
     if params.conditional and not class_weights:
         raise ValueError("gan.conditional: expected the train split's class shares")
@@ -233,6 +261,7 @@ def gan_config(image_size: int, channels: int, params: GanParams,
             spectral_norm=params.spectral_norm,
             batch_norm=params.loss != "wgan-gp",
             num_classes=len(weights) if weights else 0,
+            minibatch_std=params.minibatch_std,
         ),
     }
 
@@ -319,9 +348,10 @@ def ema_update(
 
 
 @torch.no_grad()
-def recompute_batchnorm(net: nn.Module, inputs: Iterable[Tensor]) -> None:
+def recompute_batchnorm(net: nn.Module, inputs: Iterable[Tensor | tuple[Tensor, ...]]) -> None:
     """Replace `net`'s BatchNorm running statistics by the plain average of the batch
-    statistics it computes on `inputs`, then leave it in eval mode; the weights are kept.
+    statistics it computes on `inputs` (each a tensor, or a tuple of net's arguments), then
+    leave it in eval mode; the weights are kept.
 
     For the EMA generator ("standing statistics", Brock et al. 2019, BigGAN): ema_update
     copies the live G's running statistics, which belong to other weights, and in eval mode
@@ -333,7 +363,7 @@ def recompute_batchnorm(net: nn.Module, inputs: Iterable[Tensor]) -> None:
         m.momentum = None  # a cumulative average over the batches
     net.train()
     for x in inputs:
-        net(x)
+        net(*x) if isinstance(x, tuple) else net(x)
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
     net.eval()

@@ -16,6 +16,7 @@ from PIL import Image
 from torch import nn
 
 from genpipe import distributed, runtime, training
+from genpipe.errors import TrainingError
 from genpipe.gan.network import (
     Discriminator,
     Generator,
@@ -29,7 +30,7 @@ from genpipe.gan.network import (
     recompute_batchnorm,
 )
 from genpipe.images import image_grid, to_uint8
-from genpipe.params import GanParams, Params
+from genpipe.params import GanParams, Params, minibatch_group_error
 from genpipe.progress import Progress
 
 GRID_SAMPLES = 64  # an 8 x 8 grid from fixed noise
@@ -234,6 +235,9 @@ def train_gan(
     cfg, train = params.gan, params.train
     _, channels, size, _ = images.shape
     training.check_batch_size(train.batch_size, len(images))  # before any work
+    per_process = train.batch_size // (world.size if world else 1)
+    if cfg.minibatch_std and per_process % cfg.minibatch_std:  # an outer torchrun's size
+        raise TrainingError(minibatch_group_error(cfg.minibatch_std, per_process))
     # conditional: every image labeled, in 2 classes or more, checked before any work
     key, n = "gan.conditional", len(images)
     weights = training.class_weights(labels, key, n) if cfg.conditional else None
@@ -291,11 +295,13 @@ def standing_statistics(gan: Gan, seed: int) -> None:
         return
     noise = runtime.make_generator(gan.device, seed + 3)  # beside train_gan's seed + 1, + 2
     part = gan.world.part(gan.B) if gan.world is not None else slice(None)
-    z = (
-        torch.randn(gan.B, gan.cfg.z_dim, device=gan.device, generator=noise)[part]
+    labels = gan.ema.labels(gan.B, gan.device)  # conditional: the global batch's, sliced
+    y = () if labels is None else (labels[part],)
+    batches = (
+        (torch.randn(gan.B, gan.cfg.z_dim, device=gan.device, generator=noise)[part], *y)
         for _ in range(gan.cfg.ema_bn_batches)
     )
-    recompute_batchnorm(gan.ema, z)
+    recompute_batchnorm(gan.ema, batches)
 
 
 @torch.no_grad()
