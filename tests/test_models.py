@@ -539,8 +539,10 @@ def test_minibatch_stddev_is_each_groups_spread():
         group = h[i // 4 * 4 : i // 4 * 4 + 4]
         expected = (group.var(dim=0, unbiased=False) + 1e-8).sqrt().mean()
         torch.testing.assert_close(out[i], expected.expand(1, 2, 2))
-    # a rank's slice of the batch under torchrun forms the same groups
+    # a rank's slice of the batch under torchrun forms the same groups, and the memory
+    # format does not change a bit
     torch.testing.assert_close(minibatch_stddev(h[4:], 4), out[4:])
+    assert torch.equal(minibatch_stddev(h.contiguous(memory_format=torch.channels_last), 4), out)
     same = h[:1].expand(8, 3, 2, 2)  # a collapsed batch: no spread
     assert minibatch_stddev(same, 4).max() < 1e-3 < out.min()
     # a batch the group does not divide falls into the largest group that does: 6 -> 3
