@@ -18,14 +18,16 @@ run: $(STAMP)
 	genpipe params > /dev/null  # what DVC itself would only call "unexpected error"
 	dvc repro
 
+# fast: CPU, tiny data, no servers or processes (<= 3 minutes); slow: end-to-end and the
+# integration tests (servers, stage processes, DVC, Node); --durations=15 comes from pyproject
 test: $(STAMP)
 	python -m pytest
 
 test-slow: $(STAMP)
-	python -m pytest -m slow
+	python -m pytest -m "slow or integration"
 
 test-all: $(STAMP)
-	python -m pytest -m "slow or not slow"
+	python -m pytest -m ""
 
 lint: $(STAMP)
 	ruff check src pipeline tests benchmarks

@@ -7,12 +7,12 @@ models/autoencoder/mlflow_run.json records."""
 from genpipe import paths, runtime
 from genpipe.autoencoder.artifact import load_autoencoder
 from genpipe.autoencoder.evaluate import evaluate_autoencoder
-from genpipe.data.canonical import read_prepared
+from genpipe.data.split import read_split
 from genpipe.fileio import staged_outputs, write_json
 from genpipe.params import load_params
-from genpipe.reference import load_backbone, load_reference, split_images
+from genpipe.reference import load_backbone, load_reference
 from genpipe.stage import run_stage
-from genpipe.tracking import RecordedRun
+from genpipe.tracking.runs import RecordedRun
 
 MODEL = "autoencoder"
 
@@ -25,18 +25,17 @@ def main() -> None:
     run = RecordedRun(paths.run_record(MODEL)).open(missing_ok=True)
     device = runtime.resolve_device(evaluate.device, key="evaluate.device")
     runtime.seed_everything(params.seed, device, evaluate.cpu_threads)
-    train_images, test_images = split_images(read_prepared(paths.PREPARED))
+    split = read_split(paths.PREPARED)
     reference = load_reference(paths.REFERENCE, evaluate)
     backbone = load_backbone(evaluate, reference, paths.REFERENCE, device)
     net = load_autoencoder(paths.weights_dir(MODEL), device)
     metrics, grid = evaluate_autoencoder(
-        net, train_images, test_images, reference, backbone,
+        net, split.train, split.test, reference, backbone,
         evaluate, device,
     )  # fmt: skip
-    reports = paths.reports(MODEL)
     # both files move into place only once the run has them: a failure leaves the old ones
     with staged_outputs() as stage:
-        grid_path, metrics_path = stage(reports / "eval_grid.png"), stage(reports / "metrics.json")
+        grid_path, metrics_path = stage(paths.eval_grid(MODEL)), stage(paths.metrics(MODEL))
         grid.save(grid_path, format="PNG")
         write_json(metrics_path, metrics)
         run.log(metrics, [metrics_path, grid_path], "eval/")

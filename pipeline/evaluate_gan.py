@@ -9,7 +9,7 @@ from genpipe.gan.evaluate import evaluate_gan
 from genpipe.params import load_params
 from genpipe.reference import load_backbone, load_reference
 from genpipe.stage import run_stage
-from genpipe.tracking import RecordedRun
+from genpipe.tracking.runs import RecordedRun
 
 MODEL = "gan"
 
@@ -26,10 +26,9 @@ def main() -> None:
     backbone = load_backbone(evaluate, reference, paths.REFERENCE, device)
     netG = load_generator(paths.weights_dir(MODEL), device)
     metrics, grid = evaluate_gan(netG, reference, backbone, evaluate, params.seed, device)
-    reports = paths.reports(MODEL)
     # both files move into place only once the run has them: a failure leaves the old ones
     with staged_outputs() as stage:
-        grid_path, metrics_path = stage(reports / "eval_grid.png"), stage(reports / "metrics.json")
+        grid_path, metrics_path = stage(paths.eval_grid(MODEL)), stage(paths.metrics(MODEL))
         grid.save(grid_path, format="PNG")
         write_json(metrics_path, metrics)
         run.log(metrics, [metrics_path, grid_path], "eval/")

@@ -2,7 +2,7 @@
 statistics, the domain network if that is the backbone, and the FID floor)."""
 
 from genpipe import paths, runtime
-from genpipe.data.canonical import read_prepared
+from genpipe.data.split import read_split
 from genpipe.fileio import atomic_dir
 from genpipe.params import load_params
 from genpipe.reference import build_reference, write_reference
@@ -13,7 +13,7 @@ def main() -> None:
     params = load_params()
     runtime.pin_cpu_kernels(params.cpu_kernels)  # may re-execute: before any work
     device = runtime.resolve_device(params.evaluate.device, key="evaluate.device")
-    reference, net = build_reference(params, read_prepared(paths.PREPARED), device)
+    reference, net = build_reference(params, read_split(paths.PREPARED), device)
     with atomic_dir(paths.REFERENCE) as staging:
         write_reference(staging, reference, net)
 

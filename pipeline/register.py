@@ -26,7 +26,7 @@ def main() -> None:
         params.registry.force,
         params.train.experiment,
     )
-    write_json(paths.reports(model) / "registry.json", record)
+    write_json(paths.registry_record(model), record)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from genpipe.autoencoder.train import reconstruction_grid, train_autoencoder
 from genpipe.fileio import staged_outputs
 from genpipe.params import Params, load_params
 from genpipe.stage import run_stage
-from genpipe.tracking import TrainingRun
+from genpipe.tracking.runs import TrainingRun
 
 MODEL = "autoencoder"
 
@@ -24,7 +24,8 @@ def main() -> None:
     # nproc_per_node > 1: relaunch as that many workers, which inherit the pin, and wait
     if distributed.launch(f"train {MODEL}", params.train):
         return
-    images, data_hash = training.load_train_split(paths.PREPARED, params.train.batch_size)
+    split, data_hash = training.load_train_data(paths.PREPARED, params.train.batch_size)
+    images = split.train
     device = runtime.resolve_device(params.train.device)
     with distributed.joined(params.train, device) as (world, device):
         if world is None or world.main:
@@ -43,7 +44,6 @@ def write_outputs(
     device: torch.device,
     world: distributed.World | None,
 ) -> None:
-    reports = paths.reports(MODEL)
     flat = params.model_dump(mode="json", by_alias=True)
     record = paths.run_record(MODEL)
     # every output is written staged and moved into place only once the run has ended well:
@@ -53,7 +53,7 @@ def write_outputs(
         staged_outputs() as stage,
         TrainingRun(MODEL, flat, data_hash, experiment, record_path=stage(record)) as run,
     ):
-        train_log, samples = stage(reports / "train_log.csv"), stage(reports / "samples.png")
+        train_log, samples = stage(paths.train_log(MODEL)), stage(paths.samples(MODEL))
         result = train_autoencoder(params, images, data_hash, device, paths.checkpoint(MODEL),
                                    train_log, run=run, world=world)  # fmt: skip
         save_autoencoder(stage(paths.weights_dir(MODEL)), result.net, result.config)

@@ -8,12 +8,13 @@ import numpy as np
 import torch
 
 from genpipe import distributed, paths, runtime, training
+from genpipe.data.split import class_shares
 from genpipe.fileio import staged_outputs
 from genpipe.gan.artifact import save_gan
 from genpipe.gan.train import sample_grid, train_gan
 from genpipe.params import Params, load_params
 from genpipe.stage import run_stage
-from genpipe.tracking import TrainingRun
+from genpipe.tracking.runs import TrainingRun
 
 MODEL = "gan"
 
@@ -24,11 +25,12 @@ def main() -> None:
     # nproc_per_node > 1: relaunch as that many workers, which inherit the pin, and wait
     if distributed.launch(f"train {MODEL}", params.train):
         return
-    images, data_hash = training.load_train_split(paths.PREPARED, params.train.batch_size)
+    split, data_hash = training.load_train_data(paths.PREPARED, params.train.batch_size)
+    images = split.train
     labels = None
     if params.gan.conditional:  # every train image labeled, in 2 classes or more: checked now
-        labels = training.load_train_labels(paths.PREPARED)
-        training.class_weights(labels, "gan.conditional")
+        labels = split.train_labels
+        class_shares(labels, "gan.conditional")
     device = runtime.resolve_device(params.train.device)
     with distributed.joined(params.train, device) as (world, device):
         if world is None or world.main:
@@ -47,7 +49,6 @@ def write_outputs(
     device: torch.device,
     world: distributed.World | None,
 ) -> None:
-    reports = paths.reports(MODEL)
     flat = params.model_dump(mode="json", by_alias=True)
     record = paths.run_record(MODEL)
     # every output is written staged and moved into place only once the run has ended well:
@@ -57,7 +58,7 @@ def write_outputs(
         staged_outputs() as stage,
         TrainingRun(MODEL, flat, data_hash, experiment, record_path=stage(record)) as run,
     ):
-        train_log, samples = stage(reports / "train_log.csv"), stage(reports / "samples.png")
+        train_log, samples = stage(paths.train_log(MODEL)), stage(paths.samples(MODEL))
         result = train_gan(params, images, data_hash, device, paths.checkpoint(MODEL), train_log,
                            run=run, world=world, labels=labels)  # fmt: skip
         save_gan(stage(paths.weights_dir(MODEL)), result.netG, result.netD, result.ema,

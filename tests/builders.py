@@ -119,3 +119,14 @@ def random_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
         else:  # bn bias, running_mean, fc
             state[key] = 0.1 * torch.randn(shape, generator=g)
     return state
+
+
+def train_domain(images, labels, num_classes, params, seed, device):
+    """metrics.domain.train_domain_network with the numbers of a DomainParams."""
+    from genpipe.metrics.domain import train_domain_network
+
+    return train_domain_network(
+        images, labels, num_classes, steps=params.steps, batch_size=params.batch_size,
+        lr=params.lr, width=params.width, feature_dim=params.feature_dim, seed=seed,
+        device=device,
+    )  # fmt: skip

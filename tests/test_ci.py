@@ -50,11 +50,13 @@ def actionlint(path: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)  # fmt: skip
 
 
+@pytest.mark.integration
 def test_workflow_passes_actionlint():
     result = actionlint(WORKFLOW)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.integration
 def test_actionlint_finds_a_broken_workflow(tmp_path):
     broken = tmp_path / "broken.yml"
     broken.write_text(WORKFLOW.read_text().replace("github.head_ref", "github.head_reff"))
@@ -103,12 +105,14 @@ def dvc_repo(tmp_path) -> Path:
     return tmp_path
 
 
+@pytest.mark.integration
 def test_no_remote_is_a_one_line_error(dvc_repo, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
     with pytest.raises(CIError, match="expected a default remote"):
         check_setup(dvc_repo)
 
 
+@pytest.mark.integration
 def test_no_tracking_server_is_a_one_line_error(dvc_repo, monkeypatch, tmp_path):
     sh("dvc", "remote", "add", "-d", "storage", str(tmp_path / "remote"), cwd=dvc_repo)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -118,6 +122,7 @@ def test_no_tracking_server_is_a_one_line_error(dvc_repo, monkeypatch, tmp_path)
     check_setup(dvc_repo)  # both there: no error
 
 
+@pytest.mark.integration
 def test_cli_exits_non_zero_with_one_line(dvc_repo):
     result = sh(str(BIN / "genpipe"), "ci-retrain", cwd=dvc_repo, check=False,
                 env={"MLFLOW_TRACKING_URI": ""})  # fmt: skip
@@ -128,6 +133,7 @@ def test_cli_exits_non_zero_with_one_line(dvc_repo):
     ]
 
 
+@pytest.mark.integration
 def test_report_path_in_a_missing_directory_is_a_one_line_error(dvc_repo):
     result = sh(str(BIN / "genpipe"), "ci-retrain", "--report", "no/such/dir/report.md",
                 cwd=dvc_repo, check=False)  # fmt: skip

@@ -24,7 +24,7 @@ import torch
 
 from genpipe import runtime
 from genpipe.gan.train import train_gan
-from genpipe.metrics.fid import feature_statistics, frechet_distance
+from genpipe.metrics.fid import FeatureStats, frechet_distance
 from genpipe.params import parse_params
 
 logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -44,8 +44,11 @@ for _, tensor in sorted(result.ema.state_dict().items()):
     digest.update(tensor.contiguous().numpy().tobytes())
 with torch.no_grad():
     fake = result.ema(torch.randn(256, 8, generator=torch.Generator().manual_seed(0)))
-mu1, sigma1 = feature_statistics(fake.flatten(1).numpy())  # (64,), (64, 64)
-mu2, sigma2 = feature_statistics(images.reshape(64, -1) / 127.5 - 1)
+real_stats, fake_stats = FeatureStats(), FeatureStats()
+fake_stats.add(fake.flatten(1).numpy())
+real_stats.add(images.reshape(64, -1) / 127.5 - 1)
+mu1, sigma1 = fake_stats.statistics()  # (64,), (64, 64)
+mu2, sigma2 = real_stats.statistics()
 print(json.dumps({
     "weights": digest.hexdigest(),
     "fid": float(frechet_distance(mu1, sigma1, mu2, sigma2)).hex(),
@@ -107,6 +110,7 @@ def test_pinned_runs_agree_bitwise_whatever_the_caller_forces(tmp_path):
     assert native_avx512["fid"] != pinned["fid"]
 
 
+@pytest.mark.integration
 def test_native_leaves_the_environment_alone(tmp_path):
     result, log = run_script(tmp_path, "native", {"ATEN_CPU_CAPABILITY": "default"})
     assert result["capability"] == "DEFAULT"

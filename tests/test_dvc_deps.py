@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from genpipe import codedeps, training
+from genpipe import checkpoint, codedeps
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = "src/genpipe"
@@ -174,7 +174,7 @@ def test_code_fingerprint_changes_with_a_file_in_its_set(tmp_path, monkeypatch):
     monkeypatch.setattr(codedeps, "PACKAGE_DIR", tree)
 
     def fingerprints() -> dict[str, str]:
-        return {model: training.code_fingerprint(model) for model in ("gan", "autoencoder")}
+        return {model: checkpoint.code_fingerprint(model) for model in ("gan", "autoencoder")}
 
     start = fingerprints()
     # the copy is the same code: the same identity as the installed package's
@@ -248,6 +248,7 @@ def locked_copy(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("edited", "expected"),
     [

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
+from typing import get_args
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -16,21 +17,22 @@ from genpipe import weights
 from genpipe.autoencoder.artifact import load_autoencoder
 from genpipe.autoencoder.evaluate import evaluate_autoencoder
 from genpipe.autoencoder.network import AutoEncoder
-from genpipe.data.canonical import Prepared
-from genpipe.errors import MetricsError
+from genpipe.data.split import Split
+from genpipe.errors import DataError, MetricsError, TrackingError
 from genpipe.fileio import atomic_dir
 from genpipe.gan.artifact import load_generator
 from genpipe.gan.evaluate import evaluate_gan, generate
 from genpipe.gan.network import Generator
 from genpipe.metrics import reconstruction
-from genpipe.metrics.domain import DomainNet
+from genpipe.metrics.compare import compare
+from genpipe.metrics.domain import DomainNet, accuracy
 from genpipe.metrics.features import extract_features
-from genpipe.params import IMAGE_SIZES, DomainParams, EvaluateParams, parse_params
-from genpipe.reference import build_reference, train_domain_network, write_reference
-from genpipe.tracking import RecordedRun, TrackingError, TrainingRun
+from genpipe.params import DomainParams, EvaluateParams, ImageSize, parse_params
+from genpipe.reference import build_reference, write_reference
+from genpipe.tracking.runs import RecordedRun, TrainingRun
 from genpipe.weights import WeightsError
 
-from builders import random_state_dict
+from builders import random_state_dict, train_domain
 
 CPU = torch.device("cpu")
 
@@ -106,7 +108,7 @@ def test_pca_matches_sklearn_from_uint8_in_chunks(components, monkeypatch):
 # --- the domain network ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("size", IMAGE_SIZES)
+@pytest.mark.parametrize("size", get_args(ImageSize))
 @pytest.mark.parametrize("channels", [1, 3])
 def test_domain_network_shapes(size, channels):
     net = DomainNet(size, channels, num_classes=4, width=4, feature_dim=12)
@@ -129,16 +131,14 @@ def two_class_images(n: int, size: int = 8, seed: int = 0) -> tuple[np.ndarray, 
 def test_domain_network_learns_and_is_deterministic():
     images, labels = two_class_images(64)
     params = DomainParams(steps=30, width=4, feature_dim=8, batch_size=16)
-    a = train_domain_network(images, labels, 2, params, seed=0, device=CPU)
-    b = train_domain_network(images, labels, 2, params, seed=0, device=CPU)
+    a = train_domain(images, labels, 2, params, seed=0, device=CPU)
+    b = train_domain(images, labels, 2, params, seed=0, device=CPU)
     for (name, wa), wb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(wa, wb), name
     # features are rescaled to unit RMS on the train split (KID's kernel assumes O(1))
     rms = np.sqrt(np.mean(extract_features(a.features, images, 64, CPU) ** 2))
     assert rms == pytest.approx(1.0, rel=1e-5) and float(a.feature_scale) != 1.0
     test_images, test_labels = two_class_images(32, seed=1)
-    from genpipe.reference import accuracy
-
     assert accuracy(a, test_images, test_labels, batch_size=7) == 1.0
 
 
@@ -148,7 +148,7 @@ def test_saved_domain_network_reloads_to_the_same_features(tmp_path):
 
     images, labels = two_class_images(64)
     params = DomainParams(steps=5, width=4, feature_dim=8, batch_size=16)
-    net = train_domain_network(images, labels, 2, params, seed=0, device=CPU)
+    net = train_domain(images, labels, 2, params, seed=0, device=CPU)
     weights.save_weights(net, tmp_path / "domain.safetensors")
     loaded = load_domain_network(tmp_path / "domain.safetensors", net.config(), CPU)
     x = torch.from_numpy(images)
@@ -156,10 +156,11 @@ def test_saved_domain_network_reloads_to_the_same_features(tmp_path):
 
 
 def test_domain_backbone_refuses_unlabeled_data():
-    images, labels = two_class_images(8)
-    labels[:] = -1
-    with pytest.raises(MetricsError, match="backbone: inception"):
-        train_domain_network(images, labels, 0, DomainParams(steps=1), seed=0, device=CPU)
+    split = tiny_split()
+    split.train_labels[:] = -1
+    with pytest.raises(DataError, match="^evaluate.backbone domain: expected labeled .*found 90 "
+                       "unlabeled images. Use evaluate.backbone: inception"):  # fmt: skip
+        build_reference(tiny_params(), split, CPU)
 
 
 def test_features_do_not_depend_on_the_batch_size():
@@ -191,16 +192,15 @@ def tiny_params(**evaluate) -> object:
     return parse_params(raw)
 
 
-def tiny_prepared(n: int = 120, test_every: int = 4) -> Prepared:
+def tiny_split(n: int = 120, test_every: int = 4) -> Split:
     images, labels = two_class_images(n)
-    split = np.where(np.arange(n) % test_every == 0, "test", "train")
-    manifest = pd.DataFrame({"index": np.arange(n), "split": split, "label": labels})
-    return Prepared(images=images, manifest=manifest, info={"num_classes": 2})
+    test = np.arange(n) % test_every == 0
+    return Split(images[~test], images[test], labels[~test], labels[test], 2, Path("prepared"))
 
 
 def test_reference_holds_test_statistics_and_a_floor(tmp_path):
     params = tiny_params()
-    reference, net = build_reference(params, tiny_prepared(), CPU)
+    reference, net = build_reference(params, tiny_split(), CPU)
     info = reference.info
     assert info["backbone"] == "domain" and info["test_images"] == 30
     assert info["num_samples"] == 30 and info["feature_dim"] == 6
@@ -218,35 +218,37 @@ def test_reference_holds_test_statistics_and_a_floor(tmp_path):
     np.testing.assert_array_equal(loaded.sigma, reference.sigma)
     assert loaded.info == json.loads(json.dumps(info))
     # the real features against themselves: no distance, full precision and recall
-    same = ev.compare(loaded, loaded.features, params.evaluate, seed=0)
+    e = params.evaluate
+    same = compare(loaded, loaded.features, e.kid_subsets, 15, e.pr_k, seed=0)
     assert abs(same["fid"]) < 1e-6
     assert same["precision"] == 1.0 and same["recall"] == 1.0
 
 
 def test_reference_is_deterministic():
     params = tiny_params()
-    a, _ = build_reference(params, tiny_prepared(), CPU)
-    b, _ = build_reference(params, tiny_prepared(), CPU)
+    a, _ = build_reference(params, tiny_split(), CPU)
+    b, _ = build_reference(params, tiny_split(), CPU)
     assert a.info == b.info
     np.testing.assert_array_equal(a.features, b.features)
 
 
 def test_reference_fails_below_min_accuracy():
     params = tiny_params(domain={"steps": 1, "width": 2, "feature_dim": 2, "min_accuracy": 1.0})
-    prepared = tiny_prepared()
-    prepared.manifest["label"] = np.random.default_rng(0).integers(0, 2, 120)  # noise labels
+    split = tiny_split()
+    split.train_labels[:] = np.random.default_rng(0).integers(0, 2, 90)  # noise labels
+    split.test_labels[:] = np.random.default_rng(1).integers(0, 2, 30)
     with pytest.raises(MetricsError, match=r"evaluate.domain.min_accuracy"):
-        build_reference(params, prepared, CPU)
+        build_reference(params, split, CPU)
 
 
 def test_reference_refuses_more_samples_than_train_images():
     with pytest.raises(MetricsError, match=r"evaluate.num_samples: expected at most 90"):
-        build_reference(tiny_params(num_samples=91), tiny_prepared(), CPU)
+        build_reference(tiny_params(num_samples=91), tiny_split(), CPU)
 
 
 def test_load_reference_refuses_another_backbone(tmp_path):
     params = tiny_params()
-    reference, net = build_reference(params, tiny_prepared(), CPU)
+    reference, net = build_reference(params, tiny_split(), CPU)
     with atomic_dir(tmp_path / "ref") as staging:
         write_reference(staging, reference, net)
     with pytest.raises(MetricsError, match="inception.*found domain"):
@@ -261,7 +263,7 @@ def test_reference_with_the_inception_backbone(tmp_path, monkeypatch):
     weights = tmp_path / "inception.pth"
     torch.save(random_state_dict(), weights)
     params = tiny_params(backbone="inception", inception_weights=str(weights), pr_k=1)
-    prepared = tiny_prepared(n=8, test_every=2)  # 299 x 299 forwards are slow on a CPU
+    prepared = tiny_split(n=8, test_every=2)  # 299 x 299 forwards are slow on a CPU
     reference, net = build_reference(params, prepared, CPU)
     assert net is None and reference.features.shape == (4, 2048)
     assert reference.info["feature_dim"] == 2048
@@ -275,20 +277,13 @@ def test_reference_with_the_inception_backbone(tmp_path, monkeypatch):
         ev.load_backbone(evaluate, reference, tmp_path, CPU)
 
 
-def test_domain_backbone_suggests_inception_for_unlabeled_data():
-    prepared = tiny_prepared()
-    prepared.manifest["label"] = -1
-    with pytest.raises(MetricsError, match="unlabeled images. Use evaluate.backbone: inception"):
-        build_reference(tiny_params(), prepared, CPU)
-
-
 # --- the evaluate stages ---------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def reference_dir(tmp_path_factory):
     params = tiny_params()
-    reference, net = build_reference(params, tiny_prepared(), CPU)
+    reference, net = build_reference(params, tiny_split(), CPU)
     directory = tmp_path_factory.mktemp("reference")
     with atomic_dir(directory) as staging:
         write_reference(staging, reference, net)
@@ -334,12 +329,10 @@ def test_evaluate_autoencoder_against_pca(reference_dir, tmp_path):
     weights.save_weights(net, tmp_path / "autoencoder.safetensors")
     (tmp_path / "config.json").write_text(json.dumps({"autoencoder": net.config()}))
     net = load_autoencoder(tmp_path, CPU)
-    prepared = tiny_prepared()
-    split = prepared.manifest["split"].to_numpy()
+    split = tiny_split()
     metrics, _ = evaluate_autoencoder(
-        net, prepared.images[split == "train"], prepared.images[split == "test"], reference,
-        backbone, evaluate, device=CPU,
-    )  # fmt: skip
+        net, split.train, split.test, reference, backbone, evaluate, device=CPU
+    )
     assert metrics["latent_dim"] == 3 and metrics["test_images"] == 30
     assert metrics["mse"] > metrics["pca_mse"] > 0  # an untrained AE is worse than PCA
     assert metrics["mse_over_pca"] == pytest.approx(metrics["mse"] / metrics["pca_mse"], rel=1e-5)
@@ -472,7 +465,7 @@ def test_new_safetensors_files_are_readable_per_the_umask(tmp_path):
     import stat
 
     params = tiny_params()
-    reference, net = build_reference(params, tiny_prepared(), CPU)
+    reference, net = build_reference(params, tiny_split(), CPU)
     old = os.umask(0o022)
     try:
         with atomic_dir(tmp_path / "ref") as staging:

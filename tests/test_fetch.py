@@ -372,6 +372,7 @@ BAD_INPUTS = {
 }  # fmt: skip
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_stage_bad_input_fails_cleanly(case, workdir, http_server):
     files, data, code, message = BAD_INPUTS[case]
@@ -404,6 +405,7 @@ def test_stage_bad_input_fails_cleanly(case, workdir, http_server):
     assert not [name for name in leftovers if name.endswith(".part")]
 
 
+@pytest.mark.integration
 def test_stage_retries_a_server_error_then_replaces_outputs(workdir, http_server):
     files = idx_dataset()
     for name, body in files.items():

@@ -7,12 +7,10 @@ import sys
 
 import pytest
 
-from genpipe import tracking
 from genpipe.registry.gate import (
     CHALLENGER,
     CHAMPION,
     PREVIOUS_CHAMPION,
-    TAG_DATA_HASH,
     Version,
     decide,
     reconcile,
@@ -80,10 +78,6 @@ def test_the_record_is_what_registry_json_holds():
     record = decide(version(2, 1.0), OLD, 0.01, False).record()
     assert record == {"decision": CHAMPION, "compared": {"version": 1, "value": 2.0},
                       "reason": "fid 1 vs champion v1's 2"}  # fmt: skip
-
-
-def test_the_data_hash_tag_is_the_one_training_writes():
-    assert TAG_DATA_HASH == tracking.TAG_DATA_HASH
 
 
 # champion, all versions -> aliases set

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from genpipe import distributed, training
+from genpipe import checkpoint, distributed, training
 from genpipe.gan import train as gan_loop
 from genpipe.params import parse_params
 from test_train import assert_same_weights
@@ -80,7 +80,7 @@ def test_graphed_run_resumes_from_its_checkpoint(tmp_path):
     ckpt = tmp_path / "resumed" / "ckpt.pt"
     state = torch.load(ckpt, weights_only=True)
     state["finished"] = False  # as if it had been killed at step 8 of 12
-    identity = training.run_identity("gan", params().model_dump(mode="json", by_alias=True),
+    identity = checkpoint.run_identity("gan", params().model_dump(mode="json", by_alias=True),
                                    "data-hash")  # fmt: skip
     state["identity"] = json.dumps(identity, sort_keys=True)
     torch.save(state, ckpt)

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from genpipe import ci, progress, reference
+from genpipe import ci, progress
 from genpipe.metrics import features
 from genpipe.params import DomainParams
 
-from builders import random_images
+from builders import random_images, train_domain
 
 CPU = torch.device("cpu")
 
@@ -71,7 +71,7 @@ def test_domain_network_training_logs_its_loss(no_tty):
     images = random_images(40, 1, 8, seed=1)
     labels = np.arange(40) % 2
     params = DomainParams(steps=200, width=4, feature_dim=4, batch_size=8)
-    reference.train_domain_network(images, labels, 2, params, seed=0, device=CPU)
+    train_domain(images, labels, 2, params, seed=0, device=CPU)
     lines = [line for line in no_tty() if line.startswith("train domain network")]
     assert [line.split(", ")[0] for line in lines] == [
         "train domain network: step 100/200", "train domain network: step 200/200"
@@ -86,6 +86,7 @@ def test_ci_runs_dvc_with_unbuffered_python(monkeypatch):
     assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
 
 
+@pytest.mark.integration
 def test_a_stage_in_that_env_reaches_the_pipe_line_by_line():
     """What `dvc repro` hands a stage: a pipe. Each line arrives while the stage still runs."""
     script = "import time; print('step 1', flush=False); time.sleep(60)"

@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from genpipe.errors import TrackingError
 from genpipe.gan.network import Generator
 from genpipe.registry import mlflow as registry
 from genpipe.registry.mlflow import Outputs, RegistryError, register
-from genpipe.tracking import RecordedRun, TrackingError, TrainingRun
+from genpipe.tracking import lineage, store
+from genpipe.tracking.runs import RecordedRun, TrainingRun
 from genpipe.weights import save_weights
 
 from net import free_port
@@ -92,6 +94,7 @@ def aliases(uri: str, name: str) -> dict[str, int]:
     return {alias: int(version) for alias, version in model.aliases.items()}
 
 
+@pytest.mark.integration
 def test_better_version_becomes_champion_worse_one_challenger(server, tmp_path):
     first = do_register(gan_outputs(tmp_path / "a", server, fid=2.0), server, "t1")
     assert (first["version"], first["decision"]) == (1, "champion")
@@ -106,6 +109,7 @@ def test_better_version_becomes_champion_worse_one_challenger(server, tmp_path):
     assert aliases(server, "t1-gan") == {"champion": 2, "previous-champion": 1, "challenger": 4}
 
 
+@pytest.mark.integration
 def test_versions_of_another_backbone_are_not_compared(server, tmp_path):
     do_register(gan_outputs(tmp_path / "a", server, fid=2.0), server, "t2")
     other = gan_outputs(tmp_path / "b", server, fid=0.1, backbone="inception", seed=1)
@@ -117,6 +121,7 @@ def test_versions_of_another_backbone_are_not_compared(server, tmp_path):
     assert forced["decision"] == "champion"
 
 
+@pytest.mark.integration
 def test_registering_a_run_twice_makes_one_version(server, tmp_path):
     outputs = gan_outputs(tmp_path, server, fid=1.0)
     first = do_register(outputs, server, "t3")
@@ -125,6 +130,7 @@ def test_registering_a_run_twice_makes_one_version(server, tmp_path):
     assert again["decision"] == "already registered" and again["aliases"] == ["champion"]
 
 
+@pytest.mark.integration
 def test_a_rerun_that_reproduces_the_weights_is_not_a_new_version(server, tmp_path):
     """Another run (a forced retraining, a --temp experiment) with bitwise-identical weights
     is the same model."""
@@ -136,6 +142,7 @@ def test_a_rerun_that_reproduces_the_weights_is_not_a_new_version(server, tmp_pa
     assert other["version"] == 2
 
 
+@pytest.mark.integration
 def test_a_failure_before_the_aliases_move_leaves_the_champion_and_is_finished_later(
     server, tmp_path, monkeypatch
 ):
@@ -161,7 +168,7 @@ def test_a_failure_before_the_aliases_move_leaves_the_champion_and_is_finished_l
 
     # cut short after the aliases moved but before the decision was recorded: the champion
     # is not compared with itself (which would make it its own challenger)
-    MlflowClient(server).delete_model_version_tag("t9-gan", "2", registry.TAG_DECISION)
+    MlflowClient(server).delete_model_version_tag("t9-gan", "2", lineage.TAG_DECISION)
     again = do_register(better, server, "t9")
     assert (again["version"], again["decision"]) == (2, "champion")
     assert aliases(server, "t9-gan") == {"champion": 2, "previous-champion": 1}
@@ -181,6 +188,7 @@ def hand_set_champion(uri: str, name: str, version: int) -> str:
     return found.run_id
 
 
+@pytest.mark.integration
 def test_a_champion_set_by_hand_is_compared_on_its_runs_eval_metric(server, tmp_path):
     from mlflow import MlflowClient
 
@@ -195,6 +203,7 @@ def test_a_champion_set_by_hand_is_compared_on_its_runs_eval_metric(server, tmp_
     assert aliases(server, "t13-gan") == {"champion": 3, "previous-champion": 1, "challenger": 2}
 
 
+@pytest.mark.integration
 def test_a_champion_set_by_hand_without_a_value_is_replaced(server, tmp_path):
     do_register(gan_outputs(tmp_path / "a", server, fid=1.0), server, "t14")
     hand_set_champion(server, "t14-gan", 1)  # its run has no eval/fid either
@@ -205,6 +214,7 @@ def test_a_champion_set_by_hand_without_a_value_is_replaced(server, tmp_path):
     assert aliases(server, "t14-gan") == {"champion": 2, "previous-champion": 1}
 
 
+@pytest.mark.integration
 def test_a_conflicting_write_is_retried(server, tmp_path, monkeypatch):
     """Another register writing the same model at once fails a call (a conflicting insert on
     the server): the pass is repeated, and finishes."""
@@ -226,6 +236,7 @@ def test_a_conflicting_write_is_retried(server, tmp_path, monkeypatch):
     assert (result["version"], result["decision"]) == (1, "champion") and len(calls) == 2
 
 
+@pytest.mark.integration
 def test_rebuild_from_dvc_outputs_when_the_run_is_not_on_the_server(server, tmp_path):
     from mlflow import MlflowClient
 
@@ -233,7 +244,7 @@ def test_rebuild_from_dvc_outputs_when_the_run_is_not_on_the_server(server, tmp_
     result = do_register(outputs, server, "t4")
     client = MlflowClient(server)
     run = client.get_run(result["run_id"])
-    assert run.data.tags[registry.TAG_SOURCE_RUN] == "f" * 32
+    assert run.data.tags[lineage.TAG_SOURCE_RUN] == "f" * 32
     # where, and tagged as, the train stage would have put it
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.name == "exp-gan"
@@ -246,6 +257,7 @@ def test_rebuild_from_dvc_outputs_when_the_run_is_not_on_the_server(server, tmp_
     assert do_register(outputs, server, "t4")["run_id"] == result["run_id"]
 
 
+@pytest.mark.integration
 def test_champion_loads_and_generates_in_a_fresh_process(server, tmp_path):
     do_register(gan_outputs(tmp_path, server, fid=1.0), server, "t5")
     code = (
@@ -261,6 +273,7 @@ def test_champion_loads_and_generates_in_a_fresh_process(server, tmp_path):
     assert "(3, 1, 8, 8) uint8" in out.stdout
 
 
+@pytest.mark.integration
 def test_two_register_processes_at_once_leave_one_champion(server, tmp_path):
     script = (
         "import sys, json\n"
@@ -291,6 +304,7 @@ def test_two_register_processes_at_once_leave_one_champion(server, tmp_path):
     assert aliases(server, "t6-gan")["champion"] == records[1.0]["version"]
 
 
+@pytest.mark.integration
 def test_server_down_is_a_clear_error_and_changes_nothing(tmp_path, server):
     outputs = gan_outputs(tmp_path, server, fid=1.0)
     down = f"http://127.0.0.1:{free_port()}"
@@ -298,6 +312,7 @@ def test_server_down_is_a_clear_error_and_changes_nothing(tmp_path, server):
         do_register(outputs, down, "t7")
 
 
+@pytest.mark.integration
 def test_missing_metrics_are_named(tmp_path, server):
     outputs = gan_outputs(tmp_path, server, fid=1.0)
     outputs.metrics.unlink()
@@ -357,6 +372,7 @@ def test_mlflow_ui_lists_the_runs(server, tmp_path, monkeypatch):
 # --- what goes wrong ---------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_weights_replaced_under_the_same_run_get_a_new_version(server, tmp_path):
     """The run id alone does not make a version: its weights' hash must match too."""
     outputs = gan_outputs(tmp_path, server, fid=2.0)
@@ -384,9 +400,7 @@ def test_corrupt_mlflow_db_in_register_is_one_line(tmp_path, monkeypatch):
 
 def test_server_whose_api_fails_fails_register_within_seconds(http_server, tmp_path,
                                                               monkeypatch):  # fmt: skip
-    from genpipe import tracking
-
-    for key in tracking.HTTP_DEFAULTS:
+    for key in store.HTTP_DEFAULTS:
         monkeypatch.delenv(key, raising=False)
     http_server.route("/health", (200, b"OK"))
     http_server.route("/api/*", (500, b'{"error_code": "INTERNAL_ERROR", "message": "boom"}'))

@@ -16,8 +16,10 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-from genpipe import tracking
-from genpipe.tracking import TrackingError, TrainingRun
+from genpipe.errors import TrackingError
+from genpipe.tracking import lineage, runs
+from genpipe.tracking import store as tracking_store
+from genpipe.tracking.runs import TrainingRun
 
 # MLflow's sqlalchemy store uses an option that SQLAlchemy deprecates; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore::sqlalchemy.exc.SADeprecationWarning")
@@ -151,8 +153,8 @@ def test_a_failed_run_writes_no_record_and_keeps_the_previous_one(store, tmp_pat
 
 
 def test_run_name_and_dvc_experiment(store, tmp_path, monkeypatch):
-    assert tracking.run_name("gan", "3f2a1bc", "clean-hake") == "gan-3f2a1bc-clean-hake"
-    assert tracking.run_name("gan", "3f2a1bc", None) == "gan-3f2a1bc"
+    assert lineage.run_name("gan", "3f2a1bc", "clean-hake") == "gan-3f2a1bc-clean-hake"
+    assert lineage.run_name("gan", "3f2a1bc", None) == "gan-3f2a1bc"
     monkeypatch.setenv("DVC_EXP_NAME", "clean-hake")
 
     with _training_run(tmp_path / "run.json", model="autoencoder") as run:
@@ -197,7 +199,7 @@ def test_log_metrics_is_cheap_and_complete(store, tmp_path):
 
 
 def test_failed_metric_upload_stops_training(store, tmp_path, monkeypatch):
-    monkeypatch.setattr(tracking, "FLUSH_SECONDS", 0.0)  # hand over on every call
+    monkeypatch.setattr(runs, "FLUSH_SECONDS", 0.0)  # hand over on every call
     log_batch = SqlAlchemyStore.log_batch
 
     def refuse_metrics(self, run_id, metrics=(), params=(), tags=()):
@@ -241,7 +243,7 @@ def test_failed_last_upload_fails_the_stage(store, tmp_path, monkeypatch):
 
 
 def test_each_model_has_its_own_experiment(store, tmp_path):
-    assert tracking.experiment_name("genpipe", "gan") == "genpipe-gan"
+    assert lineage.experiment_name("genpipe", "gan") == "genpipe-gan"
     runs = {}
     for model in ("gan", "autoencoder"):
         with _training_run(tmp_path / f"{model}.json", model=model) as run:
@@ -267,13 +269,13 @@ def test_existing_experiment_gets_the_kind_tag(store):
     made_by_hand = client.create_experiment("genpipe-gan")  # as genpipe before the tag
     assert "mlflow.experimentKind" not in client.get_experiment(made_by_hand).tags
 
-    assert tracking.get_or_create_experiment(client, "genpipe-gan") == made_by_hand
+    assert runs.get_or_create_experiment(client, "genpipe-gan") == made_by_hand
     tags = client.get_experiment(made_by_hand).tags
     assert tags["mlflow.experimentKind"] == "custom_model_development"
 
     # a kind someone chose is kept
     client.set_experiment_tag(made_by_hand, "mlflow.experimentKind", "finetuning")
-    assert tracking.get_or_create_experiment(client, "genpipe-gan") == made_by_hand
+    assert runs.get_or_create_experiment(client, "genpipe-gan") == made_by_hand
     assert client.get_experiment(made_by_hand).tags["mlflow.experimentKind"] == "finetuning"
 
 
@@ -291,10 +293,10 @@ def test_deleted_experiment_is_a_one_line_error(store, tmp_path):
 def test_params_are_logged_in_batches(store):
     """More params than MLflow takes in one batch (100)."""
     client = MlflowClient(store)
-    run_id = client.create_run(tracking.get_or_create_experiment(client, "p")).info.run_id
+    run_id = client.create_run(runs.get_or_create_experiment(client, "p")).info.run_id
     params = {"grid": {f"p{i:03d}": i for i in range(250)}, "seed": 0}
 
-    tracking.log_params(client, run_id, params)
+    runs.log_params(client, run_id, params)
 
     logged = client.get_run(run_id).data.params
     assert logged == {**{f"grid.p{i:03d}": str(i) for i in range(250)}, "seed": "0"}
@@ -302,22 +304,22 @@ def test_params_are_logged_in_batches(store):
 
 def test_run_tags():
     git = {"commit": "a" * 40, "short": "a" * 7, "dirty": "false"}
-    tags = tracking.run_tags("autoencoder", "d" * 40, git)
+    tags = lineage.run_tags("autoencoder", "d" * 40, git)
     assert tags["genpipe.model"] == "autoencoder"
     assert tags["git.commit"] == tags["mlflow.source.git.commit"] == "a" * 40
     assert tags["git.dirty"] == "false"
     assert tags["data.hash"] == "d" * 40
-    unknown = tracking.run_tags("gan", "h", {"commit": "unknown", "short": "nogit",
+    unknown = lineage.run_tags("gan", "h", {"commit": "unknown", "short": "nogit",
                                              "dirty": "unknown"})  # fmt: skip
     assert "mlflow.source.git.commit" not in unknown
 
 
 def test_flatten():
     tree = {"a": {"b": 1, "c": {"d": None}}, "e": {}, "f": [1, 2], "g": "x"}
-    assert tracking.flatten(tree) == {"a.b": 1, "a.c.d": None, "e": {}, "f": [1, 2], "g": "x"}
-    assert tracking.flatten({}) == {}
+    assert runs.flatten(tree) == {"a.b": 1, "a.c.d": None, "e": {}, "f": [1, 2], "g": "x"}
+    assert runs.flatten({}) == {}
     metrics = {"fid": 12, "per_class": {"0": 1.5, "note": "n/a", "ok": True}, "empty": {}}
-    assert tracking.flatten_metrics(metrics) == {"fid": 12.0, "per_class.0": 1.5}
+    assert runs.flatten_metrics(metrics) == {"fid": 12.0, "per_class.0": 1.5}
 
 
 def test_flatten_params():
@@ -328,7 +330,7 @@ def test_flatten_params():
         "long": "x" * 7000,
     }
 
-    flat = tracking.flatten_params(params)
+    flat = runs.flatten_params(params)
 
     assert flat == {
         "gan.lr_g": "0.0002",
@@ -338,24 +340,25 @@ def test_flatten_params():
         "data.path": "null",
         "data.sha256": "{}",
         "models": "['gan', 'autoencoder']",
-        "long": "x" * tracking.PARAM_VALUE_MAX,
+        "long": "x" * runs.PARAM_VALUE_MAX,
     }
 
 
 def test_tracking_uri(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking.tracking_uri() == "sqlite:///mlflow.db" == tracking.DEFAULT_TRACKING_URI
+    default = tracking_store.DEFAULT_TRACKING_URI
+    assert tracking_store.tracking_uri() == "sqlite:///mlflow.db" == default
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
-    assert tracking.tracking_uri() == "sqlite:///mlflow.db"
+    assert tracking_store.tracking_uri() == "sqlite:///mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert tracking.tracking_uri() == "http://127.0.0.1:5000"
+    assert tracking_store.tracking_uri() == "http://127.0.0.1:5000"
 
 
 def test_unreachable_server_fails_fast(store, tmp_path):
     uri = f"http://127.0.0.1:{_closed_port()}"
     start = time.perf_counter()
     with pytest.raises(TrackingError) as excinfo:
-        tracking.check_tracking_server(uri)
+        tracking_store.check_tracking_server(uri)
     assert time.perf_counter() - start < 3.0
     message = str(excinfo.value)
     assert "\n" not in message
@@ -374,15 +377,15 @@ def test_unreachable_server_fails_fast(store, tmp_path):
 def test_server_health(http_server):
     http_server.route("/health", (200, b"OK"), (503, b"down"), ("hang", b""))
 
-    tracking.check_tracking_server(http_server.url + "/")
+    tracking_store.check_tracking_server(http_server.url + "/")
     assert http_server.hits["/health"] == 1
 
     with pytest.raises(TrackingError, match=r"unreachable \(HTTP 503 on /health\)"):
-        tracking.check_tracking_server(http_server.url)
+        tracking_store.check_tracking_server(http_server.url)
 
     start = time.perf_counter()
     with pytest.raises(TrackingError, match=r"unreachable \(no answer within 0.2 s\)"):
-        tracking.check_tracking_server(http_server.url, timeout=0.2)
+        tracking_store.check_tracking_server(http_server.url, timeout=0.2)
     assert time.perf_counter() - start < 2.0
 
 
@@ -408,22 +411,22 @@ def test_bad_uri_is_a_one_line_error(store, tmp_path, uri, fragment):
 def test_git_info_outside_a_repository(tmp_path, monkeypatch):
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
     unknown = {"commit": "unknown", "short": "nogit", "dirty": "unknown"}
-    assert tracking.git_info(tmp_path) == unknown
-    assert tracking.git_info(tmp_path / "does-not-exist") == unknown
+    assert lineage.git_info(tmp_path) == unknown
+    assert lineage.git_info(tmp_path / "does-not-exist") == unknown
     monkeypatch.setenv("PATH", str(tmp_path))  # no git executable at all
-    assert tracking.git_info(tmp_path) == unknown
+    assert lineage.git_info(tmp_path) == unknown
 
 
 def test_git_info_in_a_repository(tmp_path):
     sha = _git_repo(tmp_path)
-    assert tracking.git_info(tmp_path) == {"commit": sha, "short": sha[:7], "dirty": "false"}
+    assert lineage.git_info(tmp_path) == {"commit": sha, "short": sha[:7], "dirty": "false"}
 
     (tmp_path / "untracked.txt").write_text("new\n")
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")  # DVC rewrites it
-    assert tracking.git_info(tmp_path)["dirty"] == "false"
+    assert lineage.git_info(tmp_path)["dirty"] == "false"
 
     (tmp_path / "params.yaml").write_text("seed: 1\n")
-    assert tracking.git_info(tmp_path) == {"commit": sha, "short": sha[:7], "dirty": "true"}
+    assert lineage.git_info(tmp_path) == {"commit": sha, "short": sha[:7], "dirty": "true"}
 
 
 # --- what goes wrong: a corrupt store, a server whose API fails ------------------------------
@@ -442,7 +445,7 @@ def test_corrupt_mlflow_db_is_one_line_naming_the_file(store, tmp_path):
     record = tmp_path / "run.json"
     record.write_text(json.dumps({"run_id": "a" * 32, "tracking_uri": uri}))
     with pytest.raises(TrackingError, match=r"mv mlflow.db mlflow.db.corrupt") as excinfo:
-        tracking.RecordedRun(record, uri=uri).open()
+        runs.RecordedRun(record, uri=uri).open()
     assert "\n" not in str(excinfo.value)
 
 
@@ -455,7 +458,7 @@ def broken_api(http_server) -> str:
 
 def test_server_whose_api_fails_fails_the_stage_within_seconds(http_server, tmp_path,
                                                                 monkeypatch, caplog):  # fmt: skip
-    for key in tracking.HTTP_DEFAULTS:
+    for key in tracking_store.HTTP_DEFAULTS:
         monkeypatch.delenv(key, raising=False)  # genpipe's bounds, not the caller's
     uri = broken_api(http_server)
     start = time.perf_counter()
@@ -469,7 +472,7 @@ def test_server_whose_api_fails_fails_the_stage_within_seconds(http_server, tmp_
     record.write_text(json.dumps({"run_id": "a" * 32, "tracking_uri": uri}))
     start = time.perf_counter()
     with pytest.raises(TrackingError, match="could not read run"):
-        tracking.RecordedRun(record, uri=uri).open()
+        runs.RecordedRun(record, uri=uri).open()
     evaluate_s = time.perf_counter() - start
     print(f"broken API: train failed in {train_s:.1f} s, evaluate in {evaluate_s:.1f} s")
     assert train_s < 60 and evaluate_s < 60

@@ -21,7 +21,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from genpipe import distributed, images, runtime, training
+from genpipe import checkpoint, distributed, images, runtime, schedule, training
 from genpipe.autoencoder import train as ae_loop
 from genpipe.data.canonical import (
     Prepared,
@@ -30,10 +30,10 @@ from genpipe.data.canonical import (
     image_sha1,
     write_prepared,
 )
-from genpipe.errors import DataError
+from genpipe.errors import DataError, TrainingError
 from genpipe.gan import train as gan_loop
 from genpipe.params import parse_params
-from genpipe.training import TrainingError
+from genpipe.progress import Progress
 
 from builders import random_images
 
@@ -81,8 +81,12 @@ def test_gan_runs_are_bitwise_identical(tmp_path, loss):
     first, second = run_gan(params, tmp_path, "a"), run_gan(params, tmp_path, "b")
     for net in ("netG", "netD", "ema"):
         assert_same_weights(getattr(first, net), getattr(second, net))
-    before = gan_loop.Generator(8, 1, 8, 16, 1).state_dict()  # weights moved from their init
-    assert not torch.equal(before["main.0.weight"], first.netG.state_dict()["main.0.weight"])
+    # every weight moved from where the seeded build put it, as training starts from
+    init = gan_loop.build_gan(params, 1, 8, CPU)
+    for net in ("netG", "netD"):
+        start, end = getattr(init, net).state_dict(), getattr(first, net).state_dict()
+        moved = [k for k in start if k.endswith("weight") and not torch.equal(start[k], end[k])]
+        assert moved == [k for k in start if k.endswith("weight")], net
 
 
 def test_r1_and_lr_decay_runs_are_bitwise_identical_and_change_the_weights(tmp_path):
@@ -96,15 +100,15 @@ def test_r1_and_lr_decay_runs_are_bitwise_identical_and_change_the_weights(tmp_p
 
 
 @pytest.mark.parametrize(
-    ("schedule", "factors"),
+    ("decay", "factors"),
     [
         ("none", [1, 1, 1, 1]),
         ("linear", [1, 0.75, 0.5, 0.25]),
         ("cosine", [1, 0.853553, 0.5, 0.146447]),
     ],
 )
-def test_lr_factor(schedule, factors):
-    got = [training.lr_factor(schedule, step, 4) for step in range(1, 5)]
+def test_lr_factor(decay, factors):
+    got = [schedule.lr_factor(decay, step, 4) for step in range(1, 5)]
     assert got == pytest.approx(factors, abs=1e-6)
 
 
@@ -208,7 +212,7 @@ def test_an_outer_torchrun_whose_slices_the_group_does_not_split_is_refused(tmp_
 )  # fmt: skip
 def test_a_conditional_gan_refuses_data_without_labels(tmp_path, labels, found):
     params = tiny_params(gan={"conditional": True})
-    with pytest.raises(TrainingError, match=r"^gan.conditional: expected .*" + found):
+    with pytest.raises(DataError, match=r"^gan.conditional: expected .*" + found):
         run_cgan(params, tmp_path, labels=labels)
     assert not (tmp_path / "run").exists()  # before any work
 
@@ -281,7 +285,7 @@ def test_on_a_tty_training_shows_a_bar_and_logs_no_lines(tmp_path, monkeypatch, 
 def test_resumed_run_logs_from_where_it_resumes(tmp_path, monkeypatch, caplog):
     run_gan(tiny_params(gan={"steps": 8}), tmp_path)
     state = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
-    identity = training.run_identity("gan", tiny_params().model_dump(mode="json", by_alias=True),
+    identity = checkpoint.run_identity("gan", tiny_params().model_dump(mode="json", by_alias=True),
                                      "data-hash")  # fmt: skip
     state.update(finished=False, identity=json.dumps(identity, sort_keys=True))
     torch.save(state, tmp_path / "run" / "ckpt.pt")
@@ -307,7 +311,7 @@ def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path):
     state = torch.load(ckpt, weights_only=True)
     assert state["step"] == 8 and state["finished"] is True
     state["finished"] = False  # as if it had been killed; steps is in the identity, so:
-    identity = training.run_identity("gan", tiny_params().model_dump(mode="json", by_alias=True),
+    identity = checkpoint.run_identity("gan", tiny_params().model_dump(mode="json", by_alias=True),
                                    "data-hash")  # fmt: skip
     state["identity"] = json.dumps(identity, sort_keys=True)
     torch.save(state, ckpt)
@@ -324,7 +328,7 @@ def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path):
 
 
 class RecordingRun:
-    """Stands in for tracking.TrainingRun: records what the loop logs."""
+    """Stands in for tracking.runs.TrainingRun: records what the loop logs."""
 
     def __init__(self):
         self.calls: list[tuple[int, dict]] = []
@@ -375,8 +379,8 @@ def test_checkpoint_of_other_code_is_never_resumed(tmp_path, monkeypatch, caplog
 
 
 def test_code_fingerprint_covers_the_models_files():
-    assert training.code_fingerprint("gan") != training.code_fingerprint("autoencoder")
-    assert len(training.code_fingerprint("gan")) == 64
+    assert checkpoint.code_fingerprint("gan") != checkpoint.code_fingerprint("autoencoder")
+    assert len(checkpoint.code_fingerprint("gan")) == 64
 
 
 def test_foreign_checkpoint_file_is_refused(tmp_path):
@@ -440,8 +444,15 @@ def test_device_batches_are_scaled_and_seeded():
 
 
 def test_bf16_autocast_trains_on_cpu(tmp_path):
-    result = run_gan(tiny_params(train={"precision": "bf16"}), tmp_path)
-    assert all(torch.isfinite(p).all() for p in result.netG.parameters())
+    """bf16 takes effect (other weights than fp32's, from the same seeded start), and the
+    weights stay fp32: autocast, not a cast of the networks."""
+    bf16 = run_gan(tiny_params(train={"precision": "bf16"}), tmp_path, "bf16").netG
+    fp32 = run_gan(tiny_params(train={"precision": "fp32"}), tmp_path, "fp32").netG
+    assert all(p.dtype == torch.float32 for p in bf16.parameters())
+    weight = "main.0.weight"
+    assert not torch.equal(bf16.state_dict()[weight], fp32.state_dict()[weight])
+    torch.testing.assert_close(bf16.state_dict()[weight], fp32.state_dict()[weight],
+                               atol=0.05, rtol=0)  # fmt: skip
 
 
 def test_image_grid_layout():
@@ -473,6 +484,7 @@ def stage(workdir: Path, store: Path, prefix: list[str] | None = None) -> subpro
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
+@pytest.mark.integration
 def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path):
     params = {"train": {"batch_size": 16, "checkpoint_every": 20, "log_every": 20},
               "gan": {"steps": 600, "z_dim": 8, "width": 8, "depth": 0}}  # fmt: skip
@@ -482,14 +494,14 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path):
     store = tmp_path / "mlflow.db"  # one store: MLflow creates its tables once
     proc = stage(killed, store)
     ckpt = killed / "checkpoints" / "gan" / "checkpoint.pt"
-    wait_for_checkpoint(killed, proc)  # past the step-0 one
-    time.sleep(0.25)  # well into training, between two checkpoints
-    assert proc.poll() is None, "the run ended before it could be killed"
+    first = wait_for_checkpoint(killed, proc)  # past the step-0 one
+    # a second one: the run is training on from it, between two checkpoints, when killed
+    wait_for_checkpoint(killed, proc, after_step=first)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_state = torch.load(ckpt, weights_only=True)
     step, orphan = killed_state["step"], killed_state["mlflow_run_id"]  # the killed run's
-    assert 0 < step < 600
+    assert first < step < 600
 
     resumed = stage(killed, store)
     out, err = resumed.communicate(timeout=300)
@@ -539,6 +551,7 @@ def wait_for_checkpoint(workdir: Path, proc: subprocess.Popen, after_step: int =
     raise AssertionError(proc.communicate()[1] if ended else f"no checkpoint past {after_step}")
 
 
+@pytest.mark.integration
 def test_sigkill_before_the_first_checkpoint_leaves_no_run_running(tmp_path):
     """kill -9 before a step of work is checkpointed: the step-0 checkpoint names the run,
     so the rerun goes on from it and ends the run the killed process left RUNNING."""
@@ -577,26 +590,43 @@ def test_a_step0_checkpoint_never_blocks_other_params_and_its_run_is_ended(tmp_p
     process left it RUNNING, is ended without being called resumed."""
     net = torch.nn.Linear(2, 2)
     path = tmp_path / "checkpoint.pt"
-    ended = []
 
-    class Run:
-        run_id = "new"
-
-        def end_orphan(self, run_id, resumed=True):
-            ended.append((run_id, resumed))
-
-    old = training.Checkpoint(path, {"lr": 1}, 10, {"net": net}, ())
+    old = checkpoint.Checkpoint(path, {"lr": 1}, 10, {"net": net}, ())
     old.run_id = "killed"
     old.snapshot(0, [])
-    start, rows = training.Checkpoint(path, {"lr": 2}, 10, {"net": net}, ()).restore(Run())
-    assert (start, rows) == (0, []) and ended == [("killed", False)]
+    restored = checkpoint.Checkpoint(path, {"lr": 2}, 10, {"net": net}, ()).restore("new")
+    assert restored == checkpoint.Restored(0, [], orphan="killed", resumed=False)
     state = torch.load(path, weights_only=True)  # replaced by this run's own step-0 one
     assert state["step"] == 0 and state["mlflow_run_id"] == "new"
 
     old.snapshot(3, [])  # a step of work under the old params: kept, and the run refused
-    with pytest.raises(training.TrainingError, match="written under other params"):
-        training.Checkpoint(path, {"lr": 2}, 10, {"net": net}, ()).restore(Run())
+    with pytest.raises(TrainingError, match="written under other params"):
+        checkpoint.Checkpoint(path, {"lr": 2}, 10, {"net": net}, ()).restore("new")
     assert torch.load(path, weights_only=True)["step"] == 3
+
+
+def test_the_train_log_ends_the_run_a_killed_process_left_and_replays_its_rows():
+    """The checkpoint knows no tracking store: it names the run it found, and the training
+    log ends it (KILLED, by the run class) and sends the new run the curve so far."""
+    calls = []
+
+    class Run:
+        def end_orphan(self, run_id, resumed):
+            calls.append(("end", run_id, resumed))
+
+        def log_metrics(self, metrics, step):
+            calls.append(("log", step, metrics))
+
+    rows = [{"step": 5, "loss": 1.5}]
+    restored = checkpoint.Restored(5, rows, orphan="killed", resumed=True)
+    with Progress("t", 10, 5) as progress:
+        log = training.TrainLog(restored, Run(), progress)
+    assert calls == [("end", "killed", True), ("log", 5, {"loss": 1.5})]
+    assert log.rows is rows
+    calls.clear()
+    with Progress("t", 10) as progress:
+        training.TrainLog(checkpoint.Restored(), Run(), progress)  # afresh, no file: nothing
+    assert calls == []
 
 
 @pytest.mark.parametrize("error", [TrainingError("step 4: loss_d is nan"), KeyboardInterrupt()])
@@ -606,25 +636,19 @@ def test_a_failed_run_puts_back_the_checkpoint_it_found(tmp_path, error):
     and its folder, where there was none. Once a step of work is saved, that file stays."""
     net = torch.nn.Linear(2, 2)
 
-    class Run:
-        run_id = "new"
-
-        def end_orphan(self, run_id, resumed=True):
-            pass
-
     def fail_after(path: Path, saved_step: int | None) -> None:
         with (
             pytest.raises(type(error)),
-            training.Checkpoint(path, {"lr": 2}, 10, {"net": net}, ()) as ckpt,
+            checkpoint.Checkpoint(path, {"lr": 2}, 10, {"net": net}, ()) as ckpt,
         ):
-            assert ckpt.restore(Run()) == (0, [])
+            assert ckpt.restore("new").step == 0
             assert torch.load(path, weights_only=True)["mlflow_run_id"] == "new"
             if saved_step is not None:
                 ckpt.snapshot(saved_step, [])
             raise error
 
     path = tmp_path / "kept" / "checkpoint.pt"
-    training.Checkpoint(path, {"lr": 1}, 10, {"net": net}, ()).snapshot(10, [])  # finished
+    checkpoint.Checkpoint(path, {"lr": 1}, 10, {"net": net}, ()).snapshot(10, [])  # finished
     before = path.read_bytes()
     fail_after(path, None)
     assert path.read_bytes() == before
@@ -638,6 +662,7 @@ def test_a_failed_run_puts_back_the_checkpoint_it_found(tmp_path, error):
     assert not fresh.parent.exists()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_keeps_the_checkpoint_and_marks_the_run_killed(tmp_path, signum):
     """`timeout`, `docker stop`, a cancelled CI job (SIGTERM); the SSH session that ran
@@ -666,6 +691,7 @@ def test_sigterm_keeps_the_checkpoint_and_marks_the_run_killed(tmp_path, signum)
     assert not [p for p in written if not p.is_dir()]  # models/gan/, reports/gan/: empty
 
 
+@pytest.mark.integration
 def test_sighup_after_the_terminal_is_gone_still_exits_129(tmp_path):
     """An SSH session that closed: stderr is a terminal that no longer takes writes (EIO),
     so the one line cannot be written, and the exit code still says SIGHUP."""
@@ -686,6 +712,7 @@ def test_sighup_after_the_terminal_is_gone_still_exits_129(tmp_path):
     assert proc.wait(timeout=60) == 129
 
 
+@pytest.mark.integration
 def test_sighup_stays_ignored_under_nohup(tmp_path):
     """`nohup dvc repro &`: the stage inherits SIGHUP ignored, and a hang-up leaves it
     training; SIGTERM still stops it."""
@@ -708,11 +735,11 @@ def test_sighup_stays_ignored_under_nohup(tmp_path):
 def test_batch_size_larger_than_the_train_split_fails_before_any_work(tmp_path):
     make_workdir(tmp_path, {})
     prepared = tmp_path / "data" / "prepared"
-    images, _ = training.load_train_split(prepared)
-    n = len(images)
+    split, _ = training.load_train_data(prepared, batch_size=1)
+    n = len(split.train)
     message = f"train.batch_size: expected at most the train split's {n:,} images; got 100,000"
     with pytest.raises(TrainingError) as excinfo:
-        training.load_train_split(prepared, batch_size=100_000)
+        training.load_train_data(prepared, batch_size=100_000)
     assert str(excinfo.value) == message
     with pytest.raises(TrainingError, match="train.batch_size: expected at most"):
         run_gan(tiny_params(train={"batch_size": 65}), tmp_path)  # IMAGES holds 64
@@ -724,7 +751,7 @@ def test_truncated_manifest_parquet_names_the_file_and_the_fetch_stage(tmp_path)
     manifest = tmp_path / "data" / "prepared" / "manifest.parquet"
     manifest.write_bytes(manifest.read_bytes()[:100])
     with pytest.raises(DataError) as excinfo:
-        training.load_train_split(manifest.parent)
+        training.load_train_data(manifest.parent, batch_size=1)
     message = str(excinfo.value)
     assert "\n" not in message and message.startswith(f"{manifest}: expected the fetch stage's")
     assert "dvc repro --force fetch" in message
@@ -732,7 +759,7 @@ def test_truncated_manifest_parquet_names_the_file_and_the_fetch_stage(tmp_path)
 
 def test_disk_full_while_checkpointing_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
-    training.save_checkpoint(path, {"step": 1, "w": torch.zeros(1000)})
+    checkpoint.save_checkpoint(path, {"step": 1, "w": torch.zeros(1000)})
     before = path.read_bytes()
 
     class FullDisk(io.FileIO):
@@ -741,9 +768,9 @@ def test_disk_full_while_checkpointing_keeps_the_old_checkpoint(tmp_path, monkey
                 raise OSError(errno.ENOSPC, "No space left on device")
             return super().write(data)
 
-    monkeypatch.setattr(training, "open", FullDisk, raising=False)
+    monkeypatch.setattr(checkpoint, "open", FullDisk, raising=False)
     with pytest.raises(TrainingError) as excinfo:
-        training.save_checkpoint(path, {"step": 2, "w": torch.zeros(2**18)})  # 1 MiB
+        checkpoint.save_checkpoint(path, {"step": 2, "w": torch.zeros(2**18)})  # 1 MiB
     message = str(excinfo.value)
     assert "\n" not in message
     assert message.startswith(f"{path}: no space left on the device to write the checkpoint")

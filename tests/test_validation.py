@@ -360,6 +360,7 @@ def test_data_docs_are_replaced(two_runs_with_docs):
     assert [p.name for p in root.iterdir()] == ["data_docs"]  # no .data_docs.* staging left
 
 
+@pytest.mark.integration
 def test_stage_script_fails_on_blank_image_then_passes(tmp_path):
     params = {
         "data": {"source": "digits", "image_size": 8, "channels": 1},

@@ -20,6 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from genpipe import paths
 from genpipe.errors import GenpipeError
 
 log = logging.getLogger("genpipe.ci")
@@ -100,9 +101,9 @@ def check_report_paths(*paths: str | None) -> None:
 def ci_retrain(base: str, cwd: Path = Path("."), push: bool = True) -> Retrain:
     """Rerun what changed, push it, and report against `base` (a git revision)."""
     check_setup(cwd)
-    from genpipe.cli import load_checked_params  # what DVC would call "unexpected error"
+    from genpipe.params import load_checked_params  # what DVC would call "unexpected error"
 
-    load_checked_params(cwd / "params.yaml")
+    load_checked_params(cwd / paths.PARAMS)
     log.info("dvc repro --pull --allow-missing")
     repro = dvc("repro", "--pull", "--allow-missing", cwd=cwd, capture=False)
     ran = stages_run(repro.stdout)

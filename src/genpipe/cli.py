@@ -7,34 +7,16 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from genpipe.fileio import atomic_path
 from genpipe.stage import run_stage
 
 
 def _params_command(args: argparse.Namespace) -> None:
+    from genpipe.params import load_checked_params
+
     params = load_checked_params(args.file)
     _print(json.dumps(params.model_dump(mode="json", by_alias=True), indent=2))
-
-
-def load_checked_params(path: str | Path = "params.yaml") -> Any:
-    """params.yaml checked against the schema, and against what dvc.yaml needs of it before
-    any stage runs: DVC interpolates `data.path` into fetch's deps while it reads dvc.yaml,
-    and a null there stops it with only "unexpected error" (the params stage never runs)."""
-    import yaml
-
-    from genpipe.errors import ParamsError
-    from genpipe.params import load_params
-
-    params = load_params(path)
-    data = yaml.safe_load(Path(path).read_text()).get("data") or {}
-    if "path" in data and data["path"] is None:  # written as null (a missing key: DVC says so)
-        raise ParamsError(
-            "data.path: expected a path for DVC to track as fetch's dependency (dvc.yaml "
-            "interpolates it; keep examples/images when the source reads no folder); got null"
-        )
-    return params
 
 
 def _print(text: str) -> None:

@@ -37,8 +37,6 @@ log = logging.getLogger(__name__)
 
 # set by torchrun (and torch's launcher) in every worker's environment
 TORCHRUN_KEYS = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
-# tests only: the rank named here fails as it joins the group (GENPIPE_TEST_FAIL_RANK=1)
-FAIL_RANK = "GENPIPE_TEST_FAIL_RANK"
 
 
 @dataclass(frozen=True)
@@ -203,8 +201,6 @@ def joined(train: TrainParams, device: torch.device) -> Iterator[tuple[World | N
     backend = "nccl" if device.type == "cuda" else "gloo"
     try:
         dist.init_process_group(backend, timeout=timeout, rank=world.rank, world_size=world.size)
-        if env.get(FAIL_RANK) == str(world.rank):  # the others go on to their first collective
-            raise TrainingError(f"rank {world.rank}: failing as {FAIL_RANK} asks")
         yield world, device
     except RuntimeError as exc:  # a peer died or timed out: one line, not a traceback
         # NCCL's and the store's errors are DistErrors; gloo's transport raises RuntimeError
@@ -217,11 +213,6 @@ def joined(train: TrainParams, device: torch.device) -> Iterator[tuple[World | N
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-def barrier(world: World | None) -> None:
-    if world is not None:
-        dist.barrier()
 
 
 def mean(x: torch.Tensor, world: World | None) -> torch.Tensor:

@@ -46,3 +46,7 @@ class MetricsError(GenpipeError):
 
 class TrainingError(GenpipeError):
     """Training cannot start or go on (bad checkpoint, non-finite loss, missing device)."""
+
+
+class TrackingError(GenpipeError):
+    """The MLflow tracking store cannot be used (unreachable, malformed URI, failed write)."""

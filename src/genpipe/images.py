@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+GRID_SAMPLES = 64  # a GAN's grids (train and evaluate): 8 x 8 samples from fixed noise
+
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, C, H, W) -> float in [-1, 1], on the images' device."""

@@ -16,12 +16,15 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
+from genpipe import paths
 from genpipe.errors import ParamsError
 
-PARAMS_FILE = Path("params.yaml")
-
-SOURCES = ("digits", "mnist", "fashion-mnist", "cifar10", "folder")
-IMAGE_SIZES = (8, 16, 28, 32, 64)
+# the value lists a key may take; code that needs a list asks typing.get_args
+Source = Literal["digits", "mnist", "fashion-mnist", "cifar10", "folder"]
+ImageSize = Literal[8, 16, 28, 32, 64]
+GanLoss = Literal["non-saturating", "hinge", "wgan-gp"]
+AutoencoderKind = Literal["ae", "vae"]
+LrDecay = Literal["none", "linear", "cosine"]
 
 
 def _reject_bool(value: Any) -> Any:
@@ -46,13 +49,13 @@ class DownloadParams(Section):
 
 
 class DataParams(Section):
-    source: Literal["digits", "mnist", "fashion-mnist", "cifar10", "folder"] = "digits"
+    source: Source = "digits"
     # folder source: directory of images, optionally in class subfolders;
     # with `local`: the directory holding the official files
     path: str | None = None
     # mnist, fashion-mnist, cifar10: read the official files from `path`, download nothing
     local: bool = False
-    image_size: Annotated[Literal[8, 16, 28, 32, 64], NoBool] = 8
+    image_size: Annotated[ImageSize, NoBool] = 8
     channels: Annotated[Literal[1, 3], NoBool] = 1
     # sources without an official split (digits, folder) split by content hash
     test_fraction: float = Field(0.2, gt=0, lt=1)
@@ -103,7 +106,7 @@ class GanParams(Section):
     z_dim: int = Field(64, ge=1)
     width: int = Field(64, ge=1)  # feature maps of the widest layer
     depth: int = Field(1, ge=0)  # extra 3x3 conv layers per resolution
-    loss: Literal["non-saturating", "hinge", "wgan-gp"] = "non-saturating"
+    loss: GanLoss = "non-saturating"
     spectral_norm: bool = False  # in the discriminator
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)
@@ -112,7 +115,7 @@ class GanParams(Section):
     d_steps: int = Field(1, ge=1)  # discriminator updates per generator update
     gp_weight: float = Field(10.0, ge=0)  # wgan-gp gradient penalty
     r1_weight: float = Field(0.0, ge=0)  # R1: r1_weight / 2 * E ||grad D(real)||^2; 0: off
-    lr_decay: Literal["none", "linear", "cosine"] = "none"  # lr_g and lr_d over the steps
+    lr_decay: LrDecay = "none"  # lr_g and lr_d over the steps
     ema_decay: float = Field(0.999, ge=0, lt=1)  # EMA of the generator, used for evaluation
     # batches of noise (train.batch_size each) on which the EMA generator's BatchNorm running
     # statistics are recomputed for its own weights after training; 0: the live G's, copied
@@ -127,12 +130,12 @@ class GanParams(Section):
 
 class AutoencoderParams(Section):
     steps: int = Field(3000, ge=1)
-    kind: Literal["ae", "vae"] = "ae"
+    kind: AutoencoderKind = "ae"
     latent_dim: int = Field(16, ge=1)
     width: int = Field(32, ge=1)  # feature maps of the first encoder layer
     depth: int = Field(0, ge=0)  # extra 3x3 conv layers per resolution
     lr: float = Field(1e-3, gt=0)
-    lr_decay: Literal["none", "linear", "cosine"] = "none"  # lr over the steps, down to 0
+    lr_decay: LrDecay = "none"  # lr over the steps, down to 0
     kl_weight: float = Field(1.0, ge=0)  # vae: weight of the KL term
     # weight of (1 - SSIM) beside the per-pixel MSE in the loss (SSIM as evaluation scores it)
     ssim_weight: float = Field(0.0, ge=0)
@@ -198,11 +201,32 @@ class Params(Section):
     registry: RegisterParams = Field(RegisterParams(), alias="register")
 
 
-def load_params(path: Path | str = PARAMS_FILE) -> Params:
+def load_params(path: Path | str = paths.PARAMS) -> Params:
     """Read and check params.yaml; raise ParamsError with one line on any mistake."""
+    path = Path(path)
+    return parse_params(_read_yaml(path), source=str(path))
+
+
+def load_checked_params(path: Path | str = paths.PARAMS) -> Params:
+    """params.yaml checked against the schema, and against what dvc.yaml needs of it before
+    any stage runs: DVC interpolates `data.path` into fetch's deps while it reads dvc.yaml,
+    and a null there stops it with only "unexpected error" (the params stage never runs)."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    params = parse_params(raw, source=str(path))
+    data = raw.get("data") or {}
+    if "path" in data and data["path"] is None:  # written as null (a missing key: DVC says so)
+        raise ParamsError(
+            "data.path: expected a path for DVC to track as fetch's dependency (dvc.yaml "
+            "interpolates it; keep examples/images when the source reads no folder); got null"
+        )
+    return params
+
+
+def _read_yaml(path: Path) -> Any:
+    """The file's YAML as DVC reads it; an empty file is an empty mapping."""
     from ruamel.yaml import YAML, YAMLError
 
-    path = Path(path)
     try:
         # YAML 1.2, as DVC reads it: `1e-4` is a number and `yes` is a string
         raw = YAML(typ="safe", pure=True).load(path.read_text())
@@ -212,7 +236,7 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ParamsError(f"{path}: expected valid YAML; found a syntax error{where}") from None
-    return parse_params(raw if raw is not None else {}, source=str(path))
+    return raw if raw is not None else {}
 
 
 def parse_params(raw: Any, source: str = "params") -> Params:

@@ -12,6 +12,7 @@ VALIDATION = Path("reports/validation")
 VALIDATION_SUMMARY = VALIDATION / "summary.json"
 DATA_DOCS = VALIDATION / "data_docs"
 REFERENCE = Path("data/reference")
+REFERENCE_INFO = REFERENCE / "reference.json"  # the backbone, counts and the floor
 
 
 def weights_dir(model: str) -> Path:
@@ -31,3 +32,29 @@ def checkpoint(model: str) -> Path:
 def reports(model: str) -> Path:
     """reports/<model>/: train_log.csv, samples.png, metrics.json, eval_grid.png, registry.json."""
     return Path("reports") / model
+
+
+def train_log(model: str) -> Path:
+    """The training curve, one row per train.log_every steps: DVC plots, not cached."""
+    return reports(model) / "train_log.csv"
+
+
+def samples(model: str) -> Path:
+    """The train stage's grid: the GAN's samples from fixed noise, the autoencoder's
+    reconstructions."""
+    return reports(model) / "samples.png"
+
+
+def metrics(model: str) -> Path:
+    """The evaluate stage's DVC metrics."""
+    return reports(model) / "metrics.json"
+
+
+def eval_grid(model: str) -> Path:
+    """The evaluate stage's grid: samples, or test images above their reconstructions."""
+    return reports(model) / "eval_grid.png"
+
+
+def registry_record(model: str) -> Path:
+    """The register stage's version, aliases and decision: not cached."""
+    return reports(model) / "registry.json"

@@ -12,9 +12,7 @@ from PIL import Image
 from genpipe.autoencoder.network import AutoEncoder
 from genpipe.images import pairs_grid, to_float, unit_to_uint8
 from genpipe.metrics import reconstruction
-from genpipe.metrics.features import Backbone, extract_features
-from genpipe.params import EvaluateParams
-from genpipe.reference import (
+from genpipe.metrics.compare import (
     FID,
     FID_OVER_FLOOR,
     FLOOR,
@@ -22,6 +20,8 @@ from genpipe.reference import (
     frechet_to_reference,
     rounded,
 )
+from genpipe.metrics.features import Backbone, extract_features
+from genpipe.params import EvaluateParams
 
 GRID_IMAGES = 32  # 4 rows of 8 originals, each above their reconstructions
 

@@ -6,14 +6,17 @@ widening width, 2*width, ...; a linear layer maps to the latent. The decoder mir
 
 from __future__ import annotations
 
+from typing import get_args
+
 import torch
 from torch import Tensor, nn
 
+from genpipe.params import AutoencoderKind
 from genpipe.resolution import resolution_plan
 
 __all__ = ["KINDS", "AutoEncoder", "vae_kl"]
 
-KINDS = ("ae", "vae")
+KINDS = get_args(AutoencoderKind)  # config.json's kind, which genpipe may not have written
 
 
 class AutoEncoder(nn.Module):

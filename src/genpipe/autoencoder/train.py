@@ -12,9 +12,11 @@ import torch.nn.functional as F
 
 from genpipe import distributed, runtime, training
 from genpipe.autoencoder.network import AutoEncoder, vae_kl
+from genpipe.checkpoint import Checkpoint, run_identity
 from genpipe.images import pairs_grid, to_float, to_uint8
 from genpipe.params import AutoencoderParams, Params
 from genpipe.progress import Progress
+from genpipe.schedule import lr_factor, set_lr
 
 
 @dataclass
@@ -45,7 +47,7 @@ def train_autoencoder(
     device: torch.device,
     checkpoint: Path,
     log_path: Path,
-    run: Any = None,  # a tracking.TrainingRun, or None
+    run: Any = None,  # a tracking.runs.TrainingRun, or None
     world: distributed.World | None = None,  # under torchrun: rank 0 writes, all train
 ) -> AutoencoderResult:
     """params.autoencoder.steps steps on `images`, resumed from `checkpoint` when it holds
@@ -63,20 +65,20 @@ def train_autoencoder(
     data = training.DeviceImages(images, device, train.compile)
     batches = runtime.make_generator(device, params.seed + 1)  # which images
     noise = runtime.make_generator(device, params.seed + 2)  # vae: the reparameterisation noise
-    identity = training.run_identity("autoencoder", params.model_dump(mode="json", by_alias=True),
-                                     data_hash, world.size if world else 1)  # fmt: skip
+    identity = run_identity("autoencoder", params.model_dump(mode="json", by_alias=True),
+                            data_hash, world.size if world else 1)  # fmt: skip
     states = {"net": net, "opt": opt, "scaler": scaler}
-    ckpt = training.Checkpoint(checkpoint, identity, cfg.steps, states, (batches, noise), world)
+    ckpt = Checkpoint(checkpoint, identity, cfg.steps, states, (batches, noise), world)
     with ckpt:  # a failure before a step of work is saved puts back the file it found
-        start, rows = ckpt.restore(run)
+        restored = ckpt.restore(getattr(run, "run_id", None))
         B, pixels = train.batch_size, channels * size * size
         monitor = training.LossMonitor(("loss", "mse"), world)
         net.train()
-        with Progress("train autoencoder", cfg.steps, start) as progress:
-            trainlog = training.TrainLog(rows, run, progress)
-            for step in range(start + 1, cfg.steps + 1):
+        with Progress("train autoencoder", cfg.steps, restored.step) as progress:
+            trainlog = training.TrainLog(restored, run, progress)
+            for step in range(restored.step + 1, cfg.steps + 1):
                 if cfg.lr_decay != "none":
-                    training.set_lr(opt, cfg.lr * training.lr_factor(cfg.lr_decay, step, cfg.steps))
+                    set_lr(opt, cfg.lr * lr_factor(cfg.lr_decay, step, cfg.steps))
                 # (1) Reconstruct x
                 # (b, C, S, S) in [-1, 1]; eps: the VAE's noise, drawn here under torchrun
                 x, eps = draw(data, B, batches, noise, cfg, world, dtype or torch.float32)

@@ -10,20 +10,18 @@ from PIL import Image
 
 from genpipe import runtime
 from genpipe.gan.network import Generator
-from genpipe.images import image_grid, to_uint8
-from genpipe.metrics.features import Backbone, extract_features
-from genpipe.params import EvaluateParams
-from genpipe.reference import (
+from genpipe.images import GRID_SAMPLES, image_grid, to_uint8
+from genpipe.metrics.compare import (
     FID,
     FID_OVER_FLOOR,
     FLOOR,
+    KID_SUBSET_SIZE,
     Reference,
     compare,
-    kid_subset_size,
     rounded,
 )
-
-GRID_SAMPLES = 64
+from genpipe.metrics.features import Backbone, extract_features
+from genpipe.params import EvaluateParams
 
 
 @torch.inference_mode()
@@ -50,16 +48,18 @@ def evaluate_gan(
     seed: int,
     device: torch.device,
 ) -> tuple[dict[str, Any], Image.Image]:
-    """metrics.json's content and a grid of the first samples."""
-    n = reference.info["num_samples"]
+    """metrics.json's content and a grid of the first samples: as many samples as the
+    reference's floor took real train images, with its KID subset size."""
+    n, subset = reference.info["num_samples"], reference.info[KID_SUBSET_SIZE]
     samples = generate(netG, n, seed, evaluate.batch_size, device)
     features = extract_features(backbone, samples, evaluate.batch_size, device, "gan features")
-    metrics: dict[str, Any] = compare(reference, features, evaluate, seed)
+    metrics: dict[str, Any] = compare(reference, features, evaluate.kid_subsets, subset,
+                                      evaluate.pr_k, seed)  # fmt: skip
     floor = reference.info[FLOOR]
     if floor[FID] > 0:  # 0 only when the train subsample's statistics equal the test split's
         metrics[FID_OVER_FLOOR] = metrics[FID] / floor[FID]
     metrics[FLOOR] = floor
     metrics["num_samples"] = n
-    metrics["kid_subset_size"] = kid_subset_size(evaluate, reference, n)
+    metrics[KID_SUBSET_SIZE] = subset
     grid = image_grid(samples[:GRID_SAMPLES], rows=8)
     return rounded(metrics), grid

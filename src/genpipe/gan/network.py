@@ -7,20 +7,17 @@ else 4) by stride-2 transposed convs; the discriminator mirrors it back down to 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
+from genpipe.params import GanLoss, GanParams
 from genpipe.resolution import resolution_plan
 
-if TYPE_CHECKING:
-    from genpipe.params import GanParams
-
 __all__ = [
-    "LOSSES",
     "Discriminator",
     "Generator",
     "discriminator_loss",
@@ -36,7 +33,7 @@ __all__ = [
     "resolution_plan",
 ]
 
-LOSSES = ("non-saturating", "hinge", "wgan-gp")
+LOSSES = get_args(GanLoss)
 MIN_CHANNELS = 8  # the narrowest layer, however many times the width is halved
 
 
@@ -297,21 +294,15 @@ def generator_loss(kind: str, fake_logits: Tensor) -> Tensor:
 
 
 def gradient_penalty(
-    netD: nn.Module,
-    real: Tensor,
-    fake: Tensor,
-    generator: torch.Generator | None = None,
-    alpha: Tensor | None = None,
-    labels: Tensor | None = None,
+    netD: nn.Module, real: Tensor, fake: Tensor, alpha: Tensor, labels: Tensor | None = None
 ) -> Tensor:
     """WGAN-GP: mean over the batch of (||grad_x D(x_hat)||_2 - 1)^2 at random interpolates.
 
-    The interpolation weights are `alpha` (N,), or drawn from `generator`. The graph is kept
-    (create_graph=True), so backward on the result reaches netD's weights.
+    The interpolation weights are `alpha` (N,), drawn by the caller with the run's noise
+    generator. The graph is kept (create_graph=True), so backward on the result reaches
+    netD's weights.
     """
     n = real.shape[0]
-    if alpha is None:  # one interpolation weight per sample, reproducible through `generator`
-        alpha = torch.rand(n, generator=generator, device=real.device)
     alpha = alpha.to(real.dtype).reshape(n, 1, 1, 1)
     x_hat = torch.lerp(fake.detach().to(real.dtype), real.detach(), alpha).requires_grad_(True)
     scores = netD(x_hat) if labels is None else netD(x_hat, labels)  # conditional: the reals'
@@ -335,14 +326,10 @@ def ema_decay_at(step: int, decay: float) -> float:
 
 
 @torch.no_grad()
-def ema_update(
-    ema: nn.Module, model: nn.Module, decay: float = 0.0, *, weight: float | Tensor | None = None
-) -> None:
-    """ema = decay * ema + (1 - decay) * model for parameters; buffers (BatchNorm stats) copied.
-    `weight`, when given, is 1 - decay: a 0-d tensor on the device (a CUDA graph's input) that
+def ema_update(ema: nn.Module, model: nn.Module, weight: float | Tensor) -> None:
+    """ema = (1 - weight) * ema + weight * model for parameters; buffers (BatchNorm stats)
+    copied. `weight` is 1 - decay: a 0-d tensor on the device (a CUDA graph's input) that
     holds the value the host computed, so graphed and eager steps agree to the bit."""
-    if weight is None:
-        weight = 1.0 - decay
     # by position, not name: a torch.compile'd model prefixes its names with `_orig_mod.`
     for e, p in zip(ema.parameters(), model.parameters(), strict=True):
         e.lerp_(p.to(e.dtype), weight)

@@ -16,6 +16,8 @@ from PIL import Image
 from torch import nn
 
 from genpipe import distributed, runtime, training
+from genpipe.checkpoint import Checkpoint, run_identity
+from genpipe.data.split import class_shares
 from genpipe.errors import TrainingError
 from genpipe.gan.network import (
     Discriminator,
@@ -29,11 +31,10 @@ from genpipe.gan.network import (
     r1_penalty,
     recompute_batchnorm,
 )
-from genpipe.images import image_grid, to_uint8
+from genpipe.images import GRID_SAMPLES, image_grid, to_uint8
 from genpipe.params import GanParams, Params, minibatch_group_error
 from genpipe.progress import Progress
-
-GRID_SAMPLES = 64  # an 8 x 8 grid from fixed noise
+from genpipe.schedule import lr_factor, set_lr
 
 
 @dataclass
@@ -185,7 +186,7 @@ def gan_step(
     gan.netD.requires_grad_(True)
 
     # (3) The EMA of G's weights is what gets evaluated
-    ema_update(gan.ema, gan.netG, weight=ema_weight)
+    ema_update(gan.ema, gan.netG, ema_weight)
     return loss_d.detach(), loss_g.detach()  # kept alive, the graphs would hold their memory
 
 
@@ -205,9 +206,9 @@ def make_step(
     def step(t: int) -> tuple[torch.Tensor, torch.Tensor]:
         weight = 1.0 - ema_decay_at(t, cfg.ema_decay)
         if cfg.lr_decay != "none":  # then gan.graphed is False: the new lr is read eagerly
-            factor = training.lr_factor(cfg.lr_decay, t, cfg.steps)
-            training.set_lr(gan.optG, cfg.lr_g * factor)
-            training.set_lr(gan.optD, cfg.lr_d * factor)
+            factor = lr_factor(cfg.lr_decay, t, cfg.steps)
+            set_lr(gan.optG, cfg.lr_g * factor)
+            set_lr(gan.optD, cfg.lr_d * factor)
         draws = draw(gan, data, batches, noise)
         if part is not None:  # (d_steps, B, ...) -> (d_steps, B / world size, ...)
             draws = tuple(x[:, part] for x in draws)
@@ -225,7 +226,7 @@ def train_gan(
     device: torch.device,
     checkpoint: Path,
     log_path: Path,
-    run: Any = None,  # a tracking.TrainingRun, or None
+    run: Any = None,  # a tracking.runs.TrainingRun, or None
     world: distributed.World | None = None,  # under torchrun: rank 0 writes, all train
     labels: np.ndarray | None = None,  # (N,) the train split's: gan.conditional needs them
 ) -> GanResult:
@@ -240,28 +241,28 @@ def train_gan(
         raise TrainingError(minibatch_group_error(cfg.minibatch_std, per_process))
     # conditional: every image labeled, in 2 classes or more, checked before any work
     key, n = "gan.conditional", len(images)
-    weights = training.class_weights(labels, key, n) if cfg.conditional else None
+    weights = class_shares(labels, key, n) if cfg.conditional else None
     gan = build_gan(params, channels, size, device, world, weights)
     data = training.DeviceImages(images, device, train.compile,
                                  labels if cfg.conditional else None)  # fmt: skip
     batches = runtime.make_generator(device, params.seed + 1)  # which images
     noise = runtime.make_generator(device, params.seed + 2)  # z and GP interpolation
-    identity = training.run_identity("gan", params.model_dump(mode="json", by_alias=True),
-                                     data_hash, world.size if world else 1)  # fmt: skip
+    identity = run_identity("gan", params.model_dump(mode="json", by_alias=True),
+                            data_hash, world.size if world else 1)  # fmt: skip
     states = {"netG": gan.netG, "netD": gan.netD, "ema": gan.ema, "optG": gan.optG,
               "optD": gan.optD, "scalerG": gan.scalerG, "scalerD": gan.scalerD}  # fmt: skip
-    ckpt = training.Checkpoint(checkpoint, identity, cfg.steps, states, (batches, noise), world)
+    ckpt = Checkpoint(checkpoint, identity, cfg.steps, states, (batches, noise), world)
     with ckpt:  # a failure before a step of work is saved puts back the file it found
-        start, rows = ckpt.restore(run)
+        restored = ckpt.restore(getattr(run, "run_id", None))
 
         B = train.batch_size
         monitor = training.LossMonitor(("loss_d", "loss_g"), world)
         gan.netG.train()
         gan.netD.train()
         step_fn = make_step(gan, data, batches, noise)
-        with Progress("train gan", cfg.steps, start) as progress:
-            trainlog = training.TrainLog(rows, run, progress)
-            for step in range(start + 1, cfg.steps + 1):
+        with Progress("train gan", cfg.steps, restored.step) as progress:
+            trainlog = training.TrainLog(restored, run, progress)
+            for step in range(restored.step + 1, cfg.steps + 1):
                 loss_d, loss_g = step_fn(step)  # gan_step: (1) update D, (2) update G, (3) EMA
                 monitor.add(step, loss_d, loss_g)
                 progress.update()

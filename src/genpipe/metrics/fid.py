@@ -120,22 +120,6 @@ class FeatureStats:
         return self.mu, self.sigma
 
 
-def feature_statistics(
-    features: np.ndarray | torch.Tensor, batch_size: int | None = None, what: str = "features"
-) -> tuple[np.ndarray, np.ndarray]:
-    """(mu (D,), sigma (D, D)) of (N, D) features, added `batch_size` rows at a time (all at
-    once when None)."""
-    if batch_size is not None and batch_size < 1:
-        raise MetricsError(f"batch_size: expected a positive integer; got {batch_size}")
-    stats = FeatureStats(what)
-    if batch_size is None:
-        stats.add(features)
-    else:
-        for start in range(0, len(features), batch_size):
-            stats.add(features[start : start + batch_size])
-    return stats.statistics()
-
-
 def _symmetric(a: np.ndarray) -> np.ndarray:
     return (a + a.T) / 2
 

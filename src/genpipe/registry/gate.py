@@ -14,14 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from genpipe.tracking.lineage import TAG_BACKBONE, TAG_DATA_HASH, TAG_METRIC, TAG_VALUE
+
 CHAMPION, PREVIOUS_CHAMPION, CHALLENGER = "champion", "previous-champion", "challenger"
 
-# the version tags that hold a version's values
-TAG_METRIC = "genpipe.metric"  # the primary metric's name
-TAG_VALUE = "genpipe.metric_value"
-TAG_BACKBONE = "genpipe.backbone"
-TAG_DATA_HASH = "data.hash"  # genpipe.tracking.TAG_DATA_HASH: the run's tag, on the version too
-TAG_WEIGHTS = "genpipe.weights_sha256"  # of the weights directory
 # versions differing in one of these are never compared: the tag that holds each
 COMPARED_ON = {"backbone": TAG_BACKBONE, "data_hash": TAG_DATA_HASH, "metric": TAG_METRIC}
 

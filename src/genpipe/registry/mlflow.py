@@ -15,17 +15,26 @@ import csv
 import hashlib
 import json
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from genpipe import tracking
+from genpipe import paths
 from genpipe.errors import GenpipeError, exception_text
 from genpipe.registry import gate
-from genpipe.registry.gate import CHAMPION, TAG_BACKBONE, TAG_METRIC, TAG_VALUE, TAG_WEIGHTS
+from genpipe.registry.gate import CHAMPION
+from genpipe.tracking import lineage, runs, store
+from genpipe.tracking.lineage import (
+    TAG_BACKBONE,
+    TAG_DATA_HASH,
+    TAG_DECISION,
+    TAG_METRIC,
+    TAG_SOURCE_RUN,
+    TAG_VALUE,
+    TAG_WEIGHTS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +46,6 @@ NOT_RETRIED = {"PERMISSION_DENIED", "UNAUTHENTICATED", "INVALID_PARAMETER_VALUE"
 PRIMARY_METRIC = {"gan": "fid", "autoencoder": "mse"}  # lower is better for both
 MODEL_ARTIFACT = "model"
 REQUIREMENTS = ["torch", "numpy", "pandas", "safetensors"]  # the model's, besides MLflow
-
-# version tags, besides the gate's
-TAG_PARAMS_HASH = "params.hash"
-TAG_SOURCE_RUN = "genpipe.source_run_id"  # on a rebuilt run: the run mlflow_run.json names
-TAG_DECISION = "genpipe.decision"  # set once the gate has moved the aliases
 
 
 class RegistryError(GenpipeError):
@@ -63,23 +67,39 @@ class Outputs:
 
     @classmethod
     def of(cls, model: str, data_hash: str) -> Outputs:
-        reports = Path("reports") / model
         return cls(
             model=model,
-            weights=Path("models") / model / "weights",
-            record=Path("models") / model / "mlflow_run.json",
-            metrics=reports / "metrics.json",
-            train_log=reports / "train_log.csv",
-            images=[reports / "samples.png", reports / "eval_grid.png"],
-            reference=Path("data/reference/reference.json"),
+            weights=paths.weights_dir(model),
+            record=paths.run_record(model),
+            metrics=paths.metrics(model),
+            train_log=paths.train_log(model),
+            images=[paths.samples(model), paths.eval_grid(model)],
+            reference=paths.REFERENCE_INFO,
             data_hash=data_hash,
         )
 
 
-def params_hash(params: dict[str, Any], model: str) -> str:
-    """SHA-256 of the params that shape this model: shared ones and its own section."""
-    shaping = {k: params[k] for k in ("seed", "data", "train", model, "evaluate") if k in params}
-    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
+@dataclass
+class Candidate:
+    """What register reads of the model to register: its outputs, the params it was trained
+    under, its metrics and the values the gate compares."""
+
+    outputs: Outputs
+    params: dict[str, Any]  # the whole params.yaml, as dumped
+    metrics: dict[str, Any]  # metrics.json
+    experiment: str  # train.experiment: the prefix of the model's experiment
+    source_run_id: str  # the run mlflow_run.json names
+    metric: str  # the primary metric
+    value: float  # its value
+    backbone: str  # the evaluation backbone
+
+
+@dataclass(frozen=True)
+class Policy:
+    """register's params: when a version takes the champion alias."""
+
+    min_improvement: float
+    force: bool
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -101,9 +121,9 @@ def register(
     uri: str | None = None,
 ) -> dict[str, Any]:
     """Register the model and run the gate; returns the record for registry.json."""
-    uri = uri or tracking.tracking_uri()
-    tracking.check_tracking_server(uri)  # before anything: a server that is down changes nothing
-    mlflow = tracking.import_mlflow()
+    uri = uri or store.tracking_uri()
+    store.check_tracking_server(uri)  # before anything: a server that is down changes nothing
+    mlflow = store.import_mlflow()
     from mlflow.exceptions import MlflowException
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -116,21 +136,20 @@ def register(
             f"{outputs.metrics}: expected a number under '{metric}'; found "
             f"{metrics.get(metric)!r} (run `dvc repro evaluate@{outputs.model}`)"
         )
-    value = float(metrics[metric])
+    candidate = Candidate(outputs, params, metrics, experiment, record["run_id"], metric,
+                          float(metrics[metric]), str(reference.get("backbone")))  # fmt: skip
+    policy = Policy(min_improvement, force)
     name = f"{name_prefix}-{outputs.model}"
     started = time.monotonic()
     for attempt in range(1, ATTEMPTS + 1):
         try:
             client = mlflow.MlflowClient(tracking_uri=uri)  # a sqlite store is opened here
-            run_id, version, decision = _register_once(
-                mlflow, client, uri, name, outputs, params, metrics, experiment,
-                record["run_id"], metric, value, str(reference.get("backbone")),
-                min_improvement, force,
-            )  # fmt: skip
+            run_id, version, decision = _register_once(mlflow, client, uri, name, candidate,
+                                                       policy)  # fmt: skip
             aliases = sorted(client.get_model_version(name, version.version).aliases)
             break
         except SQLAlchemyError as exc:  # a corrupt sqlite file
-            raise tracking.store_error(uri, exc) from None
+            raise store.store_error(uri, exc) from None
         except MlflowException as exc:
             # another register writing the same model at once, say: going again finishes
             # what this pass began. Passes start only within REPASS_SECONDS of the first, so
@@ -150,31 +169,19 @@ def register(
         "aliases": aliases,
         "run_id": run_id,
         "metric": metric,
-        "value": value,
+        "value": candidate.value,
         "backbone": reference.get("backbone"),
         **decision,
     }
 
 
 def _register_once(
-    mlflow: Any,
-    client: Any,
-    uri: str,
-    name: str,
-    outputs: Outputs,
-    params: dict[str, Any],
-    metrics: dict[str, Any],  # metrics.json
-    experiment: str,
-    source_run_id: str,
-    metric: str,
-    value: float,
-    backbone: str,
-    min_improvement: float,
-    force: bool,
+    mlflow: Any, client: Any, uri: str, name: str, candidate: Candidate, policy: Policy
 ) -> tuple[str, Any, dict[str, Any]]:
     """One pass: the run (found or rebuilt), its version (found or created), the gate (unless
     an earlier pass decided). Idempotent: a pass cut short is finished by the next."""
-    run_id = _find_or_rebuild_run(client, source_run_id, outputs, params, metrics, experiment)
+    outputs, metric = candidate.outputs, candidate.metric
+    run_id = _find_or_rebuild_run(client, candidate)
     weights = weights_sha256(outputs.weights)
     version = _version_of_weights(client, name, run_id, weights)
     if version is not None and TAG_DECISION in version.tags:
@@ -184,28 +191,20 @@ def _register_once(
                     "reason": f"earlier: {version.tags[TAG_DECISION]}"}  # fmt: skip
     else:
         # a version without a decision was cut short before the gate: finish it
-        git = tracking.git_info()
-        tags = {
-            tracking.TAG_GIT_COMMIT: git["commit"],
-            tracking.TAG_GIT_DIRTY: git["dirty"],
-            tracking.TAG_DATA_HASH: outputs.data_hash,
-            TAG_PARAMS_HASH: params_hash(params, outputs.model),
-            tracking.TAG_DVC_EXP: os.environ.get("DVC_EXP_NAME", ""),
-            TAG_METRIC: metric,
-            TAG_VALUE: repr(value),
-            TAG_BACKBONE: backbone,
-            TAG_WEIGHTS: weights,
-        }
         if version is None:
+            tags = lineage.version_tags(
+                outputs.data_hash, candidate.params, outputs.model, metric, candidate.value,
+                candidate.backbone, weights,
+            )  # fmt: skip
             version = _log_and_register(mlflow, uri, run_id, name, outputs, tags)
-        candidate = gate.Version(int(version.version), metric, value, backbone,
-                                 outputs.data_hash, weights)  # fmt: skip
+        new = gate.Version(int(version.version), metric, candidate.value, candidate.backbone,
+                           outputs.data_hash, weights)  # fmt: skip
         champion = _champion(client, name, metric)
-        verdict = gate.decide(candidate, champion, min_improvement, force)
+        verdict = gate.decide(new, champion, policy.min_improvement, policy.force)
         level = logging.WARNING if verdict.decision == gate.CHALLENGER else logging.INFO
         log.log(level, "%s v%s: %s (%s)", name, version.version, verdict.decision, verdict.reason)
         _set_aliases(client, name, verdict.aliases)
-        _reconcile(client, name, metric, min_improvement)
+        _reconcile(client, name, metric, policy.min_improvement)
         decision = verdict.record()
         client.set_model_version_tag(name, version.version, TAG_DECISION,
                                      decision["decision"])  # fmt: skip
@@ -215,26 +214,20 @@ def _register_once(
 # --- the run -------------------------------------------------------------------------------
 
 
-def _find_or_rebuild_run(
-    client: Any,
-    run_id: str,
-    outputs: Outputs,
-    params: dict[str, Any],
-    metrics: dict[str, Any],
-    experiment_prefix: str,
-) -> str:
+def _find_or_rebuild_run(client: Any, candidate: Candidate) -> str:
     """The run mlflow_run.json names if the server has it, else one rebuilt from the DVC
     outputs in the model's experiment, as the train stage names it (found again, not
     rebuilt twice, on a second register)."""
     from mlflow.exceptions import MlflowException
 
+    run_id = candidate.source_run_id
     try:
         client.get_run(run_id)
         return run_id
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
-    experiment = tracking.experiment_name(experiment_prefix, outputs.model)
+    experiment = lineage.experiment_name(candidate.experiment, candidate.outputs.model)
     exp = client.get_experiment_by_name(experiment)
     if exp is not None:
         found = client.search_runs(
@@ -243,39 +236,34 @@ def _find_or_rebuild_run(
         if found:
             return found[0].info.run_id
     log.info("run %s is not on the tracking server: rebuilding it from the DVC outputs", run_id)
-    return _rebuild_run(client, run_id, outputs, params, metrics, experiment)
+    return _rebuild_run(client, candidate, experiment)
 
 
-def _rebuild_run(
-    client: Any,
-    source_run_id: str,
-    outputs: Outputs,
-    params: dict[str, Any],
-    metrics: dict[str, Any],
-    experiment: str,
-) -> str:
+def _rebuild_run(client: Any, candidate: Candidate, experiment: str) -> str:
     """A run as the train stage would have made it (experiment, name, tags, params), with
     the train log's and metrics.json's points, tagged with the run it stands in for."""
     from mlflow.entities import Metric
 
-    git = tracking.git_info()
+    outputs = candidate.outputs
+    git = lineage.git_info()
     run = client.create_run(
-        tracking.get_or_create_experiment(client, experiment),
-        run_name=tracking.run_name(outputs.model, git["short"], tracking.dvc_exp_name()),
+        runs.get_or_create_experiment(client, experiment),
+        run_name=lineage.run_name(outputs.model, git["short"], lineage.dvc_exp_name()),
         tags={
-            **tracking.run_tags(outputs.model, outputs.data_hash, git),
-            TAG_SOURCE_RUN: source_run_id,
+            **lineage.run_tags(outputs.model, outputs.data_hash, git),
+            TAG_SOURCE_RUN: candidate.source_run_id,
         },
     )
     run_id = run.info.run_id
-    tracking.log_params(client, run_id, params)
+    runs.log_params(client, run_id, candidate.params)
     points = []
     if outputs.train_log.is_file():
         with outputs.train_log.open() as f:
             for row in csv.DictReader(f):
                 step = int(row.pop("step"))
                 points += [Metric(k, float(v), 0, step) for k, v in row.items() if v != ""]
-    points += [Metric(f"eval/{k}", v, 0, 0) for k, v in tracking.flatten_metrics(metrics).items()]
+    flat = runs.flatten_metrics(candidate.metrics)
+    points += [Metric(f"eval/{k}", v, 0, 0) for k, v in flat.items()]
     client.log_batch(run_id, metrics=points)  # MlflowClient splits it into batches
     for path in [outputs.train_log, outputs.metrics, *outputs.images]:
         if path.is_file():
@@ -361,7 +349,7 @@ def _values(version: Any) -> gate.Version:
     except (KeyError, ValueError):  # no tag (an alias set by hand), or one edited by hand
         value = None
     return gate.Version(int(version.version), tags.get(TAG_METRIC), value,
-                        tags.get(TAG_BACKBONE), tags.get(tracking.TAG_DATA_HASH),
+                        tags.get(TAG_BACKBONE), tags.get(TAG_DATA_HASH),
                         tags.get(TAG_WEIGHTS))  # fmt: skip
 
 
@@ -387,7 +375,7 @@ def _champion(client: Any, name: str, metric: str) -> gate.Version | None:
             if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
     value = run.data.metrics.get(f"eval/{metric}") if run is not None else None
-    data_hash = run.data.tags.get(tracking.TAG_DATA_HASH) if run is not None else None
+    data_hash = run.data.tags.get(TAG_DATA_HASH) if run is not None else None
     return replace(champion, value=value, hand_set=True,
                    metric=champion.metric or (metric if value is not None else None),
                    data_hash=champion.data_hash or data_hash)  # fmt: skip

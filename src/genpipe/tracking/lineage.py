@@ -1,0 +1,135 @@
+"""Lineage: every tag genpipe writes on a run or a model version (the one home of each tag
+key), and what they are read from: git, the DVC experiment, the data's hash and the params.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+# MLflow 3's UI opens an experiment in the view this experiment tag names (the UI's
+# ExperimentKind): "custom_model_development" is "Machine learning" (runs, metric
+# charts); untagged experiments may open in the GenAI view (traces, judges, prompts).
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+# tag keys of runs and model versions
+TAG_MODEL = "genpipe.model"
+TAG_GIT_COMMIT = "git.commit"
+TAG_GIT_DIRTY = "git.dirty"
+TAG_DATA_HASH = "data.hash"  # of data/prepared
+TAG_DVC_EXP = "dvc.exp_name"
+TAG_RESUMED_FROM = "genpipe.resumed_from_run_id"  # the killed run a resumed one goes on from
+TAG_SOURCE_RUN = "genpipe.source_run_id"  # on a rebuilt run: the run mlflow_run.json names
+# model versions only: what the champion gate compares, and what it decided
+TAG_PARAMS_HASH = "params.hash"
+TAG_METRIC = "genpipe.metric"  # the primary metric's name
+TAG_VALUE = "genpipe.metric_value"
+TAG_BACKBONE = "genpipe.backbone"
+TAG_WEIGHTS = "genpipe.weights_sha256"  # of the weights directory
+TAG_DECISION = "genpipe.decision"  # set once the gate has moved the aliases
+
+
+
+def git_info(repo: Path = Path(".")) -> dict[str, str]:
+    """{"commit", "short", "dirty"} of the checkout at `repo`; never raises.
+
+    No git or not a repository: commit "unknown", short "nogit", dirty "unknown".
+    dirty is "true" when a tracked file differs from HEAD; dvc.lock does not count,
+    since `dvc repro` rewrites it as stages finish.
+    """
+    unknown = {"commit": "unknown", "short": "nogit", "dirty": "unknown"}
+    commit = _git(repo, "rev-parse", "--verify", "HEAD")
+    if commit is None:
+        return unknown
+    status = _git(
+        repo, "status", "--porcelain", "--untracked-files=no", "--", ".",
+        ":(exclude,glob)**/dvc.lock",
+    )  # fmt: skip
+    dirty = "unknown" if status is None else str(bool(status)).lower()
+    return {"commit": commit, "short": commit[:7], "dirty": dirty}
+
+
+def _git(repo: Path, *args: str) -> str | None:
+    """stdout of `git -C repo args`, stripped; None when git is missing or fails."""
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(repo), *args],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip()
+
+
+def run_name(model: str, short_sha: str, exp_name: str | None) -> str:
+    """'gan-3f2a1bc-clean-hake' (model, commit, DVC experiment); 'gan-3f2a1bc' without one."""
+    return "-".join(part for part in (model, short_sha, exp_name) if part)
+
+
+def experiment_name(prefix: str, model: str) -> str:
+    """'genpipe-gan': each model's runs in an experiment of their own (train.experiment is
+    the prefix), so a chart of eval/fid never puts one model's beside the other's."""
+    return f"{prefix}-{model}"
+
+
+def dvc_exp_name() -> str | None:
+    """The DVC experiment this stage runs in (`dvc exp run` sets $DVC_EXP_NAME), if any."""
+    return os.environ.get("DVC_EXP_NAME") or None
+
+
+def run_tags(model: str, data_hash: str, git: dict[str, str]) -> dict[str, str]:
+    """The tags of a genpipe training run: model, lineage (git, data, DVC experiment) and
+    MLflow's own source and user tags. `git` is git_info()'s."""
+    tags = {
+        TAG_MODEL: model,
+        TAG_GIT_COMMIT: git["commit"],
+        TAG_GIT_DIRTY: git["dirty"],
+        TAG_DATA_HASH: data_hash,
+        "mlflow.source.type": "LOCAL",
+    }
+    if exp_name := dvc_exp_name():
+        tags[TAG_DVC_EXP] = exp_name
+    if git["commit"] != "unknown":
+        tags["mlflow.source.git.commit"] = git["commit"]
+    if user := _user():
+        tags["mlflow.user"] = user
+    return tags
+
+
+def version_tags(data_hash: str, params: dict[str, Any], model: str, metric: str, value: float,
+                 backbone: str, weights: str) -> dict[str, str]:  # fmt: skip
+    """The tags of a new model version: lineage (git, data, params, DVC experiment) and the
+    values the champion gate compares."""
+    git = git_info()
+    return {
+        TAG_GIT_COMMIT: git["commit"],
+        TAG_GIT_DIRTY: git["dirty"],
+        TAG_DATA_HASH: data_hash,
+        TAG_PARAMS_HASH: params_hash(params, model),
+        TAG_DVC_EXP: dvc_exp_name() or "",
+        TAG_METRIC: metric,
+        TAG_VALUE: repr(value),
+        TAG_BACKBONE: backbone,
+        TAG_WEIGHTS: weights,
+    }
+
+
+def params_hash(params: dict[str, Any], model: str) -> str:
+    """SHA-256 of the params that shape this model: shared ones and its own section."""
+    shaping = {k: params[k] for k in ("seed", "data", "train", model, "evaluate") if k in params}
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
+
+
+def _user() -> str | None:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name and no $USER (some containers)
+        return None
+
+

@@ -1,0 +1,190 @@
+"""The tracking store: which one (MLFLOW_TRACKING_URI, else sqlite:///mlflow.db at the
+repo root), whether it can be used (a health check before any work, with MLflow's own TLS
+settings), and MLflow's HTTP client bounded so that a broken server fails a stage in about
+half a minute with a line per retry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import ssl
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from genpipe.errors import TrackingError, exception_text
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # at the repo root (stages run there)
+
+log = logging.getLogger(__name__)
+
+
+def tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI if set (and not empty), else DEFAULT_TRACKING_URI."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+_USE_DEFAULT = f"unset MLFLOW_TRACKING_URI to use {DEFAULT_TRACKING_URI}"
+
+
+def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any training, when `uri` cannot be a working tracking store.
+
+    http(s): GET {uri}/health must answer within `timeout` seconds (a 5xx answer fails too).
+    sqlite: the database file's directory must exist (MLflow would silently create it,
+    which turns a typo into a new, empty store). Other schemes are left to MLflow.
+    """
+    scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
+    if scheme in ("http", "https"):
+        _check_http(uri, timeout)
+    elif scheme == "sqlite":
+        _check_sqlite(uri)
+
+
+def _check_http(uri: str, timeout: float) -> None:
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 (raises ValueError on a port that is not a number)
+    except ValueError as exc:
+        raise TrackingError(f"MLflow tracking URI {uri!r} is malformed ({exc})") from None
+    if not parts.hostname:
+        raise TrackingError(
+            f"MLflow tracking URI {uri!r} is malformed; expected http(s)://host[:port][/path]"
+        )
+    url = uri.rstrip("/") + "/health"
+    try:
+        context = _ssl_context(parts.scheme)  # may fail on a bad certificate path
+        with urllib.request.urlopen(url, timeout=timeout, context=context):
+            return
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        # 401/403/404: something answers (auth, a proxy); the API calls that follow decide
+        if exc.code < 500:
+            return
+        reason = f"HTTP {exc.code} on /health"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = _unreachable_reason(exc, timeout)
+    raise TrackingError(
+        f"MLflow tracking server {uri} is unreachable ({reason}); start it or {_USE_DEFAULT}"
+    )
+
+
+def _unreachable_reason(exc: BaseException, timeout: float) -> str:
+    cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(cause, TimeoutError):  # socket.timeout is TimeoutError since 3.10
+        return f"no answer within {timeout:g} s"
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS error: {getattr(cause, 'reason', None) or cause}"
+    if isinstance(cause, socket.gaierror):
+        return "host not found"
+    return " ".join(str(cause).split()) or type(cause).__name__
+
+
+def _ssl_context(scheme: str) -> ssl.SSLContext | None:
+    """TLS as MLflow's own client would do it, from the same environment variables."""
+    if scheme != "https":
+        return None
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("true", "1"):
+        return ssl._create_unverified_context()  # the user opted out of verification
+    context = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"))
+    if client_cert := os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH"):
+        context.load_cert_chain(client_cert)
+    return context
+
+
+def _check_sqlite(uri: str) -> None:
+    if uri in ("sqlite://", "sqlite:///:memory:"):
+        return
+    if not uri.startswith("sqlite:///"):
+        raise TrackingError(
+            f"MLflow tracking URI {uri!r} is malformed; expected sqlite:///relative/path.db "
+            "or sqlite:////absolute/path.db"
+        )
+    db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    if not db.parent.is_dir():
+        raise TrackingError(
+            f"MLflow tracking store {uri}: directory {db.parent} does not exist; "
+            f"create it or {_USE_DEFAULT}"
+        )
+
+
+# MLflow's own HTTP client settings, where the user has set none: MLflow's defaults (7
+# retries with backoff from 2 s, 120 s a request) keep a stage waiting on a broken server
+# for minutes; these fail a call within about 30 s (3 tries 8 s each at worst, 2 to 4 s of
+# backoff between them) and still ride out a restart of a few seconds.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",  # an int to MLflow
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "8",
+}
+
+
+def bound_http_calls() -> None:
+    """Set HTTP_DEFAULTS in the environment (MLflow reads them at each call) where unset, and
+    say each retry as a line: a person waiting on a failing server sees why."""
+    for key, value in HTTP_DEFAULTS.items():
+        if not os.environ.get(key):
+            os.environ[key] = value
+    retry_log = logging.getLogger("urllib3.util.retry")
+    if not any(isinstance(h, _RetryLine) for h in retry_log.handlers):
+        retry_log.addHandler(_RetryLine())
+        retry_log.setLevel(logging.DEBUG)
+        retry_log.propagate = False  # its other debug lines stay unseen
+
+
+class _RetryLine(logging.Handler):
+    """urllib3 notes each retry at DEBUG ("Incremented Retry for (url=...): Retry(total=N,
+    ...)"); this says it as one genpipe warning."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not str(record.msg).startswith("Incremented Retry") or len(record.args or ()) != 2:
+            return
+        url, retry = record.args  # type: ignore[misc]
+        cause = getattr(retry, "history", None) and retry.history[-1]
+        why = f"HTTP {cause.status}" if cause and cause.status else "no answer"
+        left = getattr(retry, "total", None)
+        log.warning("MLflow server: %s failed (%s); retrying (%s left)",
+                    str(url).split("?", 1)[0], why, left)  # fmt: skip
+
+
+def store_error(uri: str, exc: BaseException) -> TrackingError | None:
+    """The one-line error for a tracking store that cannot be read at all (a corrupt sqlite
+    file: SQLAlchemy's DatabaseError), or None when `exc` is not that."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if not isinstance(exc, SQLAlchemyError):
+        return None
+    cause = getattr(exc, "orig", None) or exc
+    if uri.startswith("sqlite:///") and uri not in ("sqlite:///:memory:",):
+        db = uri.removeprefix("sqlite:///").split("?", 1)[0]
+        return TrackingError(
+            f"MLflow tracking store {db} is not a usable SQLite database "
+            f"({exception_text(cause)}); "
+            f"move it aside (`mv {db} {db}.corrupt`) to start a new store: the register "
+            "stages rebuild the runs from the DVC outputs"
+        )
+    return TrackingError(f"MLflow tracking store {uri}: database error ({exception_text(cause)})")
+
+
+def import_mlflow() -> Any:
+    """Import MLflow (slow: about 2 s) only when a run starts; keep its INFO lines quiet and
+    its HTTP calls bounded (bound_http_calls)."""
+    bound_http_calls()
+    import mlflow
+
+    # MLflow sets its own logger to INFO on import (first sqlite use logs migrations);
+    # an explicit MLFLOW_LOGGING_LEVEL still wins.
+    if not os.environ.get("MLFLOW_LOGGING_LEVEL"):
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # its async logging logs each failed batch; TrainingRun raises them as one TrackingError
+    logging.getLogger("mlflow.utils.async_logging.async_logging_queue").setLevel(logging.CRITICAL)
+    return mlflow
+
+
