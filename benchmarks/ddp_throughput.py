@@ -93,7 +93,8 @@ def worker(args: argparse.Namespace) -> None:
 def sync(device: torch.device, world: distributed.World | None) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    distributed.barrier(world)
+    if world is not None:
+        torch.distributed.barrier()
 
 
 def measure(args: argparse.Namespace, procs: int, threads: int, batch: int, local_bn: bool,

@@ -1,4 +1,4 @@
-"""Test accuracy and training time of the domain network (reference.train_domain_network)
+"""Test accuracy and training time of the domain network (metrics.domain.train_domain_network)
 under evaluate.domain's defaults, on Fashion-MNIST's official split and on scikit-learn's
 digits (the pipeline's default data, split by content hash as the data stage does).
 
@@ -24,8 +24,8 @@ from genpipe import runtime
 from genpipe.data.canonical import content_split, image_sha1
 from genpipe.data.formats import read_idx_pair
 from genpipe.data.sources import load_digits
+from genpipe.metrics.domain import accuracy, train_domain_network
 from genpipe.params import DataParams, DomainParams
-from genpipe.reference import accuracy, train_domain_network
 
 CPU = torch.device("cpu")
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -69,7 +69,10 @@ def main() -> None:
         )
         runtime.seed_everything(args.seed, CPU, cpu_threads=1)
         wall, cpu = time.perf_counter(), time.process_time()
-        net = train_domain_network(x_train, y_train, 10, params, args.seed, CPU)
+        net = train_domain_network(
+            x_train, y_train, 10, steps=params.steps, batch_size=params.batch_size, lr=params.lr,
+            width=params.width, feature_dim=params.feature_dim, seed=args.seed, device=CPU,
+        )  # fmt: skip
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         held_out = accuracy(net, x_test, y_test, batch_size=256)
         print(

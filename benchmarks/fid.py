@@ -23,7 +23,7 @@ On a busy machine the times move by several per cent from run to run; BLAS's thr
 most: one by default, as the targets are stated.
 
 --scaling times FID (the fake side's statistics and the distance to the cached real ones),
-KID (100 subsets of min(1000, N/2), as reference.compare()) and precision/recall (k=3;
+KID (100 subsets of min(1000, N/2), as metrics.compare.compare()) and precision/recall (k=3;
 quadratic in N, so also seconds per N^2) of N fake against N real features, N = 1,000,
 5,000 and 10,000, at 128 dimensions (the domain network's) and at 2048 for FID; with the
 peak of the numpy memory each call allocates (tracemalloc).
@@ -178,13 +178,20 @@ def describe_cpu(blas: str) -> str:
 # --- section 1: the Fréchet distance -----------------------------------------------------------
 
 
+def feature_statistics(features: np.ndarray, what: str = "features") -> tuple[np.ndarray, ...]:
+    """(mu (D,), sigma (D, D)) of (N, D) features, as the reference stage computes them."""
+    stats = fid.FeatureStats(what)
+    stats.add(features)
+    return stats.statistics()
+
+
 def frechet_section(args: argparse.Namespace) -> None:
     progress(f"statistics of {args.samples:,} x {args.dim} features a side")
     real, fake = two_distributions(args.samples, args.dim, args.seed)
     # the reference stage's cache: computed once, not timed
-    mu_real, sigma_real = fid.feature_statistics(real, what="real features")
+    mu_real, sigma_real = feature_statistics(real, what="real features")
     sqrt_real = fid.sqrt_psd(sigma_real)
-    mu_fake, sigma_fake = fid.feature_statistics(fake, what="fake features")
+    mu_fake, sigma_fake = feature_statistics(fake, what="fake features")
     del real, fake
 
     calls = {
@@ -243,14 +250,14 @@ def measured(fn: Callable[[], object]) -> tuple[float, float]:
 
 
 def scaling_calls(real: np.ndarray, fake: np.ndarray) -> dict[str, Callable[[], object]]:
-    """The metrics as reference.compare() calls them with the default evaluate params. The
+    """The metrics as metrics.compare.compare() calls them with the default evaluate params. The
     real side's statistics and root are the reference's cache: computed before, not timed."""
-    mu, sigma = fid.feature_statistics(real)
+    mu, sigma = feature_statistics(real)
     root = fid.sqrt_psd(sigma)
-    subset_size = max(2, min(KID_SUBSET_SIZE, len(real) // 2))  # as reference.kid_subset_size
+    subset_size = max(2, min(KID_SUBSET_SIZE, len(real) // 2))  # as metrics.compare.kid_subset_size
     return {
         "fid": lambda: fid.frechet_distance(
-            mu, sigma, *fid.feature_statistics(fake), sqrt_sigma1=root
+            mu, sigma, *feature_statistics(fake), sqrt_sigma1=root
         ),
         "kid": lambda: kid.kernel_inception_distance(real, fake, KID_SUBSETS, subset_size, 0),
         "precision/recall": lambda: precision_recall.precision_recall(real, fake, k=PR_K),

@@ -31,10 +31,12 @@ import yaml
 
 from genpipe import runtime, training
 from genpipe.data.sources import fetch_dataset
+from genpipe.data.split import class_shares, split_of
 from genpipe.gan.evaluate import evaluate_gan
 from genpipe.gan.train import build_gan, make_step, standing_statistics
+from genpipe.metrics.compare import FLOOR
 from genpipe.params import parse_params
-from genpipe.reference import FLOOR, build_reference, split_images
+from genpipe.reference import build_reference
 
 REPO = Path(__file__).resolve().parents[1]
 PRESET = REPO / "examples" / "fashion-mnist" / "params.yaml"
@@ -77,20 +79,20 @@ def main() -> None:
     threads = params.train.cpu_threads
     prepared = fetch_dataset(params.data)
     start = time.perf_counter()
-    reference, net = build_reference(params, prepared, device)
+    split = split_of(prepared, Path("data/prepared"))  # in memory: the path only names it
+    reference, net = build_reference(params, split, device)
     floor = reference.info[FLOOR]
     accuracy = reference.info.get("domain_accuracy")
     seconds = time.perf_counter() - start
     print(f"reference ({seconds:.0f} s): domain accuracy {accuracy}; floor (real train images "
           f"against the test split): FID {floor['fid']}, precision {floor['precision']}, "
           f"recall {floor['recall']}")  # fmt: skip
-    train_images, _ = split_images(prepared)
+    train_images = split.train
 
     labels = weights = None
     if params.gan.conditional:  # the train split's labels, as train_gan takes them
-        split = prepared.manifest["split"].to_numpy()
-        labels = prepared.manifest["label"].to_numpy()[split == "train"]
-        weights = training.class_weights(labels, "gan.conditional")
+        labels = split.train_labels
+        weights = class_shares(labels, "gan.conditional")
     _, channels, size, _ = train_images.shape
     gan = build_gan(params, channels, size, device, class_weights=weights)  # seeds all
     data = training.DeviceImages(train_images, device, labels=labels)

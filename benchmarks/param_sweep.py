@@ -35,12 +35,11 @@ import yaml
 from genpipe import runtime
 from genpipe.autoencoder.evaluate import evaluate_autoencoder
 from genpipe.autoencoder.train import train_autoencoder
-from genpipe.data.canonical import read_prepared
+from genpipe.data.split import read_split
 from genpipe.gan.evaluate import evaluate_gan
 from genpipe.gan.train import train_gan
 from genpipe.params import parse_params
-from genpipe.reference import load_backbone, load_reference, split_images
-from genpipe.training import load_train_labels
+from genpipe.reference import load_backbone, load_reference
 
 MODELS = {"gan": ("fid_over_floor", "fid", "precision", "recall"),
           "autoencoder": ("mse_over_pca", "mse", "pca_mse", "ssim")}  # fmt: skip
@@ -97,8 +96,9 @@ def main() -> None:
     reference_dir = args.project / "data" / "reference"
     reference = load_reference(reference_dir, base.evaluate)
     backbone = load_backbone(base.evaluate, reference, reference_dir, device)
-    train, test = split_images(read_prepared(args.project / "data" / "prepared"))
-    labels = load_train_labels(args.project / "data" / "prepared")  # for gan.conditional
+    split = read_split(args.project / "data" / "prepared")
+    train, test = split.train, split.test
+    labels = split.train_labels  # for gan.conditional
     baselines: dict[str, float] = {}
     failed = False
     models = [] if args.no_baseline else list(dict.fromkeys(model for _, model, _ in specs))

@@ -45,12 +45,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from genpipe import runtime, tracking, training
+from genpipe import runtime, training
 from genpipe.data.canonical import read_prepared
 from genpipe.errors import GenpipeError
 from genpipe.gan.network import (
@@ -63,7 +64,8 @@ from genpipe.gan.network import (
     gradient_penalty,
 )
 from genpipe.gan.train import build_gan, make_step
-from genpipe.params import IMAGE_SIZES, GanParams, Params, load_params
+from genpipe.params import GanParams, ImageSize, Params, load_params
+from genpipe.tracking import runs as tracking
 
 ROUNDS = 3  # timed repeats of each measurement; the median is reported
 RANDOM_IMAGES = 50_000  # stand-in dataset size without prepared data (CIFAR-10's train split)
@@ -179,9 +181,8 @@ def plain_step(
         fake = gan.netG(z)
         loss_d = discriminator_loss(cfg.loss, gan.netD(real), gan.netD(fake.detach()))
         if cfg.loss == "wgan-gp":
-            loss_d = loss_d + cfg.gp_weight * gradient_penalty(
-                gan.netD, real, fake.detach(), generator=noise
-            )
+            alpha = torch.rand(B, generator=noise, device=real.device)
+            loss_d = loss_d + cfg.gp_weight * gradient_penalty(gan.netD, real, fake.detach(), alpha)
         gan.netD.zero_grad()
         loss_d.backward()
         gan.optD.step()
@@ -189,7 +190,7 @@ def plain_step(
     gan.netG.zero_grad()
     loss_g.backward()
     gan.optG.step()
-    ema_update(gan.ema, gan.netG, cfg.ema_decay)
+    ema_update(gan.ema, gan.netG, 1.0 - cfg.ema_decay)  # weight: 1 - decay
 
 
 class BaselineLoop:
@@ -337,7 +338,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--image-size",
         type=int,
-        choices=IMAGE_SIZES,
+        choices=get_args(ImageSize),
         default=None,
         help="default: the prepared data's; random images when none fits",
     )

@@ -272,7 +272,8 @@ def test_a_failing_rank_ends_the_run_in_one_line_within_seconds(tmp_path):
     started = time.monotonic()
     tmp = tmp_path / "tmp"  # the launcher's temporary folders
     tmp.mkdir()
-    fault = {"GENPIPE_TEST_FAIL_RANK": "1", "PYTHONPATH": str(REPO / "tests" / "fault")}
+    path_dirs = [str(REPO / "tests" / "fault"), os.environ.get("PYTHONPATH", "")]
+    fault = {"GENPIPE_TEST_FAIL_RANK": "1", "PYTHONPATH": os.pathsep.join(path_dirs)}
     proc = stage(path, env={**fault, "TMPDIR": str(tmp)})  # rank 1 fails as it joins
     err = communicate(proc, 120)
     assert launcher_leftovers(tmp) == []  # the workers' error files are gone with their folder

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genpipe.data.canonical import read_prepared
+from genpipe.data.canonical import Prepared, read_prepared
 from genpipe.errors import DataError
 
 
@@ -25,13 +25,18 @@ class Split:
 
 def read_split(prepared_dir: Path) -> Split:
     """data/prepared's images and labels, split by the manifest's `split` column."""
-    prepared = read_prepared(prepared_dir)
+    return split_of(read_prepared(prepared_dir), Path(prepared_dir))
+
+
+def split_of(prepared: Prepared, directory: Path) -> Split:
+    """A prepared dataset's images and labels (read from `directory`, or made in memory),
+    split by the manifest's `split` column."""
     split = prepared.manifest["split"].to_numpy()
     labels = prepared.manifest["label"].to_numpy()
     images = np.asarray(prepared.images)  # (N, C, S, S) uint8, memory-mapped
     train, test = split == "train", split == "test"
     return Split(images[train], images[test], labels[train], labels[test],
-                 int(prepared.info.get("num_classes", 0)), Path(prepared_dir))  # fmt: skip
+                 int(prepared.info.get("num_classes", 0)), directory)  # fmt: skip
 
 
 def require_images(split: Split, *, test: bool = False) -> None:
