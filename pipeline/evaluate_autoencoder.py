@@ -5,8 +5,7 @@ reports/autoencoder/eval_grid.png; both logged to the training run that
 models/autoencoder/mlflow_run.json records."""
 
 from genpipe import paths, runtime
-from genpipe.autoencoder.artifact import load_autoencoder
-from genpipe.autoencoder.evaluate import evaluate_autoencoder
+from genpipe.autoencoder.evaluate import evaluate_weights
 from genpipe.data.split import read_split
 from genpipe.fileio import staged_outputs, write_json
 from genpipe.params import load_params
@@ -28,11 +27,8 @@ def main() -> None:
     split = read_split(paths.PREPARED)
     reference = load_reference(paths.REFERENCE, evaluate)
     backbone = load_backbone(evaluate, reference, paths.REFERENCE, device)
-    net = load_autoencoder(paths.weights_dir(MODEL), device)
-    metrics, grid = evaluate_autoencoder(
-        net, split.train, split.test, reference, backbone,
-        evaluate, device,
-    )  # fmt: skip
+    metrics, grid = evaluate_weights(paths.weights_dir(MODEL), reference, backbone, split,
+                                     evaluate, params.seed, device)  # fmt: skip
     # both files move into place only once the run has them: a failure leaves the old ones
     with staged_outputs() as stage:
         grid_path, metrics_path = stage(paths.eval_grid(MODEL)), stage(paths.metrics(MODEL))

@@ -4,8 +4,7 @@ logged to the training run that models/gan/mlflow_run.json records."""
 
 from genpipe import paths, runtime
 from genpipe.fileio import staged_outputs, write_json
-from genpipe.gan.artifact import load_generator
-from genpipe.gan.evaluate import evaluate_gan
+from genpipe.gan.evaluate import evaluate_weights
 from genpipe.params import load_params
 from genpipe.reference import load_backbone, load_reference
 from genpipe.stage import run_stage
@@ -24,8 +23,8 @@ def main() -> None:
     runtime.seed_everything(params.seed, device, evaluate.cpu_threads)
     reference = load_reference(paths.REFERENCE, evaluate)
     backbone = load_backbone(evaluate, reference, paths.REFERENCE, device)
-    netG = load_generator(paths.weights_dir(MODEL), device)
-    metrics, grid = evaluate_gan(netG, reference, backbone, evaluate, params.seed, device)
+    metrics, grid = evaluate_weights(paths.weights_dir(MODEL), reference, backbone, None,
+                                     evaluate, params.seed, device)  # fmt: skip
     # both files move into place only once the run has them: a failure leaves the old ones
     with staged_outputs() as stage:
         grid_path, metrics_path = stage(paths.eval_grid(MODEL)), stage(paths.metrics(MODEL))

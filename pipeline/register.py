@@ -3,13 +3,15 @@ MLflow Model Registry, through the champion gate; reports/<model>/registry.json 
 
 import sys
 
-from genpipe import paths
+from genpipe import paths, runtime
 from genpipe.data.canonical import prepared_sha256
 from genpipe.errors import ParamsError
 from genpipe.fileio import write_json
 from genpipe.params import MODELS, load_params
-from genpipe.registry.mlflow import Outputs, register
+from genpipe.registry.mlflow import Outputs, Policy, register
+from genpipe.registry.rescore import Scorer
 from genpipe.stage import run_stage
+from genpipe.tracking import lineage
 
 
 def main() -> None:
@@ -18,12 +20,15 @@ def main() -> None:
         raise ParamsError(f"usage: register.py MODEL: expected one of {', '.join(MODELS)}; "
                           f"got {' '.join(sys.argv[1:]) or 'nothing'}")  # fmt: skip
     params = load_params()
+    runtime.pin_cpu_kernels(params.cpu_kernels)  # may re-execute: a re-score is an evaluation
+    registry = params.registry
+    policy = Policy(registry.min_improvement, registry.force, lineage.current_branch(),
+                    registry.default_branch, Scorer(model, params))  # fmt: skip
     record = register(
         Outputs.of(model, prepared_sha256(paths.PREPARED)),
         params.model_dump(mode="json", by_alias=True),
-        params.registry.name_prefix,
-        params.registry.min_improvement,
-        params.registry.force,
+        registry.name_prefix,
+        policy,
         params.train.experiment,
     )
     write_json(paths.registry_record(model), record)

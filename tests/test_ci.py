@@ -100,7 +100,7 @@ def test_table_rows_ignores_the_header_dvc_prints_for_no_change():
 
 @pytest.fixture
 def dvc_repo(tmp_path) -> Path:
-    sh("git", "init", "-q", cwd=tmp_path)
+    sh("git", "init", "-q", "-b", "main", cwd=tmp_path)
     sh("dvc", "init", "-q", cwd=tmp_path)
     return tmp_path
 
@@ -152,6 +152,13 @@ def retrain(cwd: Path, uri: str, base: str) -> tuple[subprocess.CompletedProcess
     return result, report.read_text()
 
 
+def aliases(uri: str, name: str) -> dict[str, int]:
+    from mlflow import MlflowClient
+
+    model = MlflowClient(uri).get_registered_model(name)
+    return {alias: int(version) for alias, version in model.aliases.items()}
+
+
 def versions(uri: str, name: str) -> list[int]:
     from mlflow import MlflowClient
 
@@ -193,7 +200,9 @@ def test_ci_retrain_on_new_images_in_a_dvc_tracked_folder(project, tmp_path, ser
     assert "Nothing rerun" in report
     assert versions(server, "ci-gan") == [1] and versions(server, "ci-autoencoder") == [1]
 
-    # new images, committed with `dvc add`: everything from fetch on reruns, new versions
+    # new images on a branch, committed with `dvc add`: everything from fetch on reruns, new
+    # versions, each under the branch's own alias: champion and challenger do not move
+    sh("git", "checkout", "-q", "-b", "more-images", cwd=clone)
     sh("dvc", "pull", "-q", "images.dvc", cwd=clone)
     for i in range(30):
         write_png(clone / "images/circle" / f"new{i:02d}.png", (8, 8), seed=5000 + i)
@@ -203,10 +212,31 @@ def test_ci_retrain_on_new_images_in_a_dvc_tracked_folder(project, tmp_path, ser
     assert stages_run(third.stdout) == ALL_STAGES[1:]  # params.yaml is as it was
     assert versions(server, "ci-gan") == [1, 2] and versions(server, "ci-autoencoder") == [1, 2]
     registered = json.loads((clone / "reports/gan/registry.json").read_text())
-    assert registered["version"] == 2
+    assert (registered["version"], registered["decision"]) == (2, "candidate")
+    assert registered["reason"].startswith("branch more-images, not main: on merge it would")
+    assert aliases(server, "ci-gan") == {"champion": 1, "candidate-more-images": 2}
+    assert "Branch: `more-images`" in report and "| ci-gan | 2 | candidate |" in report
     # the report diffs metrics against the previous commit: the FID changed
     assert "### Metrics against `HEAD~1`" in report
     assert "reports/gan/metrics.json" in report and "| fid " in report
+    sh("git", "add", "dvc.lock", cwd=clone)  # as the workflow does
+    sh("git", "commit", "-q", "-m", "retrain", cwd=clone)
+
+    # merged: no stage reruns on main, but main's gate decides each candidate, against the
+    # champion scored again on the grown data
+    sh("git", "checkout", "-q", "main", cwd=clone)
+    sh("git", "merge", "-q", "--ff-only", "more-images", cwd=clone)
+    fourth, report = retrain(clone, server, "HEAD~2")
+    assert stages_run(fourth.stdout) == []
+    for model in ("gan", "autoencoder"):
+        registered = json.loads((clone / f"reports/{model}/registry.json").read_text())
+        assert registered["version"] == 2 and registered["branch"] == "main"
+        assert registered["decision"] in ("champion", "challenger"), registered
+        assert registered["compared"]["version"] == 1
+        assert registered["compared"]["rescored_from"]["value"] is not None
+        assert "re-scored on today's data" in registered["reason"]
+        assert aliases(server, f"ci-{model}")[registered["decision"]] == 2
+    assert versions(server, "ci-gan") == [1, 2]  # decided, not registered again
     # and the new outputs reached the remote: a third clone pulls them
     other = tmp_path / "other"
     sh("git", "clone", "-q", str(project), str(other), cwd=tmp_path)

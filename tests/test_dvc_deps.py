@@ -25,8 +25,10 @@ REPO = Path(__file__).resolve().parents[1]
 SOURCE = "src/genpipe"
 PARAMS_CHECK = "reports/params/check.json"
 # modules a stage's code loads by name (importlib), which no import statement shows:
-# register logs serving.py as the model, and serving.py loads genpipe.<model>.artifact
-LOADED_BY_NAME = {"register": ["genpipe.serving", "genpipe.{item}.artifact"]}
+# register logs serving.py as the model, serving.py loads genpipe.<model>.artifact, and a
+# champion is scored again with genpipe.<model>.evaluate (registry/rescore.py)
+LOADED_BY_NAME = {"register": ["genpipe.serving", "genpipe.{item}.artifact",
+                               "genpipe.{item}.evaluate"]}  # fmt: skip
 MODEL_STAGES = {f"{stage}@{model}" for stage in ("train", "evaluate", "register")
                 for model in ("gan", "autoencoder")}  # fmt: skip
 

@@ -9,17 +9,20 @@ from pathlib import Path
 from typing import get_args
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from genpipe import reference as ev
 from genpipe import weights
+from genpipe.autoencoder import evaluate as ae_evaluate
 from genpipe.autoencoder.artifact import load_autoencoder
 from genpipe.autoencoder.evaluate import evaluate_autoencoder
 from genpipe.autoencoder.network import AutoEncoder
 from genpipe.data.split import Split
 from genpipe.errors import DataError, MetricsError, TrackingError
 from genpipe.fileio import atomic_dir
+from genpipe.gan import evaluate as gan_evaluate
 from genpipe.gan.artifact import load_generator
 from genpipe.gan.evaluate import evaluate_gan, generate
 from genpipe.gan.network import Generator
@@ -315,6 +318,51 @@ def test_evaluate_gan_reports_metrics_beside_the_floor(reference_dir, tmp_path):
     samples = generate(netG, 5, seed=0, batch_size=2, device=CPU)
     assert samples.dtype == np.uint8 and samples.shape == (5, 1, 8, 8)
     np.testing.assert_array_equal(samples, generate(netG, 5, seed=0, batch_size=5, device=CPU))
+
+
+@pytest.mark.parametrize("model", ["gan", "autoencoder"])
+def test_register_scores_a_champion_as_the_evaluate_stage_does(reference_dir, tmp_path,
+                                                               monkeypatch, model):  # fmt: skip
+    """registry.rescore.Scorer on a version's weights gives the evaluate stage's metrics.json
+    to the bit: the same function, reference, backbone, seed and sample count."""
+    import shutil
+
+    from genpipe.data.canonical import Prepared, write_prepared
+    from genpipe.registry.rescore import Scorer, score_version
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(reference_dir, tmp_path / "data" / "reference")
+    split = tiny_split()
+    images = np.concatenate([split.train, split.test])
+    labels = np.concatenate([split.train_labels, split.test_labels])
+    manifest = pd.DataFrame({"index": np.arange(120), "label": labels,
+                             "split": ["train"] * 90 + ["test"] * 30})  # fmt: skip
+    write_prepared(Prepared(images, manifest, {"num_classes": 2}), tmp_path / "data" / "prepared")
+    torch.manual_seed(0)
+    weights_dir = tmp_path / "champion"
+    if model == "gan":
+        net = Generator(8, 1, z_dim=4, width=8)
+        weights.save_weights(net, weights_dir / "generator_ema.safetensors")
+        config = {"model": "gan", "generator": net.config()}
+    else:
+        net = AutoEncoder(8, 1, latent_dim=3, width=4)
+        weights.save_weights(net, weights_dir / "autoencoder.safetensors")
+        config = {"model": "autoencoder", "autoencoder": net.config()}
+    (weights_dir / "config.json").write_text(json.dumps(config))
+    params = tiny_params()
+
+    reference, backbone, evaluate = loaded(reference_dir)
+    module = gan_evaluate if model == "gan" else ae_evaluate
+    expected, _ = module.evaluate_weights(weights_dir, reference, backbone, split, evaluate,
+                                          params.seed, CPU)  # fmt: skip
+    metrics, took = score_version(lambda tmp: weights_dir, Scorer(model, params))
+    assert metrics == expected and took.endswith(" s")
+    assert set(metrics) >= {"fid", "mse" if model == "autoencoder" else "kid_mean"}
+
+    # a weights file that does not load: no metrics, and why
+    (weights_dir / "config.json").write_text("{}")
+    metrics, why = score_version(lambda tmp: weights_dir, Scorer(model, params))
+    assert metrics is None and "config.json" in why
 
 
 def test_load_generator_names_the_missing_file(tmp_path):

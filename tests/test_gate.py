@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
 from genpipe.registry.gate import (
+    CANDIDATE,
     CHALLENGER,
     CHAMPION,
     PREVIOUS_CHAMPION,
     Version,
+    candidate_alias,
     decide,
+    needs_rescore,
+    on_branch,
     reconcile,
+    rescored,
 )
 
 
@@ -24,6 +30,8 @@ def version(n: int, value: float | None, **kw) -> Version:
 
 OLD = version(1, 2.0)
 HAND_SET = Version(1)  # an alias set by hand on a version without genpipe's tags
+NEW_DATA = version(2, 1.0, data_hash="e")
+INCEPTION = version(2, 1.0, backbone="inception")
 PROMOTED = ((PREVIOUS_CHAMPION, 1), (CHAMPION, 2))
 CHALLENGED = ((CHALLENGER, 2),)
 
@@ -57,6 +65,18 @@ GATE = {
     "hand-set champion, better than the candidate":
         (version(2, 3.0), Version(1, "fid", 2.0, hand_set=True), False,
          CHALLENGER, CHALLENGED, "not better"),
+    "champion re-scored on today's data, beaten":
+        (NEW_DATA, rescored(OLD, NEW_DATA, 1.5), False, CHAMPION, PROMOTED,
+         "fid 1 vs champion v1's 1.5 re-scored on today's data (it had 2 on its own)"),
+    "champion re-scored on today's data, not beaten":
+        (NEW_DATA, rescored(OLD, NEW_DATA, 0.9), False, CHALLENGER, CHALLENGED,
+         "not better than champion v1's 0.9 re-scored on today's data"),
+    "champion re-scored with today's backbone":
+        (INCEPTION, rescored(OLD, INCEPTION, 1.5), False, CHAMPION, PROMOTED,
+         "re-scored on today's backbone"),
+    "champion unloadable": (NEW_DATA, replace(OLD, unloadable="OSError: no MLmodel"), False,
+                            CHAMPION, PROMOTED, "cannot be loaded to score it on today's data "
+                            "(OSError: no MLmodel): replaced"),
     "hand-set champion's run on other data":
         (version(2, 1.0), Version(1, "fid", 2.0, data_hash="e", hand_set=True), False,
          CHALLENGER, CHALLENGED, "data.hash differ"),
@@ -71,7 +91,59 @@ def test_gate(case):
     assert (verdict.decision, verdict.aliases) == (decision, aliases)
     assert phrase in verdict.reason
     if champion is not None and champion.version != candidate.version:
-        assert verdict.compared == {"version": 1, "value": champion.value}
+        assert verdict.compared["version"] == 1 and verdict.compared["value"] == champion.value
+        was = {"value": 2.0, "data_hash": "d", "backbone": "domain"}
+        assert verdict.compared.get("rescored_from") == (was if champion.rescored else None)
+
+
+# candidate, champion -> whether the champion must be scored again to be compared
+# fmt: off
+RESCORE = {
+    "no champion": (NEW_DATA, None, False),
+    "same data and backbone": (version(2, 1.0), OLD, False),
+    "other data": (NEW_DATA, OLD, True),
+    "other backbone": (INCEPTION, OLD, True),
+    "other metric": (version(2, 1.0, data_hash="e", metric="mse"), OLD, False),
+    "champion without a value": (NEW_DATA, HAND_SET, False),
+    "the same weights": (version(2, 1.0, data_hash="e", weights="w1"), OLD, False),
+    "the champion itself": (version(1, 2.0, data_hash="e"), OLD, False),
+    "already re-scored": (NEW_DATA, rescored(OLD, NEW_DATA, 1.5), False),
+}
+# fmt: on
+
+
+@pytest.mark.parametrize("case", RESCORE.values(), ids=RESCORE.keys())
+def test_when_the_champion_is_scored_again(case):
+    candidate, champion, expected = case
+    assert needs_rescore(candidate, champion) is expected
+
+
+# the gate's decision on the default branch -> the decision on another
+# fmt: off
+BRANCH = {
+    "would become champion": (version(2, 1.0), OLD, "on merge it would become champion "
+                              "(fid 1 vs champion v1's 2)"),
+    "would be challenger": (version(2, 3.0), OLD, "on merge it would be challenger (fid 3 is "
+                            "not better"),
+    "would be the first champion": (version(2, 3.0), None, "would become champion (no champion"),
+}
+# fmt: on
+
+
+@pytest.mark.parametrize("case", BRANCH.values(), ids=BRANCH.keys())
+def test_a_branch_other_than_the_default_moves_only_its_own_alias(case):
+    candidate, champion, phrase = case
+    verdict = on_branch(decide(candidate, champion, 0.01, False), 2, "feature/lr-3e-4", "main")
+    assert verdict.decision == CANDIDATE
+    assert verdict.aliases == (("candidate-feature-lr-3e-4", 2),)
+    assert verdict.reason.startswith("branch feature/lr-3e-4, not main: ")
+    assert phrase in verdict.reason
+
+
+def test_candidate_aliases_are_what_mlflow_accepts():
+    assert candidate_alias("dependabot/pip/torch-2.13") == "candidate-dependabot-pip-torch-2-13"
+    assert candidate_alias("Fix_Data") == "candidate-fix_data"
+    assert candidate_alias("///") == "candidate-branch"
 
 
 def test_the_record_is_what_registry_json_holds():

@@ -71,7 +71,7 @@ def copy_project(dest: Path) -> Path:
             shutil.copy2(REPO / name, dest / name)
     for name in ("dvc.lock", "reports/validation/summary.json"):  # produced by the run itself
         (dest / name).unlink(missing_ok=True)
-    sh("git", "init", "-q", cwd=dest)
+    sh("git", "init", "-q", "-b", "main", cwd=dest)
     set_params(dest, **TINY_TRAINING)
     return dest
 

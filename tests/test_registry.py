@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from genpipe.errors import TrackingError
+from genpipe.gan.artifact import load_generator
 from genpipe.gan.network import Generator
 from genpipe.registry import mlflow as registry
-from genpipe.registry.mlflow import Outputs, RegistryError, register
+from genpipe.registry.mlflow import Outputs, Policy, RegistryError, register
 from genpipe.tracking import lineage, store
 from genpipe.tracking.runs import RecordedRun, TrainingRun
 from genpipe.weights import save_weights
@@ -56,7 +57,7 @@ def server(tmp_path_factory):
 
 
 def gan_outputs(root: Path, uri: str, fid: float, backbone: str = "domain", seed: int = 0,
-                run: bool = True) -> Outputs:  # fmt: skip
+                run: bool = True, data_hash: str = "data-hash") -> Outputs:  # fmt: skip
     """A trained-looking GAN's DVC outputs under `root`, with its training run on `uri`."""
     torch.manual_seed(seed)
     netG = Generator(8, 1, z_dim=4, width=8)
@@ -76,15 +77,16 @@ def gan_outputs(root: Path, uri: str, fid: float, backbone: str = "domain", seed
             pass
     else:  # a run id the server has never seen (another machine's store)
         record.write_text(json.dumps({"run_id": "f" * 32, "tracking_uri": "sqlite:///x.db"}))
-    outputs = Outputs.of("gan", "data-hash")
+    outputs = Outputs.of("gan", data_hash)
     return Outputs(**{k: (root / v if isinstance(v, Path) else v)
                       for k, v in vars(outputs).items() if k != "images"},
                    images=[])  # fmt: skip
 
 
-def do_register(outputs: Outputs, uri: str, prefix: str, **kw) -> dict:
-    kw = {"min_improvement": 0.01, "force": False, **kw}
-    return register(outputs, {"seed": 0}, prefix, experiment="exp", uri=uri, **kw)
+def do_register(outputs: Outputs, uri: str, prefix: str, min_improvement: float = 0.01,
+                force: bool = False, branch: str | None = None, score=None) -> dict:  # fmt: skip
+    policy = Policy(min_improvement, force, branch, "main", score)
+    return register(outputs, {"seed": 0}, prefix, policy, experiment="exp", uri=uri)
 
 
 def aliases(uri: str, name: str) -> dict[str, int]:
@@ -119,6 +121,83 @@ def test_versions_of_another_backbone_are_not_compared(server, tmp_path):
     forced = do_register(gan_outputs(tmp_path / "c", server, fid=0.2, backbone="inception",
                                      seed=2), server, "t2", force=True)  # fmt: skip
     assert forced["decision"] == "champion"
+
+
+class Scores:
+    """Stands in for registry.rescore.Scorer: the champion's FID on today's data, and the
+    config.json of each weights directory it was given (they are the champion's own)."""
+
+    def __init__(self, fid: float) -> None:
+        self.fid, self.seen = fid, []
+
+    def __call__(self, weights_dir: Path) -> dict:
+        self.seen.append(json.loads((weights_dir / "config.json").read_text()))
+        load_generator(weights_dir, torch.device("cpu"))  # the files load
+        return {"fid": self.fid}
+
+
+@pytest.mark.integration
+def test_new_data_is_compared_with_the_champion_scored_again_on_it(server, tmp_path):
+    """Retrained on grown data: the champion (evaluated on the old data) is scored again on
+    today's, and the better of the two by that measure becomes champion."""
+    do_register(gan_outputs(tmp_path / "a", server, fid=2.0, data_hash="old"), server, "t10")
+    without = do_register(gan_outputs(tmp_path / "b", server, fid=1.4, seed=1, data_hash="new"),
+                          server, "t10")  # fmt: skip
+    assert without["decision"] == "challenger" and "data.hash differ" in without["reason"]
+
+    scores = Scores(fid=1.5)  # the champion, on the new data: worse than v3's 1.2
+    better = do_register(gan_outputs(tmp_path / "c", server, fid=1.2, seed=2, data_hash="new"),
+                         server, "t10", score=scores)  # fmt: skip
+    assert better["decision"] == "champion", better["reason"]
+    assert "re-scored on today's data (it had 2 on its own)" in better["reason"]
+    assert better["compared"] == {"version": 1, "value": 1.5, "rescored_from": {
+        "value": 2.0, "data_hash": "old", "backbone": "domain"}}  # fmt: skip
+    assert len(scores.seen) == 1 and scores.seen[0]["model"] == "gan"
+    assert aliases(server, "t10-gan") == {"champion": 3, "previous-champion": 1,
+                                          "challenger": 2}  # fmt: skip
+    from mlflow import MlflowClient
+
+    tags = MlflowClient(server).get_model_version("t10-gan", "3").tags
+    assert json.loads(tags[lineage.TAG_COMPARED])["rescored_from"]["value"] == 2.0
+    assert tags[lineage.TAG_DECISION] == "champion"
+
+    # the same data as the champion now: no re-score
+    worse = do_register(gan_outputs(tmp_path / "d", server, fid=1.3, seed=3, data_hash="new"),
+                        server, "t10", score=scores)  # fmt: skip
+    assert worse["decision"] == "challenger" and len(scores.seen) == 1
+
+
+@pytest.mark.integration
+def test_a_champion_whose_files_are_gone_is_replaced_with_that_reason(server, tmp_path):
+    do_register(gan_outputs(tmp_path / "a", server, fid=1.0, data_hash="old"), server, "t11")
+
+    def lost(weights_dir: Path) -> dict:
+        raise FileNotFoundError(f"{weights_dir}: the artifact store lost it")
+
+    new = gan_outputs(tmp_path / "b", server, fid=5.0, seed=1, data_hash="new")
+    result = do_register(new, server, "t11", score=lost)
+    assert result["decision"] == "champion"
+    assert "cannot be loaded" in result["reason"]
+    assert "the artifact store lost it" in result["reason"]
+
+
+@pytest.mark.integration
+def test_a_branch_registers_a_candidate_and_leaves_champion_and_challenger(server, tmp_path):
+    do_register(gan_outputs(tmp_path / "a", server, fid=2.0), server, "t12")
+    do_register(gan_outputs(tmp_path / "b", server, fid=3.0, seed=1), server, "t12")
+    before = aliases(server, "t12-gan")
+    assert before == {"champion": 1, "challenger": 2}
+    outputs = gan_outputs(tmp_path / "c", server, fid=1.0, seed=2)
+    pr = do_register(outputs, server, "t12", branch="feature/better-lr")
+    assert pr["decision"] == "candidate" and pr["branch"] == "feature/better-lr"
+    assert "on merge it would become champion (fid 1 vs champion v1's 2)" in pr["reason"]
+    assert aliases(server, "t12-gan") == {**before, "candidate-feature-better-lr": 3}
+    # the branch again: nothing more; merged, the default branch's register decides
+    assert do_register(outputs, server, "t12", branch="feature/better-lr")["decision"] == (
+        "already registered")
+    merged = do_register(outputs, server, "t12", branch="main")
+    assert (merged["version"], merged["decision"]) == (3, "champion")
+    assert aliases(server, "t12-gan")["champion"] == 3
 
 
 @pytest.mark.integration
@@ -278,12 +357,12 @@ def test_two_register_processes_at_once_leave_one_champion(server, tmp_path):
     script = (
         "import sys, json\n"
         "from pathlib import Path\n"
-        "from genpipe.registry.mlflow import Outputs, register\n"
+        "from genpipe.registry.mlflow import Outputs, Policy, register\n"
         "root = Path(sys.argv[1])\n"
         "o = Outputs.of('gan', 'data-hash')\n"
         "o = Outputs(**{k: (root / v if isinstance(v, Path) else v)"
         " for k, v in vars(o).items() if k != 'images'}, images=[])\n"
-        "r = register(o, {'seed': 0}, 't6', 0.01, False, 'exp', uri=sys.argv[2])\n"
+        "r = register(o, {'seed': 0}, 't6', Policy(0.01, False), 'exp', uri=sys.argv[2])\n"
         "print(json.dumps(r))\n"
     )
     roots = [tmp_path / "a", tmp_path / "b"]

@@ -5,9 +5,16 @@
    remote and rerun. The register stages register what was retrained to the MLflow
    server of MLFLOW_TRACKING_URI (a repository secret in CI).
 2. `dvc push`: the new outputs go to the remote, so the next run and every clone get them.
-3. A Markdown report: the stages rerun, the registry's decisions, and `dvc metrics diff`
+3. On the default branch (register.default_branch), each model's register step runs even
+   where its stage did not: a version registered from a merged branch is a `candidate`
+   until the default branch's gate decides it.
+4. A Markdown report: the stages rerun, the registry's decisions, and `dvc metrics diff`
    and `dvc params diff` against a base revision (main), for the job summary and, on a
    pull request, a comment.
+
+The branch (`--branch`, else $GITHUB_HEAD_REF or $GITHUB_REF_NAME as GitHub Actions sets
+them, else the checkout's) reaches the register stages as $GENPIPE_BRANCH: only the default
+branch moves `champion` and `challenger`.
 """
 
 from __future__ import annotations
@@ -35,8 +42,20 @@ class CIError(GenpipeError):
 @dataclass
 class Retrain:
     ran: list[str]  # the stages `dvc repro` ran, in order
+    branch: str | None = None  # what the register stages were told
     registered: dict[str, dict] = field(default_factory=dict)  # model -> its registry.json
     report: str = ""  # Markdown
+
+
+def ci_branch(given: str | None, cwd: Path) -> str | None:
+    """The branch being retrained: `given`, else GitHub Actions' (a pull request's head, or
+    the pushed branch), else the checkout's; None when there is none."""
+    from genpipe.tracking.lineage import current_branch
+
+    for branch in (given, os.environ.get("GITHUB_HEAD_REF"), os.environ.get("GITHUB_REF_NAME")):
+        if branch:
+            return branch
+    return current_branch(cwd)
 
 
 def dvc_env() -> dict[str, str]:
@@ -98,12 +117,18 @@ def check_report_paths(*paths: str | None) -> None:
                           f"found no directory {Path(path).resolve().parent}")  # fmt: skip
 
 
-def ci_retrain(base: str, cwd: Path = Path("."), push: bool = True) -> Retrain:
+def ci_retrain(base: str, cwd: Path = Path("."), push: bool = True,
+               branch: str | None = None) -> Retrain:  # fmt: skip
     """Rerun what changed, push it, and report against `base` (a git revision)."""
     check_setup(cwd)
     from genpipe.params import load_checked_params  # what DVC would call "unexpected error"
 
-    load_checked_params(cwd / paths.PARAMS)
+    params = load_checked_params(cwd / paths.PARAMS)
+    branch = ci_branch(branch, cwd)
+    if branch:
+        os.environ["GENPIPE_BRANCH"] = branch  # the register stages' (dvc_env passes it on)
+    log.info("branch %s (register.default_branch: %s)", branch or "unknown",
+             params.registry.default_branch)  # fmt: skip
     log.info("dvc repro --pull --allow-missing")
     repro = dvc("repro", "--pull", "--allow-missing", cwd=cwd, capture=False)
     ran = stages_run(repro.stdout)
@@ -120,18 +145,40 @@ def ci_retrain(base: str, cwd: Path = Path("."), push: bool = True) -> Retrain:
     pulled = dvc("pull", "--allow-missing", *METRIC_STAGES, cwd=cwd)
     if pulled.returncode != 0:
         log.warning("dvc pull of the metrics failed: %s", last_line(pulled))
+    if branch in (None, params.registry.default_branch):
+        for model in params.models:
+            if f"register@{model}" not in ran:
+                register_again(model, cwd)
     registered = {}
-    for stage in ran:
-        if stage.startswith("register@"):
-            model = stage.split("@", 1)[1]
-            registered[model] = json.loads((cwd / f"reports/{model}/registry.json").read_text())
-    result = Retrain(ran=ran, registered=registered)
+    for model in params.models:
+        record = cwd / paths.registry_record(model)
+        if f"register@{model}" in ran or record.is_file():
+            registered[model] = json.loads(record.read_text())
+    result = Retrain(ran=ran, branch=branch, registered=registered)
     result.report = report(result, base, cwd)
     return result
 
 
+def register_again(model: str, cwd: Path) -> None:
+    """The register step of a model whose stage did not rerun, on the default branch: the
+    version of these weights, registered from a branch as a candidate, meets the default
+    branch's gate now (an already decided one is left as it is). Run as the stage's script,
+    not through DVC, so dvc.lock is untouched; its inputs are pulled first."""
+    log.info("register@%s: the default branch decides a merged candidate", model)
+    pulled = dvc("pull", "--with-deps", f"register@{model}", cwd=cwd)
+    if pulled.returncode != 0:
+        raise CIError(f"dvc pull register@{model}: expected the model's outputs on the remote; "
+                      f"{last_line(pulled)}")  # fmt: skip
+    script = [sys.executable, str(paths.PIPELINE / "register.py"), model]
+    done = subprocess.run(script, cwd=cwd, env=dvc_env(), capture_output=True, text=True)
+    sys.stderr.write(done.stderr)
+    if done.returncode != 0:
+        raise CIError(f"register@{model}: expected the default branch's gate to run; "
+                      f"{last_line(done)}")  # fmt: skip
+
+
 def report(result: Retrain, base: str, cwd: Path) -> str:
-    lines = ["## genpipe retrain", ""]
+    lines = ["## genpipe retrain", "", f"Branch: `{result.branch or 'unknown'}`", ""]
     if result.ran:
         lines.append("Stages rerun: " + ", ".join(f"`{s}`" for s in result.ran))
     else:

@@ -34,7 +34,7 @@ def _ci_retrain_command(args: argparse.Namespace) -> None:
     from genpipe.ci import check_report_paths, ci_retrain
 
     check_report_paths(args.summary, args.report)  # before the retraining, not after
-    result = ci_retrain(args.base, push=not args.no_push)
+    result = ci_retrain(args.base, push=not args.no_push, branch=args.branch)
     if args.summary:
         with open(args.summary, "a", encoding="utf-8") as f:  # GITHUB_STEP_SUMMARY: appended
             f.write(result.report)
@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> None:
                          "(the workflow passes $GITHUB_STEP_SUMMARY)")  # fmt: skip
     retrain.add_argument("--report", help="write the Markdown report here too (a PR comment)")
     retrain.add_argument("--no-push", action="store_true", help="do not `dvc push`")
+    retrain.add_argument("--branch", help="the branch retrained: only register.default_branch "
+                         "moves champion and challenger (default: $GITHUB_HEAD_REF, "
+                         "$GITHUB_REF_NAME, else the checkout's)")  # fmt: skip
     retrain.set_defaults(func=_ci_retrain_command)
     args = parser.parse_args(argv)
     run_stage(lambda: args.func(args))

@@ -178,7 +178,10 @@ class RegisterParams(Section):
     # a new version becomes champion when its primary metric (GAN: FID, autoencoder: test
     # MSE) is lower than the champion's by at least this share
     min_improvement: float = Field(0.01, ge=0, lt=1)
-    force: bool = False  # promote over a champion of another backbone or data
+    force: bool = False  # promote without comparing with the champion at all
+    # the branch whose registers move champion and challenger; any other registers under
+    # an alias of its own, candidate-<branch> (the branch: $GENPIPE_BRANCH, else git's)
+    default_branch: str = Field("main", min_length=1, max_length=255)
 
 
 MODELS = ("gan", "autoencoder")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 PARAMS = Path("params.yaml")
+PIPELINE = Path("pipeline")  # the stages' scripts
 PARAMS_CHECK = Path("reports/params/check.json")  # the params stage: params.yaml is valid
 PREPARED = Path("data/prepared")
 VALIDATION = Path("reports/validation")

@@ -3,13 +3,16 @@ PCA with as many components as the latent has dimensions, as the baseline."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from genpipe.autoencoder.artifact import load_autoencoder
 from genpipe.autoencoder.network import AutoEncoder
+from genpipe.data.split import Split
 from genpipe.images import pairs_grid, to_float, unit_to_uint8
 from genpipe.metrics import reconstruction
 from genpipe.metrics.compare import (
@@ -46,6 +49,22 @@ def reconstruct(
         out[rows] = recon.double().cpu().numpy()
         out_uint8[rows] = unit_to_uint8(out[rows])
     return out, out_uint8
+
+
+def evaluate_weights(
+    weights_dir: Path,
+    reference: Reference,
+    backbone: Backbone,
+    split: Split,  # the train split fits PCA; the test split is reconstructed and scored
+    evaluate: EvaluateParams,
+    seed: int,  # not read: the evaluation draws nothing
+    device: torch.device,
+) -> tuple[dict[str, Any], Image.Image]:
+    """The evaluate stage on a weights directory: train@autoencoder's, or a registered
+    version's when register scores the champion again on today's data."""
+    net = load_autoencoder(weights_dir, device)
+    return evaluate_autoencoder(net, split.train, split.test, reference, backbone, evaluate,
+                                device)  # fmt: skip
 
 
 def evaluate_autoencoder(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -9,6 +10,8 @@ import torch
 from PIL import Image
 
 from genpipe import runtime
+from genpipe.data.split import Split
+from genpipe.gan.artifact import load_generator
 from genpipe.gan.network import Generator
 from genpipe.images import GRID_SAMPLES, image_grid, to_uint8
 from genpipe.metrics.compare import (
@@ -38,6 +41,21 @@ def generate(
         return np.concatenate([to_uint8(netG(zb)) for zb in z.split(batch_size)])
     batches = zip(z.split(batch_size), labels.split(batch_size), strict=True)
     return np.concatenate([to_uint8(netG(zb, yb)) for zb, yb in batches])
+
+
+def evaluate_weights(
+    weights_dir: Path,
+    reference: Reference,
+    backbone: Backbone,
+    split: Split | None,  # not read: the GAN's samples are compared with the reference alone
+    evaluate: EvaluateParams,
+    seed: int,
+    device: torch.device,
+) -> tuple[dict[str, Any], Image.Image]:
+    """The evaluate stage on a weights directory: train@gan's, or a registered version's
+    when register scores the champion again on today's data."""
+    return evaluate_gan(load_generator(weights_dir, device), reference, backbone, evaluate,
+                        seed, device)  # fmt: skip
 
 
 def evaluate_gan(

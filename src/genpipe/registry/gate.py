@@ -3,25 +3,46 @@
 reads the values from the registry and applies the decision.
 
 A version better by at least `min_improvement` (relative; lower is better) becomes
-`champion` and the old one `previous-champion`; any other gets `challenger`. Versions
-evaluated with another backbone, on other data or on another metric are never compared
-(unless `force`). A champion whose values are unknown (an alias set by hand on a version
-without genpipe's tags, whose run has no `eval/<metric>` either) is replaced.
+`champion` and the old one `previous-champion`; any other gets `challenger`. A champion
+evaluated on other data or with another backbone is compared as re-scored on today's
+(registry.mlflow scores it again before the gate: `Rescore`); one that could not be
+re-scored, or was evaluated on another metric, is never compared (unless `force`). A
+champion whose values are unknown (an alias set by hand on a version without genpipe's
+tags, whose run has no `eval/<metric>` either), or whose files cannot be loaded, is
+replaced.
+
+Only the default branch moves `champion` and `challenger`: a version registered from any
+other branch takes an alias of its own (`candidate_alias`), and its decision says what
+would happen on merge (`on_branch`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from typing import Any
 
 from genpipe.tracking.lineage import TAG_BACKBONE, TAG_DATA_HASH, TAG_METRIC, TAG_VALUE
 
 CHAMPION, PREVIOUS_CHAMPION, CHALLENGER = "champion", "previous-champion", "challenger"
+CANDIDATE = "candidate"  # the decision on a branch other than the default: aliases its own
 
 # versions differing in one of these are never compared: the tag that holds each
 COMPARED_ON = {"backbone": TAG_BACKBONE, "data_hash": TAG_DATA_HASH, "metric": TAG_METRIC}
 
 Aliases = tuple[tuple[str, int], ...]  # (alias, version) to set, in this order
+
+
+@dataclass(frozen=True)
+class Rescore:
+    """A champion scored again on today's reference: its recorded values before."""
+
+    value: float
+    data_hash: str | None
+    backbone: str | None
+
+    def record(self) -> dict[str, Any]:
+        return {"value": self.value, "data_hash": self.data_hash, "backbone": self.backbone}
 
 
 @dataclass(frozen=True)
@@ -35,6 +56,8 @@ class Version:
     data_hash: str | None = None
     weights: str | None = None  # SHA-256 of the weights directory
     hand_set: bool = False  # without genpipe's tags: its values, if any, are its run's
+    rescored: Rescore | None = None  # value, data and backbone are today's, not its tags'
+    unloadable: str | None = None  # why its files could not be loaded to re-score it
 
 
 @dataclass(frozen=True)
@@ -47,6 +70,23 @@ class Decision:
     def record(self) -> dict[str, Any]:
         """For registry.json."""
         return {"decision": self.decision, "compared": self.compared, "reason": self.reason}
+
+
+def needs_rescore(candidate: Version, champion: Version | None) -> bool:
+    """Whether the champion must be scored again to be compared with `candidate`: it has a
+    value of the same metric, taken on other data or with another backbone."""
+    if champion is None or champion.value is None or champion.version == candidate.version:
+        return False
+    if champion.metric != candidate.metric or champion.weights == candidate.weights:
+        return False
+    return bool({TAG_BACKBONE, TAG_DATA_HASH} & set(differs(candidate, champion)))
+
+
+def rescored(champion: Version, candidate: Version, value: float) -> Version:
+    """The champion with `value`, its score on the candidate's data and backbone."""
+    was = Rescore(champion.value, champion.data_hash, champion.backbone)  # type: ignore[arg-type]
+    return replace(champion, value=value, data_hash=candidate.data_hash,
+                   backbone=candidate.backbone, rescored=was)  # fmt: skip
 
 
 def differs(version: Version, champion: Version) -> list[str]:
@@ -72,9 +112,14 @@ def decide(
     if champion.version == candidate.version:  # a pass cut short after its gate
         return Decision(CHAMPION, "already champion")
     old = f"champion v{champion.version}"
-    compared = {"version": champion.version, "value": champion.value}
+    compared: dict[str, Any] = {"version": champion.version, "value": champion.value}
+    if champion.rescored is not None:
+        compared["rescored_from"] = champion.rescored.record()
     promote = ((PREVIOUS_CHAMPION, champion.version), (CHAMPION, candidate.version))
     challenge = ((CHALLENGER, candidate.version),)
+    if champion.unloadable is not None:
+        reason = f"{old}'s files cannot be loaded to score it on today's data "
+        return Decision(CHAMPION, reason + f"({champion.unloadable}): replaced", compared, promote)
     if champion.value is None:
         reason = (
             f"{old} has no {candidate.metric} to compare with (no {TAG_VALUE} tag, as on "
@@ -92,12 +137,35 @@ def decide(
         return Decision(CHALLENGER, reason, compared, challenge)
     value = f"{candidate.metric} {candidate.value:.6g}"
     old += f"'s {champion.value:.6g}"
+    if champion.rescored is not None:
+        was = champion.rescored
+        what = [name for name, key in (("data", "data_hash"), ("backbone", "backbone"))
+                if getattr(was, key) != getattr(champion, key)]  # fmt: skip
+        old += (f" re-scored on today's {' and '.join(what)} (it had {was.value:.6g} on "
+                "its own)")
     if champion.hand_set:
         old += f" (its run's eval/{champion.metric}: an alias set by hand)"
     if different or beats(candidate.value, champion.value, min_improvement):  # different: forced
         return Decision(CHAMPION, f"{value} vs {old}", compared, promote)
     reason = f"{value} is not better than {old} by register.min_improvement {min_improvement:g}"
     return Decision(CHALLENGER, reason, compared, challenge)
+
+
+def candidate_alias(branch: str) -> str:
+    """'candidate-<branch>', in the letters MLflow allows in an alias (feature/x ->
+    candidate-feature-x)."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", branch).strip("-").lower() or "branch"
+    return f"{CANDIDATE}-{name}"[:255]
+
+
+def on_branch(verdict: Decision, version: int, branch: str, default_branch: str) -> Decision:
+    """The decision for a version registered from `branch`, not the default branch: the
+    alias of its own, and what the gate says would happen on merge."""
+    would = {CHAMPION: "would become champion", CHALLENGER: "would be challenger"}
+    reason = (f"branch {branch}, not {default_branch}: on merge it {would[verdict.decision]} "
+              f"({verdict.reason})")  # fmt: skip
+    return Decision(CANDIDATE, reason, verdict.compared,
+                    ((candidate_alias(branch), version),))  # fmt: skip
 
 
 def reconcile(champion: Version, versions: list[Version], min_improvement: float) -> Aliases:

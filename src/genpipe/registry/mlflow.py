@@ -17,6 +17,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ REPASS_SECONDS = 15.0  # no pass starts later than this after the first
 NOT_RETRIED = {"PERMISSION_DENIED", "UNAUTHENTICATED", "INVALID_PARAMETER_VALUE", "BAD_REQUEST"}
 PRIMARY_METRIC = {"gan": "fid", "autoencoder": "mse"}  # lower is better for both
 MODEL_ARTIFACT = "model"
+WEIGHTS = Path("artifacts") / "weights"  # in a downloaded model: its "weights" artifact
 REQUIREMENTS = ["torch", "numpy", "pandas", "safetensors"]  # the model's, besides MLflow
 
 
@@ -96,10 +98,20 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Policy:
-    """register's params: when a version takes the champion alias."""
+    """When a version takes the champion alias: register's params and the branch."""
 
     min_improvement: float
     force: bool
+    branch: str | None = None  # None: unknown (no git, a detached HEAD): the default's rules
+    default_branch: str = "main"
+    # a registered version's metrics on today's data (registry.rescore.Scorer); None: a
+    # champion of other data or another backbone is not compared
+    score: Callable[[Path], dict[str, Any]] | None = None
+
+    @property
+    def on_default(self) -> bool:
+        """Whether this register may move champion and challenger."""
+        return self.branch is None or self.branch == self.default_branch
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -115,8 +127,7 @@ def register(
     outputs: Outputs,
     params: dict[str, Any],
     name_prefix: str,
-    min_improvement: float,
-    force: bool,
+    policy: Policy,
     experiment: str,
     uri: str | None = None,
 ) -> dict[str, Any]:
@@ -138,7 +149,6 @@ def register(
         )
     candidate = Candidate(outputs, params, metrics, experiment, record["run_id"], metric,
                           float(metrics[metric]), str(reference.get("backbone")))  # fmt: skip
-    policy = Policy(min_improvement, force)
     name = f"{name_prefix}-{outputs.model}"
     started = time.monotonic()
     for attempt in range(1, ATTEMPTS + 1):
@@ -171,6 +181,7 @@ def register(
         "metric": metric,
         "value": candidate.value,
         "backbone": reference.get("backbone"),
+        "branch": policy.branch,
         **decision,
     }
 
@@ -184,7 +195,10 @@ def _register_once(
     run_id = _find_or_rebuild_run(client, candidate)
     weights = weights_sha256(outputs.weights)
     version = _version_of_weights(client, name, run_id, weights)
-    if version is not None and TAG_DECISION in version.tags:
+    decided = version is not None and TAG_DECISION in version.tags
+    if decided and policy.on_default and version.tags[TAG_DECISION] == gate.CANDIDATE:
+        decided = False  # a branch's candidate, merged: the default branch's gate decides
+    if decided:
         log.info("%s: run %s (weights %s...) is already version %s; not registered again",
                  name, run_id, weights[:12], version.version)  # fmt: skip
         decision = {"decision": "already registered", "compared": None,
@@ -199,16 +213,52 @@ def _register_once(
             version = _log_and_register(mlflow, uri, run_id, name, outputs, tags)
         new = gate.Version(int(version.version), metric, candidate.value, candidate.backbone,
                            outputs.data_hash, weights)  # fmt: skip
-        champion = _champion(client, name, metric)
-        verdict = gate.decide(new, champion, policy.min_improvement, policy.force)
+        verdict = _gate(mlflow, client, name, new, policy)
         level = logging.WARNING if verdict.decision == gate.CHALLENGER else logging.INFO
         log.log(level, "%s v%s: %s (%s)", name, version.version, verdict.decision, verdict.reason)
         _set_aliases(client, name, verdict.aliases)
-        _reconcile(client, name, metric, policy.min_improvement)
+        if policy.on_default:
+            _reconcile(client, name, metric, policy.min_improvement)
         decision = verdict.record()
-        client.set_model_version_tag(name, version.version, TAG_DECISION,
-                                     decision["decision"])  # fmt: skip
+        for key, value in lineage.decision_tags(decision, policy.branch).items():
+            client.set_model_version_tag(name, version.version, key, value)  # decision last
     return run_id, version, decision
+
+
+def _gate(mlflow: Any, client: Any, name: str, new: gate.Version, policy: Policy) -> gate.Decision:
+    """The gate's decision for `new` against the champion, scored again on today's data
+    when its own was taken on other data or with another backbone; on a branch other than
+    the default, what it would be on merge, under an alias of the branch's own."""
+    champion = _champion(client, name, new.metric)
+    if policy.score is not None and not policy.force and gate.needs_rescore(new, champion):
+        champion = _rescored(mlflow, name, champion, new, policy.score)
+    verdict = gate.decide(new, champion, policy.min_improvement, policy.force)
+    if policy.on_default or not verdict.aliases:
+        return verdict
+    return gate.on_branch(verdict, new.version, str(policy.branch), policy.default_branch)
+
+
+def _rescored(mlflow: Any, name: str, champion: gate.Version, new: gate.Version,
+              score: Callable[[Path], dict[str, Any]]) -> gate.Version:  # fmt: skip
+    """The champion with its metric on today's reference and backbone, or marked unloadable
+    with why."""
+    from genpipe.registry.rescore import score_version
+
+    def download(tmp: Path) -> Path:  # the pyfunc model's "weights" artifact
+        uri = f"models:/{name}/{champion.version}"
+        return Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp))) / WEIGHTS
+
+    log.info("%s: champion v%d was evaluated on other data or another backbone; scoring it "
+             "on today's", name, champion.version)  # fmt: skip
+    metrics, how = score_version(download, score)
+    value = (metrics or {}).get(new.metric)
+    if not isinstance(value, int | float):
+        log.warning("%s: champion v%d cannot be scored on today's data (%s)", name,
+                    champion.version, how)  # fmt: skip
+        return replace(champion, unloadable=how)
+    log.info("%s: champion v%d on today's data: %s %.6g (was %.6g), scored in %s", name,
+             champion.version, new.metric, value, champion.value, how)  # fmt: skip
+    return gate.rescored(champion, new, float(value))
 
 
 # --- the run -------------------------------------------------------------------------------

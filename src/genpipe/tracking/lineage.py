@@ -33,6 +33,9 @@ TAG_VALUE = "genpipe.metric_value"
 TAG_BACKBONE = "genpipe.backbone"
 TAG_WEIGHTS = "genpipe.weights_sha256"  # of the weights directory
 TAG_DECISION = "genpipe.decision"  # set once the gate has moved the aliases
+TAG_COMPARED = "genpipe.compared"  # JSON: the champion compared with, re-scored or not
+TAG_REASON = "genpipe.reason"  # the gate's reason
+TAG_BRANCH = "git.branch"  # the branch the version was registered from
 
 
 
@@ -118,6 +121,25 @@ def version_tags(data_hash: str, params: dict[str, Any], model: str, metric: str
         TAG_BACKBONE: backbone,
         TAG_WEIGHTS: weights,
     }
+
+
+def decision_tags(decision: dict[str, Any], branch: str | None) -> dict[str, str]:
+    """A version's record of the gate, with TAG_DECISION last: a pass cut short before it is
+    finished by the next (MLflow's limit on a tag's value is 5000 characters)."""
+    return {
+        TAG_COMPARED: json.dumps(decision.get("compared"), sort_keys=True),
+        TAG_REASON: str(decision.get("reason", ""))[:5000],
+        TAG_BRANCH: branch or "",
+        TAG_DECISION: decision["decision"],
+    }
+
+
+def current_branch(repo: Path = Path(".")) -> str | None:
+    """The branch being registered from: $GENPIPE_BRANCH (CI sets it: a pull request's
+    checkout may be detached), else the checkout's branch; None when there is none (a
+    detached HEAD, no git)."""
+    branch = os.environ.get("GENPIPE_BRANCH") or _git(repo, "symbolic-ref", "--short", "-q", "HEAD")
+    return branch or None
 
 
 def params_hash(params: dict[str, Any], model: str) -> str:
