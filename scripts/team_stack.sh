@@ -13,7 +13,7 @@
 #
 # Settings (environment; `up` records the ports and the bucket in DIR/stack.env when it starts
 # from nothing running, and later calls read them back):
-#   TEAM_STACK_PG_PORT (5433)  TEAM_STACK_S3_PORT (9000)  TEAM_STACK_MLFLOW_PORT (5000)
+#   TEAM_STACK_PG_PORT (5433)  TEAM_STACK_S3_PORT (9000)  TEAM_STACK_MLFLOW_PORT (5050: `mlflow ui` keeps 5000)
 #   TEAM_STACK_BUCKET (genpipe)  TEAM_STACK_MLFLOW_WORKERS (2)  TEAM_STACK_TIMEOUT (60 s a service)
 # Needs: Debian's postgresql package, and the project's environment first on PATH with the
 # team extra (pip install -e '.[team]': moto[server], psycopg2-binary, dvc-s3).
@@ -42,7 +42,7 @@ for line in "${saved[@]}"; do
 done
 pg_port=${TEAM_STACK_PG_PORT:-5433}
 s3_port=${TEAM_STACK_S3_PORT:-9000}
-mlflow_port=${TEAM_STACK_MLFLOW_PORT:-5000}
+mlflow_port=${TEAM_STACK_MLFLOW_PORT:-5050}
 bucket=${TEAM_STACK_BUCKET:-genpipe}
 workers=${TEAM_STACK_MLFLOW_WORKERS:-2}
 timeout=${TEAM_STACK_TIMEOUT:-60}

@@ -12,6 +12,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -350,6 +352,53 @@ def test_champion_loads_and_generates_in_a_fresh_process(server, tmp_path):
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     assert "(3, 1, 8, 8) uint8" in out.stdout
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.mark.integration
+def test_the_readmes_rest_payload_gets_images_from_the_served_champion(server, tmp_path):
+    """`mlflow models serve` as the README runs it (the environment's bin first on PATH),
+    and the README's own curl payload, posted to /invocations."""
+    import re
+
+    import mlflow
+
+    do_register(gan_outputs(tmp_path, server, fid=1.0), server, "t13")
+    payload = re.search(r"-d '(\{\"dataframe_split\".*?)'", README.read_text())[1]
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server,
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+    serve = subprocess.Popen(
+        [str(BIN / "mlflow"), "models", "serve", "-m", "models:/t13-gan@champion",
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1):
+                    break
+            except OSError:
+                if serve.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"mlflow models serve did not start: {serve.stderr.read()}")
+                time.sleep(0.5)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=payload.encode(),
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            images = np.asarray(json.loads(answer.read())["predictions"])
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)
+    assert images.shape == (2, 1, 8, 8) and images.min() >= 0 and images.max() <= 255
+    mlflow.set_tracking_uri(server)
+    model = mlflow.pyfunc.load_model("models:/t13-gan@champion")
+    expected = model.predict(pd.DataFrame({"seed": [0, 1]}))
+    np.testing.assert_array_equal(images, expected)  # the same images as in-process
 
 
 @pytest.mark.integration

@@ -164,7 +164,8 @@ def register_again(model: str, cwd: Path) -> None:
     version of these weights, registered from a branch as a candidate, meets the default
     branch's gate now (an already decided one is left as it is). Run as the stage's script,
     not through DVC, so dvc.lock is untouched; its inputs are pulled first."""
-    log.info("register@%s: the default branch decides a merged candidate", model)
+    log.info("register@%s did not rerun: on the default branch its step runs all the same, "
+             "to decide a candidate merged from a branch", model)
     pulled = dvc("pull", "--with-deps", f"register@{model}", cwd=cwd)
     if pulled.returncode != 0:
         raise CIError(f"dvc pull register@{model}: expected the model's outputs on the remote; "

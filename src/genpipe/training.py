@@ -197,15 +197,16 @@ class TrainLog:
         self.tick, self.tick_step = time.perf_counter(), progress.done
 
     def add(self, step: int, epoch: float, losses: dict[str, float], images_per_step: int) -> None:
-        """The row for the interval ending at `step`: its mean `losses` and images/s."""
+        """The row for the interval ending at `step`: its mean `losses`. Its images/s go to
+        the run and the progress shown, not into the row: train_log.csv is a cached DVC
+        output, the same bits for the same params and data on the CPU."""
         now = time.perf_counter()
         images_per_s = (step - self.tick_step) * images_per_step / (now - self.tick)
         self.tick, self.tick_step = now, step
-        row = {"step": step, "epoch": round(epoch, 4), **losses,
-               "images_per_s": round(images_per_s, 1)}  # fmt: skip
+        row = {"step": step, "epoch": round(epoch, 4), **losses}
         self.rows.append(row)
         if self.run is not None:
-            send_row(self.run, row)
+            send_row(self.run, {**row, "images_per_s": round(images_per_s, 1)})
         self.progress.report(losses, images_per_s)
 
     def write(self, path: Path) -> None:
