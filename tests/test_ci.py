@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from genpipe.ci import CIError, check_setup, stages_run, table_rows
+from genpipe.params import parse_params
 from test_pipeline import ALL_STAGES, project, set_params  # noqa: F401 (project: a fixture)
 from test_registry import server  # noqa: F401  (fixture)
 
@@ -82,6 +83,127 @@ def test_workflow_triggers_and_calls_the_script():
     runs = "\n".join(step.get("run", "") for step in steps)
     assert "genpipe ci-retrain" in runs and "$GITHUB_STEP_SUMMARY" in runs
     assert "secrets.MLFLOW_TRACKING_URI" in WORKFLOW.read_text()
+    # the branch reaches register: only the default branch moves champion and challenger
+    [retrain] = [step for step in steps if "genpipe ci-retrain" in step.get("run", "")]
+    assert '--branch "$BRANCH"' in retrain["run"]
+    assert retrain["env"]["BRANCH"] == "${{ github.head_ref || github.ref_name }}"
+
+
+@pytest.mark.parametrize(
+    ("given", "env", "expected"),
+    [("feature/x", {"GITHUB_HEAD_REF": "pr-branch"}, "feature/x"),
+     (None, {"GITHUB_HEAD_REF": "pr-branch", "GITHUB_REF_NAME": "12/merge"}, "pr-branch"),
+     (None, {"GITHUB_HEAD_REF": "", "GITHUB_REF_NAME": "main"}, "main"),
+     (None, {}, "from-git")],
+)  # fmt: skip
+def test_the_branch_ci_retrain_registers_from(tmp_path, monkeypatch, given, env, expected):
+    from genpipe.ci import ci_branch
+
+    for key in ("GITHUB_HEAD_REF", "GITHUB_REF_NAME", "GENPIPE_BRANCH"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    subprocess.run(["git", "init", "-q", "-b", "from-git", str(tmp_path)], check=True)
+    assert ci_branch(given, tmp_path) == expected
+
+
+# --- the report -------------------------------------------------------------------------------
+
+METRICS_DIFF = """| Path | Metric | HEAD~1 | workspace | Change |
+|---|---|---|---|---|
+| reports/gan/metrics.json | fid | 1.5 | 1.2 | -0.3 |
+| reports/gan/metrics.json | floor.fid | 0.66 | 0.94 | 0.28 |
+| reports/gan/metrics.json | kid_subset_size | 185 | 190 | 5 |
+| reports/gan/metrics.json | num_samples | 370 | 380 | 10 |
+| reports/autoencoder/metrics.json | test_images | 370 | 380 | 10 |
+"""
+
+
+@pytest.fixture
+def fake_dvc(monkeypatch):
+    """ci.dvc answering `metrics diff` with METRICS_DIFF and `params diff` with nothing."""
+    from genpipe import ci
+
+    def dvc(*args, cwd, capture=True):
+        out = METRICS_DIFF if args[:2] == ("metrics", "diff") else ""
+        return subprocess.CompletedProcess(["dvc", *args], 0, out, "")
+
+    monkeypatch.setattr(ci, "dvc", dvc)
+    return ci
+
+
+GAN_RECORD = {"name": "genpipe-gan", "version": 2, "metric": "fid", "value": 1.2,
+              "run_id": "r" * 32, "decision": "champion", "reason": "fid 1.2 vs champion v1's 1.5",
+              "compared": {"version": 1, "value": 1.5, "rescored_from": {"value": 0.9}}}
+AE_RECORD = {"name": "genpipe-autoencoder", "version": 3, "metric": "mse", "value": 0.021,
+             "decision": "challenger", "reason": "not better", "run_id": "a" * 32,
+             "compared": {"version": 2, "value": 0.02}}  # fmt: skip
+
+
+def test_the_report_puts_each_model_against_its_champion(fake_dvc, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = fake_dvc.Retrain(ran=["fetch", "train@gan"], branch="main",
+                              registered={"gan": GAN_RECORD, "autoencoder": AE_RECORD})
+    text = fake_dvc.report(result, "HEAD~1", tmp_path)
+    assert "Branch: `main`" in text and "Stages rerun: `fetch`, `train@gan`" in text
+    assert ("| genpipe-gan | v2 | fid 1.2 | v1: 1.5 (re-scored; 0.9 on its own data) | "
+            "▼ 20.0% (better) | **champion** |") in text
+    assert "| genpipe-autoencoder | v3 | mse 0.021 | v2: 0.02 | ▲ 5.0% (worse) |" in text
+    assert "- genpipe-gan v2: fid 1.2 vs champion v1's 1.5" in text
+    # the metrics that describe the evaluation, not the model, are left out
+    assert "| fid |" in text and "floor.fid" not in text and "num_samples" not in text
+    assert "kid_subset_size" not in text and "test_images" not in text
+    assert "http" not in text  # a local store: no links
+
+
+def test_the_report_links_to_the_mlflow_server(fake_dvc, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5050/")
+    (tmp_path / "models/gan").mkdir(parents=True)
+    (tmp_path / "models/gan/mlflow_run.json").write_text(
+        json.dumps({"run_id": "r" * 32, "experiment_id": "7"}))  # fmt: skip
+    result = fake_dvc.Retrain(ran=["register@gan"], branch="main", registered={"gan": GAN_RECORD})
+    text = fake_dvc.report(result, "HEAD~1", tmp_path)
+    assert "[genpipe-gan](http://mlflow.example:5050/#/models/genpipe-gan)" in text
+    assert "[v2](http://mlflow.example:5050/#/models/genpipe-gan/versions/2)" in text
+    assert f"([run](http://mlflow.example:5050/#/experiments/7/runs/{'r' * 32}))" in text
+    assert f"get-artifact?path=eval%2Feval_grid.png&run_uuid={'r' * 32})" in text
+
+
+def test_a_failure_before_any_stage_is_reported_as_it_was(fake_dvc, tmp_path, monkeypatch):
+    """Data that was never pushed: DVC fails pulling it, before any stage runs; the report
+    says so, with DVC's own line, and the job fails after writing it."""
+
+    def repro_fails(*args, cwd, capture=True):
+        if args[0] == "repro":
+            out = "ERROR: failed to pull data from the cloud - Checkout failed for: images\n"
+            return subprocess.CompletedProcess(["dvc", *args], 1, out, "")
+        return subprocess.CompletedProcess(["dvc", *args], 0, "", "")
+
+    monkeypatch.setattr(fake_dvc, "dvc", repro_fails)
+    result = fake_dvc.Retrain(branch="main")
+    with pytest.raises(fake_dvc.CIError) as excinfo:
+        fake_dvc.retrain(result, parse_params({}), tmp_path, push=False)
+    assert str(excinfo.value) == ("dvc repro failed before any stage ran: ERROR: failed to pull "
+                                  "data from the cloud - Checkout failed for: images")
+    result.failure = str(excinfo.value)
+    text = fake_dvc.report(result, "HEAD~1", tmp_path)
+    assert f"**Failed:** {result.failure}" in text and "Nothing rerun" not in text
+
+
+def test_a_failing_stage_is_named_with_its_last_error_line(fake_dvc, tmp_path, monkeypatch):
+    def repro_fails(*args, cwd, capture=True):
+        out = ("Running stage 'fetch':\n> python pipeline/fetch.py\nRunning stage 'validate':\n"
+               "error: 3 of 14 data checks failed (images.blank)\nERROR: failed to reproduce "
+               "'validate': failed to run: python pipeline/validate.py, exited with 1\n")
+        return subprocess.CompletedProcess(["dvc", *args], 1, out, "")
+
+    monkeypatch.setattr(fake_dvc, "dvc", repro_fails)
+    result = fake_dvc.Retrain(branch="main")
+    with pytest.raises(fake_dvc.CIError) as excinfo:
+        fake_dvc.retrain(result, parse_params({}), tmp_path, push=False)
+    assert str(excinfo.value) == ("dvc repro stage validate failed: error: 3 of 14 data checks "
+                                  "failed (images.blank)")
+    assert result.ran == ["fetch", "validate"]
 
 
 # --- the script's parts ------------------------------------------------------------------

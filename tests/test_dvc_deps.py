@@ -145,7 +145,9 @@ def test_every_output_persists():
     with Repo(str(REPO)) as repo:
         outs = {(stage.addressing, str(out)): out.persist
                 for stage in repo.index.stages for out in stage.outs}  # fmt: skip
-    assert len({name for name, _ in outs}) == len(STAGES)
+    # every stage but register, whose registry.json is about the registry: it is written
+    # beside the outputs, so a pulled clone has nothing to rerun
+    assert {name for name, _ in outs} == set(STAGES) - {"register@gan", "register@autoencoder"}
     assert ("train@gan", "models/gan/mlflow_run.json") in outs
     deleted = [f"{name}: {out}" for (name, out), persist in outs.items() if not persist]
     assert not deleted, f"outputs without persist: true: {deleted}"

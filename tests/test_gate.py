@@ -75,8 +75,8 @@ GATE = {
         (INCEPTION, rescored(OLD, INCEPTION, 1.5), False, CHAMPION, PROMOTED,
          "re-scored on today's backbone"),
     "champion unloadable": (NEW_DATA, replace(OLD, unloadable="OSError: no MLmodel"), False,
-                            CHAMPION, PROMOTED, "cannot be loaded to score it on today's data "
-                            "(OSError: no MLmodel): replaced"),
+                            CHAMPION, PROMOTED,
+                            "champion v1 cannot be loaded (OSError: no MLmodel): replaced"),
     "hand-set champion's run on other data":
         (version(2, 1.0), Version(1, "fid", 2.0, data_hash="e", hand_set=True), False,
          CHALLENGER, CHALLENGED, "data.hash differ"),

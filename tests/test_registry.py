@@ -142,42 +142,42 @@ class Scores:
 def test_new_data_is_compared_with_the_champion_scored_again_on_it(server, tmp_path):
     """Retrained on grown data: the champion (evaluated on the old data) is scored again on
     today's, and the better of the two by that measure becomes champion."""
-    do_register(gan_outputs(tmp_path / "a", server, fid=2.0, data_hash="old"), server, "t10")
+    do_register(gan_outputs(tmp_path / "a", server, fid=2.0, data_hash="old"), server, "r1")
     without = do_register(gan_outputs(tmp_path / "b", server, fid=1.4, seed=1, data_hash="new"),
-                          server, "t10")  # fmt: skip
+                          server, "r1")  # fmt: skip
     assert without["decision"] == "challenger" and "data.hash differ" in without["reason"]
 
     scores = Scores(fid=1.5)  # the champion, on the new data: worse than v3's 1.2
     better = do_register(gan_outputs(tmp_path / "c", server, fid=1.2, seed=2, data_hash="new"),
-                         server, "t10", score=scores)  # fmt: skip
+                         server, "r1", score=scores)  # fmt: skip
     assert better["decision"] == "champion", better["reason"]
     assert "re-scored on today's data (it had 2 on its own)" in better["reason"]
     assert better["compared"] == {"version": 1, "value": 1.5, "rescored_from": {
         "value": 2.0, "data_hash": "old", "backbone": "domain"}}  # fmt: skip
     assert len(scores.seen) == 1 and scores.seen[0]["model"] == "gan"
-    assert aliases(server, "t10-gan") == {"champion": 3, "previous-champion": 1,
+    assert aliases(server, "r1-gan") == {"champion": 3, "previous-champion": 1,
                                           "challenger": 2}  # fmt: skip
     from mlflow import MlflowClient
 
-    tags = MlflowClient(server).get_model_version("t10-gan", "3").tags
+    tags = MlflowClient(server).get_model_version("r1-gan", "3").tags
     assert json.loads(tags[lineage.TAG_COMPARED])["rescored_from"]["value"] == 2.0
     assert tags[lineage.TAG_DECISION] == "champion"
 
     # the same data as the champion now: no re-score
     worse = do_register(gan_outputs(tmp_path / "d", server, fid=1.3, seed=3, data_hash="new"),
-                        server, "t10", score=scores)  # fmt: skip
+                        server, "r1", score=scores)  # fmt: skip
     assert worse["decision"] == "challenger" and len(scores.seen) == 1
 
 
 @pytest.mark.integration
 def test_a_champion_whose_files_are_gone_is_replaced_with_that_reason(server, tmp_path):
-    do_register(gan_outputs(tmp_path / "a", server, fid=1.0, data_hash="old"), server, "t11")
+    do_register(gan_outputs(tmp_path / "a", server, fid=1.0, data_hash="old"), server, "r2")
 
     def lost(weights_dir: Path) -> dict:
         raise FileNotFoundError(f"{weights_dir}: the artifact store lost it")
 
     new = gan_outputs(tmp_path / "b", server, fid=5.0, seed=1, data_hash="new")
-    result = do_register(new, server, "t11", score=lost)
+    result = do_register(new, server, "r2", score=lost)
     assert result["decision"] == "champion"
     assert "cannot be loaded" in result["reason"]
     assert "the artifact store lost it" in result["reason"]
@@ -185,21 +185,21 @@ def test_a_champion_whose_files_are_gone_is_replaced_with_that_reason(server, tm
 
 @pytest.mark.integration
 def test_a_branch_registers_a_candidate_and_leaves_champion_and_challenger(server, tmp_path):
-    do_register(gan_outputs(tmp_path / "a", server, fid=2.0), server, "t12")
-    do_register(gan_outputs(tmp_path / "b", server, fid=3.0, seed=1), server, "t12")
-    before = aliases(server, "t12-gan")
+    do_register(gan_outputs(tmp_path / "a", server, fid=2.0), server, "r3")
+    do_register(gan_outputs(tmp_path / "b", server, fid=3.0, seed=1), server, "r3")
+    before = aliases(server, "r3-gan")
     assert before == {"champion": 1, "challenger": 2}
     outputs = gan_outputs(tmp_path / "c", server, fid=1.0, seed=2)
-    pr = do_register(outputs, server, "t12", branch="feature/better-lr")
+    pr = do_register(outputs, server, "r3", branch="feature/better-lr")
     assert pr["decision"] == "candidate" and pr["branch"] == "feature/better-lr"
     assert "on merge it would become champion (fid 1 vs champion v1's 2)" in pr["reason"]
-    assert aliases(server, "t12-gan") == {**before, "candidate-feature-better-lr": 3}
+    assert aliases(server, "r3-gan") == {**before, "candidate-feature-better-lr": 3}
     # the branch again: nothing more; merged, the default branch's register decides
-    assert do_register(outputs, server, "t12", branch="feature/better-lr")["decision"] == (
+    assert do_register(outputs, server, "r3", branch="feature/better-lr")["decision"] == (
         "already registered")
-    merged = do_register(outputs, server, "t12", branch="main")
+    merged = do_register(outputs, server, "r3", branch="main")
     assert (merged["version"], merged["decision"]) == (3, "champion")
-    assert aliases(server, "t12-gan")["champion"] == 3
+    assert aliases(server, "r3-gan")["champion"] == 3
 
 
 @pytest.mark.integration
@@ -354,6 +354,44 @@ def test_champion_loads_and_generates_in_a_fresh_process(server, tmp_path):
     assert "(3, 1, 8, 8) uint8" in out.stdout
 
 
+@pytest.mark.integration
+def test_lost_model_files_are_logged_again_or_the_champion_replaced(tmp_path, monkeypatch):
+    """A store that lost its files (a restarted S3 stand-in, a lifecycle rule): register
+    logs this very version's files again from the DVC-cached weights, and a champion whose
+    files are gone and not here is replaced, with that reason."""
+    import shutil
+
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)  # the store's artifacts: ./mlruns
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    outputs = gan_outputs(tmp_path / "a", store, fid=2.0)
+    assert do_register(outputs, store, "r5")["decision"] == "champion"
+
+    def lose_files() -> None:
+        lost = [d for d in (tmp_path / "mlruns").rglob("models/m-*/artifacts") if d.is_dir()]
+        assert lost
+        for directory in lost:
+            shutil.rmtree(directory)
+
+    lose_files()
+    mlflow.set_tracking_uri(store)
+    with pytest.raises(Exception, match="No such artifact|MLmodel"):
+        mlflow.pyfunc.load_model("models:/r5-gan@champion")
+    again = do_register(outputs, store, "r5")  # `dvc repro --force -s register@gan`
+    assert again["decision"] == "already registered" and again["version"] == 1
+    model = mlflow.pyfunc.load_model("models:/r5-gan@champion")  # repaired
+    assert model.predict(pd.DataFrame({"seed": [0]})).shape == (1, 1, 8, 8)
+
+    # the champion's files are gone and these weights are another model's: replaced
+    lose_files()
+    worse = do_register(gan_outputs(tmp_path / "b", store, fid=9.0, seed=1), store, "r5")
+    assert (worse["version"], worse["decision"]) == (2, "champion")
+    assert "champion v1 cannot be loaded (its files are gone" in worse["reason"]
+    assert aliases(store, "r5-gan") == {"champion": 2, "previous-champion": 1}
+    assert mlflow.pyfunc.load_model("models:/r5-gan@champion") is not None
+
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -365,13 +403,13 @@ def test_the_readmes_rest_payload_gets_images_from_the_served_champion(server, t
 
     import mlflow
 
-    do_register(gan_outputs(tmp_path, server, fid=1.0), server, "t13")
+    do_register(gan_outputs(tmp_path, server, fid=1.0), server, "r4")
     payload = re.search(r"-d '(\{\"dataframe_split\".*?)'", README.read_text())[1]
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": server,
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
     serve = subprocess.Popen(
-        [str(BIN / "mlflow"), "models", "serve", "-m", "models:/t13-gan@champion",
+        [str(BIN / "mlflow"), "models", "serve", "-m", "models:/r4-gan@champion",
          "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -396,7 +434,7 @@ def test_the_readmes_rest_payload_gets_images_from_the_served_champion(server, t
         serve.wait(timeout=30)
     assert images.shape == (2, 1, 8, 8) and images.min() >= 0 and images.max() <= 255
     mlflow.set_tracking_uri(server)
-    model = mlflow.pyfunc.load_model("models:/t13-gan@champion")
+    model = mlflow.pyfunc.load_model("models:/r4-gan@champion")
     expected = model.predict(pd.DataFrame({"seed": [0, 1]}))
     np.testing.assert_array_equal(images, expected)  # the same images as in-process
 

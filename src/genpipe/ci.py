@@ -26,6 +26,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from genpipe import paths
 from genpipe.errors import GenpipeError
@@ -41,10 +42,15 @@ class CIError(GenpipeError):
 
 @dataclass
 class Retrain:
-    ran: list[str]  # the stages `dvc repro` ran, in order
+    ran: list[str] = field(default_factory=list)  # the stages `dvc repro` ran, in order
     branch: str | None = None  # what the register stages were told
     registered: dict[str, dict] = field(default_factory=dict)  # model -> its registry.json
+    failure: str | None = None  # what failed, in one line: the job fails after the report
     report: str = ""  # Markdown
+
+# metrics.json keys that describe the evaluation rather than the model (the real-data floor,
+# sample counts): left out of the report's metrics table
+CONSTANT_METRICS = ("floor.", "kid_subset_size", "num_samples", "test_images", "latent_dim")
 
 
 def ci_branch(given: str | None, cwd: Path) -> str | None:
@@ -129,12 +135,28 @@ def ci_retrain(base: str, cwd: Path = Path("."), push: bool = True,
         os.environ["GENPIPE_BRANCH"] = branch  # the register stages' (dvc_env passes it on)
     log.info("branch %s (register.default_branch: %s)", branch or "unknown",
              params.registry.default_branch)  # fmt: skip
+    result = Retrain(branch=branch)
+    try:
+        retrain(result, params, cwd, push)
+    except CIError as exc:  # reported, then the job fails
+        result.failure = str(exc)
+    for model in params.models:
+        record = cwd / paths.registry_record(model)
+        if f"register@{model}" in result.ran or (record.is_file() and not result.failure):
+            result.registered[model] = json.loads(record.read_text())
+    result.report = report(result, base, cwd)
+    return result
+
+
+def retrain(result: Retrain, params: Any, cwd: Path, push: bool) -> None:
+    """dvc repro, dvc push, and the register steps of the default branch; the stages run
+    are kept on `result` as they go, so a failure still reports them."""
     log.info("dvc repro --pull --allow-missing")
     repro = dvc("repro", "--pull", "--allow-missing", cwd=cwd, capture=False)
-    ran = stages_run(repro.stdout)
+    result.ran = ran = stages_run(repro.stdout)
     if repro.returncode != 0:
-        failed = ran[-1] if ran else "before any stage"
-        raise CIError(f"dvc repro: expected every stage to pass; {failed} failed (log above)")
+        where = f"stage {ran[-1]} failed" if ran else "failed before any stage ran"
+        raise CIError(f"dvc repro {where}: {error_line(repro.stdout)}")
     if push:
         log.info("dvc push")
         pushed = dvc("push", cwd=cwd)
@@ -145,18 +167,10 @@ def ci_retrain(base: str, cwd: Path = Path("."), push: bool = True,
     pulled = dvc("pull", "--allow-missing", *METRIC_STAGES, cwd=cwd)
     if pulled.returncode != 0:
         log.warning("dvc pull of the metrics failed: %s", last_line(pulled))
-    if branch in (None, params.registry.default_branch):
+    if result.branch in (None, params.registry.default_branch):
         for model in params.models:
             if f"register@{model}" not in ran:
                 register_again(model, cwd)
-    registered = {}
-    for model in params.models:
-        record = cwd / paths.registry_record(model)
-        if f"register@{model}" in ran or record.is_file():
-            registered[model] = json.loads(record.read_text())
-    result = Retrain(ran=ran, branch=branch, registered=registered)
-    result.report = report(result, base, cwd)
-    return result
 
 
 def register_again(model: str, cwd: Path) -> None:
@@ -179,36 +193,109 @@ def register_again(model: str, cwd: Path) -> None:
 
 
 def report(result: Retrain, base: str, cwd: Path) -> str:
+    """The job summary (and a pull request's comment): what ran or failed, each model
+    against its champion, and the metrics and params against `base`."""
     lines = ["## genpipe retrain", "", f"Branch: `{result.branch or 'unknown'}`", ""]
+    if result.failure:
+        lines += [f"**Failed:** {result.failure}", ""]
     if result.ran:
         lines.append("Stages rerun: " + ", ".join(f"`{s}`" for s in result.ran))
-    else:
+    elif not result.failure:
         lines.append("Nothing rerun: data, params and code are unchanged.")
     if result.registered:
-        lines += ["", "### Model Registry", "",
-                  "| model | version | decision | metric | value | reason |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
-        for record in result.registered.values():
-            lines.append(
-                f"| {record.get('name')} | {record.get('version')} | {record.get('decision')}"
-                f" | {record.get('metric')} | {record.get('value')} | {record.get('reason', '')} |"
-            )
+        lines += ["", "### Model Registry", "", *registry_table(result.registered, cwd)]
     for title, command in (("Metrics", "metrics"), ("Params", "params")):
         diff = dvc(command, "diff", base, "--md", cwd=cwd)
         lines += ["", f"### {title} against `{base}`", ""]
+        table = without_constants(diff.stdout) if command == "metrics" else diff.stdout
         if diff.returncode != 0:
             lines.append(f"(`dvc {command} diff` failed: {last_line(diff)})")
-        elif table_rows(diff.stdout):
-            lines.append(diff.stdout.strip())
+        elif table_rows(table):
+            lines.append(table.strip())
         else:
             lines.append("No change.")
     return "\n".join(lines) + "\n"
+
+
+def registry_table(records: dict[str, dict], cwd: Path) -> list[str]:
+    """One row per model: the new version's value against the champion's (re-scored on
+    today's data where it was), the change (lower is better for both metrics), the
+    decision; then each decision's reason, and links to MLflow on an http(s) server."""
+    rows = ["| model | version | value | champion | change | decision |",
+            "|---|---|---|---|---|---|"]  # fmt: skip
+    notes = []
+    for model, record in records.items():
+        name, version, value = record.get("name"), record.get("version"), record.get("value")
+        compared = record.get("compared") or {}
+        old, change = "", ""
+        if isinstance(compared.get("value"), int | float) and isinstance(value, int | float):
+            old = f"v{compared['version']}: {compared['value']:.4g}"
+            if compared.get("rescored_from"):
+                old += f" (re-scored; {compared['rescored_from']['value']:.4g} on its own data)"
+            if compared["value"]:
+                relative = (value - compared["value"]) / abs(compared["value"])
+                mark = "▼" if relative < 0 else "▲" if relative > 0 else "="
+                better = "better" if relative < 0 else "worse" if relative > 0 else "equal"
+                change = f"{mark} {abs(relative):.1%} ({better})"
+        links = mlflow_links(model, record, cwd)
+        shown = f"[{name}]({links['model']})" if "model" in links else str(name)
+        version_shown = f"[v{version}]({links['version']})" if "version" in links else f"v{version}"
+        metric = f"{record.get('metric')} {value:.4g}" if isinstance(value, int | float) else ""
+        rows.append(f"| {shown} | {version_shown} | {metric} | {old} | {change} | "
+                    f"**{record.get('decision')}** |")  # fmt: skip
+        note = f"- {name} v{version}: {record.get('reason', '')}"
+        if "run" in links:
+            note += f" ([run]({links['run']}))"
+        notes.append(note)
+        if "grid" in links:
+            notes.append(f"  ![{name} v{version}: evaluation grid]({links['grid']})")
+    return rows + [""] + notes
+
+
+def mlflow_links(model: str, record: dict, cwd: Path) -> dict[str, str]:
+    """Links into the MLflow UI and to the evaluation grid, for an http(s) tracking URI."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").rstrip("/")
+    if not uri.startswith(("http://", "https://")):
+        return {}
+    name, version, run_id = record.get("name"), record.get("version"), record.get("run_id")
+    links = {"model": f"{uri}/#/models/{name}",
+             "version": f"{uri}/#/models/{name}/versions/{version}"}  # fmt: skip
+    try:
+        run_record = json.loads((cwd / paths.run_record(model)).read_text())
+    except (OSError, ValueError):
+        return links
+    if run_record.get("run_id") == run_id and run_record.get("experiment_id"):
+        links["run"] = f"{uri}/#/experiments/{run_record['experiment_id']}/runs/{run_id}"
+        # evaluate logs its grid to the training run, under eval/
+        links["grid"] = f"{uri}/get-artifact?path=eval%2Feval_grid.png&run_uuid={run_id}"
+    return links
+
+
+def without_constants(markdown: str) -> str:
+    """`dvc metrics diff --md` without the rows of CONSTANT_METRICS."""
+    kept = []
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        metric = cells[1] if len(cells) > 1 else ""
+        if not metric.startswith(CONSTANT_METRICS):
+            kept.append(line)
+    return "\n".join(kept) + "\n"
 
 
 def table_rows(markdown: str) -> int:
     """Body rows of a Markdown table (dvc prints the header even when nothing changed)."""
     rows = [line for line in markdown.splitlines() if line.startswith("|")]
     return max(len(rows) - 2, 0)
+
+
+def error_line(output: str) -> str:
+    """The last error line of `dvc repro`'s output: the stage's own ("error: ..."), which
+    says why, before DVC's ("ERROR: failed to reproduce ..."), which says where; else the
+    output's last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    stage = [line for line in lines if line.startswith("error: ")]
+    dvc = [line for line in lines if line.startswith("ERROR:")]
+    return (stage or dvc or lines or ["no output"])[-1][:500]
 
 
 def last_line(result: subprocess.CompletedProcess) -> str:

@@ -42,6 +42,10 @@ def _ci_retrain_command(args: argparse.Namespace) -> None:
         with atomic_path(Path(args.report)) as tmp:
             tmp.write_text(result.report, encoding="utf-8")
     _print(result.report)
+    if result.failure:  # reported first, so the job summary says what failed
+        from genpipe.ci import CIError
+
+        raise CIError(result.failure)
 
 
 def main(argv: list[str] | None = None) -> None:

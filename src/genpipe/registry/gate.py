@@ -118,8 +118,8 @@ def decide(
     promote = ((PREVIOUS_CHAMPION, champion.version), (CHAMPION, candidate.version))
     challenge = ((CHALLENGER, candidate.version),)
     if champion.unloadable is not None:
-        reason = f"{old}'s files cannot be loaded to score it on today's data "
-        return Decision(CHAMPION, reason + f"({champion.unloadable}): replaced", compared, promote)
+        reason = f"{old} cannot be loaded ({champion.unloadable}): replaced"
+        return Decision(CHAMPION, reason, compared, promote)
     if champion.value is None:
         reason = (
             f"{old} has no {candidate.metric} to compare with (no {TAG_VALUE} tag, as on "

@@ -195,9 +195,13 @@ def _register_once(
     run_id = _find_or_rebuild_run(client, candidate)
     weights = weights_sha256(outputs.weights)
     version = _version_of_weights(client, name, run_id, weights)
+    if version is not None:
+        _repair(mlflow, client, name, version, outputs)  # these weights: DVC has them
     decided = version is not None and TAG_DECISION in version.tags
     if decided and policy.on_default and version.tags[TAG_DECISION] == gate.CANDIDATE:
         decided = False  # a branch's candidate, merged: the default branch's gate decides
+    if decided and policy.on_default and _champion_gone(client, name, version) is not None:
+        decided = False  # the champion cannot be loaded: the gate replaces it
     if decided:
         log.info("%s: run %s (weights %s...) is already version %s; not registered again",
                  name, run_id, weights[:12], version.version)  # fmt: skip
@@ -230,12 +234,31 @@ def _gate(mlflow: Any, client: Any, name: str, new: gate.Version, policy: Policy
     when its own was taken on other data or with another backbone; on a branch other than
     the default, what it would be on merge, under an alias of the branch's own."""
     champion = _champion(client, name, new.metric)
-    if policy.score is not None and not policy.force and gate.needs_rescore(new, champion):
+    gone = _champion_gone(client, name)
+    if champion is not None and gone is not None:
+        champion = replace(champion, unloadable=gone)
+    elif policy.score is not None and not policy.force and gate.needs_rescore(new, champion):
         champion = _rescored(mlflow, name, champion, new, policy.score)
     verdict = gate.decide(new, champion, policy.min_improvement, policy.force)
     if policy.on_default or not verdict.aliases:
         return verdict
     return gate.on_branch(verdict, new.version, str(policy.branch), policy.default_branch)
+
+
+def _champion_gone(client: Any, name: str, version: Any = None) -> str | None:
+    """Why the champion's files cannot be loaded, or None; None too when there is no
+    champion or it is `version` itself (repaired before this)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        return None
+    if version is not None and champion.version == version.version:
+        return None
+    return files_gone(client, champion)
 
 
 def _rescored(mlflow: Any, name: str, champion: gate.Version, new: gate.Version,
@@ -357,6 +380,14 @@ def _log_and_register(
     tags: dict[str, str],
 ) -> Any:
     """The pyfunc model logged to the run, then a new version of `name`, READY and tagged."""
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, **_pyfunc(mlflow, outputs))
+    return mlflow.register_model(info.model_uri, name, tags=tags)
+
+
+def _pyfunc(mlflow: Any, outputs: Outputs) -> dict[str, Any]:
+    """The pyfunc model of the DVC-cached weights, as log_model and save_model take it."""
     import numpy as np
     import pandas as pd
     from mlflow.models import ModelSignature
@@ -377,18 +408,55 @@ def _log_and_register(
         example = np.zeros((2, c, s, s), dtype=np.uint8)
         signature = ModelSignature(inputs=images, outputs=images)
     package = Path(genpipe.__file__).parent
-    mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT,
-            python_model=str(package / "serving.py"),  # models from code: no pickle
-            code_paths=[str(package)],
-            artifacts={"weights": str(outputs.weights)},
-            signature=signature,
-            input_example=example,
-            pip_requirements=REQUIREMENTS + [f"mlflow=={mlflow.__version__}"],
-        )
-    return mlflow.register_model(info.model_uri, name, tags=tags)
+    return {
+        "python_model": str(package / "serving.py"),  # models from code: no pickle
+        "code_paths": [str(package)],
+        "artifacts": {"weights": str(outputs.weights)},
+        "signature": signature,
+        "input_example": example,
+        "pip_requirements": REQUIREMENTS + [f"mlflow=={mlflow.__version__}"],
+    }
+
+
+def _logged_model_id(version: Any) -> str | None:
+    """The id of the logged model a version was registered from (MLflow 3: its source is
+    models:/<model id>); None for a version registered otherwise."""
+    model_id = getattr(version, "model_id", None)
+    source = str(getattr(version, "source", "") or "")
+    if not model_id and source.startswith("models:/m-"):
+        model_id = source.removeprefix("models:/").split("/", 1)[0]
+    return model_id or None
+
+
+def files_gone(client: Any, version: Any) -> str | None:
+    """Why the version's model files are not in the artifact store (a store that lost them,
+    a lifecycle rule), or None when its MLmodel is there (or it was not logged by genpipe)."""
+    from mlflow.exceptions import MlflowException
+
+    model_id = _logged_model_id(version)
+    if model_id is None:
+        return None
+    try:
+        names = {Path(f.path).name for f in client.list_logged_model_artifacts(model_id)}
+    except (MlflowException, OSError) as exc:
+        return " ".join(exception_text(exc).split())[:300]
+    return None if "MLmodel" in names else "its files are gone from the artifact store"
+
+
+def _repair(mlflow: Any, client: Any, name: str, version: Any, outputs: Outputs) -> None:
+    """Log the files of a version of these very weights again, from the DVC-cached weights,
+    to the logged model it was registered from, when the artifact store has lost them."""
+    import tempfile
+
+    why = files_gone(client, version)
+    if why is None:
+        return
+    model_id = _logged_model_id(version)
+    with tempfile.TemporaryDirectory(prefix="genpipe-repair-") as tmp:
+        mlflow.pyfunc.save_model(path=str(Path(tmp) / "model"), **_pyfunc(mlflow, outputs))
+        client.log_model_artifacts(model_id, str(Path(tmp) / "model"))
+    log.warning("%s v%s: %s; logged again from %s", name, version.version, why,
+                outputs.weights)  # fmt: skip
 
 
 def _values(version: Any) -> gate.Version:
@@ -443,8 +511,11 @@ def _reconcile(client: Any, name: str, metric: str, min_improvement: float) -> N
     champion = _champion(client, name, metric)
     if champion is None:
         return
-    versions = [_values(v) for v in client.search_model_versions(f"name = '{name}'")]
-    aliases = gate.reconcile(champion, versions, min_improvement)
+    found = client.search_model_versions(f"name = '{name}'")
+    aliases = gate.reconcile(champion, [_values(v) for v in found], min_improvement)
+    best = next((v for v in found if aliases and int(v.version) == aliases[-1][1]), None)
+    if best is not None and files_gone(client, best) is not None:
+        return  # a version whose files are gone is never made champion
     if aliases:
         log.warning("%s: v%d beats champion v%d, which a concurrent register set; moving "
                     "the alias", name, aliases[-1][1], champion.version)  # fmt: skip
