@@ -31,6 +31,20 @@ from net import free_port
 BIN = Path(sys.executable).parent
 
 
+def wait_until_up(url: str, proc: subprocess.Popen, what: str, seconds: float = 120) -> None:
+    """Until `url` answers; a process that ends or a deadline that passes fails the test."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"{what} did not start")
+            time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`mlflow server` on 127.0.0.1: sqlite backend, artifacts served from a temp folder."""
@@ -43,16 +57,7 @@ def server(tmp_path_factory):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=root,
     )  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=1):
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail("mlflow server did not start")
-            time.sleep(0.5)
+    wait_until_up(f"{uri}/health", proc, "mlflow server")
     yield uri
     proc.terminate()
     proc.wait(timeout=30)
@@ -411,18 +416,10 @@ def test_the_readmes_rest_payload_gets_images_from_the_served_champion(server, t
     serve = subprocess.Popen(
         [str(BIN / "mlflow"), "models", "serve", "-m", "models:/r4-gan@champion",
          "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1):
-                    break
-            except OSError:
-                if serve.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"mlflow models serve did not start: {serve.stderr.read()}")
-                time.sleep(0.5)
+        wait_until_up(f"http://127.0.0.1:{port}/ping", serve, "mlflow models serve")
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations", data=payload.encode(),
             headers={"Content-Type": "application/json"},

@@ -248,15 +248,8 @@ def _gate(mlflow: Any, client: Any, name: str, new: gate.Version, policy: Policy
 def _champion_gone(client: Any, name: str, version: Any = None) -> str | None:
     """Why the champion's files cannot be loaded, or None; None too when there is no
     champion or it is `version` itself (repaired before this)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException as exc:
-        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise
-        return None
-    if version is not None and champion.version == version.version:
+    champion = _champion_version(client, name)
+    if champion is None or (version is not None and champion.version == version.version):
         return None
     return files_gone(client, champion)
 
@@ -471,16 +464,25 @@ def _values(version: Any) -> gate.Version:
                         tags.get(TAG_WEIGHTS))  # fmt: skip
 
 
+def _champion_version(client: Any, name: str) -> Any | None:
+    """The model version the champion alias names, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        return None
+
+
 def _champion(client: Any, name: str, metric: str) -> gate.Version | None:
     """The champion's values; for one without genpipe's metric tag (an alias set by hand in
     the UI), its run's `eval/<metric>` and data hash where the run has them."""
     from mlflow.exceptions import MlflowException
 
-    try:
-        version = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException as exc:
-        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise
+    version = _champion_version(client, name)
+    if version is None:
         return None
     champion = _values(version)
     if champion.value is not None:
