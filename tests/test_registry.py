@@ -397,6 +397,36 @@ def test_lost_model_files_are_logged_again_or_the_champion_replaced(tmp_path, mo
     assert mlflow.pyfunc.load_model("models:/r5-gan@champion") is not None
 
 
+@pytest.mark.integration
+def test_a_register_that_fails_after_logging_leaves_no_orphan_model(tmp_path, monkeypatch):
+    """The store fails between logging the model and registering it (PostgreSQL down, say):
+    the next register registers that logged model rather than logging another."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    outputs = gan_outputs(tmp_path / "a", store, fid=1.0)
+    real = mlflow.register_model
+
+    def down(*args, **kwargs):
+        raise MlflowException("connection refused", error_code="PERMISSION_DENIED")
+
+    monkeypatch.setattr(mlflow, "register_model", down)
+    with pytest.raises(RegistryError, match="connection refused"):
+        do_register(outputs, store, "r6")
+    monkeypatch.setattr(mlflow, "register_model", real)
+    result = do_register(outputs, store, "r6")
+    assert (result["version"], result["decision"]) == (1, "champion")
+    client = MlflowClient(store)
+    run = client.get_run(result["run_id"])
+    logged = client.search_logged_models([run.info.experiment_id],
+                                         f"source_run_id = '{run.info.run_id}'")  # fmt: skip
+    assert len(logged) == 1
+    assert client.get_model_version("r6-gan", "1").source == f"models:/{logged[0].model_id}"
+
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 

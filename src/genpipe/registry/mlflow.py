@@ -214,7 +214,7 @@ def _register_once(
                 outputs.data_hash, candidate.params, outputs.model, metric, candidate.value,
                 candidate.backbone, weights,
             )  # fmt: skip
-            version = _log_and_register(mlflow, uri, run_id, name, outputs, tags)
+            version = _log_and_register(mlflow, client, uri, run_id, name, outputs, tags)
         new = gate.Version(int(version.version), metric, candidate.value, candidate.backbone,
                            outputs.data_hash, weights)  # fmt: skip
         verdict = _gate(mlflow, client, name, new, policy)
@@ -366,17 +366,47 @@ def weights_sha256(weights_dir: Path) -> str:
 
 def _log_and_register(
     mlflow: Any,
+    client: Any,
     uri: str,
     run_id: str,
     name: str,
     outputs: Outputs,
     tags: dict[str, str],
 ) -> Any:
-    """The pyfunc model logged to the run, then a new version of `name`, READY and tagged."""
-    mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, **_pyfunc(mlflow, outputs))
-    return mlflow.register_model(info.model_uri, name, tags=tags)
+    """The pyfunc model logged to the run (or the one a register that failed before
+    registering it left there), then a new version of `name`, READY and tagged."""
+    weights = {TAG_WEIGHTS: tags[TAG_WEIGHTS]}
+    model_id = _logged_model_left(client, run_id, tags[TAG_WEIGHTS])
+    if model_id is None:
+        mlflow.set_tracking_uri(uri)
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, tags=weights,
+                                           **_pyfunc(mlflow, outputs))  # fmt: skip
+        model_id = info.model_id
+    else:
+        log.info("%s: registering logged model %s, which an earlier register logged but did "
+                 "not register", name, model_id)  # fmt: skip
+    return mlflow.register_model(f"models:/{model_id}", name, tags=tags)
+
+
+def _logged_model_left(client: Any, run_id: str, weights: str) -> str | None:
+    """A READY logged model of these weights in the run, with its files, that no version was
+    registered from: what a register that failed between logging and registering left."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        experiment = client.get_run(run_id).info.experiment_id
+        found = client.search_logged_models(
+            [experiment], f"source_run_id = '{run_id}' AND tags.`{TAG_WEIGHTS}` = '{weights}'"
+        )
+    except MlflowException as exc:  # a store that cannot search them: log a new one
+        log.debug("no search of logged models: %s", exception_text(exc))
+        return None
+    for model in found:
+        ready = str(getattr(model, "status", "")).upper().endswith("READY")
+        if ready and files_gone(client, model) is None:
+            return model.model_id
+    return None
 
 
 def _pyfunc(mlflow: Any, outputs: Outputs) -> dict[str, Any]:
@@ -413,7 +443,8 @@ def _pyfunc(mlflow: Any, outputs: Outputs) -> dict[str, Any]:
 
 def _logged_model_id(version: Any) -> str | None:
     """The id of the logged model a version was registered from (MLflow 3: its source is
-    models:/<model id>); None for a version registered otherwise."""
+    models:/<model id>), or of a logged model itself; None for a version registered
+    otherwise."""
     model_id = getattr(version, "model_id", None)
     source = str(getattr(version, "source", "") or "")
     if not model_id and source.startswith("models:/m-"):
