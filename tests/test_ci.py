@@ -116,6 +116,8 @@ METRICS_DIFF = """| Path | Metric | HEAD~1 | workspace | Change |
 | reports/gan/metrics.json | kid_subset_size | 185 | 190 | 5 |
 | reports/gan/metrics.json | num_samples | 370 | 380 | 10 |
 | reports/autoencoder/metrics.json | test_images | 370 | 380 | 10 |
+| reports/validation/summary.json | checks.images.shape | - | True | - |
+| reports/validation/summary.json | images.total | 1797 | 1817 | 20 |
 """
 
 
@@ -153,6 +155,7 @@ def test_the_report_puts_each_model_against_its_champion(fake_dvc, tmp_path, mon
     # the metrics that describe the evaluation, not the model, are left out
     assert "| fid |" in text and "floor.fid" not in text and "num_samples" not in text
     assert "kid_subset_size" not in text and "test_images" not in text
+    assert "checks.images.shape" not in text and "| images.total |" in text
     assert "http" not in text  # a local store: no links
 
 
@@ -310,7 +313,9 @@ def test_ci_retrain_on_new_images_in_a_dvc_tracked_folder(project, tmp_path, ser
     assert stages_run(first.stdout) == ALL_STAGES
     assert versions(server, "ci-gan") == [1] and versions(server, "ci-autoencoder") == [1]
     assert any(remote.rglob("*")), "nothing was pushed"
-    assert "| ci-gan | 1 |" in report
+    linked = f"[ci-gan]({server}/#/models/ci-gan) | [v1]({server}/#/models/ci-gan/versions/1)"
+    assert linked in report
+    assert "checks.images.shape" not in report  # validation checks: failures are reported
     sh("git", "add", "dvc.lock", cwd=project)  # as the workflow does
     sh("git", "commit", "-q", "-m", "retrain", cwd=project)
 
@@ -337,7 +342,8 @@ def test_ci_retrain_on_new_images_in_a_dvc_tracked_folder(project, tmp_path, ser
     assert (registered["version"], registered["decision"]) == (2, "candidate")
     assert registered["reason"].startswith("branch more-images, not main: on merge it would")
     assert aliases(server, "ci-gan") == {"champion": 1, "candidate-more-images": 2}
-    assert "Branch: `more-images`" in report and "| ci-gan | 2 | candidate |" in report
+    assert "Branch: `more-images`" in report
+    assert "| **candidate** |" in report and "[v2](" in report
     # the report diffs metrics against the previous commit: the FID changed
     assert "### Metrics against `HEAD~1`" in report
     assert "reports/gan/metrics.json" in report and "| fid " in report

@@ -425,7 +425,8 @@ def test_ci_retrain_against_the_stack(stack, trained, tmp_path):
     assert stages_run(result.stdout) == ["params", "train@gan", "evaluate@gan", "register@gan"]
     registered = json.loads((fresh / "reports/gan/registry.json").read_text())
     assert registered["version"] == max(versions(stack.uri)) >= 2
-    assert f"| {PREFIX}-gan | {registered['version']} |" in report.read_text()
+    version = f"[v{registered['version']}]({stack.uri}/#/models/{PREFIX}-gan/versions/"
+    assert version in report.read_text()
     status = sh("dvc", "status", "--cloud", cwd=fresh, uri=stack.uri)
     assert "Cache and remote 'team' are in sync" in status.stdout
 
