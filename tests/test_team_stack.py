@@ -308,10 +308,13 @@ def test_a_fresh_clone_pulls_and_loads_the_champion_through_the_server(stack, tr
     for name in ("models/gan/weights/generator_ema.safetensors", "reports/gan/metrics.json",
                  "data/reference/reference.json"):  # fmt: skip
         assert (fresh / name).read_bytes() == (trained.project / name).read_bytes(), name
-    # the uncached outputs (MLflow run record, train log) are not on the remote:
-    # --allow-missing lets them be, as `genpipe ci-retrain` does
-    again = sh("dvc", "repro", "--allow-missing", cwd=fresh, uri=stack.uri)
+    # every output is on the remote, the run record and train log too, and what is not an
+    # output (Data Docs, checkpoints, registry.json) is not missed: a plain `dvc repro`, as
+    # `make run` runs it, reruns nothing, and the pulled run record names the server's run
+    again = sh("dvc", "repro", cwd=fresh, uri=stack.uri)
     assert stages_run(again.stdout) == [] and "up to date" in again.stdout
+    record = json.loads((fresh / "models/gan/mlflow_run.json").read_text())
+    assert MlflowClient(stack.uri).get_run(record["run_id"]).info.status == "FINISHED"
 
     # the model's files are addressed through the server (mlflow-artifacts:), not S3
     client = MlflowClient(stack.uri)
