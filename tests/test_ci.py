@@ -151,6 +151,9 @@ def test_the_report_puts_each_model_against_its_champion(fake_dvc, tmp_path, mon
     assert ("| genpipe-gan | v2 | fid 1.2 | v1: 1.5 (re-scored; 0.9 on its own data) | "
             "▼ 20.0% (better) | **champion** |") in text
     assert "| genpipe-autoencoder | v3 | mse 0.021 | v2: 0.02 | ▲ 5.0% (worse) |" in text
+    close = {**AE_RECORD, "value": 0.020001}
+    nearly = fake_dvc.report(fake_dvc.Retrain(registered={"autoencoder": close}), "HEAD", tmp_path)
+    assert "| ▲ <0.1% (worse) |" in nearly
     assert "- genpipe-gan v2: fid 1.2 vs champion v1's 1.5" in text
     # the metrics that describe the evaluation, not the model, are left out
     assert "| fid |" in text and "floor.fid" not in text and "num_samples" not in text

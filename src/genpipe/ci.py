@@ -236,7 +236,8 @@ def registry_table(records: dict[str, dict], cwd: Path) -> list[str]:
                 relative = (value - compared["value"]) / abs(compared["value"])
                 mark = "▼" if relative < 0 else "▲" if relative > 0 else "="
                 better = "better" if relative < 0 else "worse" if relative > 0 else "equal"
-                change = f"{mark} {abs(relative):.1%} ({better})"
+                size = f"{abs(relative):.1%}" if abs(relative) >= 0.001 or not relative else "<0.1%"
+                change = f"{mark} {size} ({better})"
         links = mlflow_links(model, record, cwd)
         shown = f"[{name}]({links['model']})" if "model" in links else str(name)
         version_shown = f"[v{version}]({links['version']})" if "version" in links else f"v{version}"
