@@ -163,7 +163,7 @@ def test_the_report_puts_each_model_against_its_champion(fake_dvc, tmp_path, mon
 
 
 def test_the_report_links_to_the_mlflow_server(fake_dvc, tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5050/")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://ci:s3cret@mlflow.example:5050/")
     (tmp_path / "models/gan").mkdir(parents=True)
     (tmp_path / "models/gan/mlflow_run.json").write_text(
         json.dumps({"run_id": "r" * 32, "experiment_id": "7"}))  # fmt: skip
@@ -173,6 +173,7 @@ def test_the_report_links_to_the_mlflow_server(fake_dvc, tmp_path, monkeypatch):
     assert "[v2](http://mlflow.example:5050/#/models/genpipe-gan/versions/2)" in text
     assert f"([run](http://mlflow.example:5050/#/experiments/7/runs/{'r' * 32}))" in text
     assert f"get-artifact?path=eval%2Feval_grid.png&run_uuid={'r' * 32})" in text
+    assert "s3cret" not in text and "ci@" not in text  # the URI's credentials stay secret
 
 
 def test_a_failure_before_any_stage_is_reported_as_it_was(fake_dvc, tmp_path, monkeypatch):
@@ -209,7 +210,27 @@ def test_a_failing_stage_is_named_with_its_last_error_line(fake_dvc, tmp_path, m
         fake_dvc.retrain(result, parse_params({}), tmp_path, push=False)
     assert str(excinfo.value) == ("dvc repro stage validate failed: error: 3 of 14 data checks "
                                   "failed (images.blank)")
-    assert result.ran == ["fetch", "validate"]
+    assert result.ran == ["fetch", "validate"] and result.decided == []
+
+
+def test_a_register_that_failed_reports_no_stale_record(fake_dvc, tmp_path, monkeypatch):
+    """register@gan started and failed (the server down): the registry.json left by an
+    earlier run is not this run's decision."""
+    (tmp_path / "reports/gan").mkdir(parents=True)
+    (tmp_path / "reports/gan/registry.json").write_text(json.dumps(GAN_RECORD))
+
+    def repro_fails(*args, cwd, capture=True):
+        out = ("Running stage 'register@gan':\nerror: MLflow registry at http://x: could not "
+               "register genpipe-gan (connection refused)\nERROR: failed to reproduce "
+               "'register@gan': failed to run: python pipeline/register.py gan, exited with 1\n")
+        return subprocess.CompletedProcess(["dvc", *args], 1, out, "")
+
+    monkeypatch.setattr(fake_dvc, "dvc", repro_fails)
+    monkeypatch.setattr(fake_dvc, "check_setup", lambda cwd: None)
+    (tmp_path / "params.yaml").write_text("models: [gan]\n")
+    result = fake_dvc.ci_retrain("HEAD", tmp_path, push=False, branch="main")
+    assert result.failure.startswith("dvc repro stage register@gan failed: error: MLflow")
+    assert result.registered == {} and "### Model Registry" not in result.report
 
 
 # --- the script's parts ------------------------------------------------------------------

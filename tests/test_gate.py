@@ -48,6 +48,13 @@ GATE = {
                          CHALLENGER, CHALLENGED, "genpipe.backbone differ"),
     "other data": (version(2, 0.1, data_hash="e"), OLD, False,
                    CHALLENGER, CHALLENGED, "data.hash differ"),
+    "another reference (a retrained domain network), not re-scored":
+        (version(2, 0.1, reference="r2"), replace(OLD, reference="r1"), False,
+         CHALLENGER, CHALLENGED, "genpipe.reference_sha256 differ"),
+    "champion re-scored against today's reference":
+        (version(2, 1.0, reference="r2"),
+         rescored(replace(OLD, reference="r1"), version(2, 1.0, reference="r2"), 1.5), False,
+         CHAMPION, PROMOTED, "re-scored on today's reference"),
     "other metric": (version(2, 0.1, metric="mse"), OLD, False,
                      CHALLENGER, CHALLENGED, "genpipe.metric differ"),
     "force: another backbone, worse": (version(2, 9.0, backbone="inception"), OLD, True,
@@ -103,6 +110,9 @@ RESCORE = {
     "same data and backbone": (version(2, 1.0), OLD, False),
     "other data": (NEW_DATA, OLD, True),
     "other backbone": (INCEPTION, OLD, True),
+    "other reference, same data": (version(2, 1.0, reference="r2"),
+                                   replace(OLD, reference="r1"), True),
+    "a champion without a reference tag": (version(2, 1.0, reference="r2"), OLD, False),
     "other metric": (version(2, 1.0, data_hash="e", metric="mse"), OLD, False),
     "champion without a value": (NEW_DATA, HAND_SET, False),
     "the same weights": (version(2, 1.0, data_hash="e", weights="w1"), OLD, False),

@@ -22,11 +22,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from genpipe import paths
 from genpipe.errors import GenpipeError
@@ -46,6 +48,7 @@ class Retrain:
     branch: str | None = None  # what the register stages were told
     registered: dict[str, dict] = field(default_factory=dict)  # model -> its registry.json
     failure: str | None = None  # what failed, in one line: the job fails after the report
+    decided: list[str] = field(default_factory=list)  # models whose register step ran well
     report: str = ""  # Markdown
 
 # metrics.json keys that describe the evaluation rather than the model (the real-data floor,
@@ -140,10 +143,9 @@ def ci_retrain(base: str, cwd: Path = Path("."), push: bool = True,
         retrain(result, params, cwd, push)
     except CIError as exc:  # reported, then the job fails
         result.failure = str(exc)
-    for model in params.models:
+    for model in result.decided:  # this run's records only: not one a failed step left
         record = cwd / paths.registry_record(model)
-        if f"register@{model}" in result.ran or (record.is_file() and not result.failure):
-            result.registered[model] = json.loads(record.read_text())
+        result.registered[model] = json.loads(record.read_text())
     result.report = report(result, base, cwd)
     return result
 
@@ -154,8 +156,12 @@ def retrain(result: Retrain, params: Any, cwd: Path, push: bool) -> None:
     log.info("dvc repro --pull --allow-missing")
     repro = dvc("repro", "--pull", "--allow-missing", cwd=cwd, capture=False)
     result.ran = ran = stages_run(repro.stdout)
+    done = ran if repro.returncode == 0 else ran[:-1]  # the last one ran, or failed
+    result.decided += [s.split("@", 1)[1] for s in done if s.startswith("register@")]
     if repro.returncode != 0:
-        where = f"stage {ran[-1]} failed" if ran else "failed before any stage ran"
+        failed = re.search(r"failed to reproduce '([^']+)'", repro.stdout)
+        where = (f"stage {failed[1]} failed" if failed else
+                 f"failed after stage {ran[-1]}" if ran else "failed before any stage ran")
         raise CIError(f"dvc repro {where}: {error_line(repro.stdout)}")
     if push:
         log.info("dvc push")
@@ -171,6 +177,7 @@ def retrain(result: Retrain, params: Any, cwd: Path, push: bool) -> None:
         for model in params.models:
             if f"register@{model}" not in ran:
                 register_again(model, cwd)
+                result.decided.append(model)
 
 
 def register_again(model: str, cwd: Path) -> None:
@@ -258,6 +265,11 @@ def mlflow_links(model: str, record: dict, cwd: Path) -> dict[str, str]:
     uri = os.environ.get("MLFLOW_TRACKING_URI", "").rstrip("/")
     if not uri.startswith(("http://", "https://")):
         return {}
+    parts = urlsplit(uri)  # never a user or password into a comment: the host alone
+    if not parts.hostname:
+        return {}
+    uri = urlunsplit((parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""),
+                      parts.path, "", ""))  # fmt: skip
     name, version, run_id = record.get("name"), record.get("version"), record.get("run_id")
     links = {"model": f"{uri}/#/models/{name}",
              "version": f"{uri}/#/models/{name}/versions/{version}"}  # fmt: skip

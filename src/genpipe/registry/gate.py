@@ -22,13 +22,21 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-from genpipe.tracking.lineage import TAG_BACKBONE, TAG_DATA_HASH, TAG_METRIC, TAG_VALUE
+from genpipe.tracking.lineage import (
+    TAG_BACKBONE,
+    TAG_DATA_HASH,
+    TAG_METRIC,
+    TAG_REFERENCE,
+    TAG_VALUE,
+)
 
 CHAMPION, PREVIOUS_CHAMPION, CHALLENGER = "champion", "previous-champion", "challenger"
 CANDIDATE = "candidate"  # the decision on a branch other than the default: aliases its own
 
 # versions differing in one of these are never compared: the tag that holds each
-COMPARED_ON = {"backbone": TAG_BACKBONE, "data_hash": TAG_DATA_HASH, "metric": TAG_METRIC}
+COMPARED_ON = {"backbone": TAG_BACKBONE, "data_hash": TAG_DATA_HASH,
+               "reference": TAG_REFERENCE, "metric": TAG_METRIC}  # fmt: skip
+RESCORED_ON = {TAG_BACKBONE, TAG_DATA_HASH, TAG_REFERENCE}  # scored again when these differ
 
 Aliases = tuple[tuple[str, int], ...]  # (alias, version) to set, in this order
 
@@ -55,6 +63,7 @@ class Version:
     backbone: str | None = None
     data_hash: str | None = None
     weights: str | None = None  # SHA-256 of the weights directory
+    reference: str | None = None  # SHA-256 of the reference.json it was evaluated against
     hand_set: bool = False  # without genpipe's tags: its values, if any, are its run's
     rescored: Rescore | None = None  # value, data and backbone are today's, not its tags'
     unloadable: str | None = None  # why its files could not be loaded to re-score it
@@ -79,14 +88,15 @@ def needs_rescore(candidate: Version, champion: Version | None) -> bool:
         return False
     if champion.metric != candidate.metric or champion.weights == candidate.weights:
         return False
-    return bool({TAG_BACKBONE, TAG_DATA_HASH} & set(differs(candidate, champion)))
+    return bool(RESCORED_ON & set(differs(candidate, champion)))
 
 
 def rescored(champion: Version, candidate: Version, value: float) -> Version:
     """The champion with `value`, its score on the candidate's data and backbone."""
     was = Rescore(champion.value, champion.data_hash, champion.backbone)  # type: ignore[arg-type]
     return replace(champion, value=value, data_hash=candidate.data_hash,
-                   backbone=candidate.backbone, rescored=was)  # fmt: skip
+                   backbone=candidate.backbone, reference=candidate.reference,
+                   rescored=was)  # fmt: skip
 
 
 def differs(version: Version, champion: Version) -> list[str]:
@@ -140,7 +150,7 @@ def decide(
     if champion.rescored is not None:
         was = champion.rescored
         what = [name for name, key in (("data", "data_hash"), ("backbone", "backbone"))
-                if getattr(was, key) != getattr(champion, key)]  # fmt: skip
+                if getattr(was, key) != getattr(champion, key)] or ["reference"]  # fmt: skip
         old += (f" re-scored on today's {' and '.join(what)} (it had {was.value:.6g} on "
                 "its own)")
     if champion.hand_set:

@@ -32,6 +32,7 @@ from genpipe.tracking.lineage import (
     TAG_DATA_HASH,
     TAG_DECISION,
     TAG_METRIC,
+    TAG_REFERENCE,
     TAG_SOURCE_RUN,
     TAG_VALUE,
     TAG_WEIGHTS,
@@ -94,6 +95,7 @@ class Candidate:
     metric: str  # the primary metric
     value: float  # its value
     backbone: str  # the evaluation backbone
+    reference: str  # SHA-256 of reference.json
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,8 @@ def register(
             f"{metrics.get(metric)!r} (run `dvc repro evaluate@{outputs.model}`)"
         )
     candidate = Candidate(outputs, params, metrics, experiment, record["run_id"], metric,
-                          float(metrics[metric]), str(reference.get("backbone")))  # fmt: skip
+                          float(metrics[metric]), str(reference.get("backbone")),
+                          hashlib.sha256(outputs.reference.read_bytes()).hexdigest())  # fmt: skip
     name = f"{name_prefix}-{outputs.model}"
     started = time.monotonic()
     for attempt in range(1, ATTEMPTS + 1):
@@ -212,11 +215,11 @@ def _register_once(
         if version is None:
             tags = lineage.version_tags(
                 outputs.data_hash, candidate.params, outputs.model, metric, candidate.value,
-                candidate.backbone, weights,
+                candidate.backbone, weights, candidate.reference,
             )  # fmt: skip
             version = _log_and_register(mlflow, client, uri, run_id, name, outputs, tags)
         new = gate.Version(int(version.version), metric, candidate.value, candidate.backbone,
-                           outputs.data_hash, weights)  # fmt: skip
+                           outputs.data_hash, weights, candidate.reference)  # fmt: skip
         verdict = _gate(mlflow, client, name, new, policy)
         level = logging.WARNING if verdict.decision == gate.CHALLENGER else logging.INFO
         log.log(level, "%s v%s: %s (%s)", name, version.version, verdict.decision, verdict.reason)
@@ -238,7 +241,7 @@ def _gate(mlflow: Any, client: Any, name: str, new: gate.Version, policy: Policy
     if champion is not None and gone is not None:
         champion = replace(champion, unloadable=gone)
     elif policy.score is not None and not policy.force and gate.needs_rescore(new, champion):
-        champion = _rescored(mlflow, name, champion, new, policy.score)
+        champion = _rescored(mlflow, client, name, champion, new, policy.score)
     verdict = gate.decide(new, champion, policy.min_improvement, policy.force)
     if policy.on_default or not verdict.aliases:
         return verdict
@@ -254,7 +257,7 @@ def _champion_gone(client: Any, name: str, version: Any = None) -> str | None:
     return files_gone(client, champion)
 
 
-def _rescored(mlflow: Any, name: str, champion: gate.Version, new: gate.Version,
+def _rescored(mlflow: Any, client: Any, name: str, champion: gate.Version, new: gate.Version,
               score: Callable[[Path], dict[str, Any]]) -> gate.Version:  # fmt: skip
     """The champion with its metric on today's reference and backbone, or marked unloadable
     with why."""
@@ -262,7 +265,9 @@ def _rescored(mlflow: Any, name: str, champion: gate.Version, new: gate.Version,
 
     def download(tmp: Path) -> Path:  # the pyfunc model's "weights" artifact
         uri = f"models:/{name}/{champion.version}"
-        return Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp))) / WEIGHTS
+        local = mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp),
+                                                    tracking_uri=client.tracking_uri)  # fmt: skip
+        return Path(local) / WEIGHTS
 
     log.info("%s: champion v%d was evaluated on other data or another backbone; scoring it "
              "on today's", name, champion.version)  # fmt: skip
@@ -454,16 +459,12 @@ def _logged_model_id(version: Any) -> str | None:
 
 def files_gone(client: Any, version: Any) -> str | None:
     """Why the version's model files are not in the artifact store (a store that lost them,
-    a lifecycle rule), or None when its MLmodel is there (or it was not logged by genpipe)."""
-    from mlflow.exceptions import MlflowException
-
+    a lifecycle rule), or None when its MLmodel is there (or it was not logged by genpipe).
+    A store that cannot be listed raises: a server's passing fault is not a loss."""
     model_id = _logged_model_id(version)
     if model_id is None:
         return None
-    try:
-        names = {Path(f.path).name for f in client.list_logged_model_artifacts(model_id)}
-    except (MlflowException, OSError) as exc:
-        return " ".join(exception_text(exc).split())[:300]
+    names = {Path(f.path).name for f in client.list_logged_model_artifacts(model_id)}
     return None if "MLmodel" in names else "its files are gone from the artifact store"
 
 
@@ -492,7 +493,7 @@ def _values(version: Any) -> gate.Version:
         value = None
     return gate.Version(int(version.version), tags.get(TAG_METRIC), value,
                         tags.get(TAG_BACKBONE), tags.get(TAG_DATA_HASH),
-                        tags.get(TAG_WEIGHTS))  # fmt: skip
+                        tags.get(TAG_WEIGHTS), tags.get(TAG_REFERENCE))  # fmt: skip
 
 
 def _champion_version(client: Any, name: str) -> Any | None:

@@ -67,15 +67,18 @@ def score_version(
 ) -> tuple[dict[str, Any] | None, str]:
     """A registered version's metrics on today's data: its weights directory, fetched by
     `download` into a temporary folder, scored by `score`; and how long that took. (None,
-    why) when its files cannot be fetched, loaded or scored on today's data (an artifact
-    store that lost them, a foreign weights file, another image size)."""
-    from mlflow.exceptions import MlflowException
-
+    why) when its files cannot be loaded or scored on today's data (a foreign weights file,
+    another image size or channel count). Today's own set-up (the reference, the backbone:
+    `score.prepare`) and the server's errors are raised: they are not the version's."""
+    if hasattr(score, "prepare"):
+        score.prepare()
     with tempfile.TemporaryDirectory(prefix="genpipe-rescore-") as tmp:
+        weights = download(Path(tmp))  # an MlflowException: the register pass retries
         start = time.perf_counter()
         try:
-            metrics = score(download(Path(tmp)))
-        except (MlflowException, GenpipeError, OSError, ValueError, KeyError) as exc:
+            metrics = score(weights)
+        except (GenpipeError, OSError, ValueError, KeyError, RuntimeError) as exc:
+            # RuntimeError: torch's, for weights of another image size or channel count
             return None, " ".join(exception_text(exc).split())[:300]
     seconds = time.perf_counter() - start
     log.info("re-scored on today's data in %.1f s", seconds)

@@ -31,6 +31,9 @@ TAG_PARAMS_HASH = "params.hash"
 TAG_METRIC = "genpipe.metric"  # the primary metric's name
 TAG_VALUE = "genpipe.metric_value"
 TAG_BACKBONE = "genpipe.backbone"
+# SHA-256 of data/reference/reference.json: the reference the metric was taken against (its
+# backbone's identity, a retrained domain network's too, the real data and the floor)
+TAG_REFERENCE = "genpipe.reference_sha256"
 TAG_WEIGHTS = "genpipe.weights_sha256"  # of the weights directory
 TAG_DECISION = "genpipe.decision"  # set once the gate has moved the aliases
 TAG_COMPARED = "genpipe.compared"  # JSON: the champion compared with, re-scored or not
@@ -106,7 +109,7 @@ def run_tags(model: str, data_hash: str, git: dict[str, str]) -> dict[str, str]:
 
 
 def version_tags(data_hash: str, params: dict[str, Any], model: str, metric: str, value: float,
-                 backbone: str, weights: str) -> dict[str, str]:  # fmt: skip
+                 backbone: str, weights: str, reference: str) -> dict[str, str]:  # fmt: skip
     """The tags of a new model version: lineage (git, data, params, DVC experiment) and the
     values the champion gate compares."""
     git = git_info()
@@ -119,6 +122,7 @@ def version_tags(data_hash: str, params: dict[str, Any], model: str, metric: str
         TAG_METRIC: metric,
         TAG_VALUE: repr(value),
         TAG_BACKBONE: backbone,
+        TAG_REFERENCE: reference,
         TAG_WEIGHTS: weights,
     }
 
