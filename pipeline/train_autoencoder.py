@@ -11,7 +11,7 @@ from genpipe import distributed, paths, runtime, training
 from genpipe.autoencoder.artifact import save_autoencoder
 from genpipe.autoencoder.train import reconstruction_grid, train_autoencoder
 from genpipe.fileio import staged_outputs
-from genpipe.params import Params, load_params
+from genpipe.params import Params, load_params, run_params
 from genpipe.stage import run_stage
 from genpipe.tracking.runs import TrainingRun
 
@@ -44,7 +44,7 @@ def write_outputs(
     device: torch.device,
     world: distributed.World | None,
 ) -> None:
-    flat = params.model_dump(mode="json", by_alias=True)
+    flat = run_params(params.model_dump(mode="json", by_alias=True), MODEL)
     record = paths.run_record(MODEL)
     # every output is written staged and moved into place only once the run has ended well:
     # a failure leaves the previous ones (and the record of their run) as they were

@@ -12,7 +12,7 @@ from genpipe.data.split import class_shares
 from genpipe.fileio import staged_outputs
 from genpipe.gan.artifact import save_gan
 from genpipe.gan.train import sample_grid, train_gan
-from genpipe.params import Params, load_params
+from genpipe.params import Params, load_params, run_params
 from genpipe.stage import run_stage
 from genpipe.tracking.runs import TrainingRun
 
@@ -49,7 +49,7 @@ def write_outputs(
     device: torch.device,
     world: distributed.World | None,
 ) -> None:
-    flat = params.model_dump(mode="json", by_alias=True)
+    flat = run_params(params.model_dump(mode="json", by_alias=True), MODEL)
     record = paths.run_record(MODEL)
     # every output is written staged and moved into place only once the run has ended well:
     # a failure leaves the previous ones (and the record of their run) as they were

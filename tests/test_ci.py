@@ -169,9 +169,10 @@ def test_the_report_links_to_the_mlflow_server(fake_dvc, tmp_path, monkeypatch):
         json.dumps({"run_id": "r" * 32, "experiment_id": "7"}))  # fmt: skip
     result = fake_dvc.Retrain(ran=["register@gan"], branch="main", registered={"gan": GAN_RECORD})
     text = fake_dvc.report(result, "HEAD~1", tmp_path)
-    assert "[genpipe-gan](http://mlflow.example:5050/#/models/genpipe-gan)" in text
-    assert "[v2](http://mlflow.example:5050/#/models/genpipe-gan/versions/2)" in text
-    assert f"([run](http://mlflow.example:5050/#/experiments/7/runs/{'r' * 32}))" in text
+    ui, ml = "http://mlflow.example:5050/#/", "?workflowType=machine_learning"  # model training
+    assert f"[genpipe-gan]({ui}models/genpipe-gan{ml})" in text
+    assert f"[v2]({ui}models/genpipe-gan/versions/2{ml})" in text
+    assert f"([run]({ui}experiments/7/runs/{'r' * 32}{ml}))" in text
     assert f"get-artifact?path=eval%2Feval_grid.png&run_uuid={'r' * 32})" in text
     assert "s3cret" not in text and "ci@" not in text  # the URI's credentials stay secret
 
@@ -337,7 +338,8 @@ def test_ci_retrain_on_new_images_in_a_dvc_tracked_folder(project, tmp_path, ser
     assert stages_run(first.stdout) == ALL_STAGES
     assert versions(server, "ci-gan") == [1] and versions(server, "ci-autoencoder") == [1]
     assert any(remote.rglob("*")), "nothing was pushed"
-    linked = f"[ci-gan]({server}/#/models/ci-gan) | [v1]({server}/#/models/ci-gan/versions/1)"
+    linked = (f"[ci-gan]({server}/#/models/ci-gan?workflowType=machine_learning) | "
+              f"[v1]({server}/#/models/ci-gan/versions/1?workflowType=machine_learning)")
     assert linked in report
     assert "checks.images.shape" not in report  # validation checks: failures are reported
     sh("git", "add", "dvc.lock", cwd=project)  # as the workflow does
@@ -395,3 +397,57 @@ def test_ci_retrain_on_new_images_in_a_dvc_tracked_folder(project, tmp_path, ser
     sh("git", "pull", "-q", str(clone), "HEAD", cwd=other)
     sh("dvc", "pull", "-q", "train@gan", cwd=other)
     assert (other / "models/gan/weights/config.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_grown_folder_makes_a_better_model_champion_and_a_worse_one_challenger(
+    project, tmp_path, server  # noqa: F811
+):
+    """The data grows twice on main. First with a model trained for many more steps: better
+    on today's data than the champion scored again on it, so it becomes champion. Then with
+    one trained for a single step: worse, so it stays challenger."""
+    images = project / "images"
+    for c, cls in enumerate(("circle", "square")):
+        for i in range(120):
+            write_png(images / cls / f"{i:03d}.png", (8, 8), seed=1000 * c + i)
+    set_params(project, data={"source": "folder", "path": "images", "channels": 3,
+                              "image_size": 8},
+               validate={"min_images_per_split": 20},
+               evaluate={"domain": {"steps": 20, "width": 4, "min_accuracy": 0.0}},
+               register={"name_prefix": "grow"})  # fmt: skip
+    sh("dvc", "remote", "add", "-d", "storage", str(tmp_path / "remote"), cwd=project)
+
+    def grow_and_retrain(first: int, steps: int) -> dict[str, dict]:
+        for i in range(first, first + 30):
+            write_png(images / "square" / f"new{i:03d}.png", (8, 8), seed=9000 + i)
+        set_params(project, gan={"steps": steps}, autoencoder={"steps": steps})
+        sh("dvc", "add", "images", cwd=project)
+        sh("git", "add", "-A", cwd=project)
+        sh("git", "commit", "-q", "-m", f"30 more images, {steps} steps", cwd=project)
+        result, _ = retrain(project, server, "HEAD~1" if first else "HEAD")
+        assert "fetch" in stages_run(result.stdout) or not first
+        sh("git", "add", "dvc.lock", cwd=project)  # as the workflow does
+        sh("git", "commit", "-q", "-m", "retrain", cwd=project)
+        return {model: json.loads((project / f"reports/{model}/registry.json").read_text())
+                for model in ("gan", "autoencoder")}  # fmt: skip
+
+    first = grow_and_retrain(0, steps=10)
+    assert {r["decision"] for r in first.values()} == {"champion"}
+
+    better = grow_and_retrain(30, steps=300)
+    for model, registered in better.items():
+        assert registered["version"] == 2 and registered["decision"] == "champion", registered
+        rescored = registered["compared"]["rescored_from"]
+        assert registered["compared"]["version"] == 1 and rescored["value"] is not None
+        assert rescored["value"] != registered["compared"]["value"]  # on the grown data
+        assert registered["value"] < registered["compared"]["value"], model
+        assert aliases(server, f"grow-{model}") == {"champion": 2, "previous-champion": 1}
+
+    worse = grow_and_retrain(60, steps=1)
+    for model, registered in worse.items():
+        assert registered["version"] == 3 and registered["decision"] == "challenger", registered
+        assert registered["compared"]["version"] == 2
+        assert registered["compared"]["rescored_from"]["value"] is not None
+        assert registered["value"] > registered["compared"]["value"], model
+        assert aliases(server, f"grow-{model}")["champion"] == 2
+        assert aliases(server, f"grow-{model}")["challenger"] == 3

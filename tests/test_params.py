@@ -12,7 +12,7 @@ import yaml
 from genpipe.cli import main
 from genpipe.data.sources import check_source_params
 from genpipe.errors import ParamsError
-from genpipe.params import Params, Source, load_params, parse_params
+from genpipe.params import Params, Source, load_params, parse_params, run_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -272,3 +272,25 @@ def test_data_path_null_is_refused_before_dvc_reads_it(tmp_path, capsys):
     assert excinfo.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: data.path: expected a path for DVC to track") and "\n" not in err
+
+
+@pytest.mark.parametrize(
+    ("data", "read", "ignored"),
+    [
+        ({"source": "digits"}, {"test_fraction"}, {"path", "mirrors", "local", "background"}),
+        ({"source": "folder", "path": "images"}, {"path", "background", "on_bad_file"},
+         {"mirrors", "download", "local", "sha256"}),
+        ({"source": "fashion-mnist"}, {"mirrors", "download", "local", "sha256"},
+         {"path", "test_fraction", "background"}),
+        ({"source": "mnist", "local": True, "path": "/data/mnist"}, {"path", "local"},
+         {"mirrors", "download", "test_fraction"}),
+    ],
+)  # fmt: skip
+def test_a_run_logs_its_own_model_and_the_data_keys_its_source_reads(data, read, ignored):
+    params = Params.model_validate({"data": data}).model_dump(mode="json", by_alias=True)
+    for model, other in (("gan", "autoencoder"), ("autoencoder", "gan")):
+        logged = run_params(params, model)
+        assert set(logged) == {"seed", "cpu_kernels", "data", "train", model, "evaluate"}
+        assert other not in logged and logged[model] == params[model]
+        assert read <= set(logged["data"]) and not ignored & set(logged["data"])
+        assert {"source", "image_size", "channels"} <= set(logged["data"])

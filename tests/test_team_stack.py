@@ -428,7 +428,8 @@ def test_ci_retrain_against_the_stack(stack, trained, tmp_path):
     assert stages_run(result.stdout) == ["params", "train@gan", "evaluate@gan", "register@gan"]
     registered = json.loads((fresh / "reports/gan/registry.json").read_text())
     assert registered["version"] == max(versions(stack.uri)) >= 2
-    version = f"[v{registered['version']}]({stack.uri}/#/models/{PREFIX}-gan/versions/"
+    number = registered["version"]
+    version = f"[v{number}]({stack.uri}/#/models/{PREFIX}-gan/versions/{number}?workflowType="
     assert version in report.read_text()
     status = sh("dvc", "status", "--cloud", cwd=fresh, uri=stack.uri)
     assert "Cache and remote 'team' are in sync" in status.stdout
@@ -449,7 +450,11 @@ def test_postgres_down_fails_register_with_one_line_and_the_rerun_registers(stac
     assert failed.returncode != 0 and stages_run(failed.stdout) == ["register@gan"]
     [line] = error_lines(failed)
     print(line)
-    assert f"could not register {PREFIX}-gan" in line, failed.stderr
+    assert (
+        f"could not register {PREFIX}-gan: the MLflow server at {stack.uri} is up, but "
+        "its PostgreSQL database fails: connection to server at" in line
+    ), failed.stderr
+    assert "too many 503" not in failed.stderr and "Retrying (Retry(" not in failed.stderr
     assert seconds < 120
 
     assert "team-stack: up in" in stack.script("up").stdout  # PostgreSQL alone restarts
@@ -465,10 +470,15 @@ def cache_files(project: Path) -> dict[str, int]:
     return {str(p): p.stat().st_size for p in (project / ".dvc/cache").rglob("*") if p.is_file()}
 
 
-def test_s3_down_at_push_is_dvc_s_error_and_a_later_push_completes(stack, trained):
+def test_s3_down_fails_push_and_register_naming_it_and_both_complete_later(stack, trained,
+                                                                            tmp_path):  # fmt: skip
     """Last of the stack's tests: moto keeps its objects in memory, so a restarted endpoint
-    has an empty bucket (the script creates it again), and the MLflow artifacts are gone."""
+    has an empty bucket (the script creates it again): every MLflow artifact is lost, and
+    register repairs what it can from the DVC cache."""
     project = trained.project
+    fresh = clone(trained, stack, tmp_path / "clone")
+    set_params(fresh, gan={"lr_d": 3e-4})  # a new model: a version to register
+    sh("dvc", "repro", "evaluate@gan", cwd=fresh, uri=stack.uri)
     for i in range(20):  # new images, tracked by DVC: objects the remote has not seen
         write_png(project / "new_images" / f"{i:02d}.png", (8, 8), seed=7000 + i)
     sh("dvc", "add", "new_images", cwd=project, uri=None)
@@ -487,10 +497,37 @@ def test_s3_down_at_push_is_dvc_s_error_and_a_later_push_completes(stack, traine
     assert cache_files(project) == cached
     assert "up to date" in sh("dvc", "status", cwd=project, uri=stack.uri).stdout
 
+    # register logs the model's files through the server to S3: the line says it is the
+    # server's artifact store that fails, not MLflow's retry warnings
+    start = time.monotonic()
+    failed = sh("dvc", "repro", cwd=fresh, uri=stack.uri, check=False)
+    seconds = time.monotonic() - start
+    print(f"register with the S3 endpoint down failed in {seconds:.0f} s")
+    assert failed.returncode != 0 and stages_run(failed.stdout) == ["register@gan"]
+    [line] = error_lines(failed)
+    print(line)
+    assert (
+        f"the MLflow server at {stack.uri} is up, but listing its artifact store gets " in line
+        and "the store behind it (its --artifacts-destination" in line
+    ), failed.stderr
+    assert "Retrying (Retry(" not in failed.stderr and seconds < 180
+    assert "Downloading artifacts" not in failed.stderr and "type hints" not in failed.stderr
+
     assert "team-stack: up in" in stack.script("up").stdout
     sh("dvc", "push", cwd=project, uri=stack.uri)
     status = sh("dvc", "status", "--cloud", cwd=project, uri=stack.uri)
     assert "Cache and remote 'team' are in sync" in status.stdout
+
+    # the bucket came back empty: the rerun registers the new version, and the champion,
+    # repaired from the DVC cache or replaced, loads
+    rerun = sh("dvc", "repro", cwd=fresh, uri=stack.uri)
+    assert stages_run(rerun.stdout) == ["register@gan"]
+    registered = json.loads((fresh / "reports/gan/registry.json").read_text())
+    assert registered["decision"] in ("champion", "challenger"), registered
+    code = (f"import mlflow, pandas as pd\nm = mlflow.pyfunc.load_model('{CHAMPION}')\n"
+            "print(m.predict(pd.DataFrame({'seed': [0, 1]})).shape)\n")  # fmt: skip
+    out = sh(sys.executable, "-c", code, cwd=tmp_path, uri=stack.uri, timeout=300)
+    assert "(2, 1, 8, 8)" in out.stdout
 
 
 def test_down_stops_every_service(stack):

@@ -21,6 +21,8 @@ from genpipe.tracking import lineage, runs
 from genpipe.tracking import store as tracking_store
 from genpipe.tracking.runs import TrainingRun
 
+from net import free_port
+
 # MLflow's sqlalchemy store uses an option that SQLAlchemy deprecates; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore::sqlalchemy.exc.SADeprecationWarning")
 
@@ -78,8 +80,8 @@ def _closed_port() -> int:
 
 def _training_run(record: Path, **kwargs) -> TrainingRun:
     kwargs.setdefault("model", "gan")
+    kwargs.setdefault("params", PARAMS)
     return TrainingRun(
-        params=PARAMS,
         data_hash="d" * 40,
         experiment_prefix="genpipe",
         record_path=record,
@@ -101,7 +103,7 @@ def test_run_is_logged_to_sqlite(store, tmp_path):
     client = MlflowClient(store)
     logged = client.get_run(run.run_id)
     assert logged.info.status == "FINISHED"
-    assert logged.info.run_name == run.run_name == f"gan-{sha[:7]}"
+    assert logged.info.run_name == run.run_name == f"gan-{sha[:7]}-p{lineage.digest(PARAMS)[:7]}"
     experiment = client.get_experiment(logged.info.experiment_id)
     assert experiment.name == run.experiment == "genpipe-gan"
     # MLflow's UI shows it as model training (runs, charts), not as a GenAI experiment
@@ -153,8 +155,12 @@ def test_a_failed_run_writes_no_record_and_keeps_the_previous_one(store, tmp_pat
 
 
 def test_run_name_and_dvc_experiment(store, tmp_path, monkeypatch):
-    assert lineage.run_name("gan", "3f2a1bc", "clean-hake") == "gan-3f2a1bc-clean-hake"
-    assert lineage.run_name("gan", "3f2a1bc", None) == "gan-3f2a1bc"
+    params = {"gan": {"lr_g": 2e-4}}
+    assert lineage.run_name("gan", "3f2a1bc", "clean-hake", params) == "gan-3f2a1bc-clean-hake"
+    # outside `dvc exp run`: the params hash (the version's params.hash tag) tells runs apart
+    plain = lineage.run_name("gan", "3f2a1bc", None, params)
+    assert plain == f"gan-3f2a1bc-p{lineage.digest(params)[:7]}"
+    assert lineage.run_name("gan", "3f2a1bc", None, {"gan": {"lr_g": 3e-4}}) != plain
     monkeypatch.setenv("DVC_EXP_NAME", "clean-hake")
 
     with _training_run(tmp_path / "run.json", model="autoencoder") as run:
@@ -476,3 +482,80 @@ def test_server_whose_api_fails_fails_the_stage_within_seconds(http_server, tmp_
     evaluate_s = time.perf_counter() - start
     print(f"broken API: train failed in {train_s:.1f} s, evaluate in {evaluate_s:.1f} s")
     assert train_s < 60 and evaluate_s < 60
+
+
+# --- which service failed: the server, the database behind it, or its artifact store ------
+
+PG_DOWN = json.dumps({
+    "error_code": "TEMPORARILY_UNAVAILABLE",
+    "message": '(psycopg2.OperationalError) connection to server at "127.0.0.1", port 5433 '
+               "failed: Connection refused\n\tIs the server running on that host?\n\n"
+               "(Background on this error at: https://sqlalche.me/e/21/e3q8)",
+}).encode()  # fmt: skip
+DB = "/api/2.0/mlflow/experiments/get*"
+ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts*"
+
+
+def failed_call(uri: str) -> TrackingError:
+    """A stage's error as raised from MLflow's client, after its retries."""
+    cause = MlflowException(f"API request to {uri}/api/2.0/mlflow/runs/create failed with "
+                            "exception HTTPConnectionPool: Max retries exceeded")  # fmt: skip
+    try:
+        raise TrackingError(f"MLflow registry at {uri}: could not register genpipe-gan "
+                            f"({type(cause).__name__}: {cause})") from cause  # fmt: skip
+    except TrackingError as error:
+        return error
+
+
+@pytest.mark.parametrize(
+    ("routes", "said"),
+    [
+        ({DB: (503, PG_DOWN)},
+         'its PostgreSQL database fails: connection to server at "127.0.0.1", port 5433 '
+         "failed: Connection refused"),
+        ({DB: ("hang", b"")}, "a query of its database gets no answer within 0.3 s"),
+        ({DB: (404, b"{}"), ARTIFACTS: (500, b"<html>")},
+         "listing its artifact store gets HTTP 500: the store behind it"),
+        ({"/health": (503, b"")}, "is failing (HTTP 503 on /health)"),
+        ({DB: (200, b"{}"), ARTIFACTS: (404, b"")}, None),  # all answer: MLflow's own words
+    ],
+)  # fmt: skip
+def test_a_failed_call_names_the_service_behind_the_server(http_server, monkeypatch, routes,
+                                                           said):  # fmt: skip
+    monkeypatch.setitem(tracking_store.PROBE_SECONDS, "database", 0.3)
+    http_server.route("/health", (200, b"OK"))
+    for path, answer in routes.items():
+        http_server.route(path, answer)
+    error = failed_call(http_server.url)
+    line = tracking_store.explain(error, http_server.url)
+    assert "\n" not in line
+    if said is None:
+        assert line == str(error)
+    else:
+        assert line.startswith(f"MLflow registry at {http_server.url}: could not register "
+                               f"genpipe-gan: the MLflow server at {http_server.url} ")  # fmt: skip
+        assert said in line and "Max retries" not in line and "Background" not in line
+
+
+def test_a_server_that_is_gone_is_named_and_other_errors_are_not_probed(http_server):
+    uri = f"http://127.0.0.1:{free_port()}"
+    line = tracking_store.explain(failed_call(uri), uri)
+    assert line.endswith(f"the MLflow server at {uri} does not answer (connection refused)")
+
+    plain = TrackingError("MLflow experiment 'genpipe-gan' is deleted")  # no MLflow cause
+    assert tracking_store.explain(plain, http_server.url) == str(plain)
+    assert sum(http_server.hits.values()) == 0
+    error = failed_call(http_server.url)
+    assert tracking_store.explain(error, "sqlite:///mlflow.db") == str(error)  # no server
+    assert sum(http_server.hits.values()) == 0
+
+
+def test_two_training_runs_with_other_params_get_other_names(store, tmp_path):
+    names = []
+    for lr in (3e-4, 5e-4):
+        params = {**PARAMS, "gan": {**PARAMS["gan"], "lr_g": lr}}
+        with _training_run(tmp_path / f"{lr}.json", params=params) as run:
+            pass
+        names.append(MlflowClient(store).get_run(run.run_id).info.run_name)
+    assert all(name.startswith("gan-nogit-p") for name in names), names
+    assert names[0] != names[1]

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from genpipe import paths
 from genpipe.errors import GenpipeError
+from genpipe.tracking.store import ui_url
 
 log = logging.getLogger("genpipe.ci")
 
@@ -271,14 +272,14 @@ def mlflow_links(model: str, record: dict, cwd: Path) -> dict[str, str]:
     uri = urlunsplit((parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""),
                       parts.path, "", ""))  # fmt: skip
     name, version, run_id = record.get("name"), record.get("version"), record.get("run_id")
-    links = {"model": f"{uri}/#/models/{name}",
-             "version": f"{uri}/#/models/{name}/versions/{version}"}  # fmt: skip
+    links = {"model": ui_url(uri, f"models/{name}"),
+             "version": ui_url(uri, f"models/{name}/versions/{version}")}  # fmt: skip
     try:
         run_record = json.loads((cwd / paths.run_record(model)).read_text())
     except (OSError, ValueError):
         return links
     if run_record.get("run_id") == run_id and run_record.get("experiment_id"):
-        links["run"] = f"{uri}/#/experiments/{run_record['experiment_id']}/runs/{run_id}"
+        links["run"] = ui_url(uri, f"experiments/{run_record['experiment_id']}/runs/{run_id}")
         # evaluate logs its grid to the training run, under eval/
         links["grid"] = f"{uri}/get-artifact?path=eval%2Feval_grid.png&run_uuid={run_id}"
     return links

@@ -204,6 +204,38 @@ class Params(Section):
     registry: RegisterParams = Field(RegisterParams(), alias="register")
 
 
+# the data keys each kind of source reads (beside source, image_size and channels)
+_DATA_READ = {
+    "digits": ("test_fraction",),
+    "folder": ("path", "test_fraction", "on_bad_file", "max_image_pixels", "background"),
+    "official": ("local", "sha256"),  # mnist, fashion-mnist, cifar10: their own split
+    "official-local": ("path",),
+    "official-download": ("mirrors", "download"),
+}
+
+
+def run_params(params: dict[str, Any], model: str) -> dict[str, Any]:
+    """What shapes `model`'s run, as params.yaml spells it (params: Params.model_dump(
+    by_alias=True)): seed, cpu_kernels, the data keys its source reads, train, the model's
+    own section and evaluate. A run logs these, never the other model's section, and never
+    a data key its source ignores (the digits read no data.path)."""
+    data = params["data"]
+    if data["source"] in ("digits", "folder"):
+        read = _DATA_READ[data["source"]]
+    else:
+        where = "official-local" if data["local"] else "official-download"
+        read = _DATA_READ["official"] + _DATA_READ[where]
+    keep = ("source", "image_size", "channels", *read)
+    return {
+        "seed": params["seed"],
+        "cpu_kernels": params["cpu_kernels"],
+        "data": {key: data[key] for key in keep},
+        "train": params["train"],
+        model: params[model],
+        "evaluate": params["evaluate"],
+    }
+
+
 def load_params(path: Path | str = paths.PARAMS) -> Params:
     """Read and check params.yaml; raise ParamsError with one line on any mistake."""
     path = Path(path)

@@ -24,6 +24,7 @@ from typing import Any
 
 from genpipe import paths
 from genpipe.errors import GenpipeError, exception_text
+from genpipe.params import run_params
 from genpipe.registry import gate
 from genpipe.registry.gate import CHAMPION
 from genpipe.tracking import lineage, runs, store
@@ -170,7 +171,8 @@ def register(
             # the stage within about half a minute.
             late = time.monotonic() - started > REPASS_SECONDS
             if exc.error_code not in NOT_RETRIED and not late and attempt < ATTEMPTS:
-                log.warning("%s: %s; trying again", name, exception_text(exc))
+                log.warning("%s: register pass %d failed (%s); trying again", name, attempt,
+                            store.brief(exc))  # fmt: skip
                 time.sleep(random.uniform(0.5, 2.0) * attempt)
                 continue
             raise RegistryError(
@@ -317,16 +319,17 @@ def _rebuild_run(client: Any, candidate: Candidate, experiment: str) -> str:
 
     outputs = candidate.outputs
     git = lineage.git_info()
+    logged = run_params(candidate.params, outputs.model)  # what the train stage logs
     run = client.create_run(
         runs.get_or_create_experiment(client, experiment),
-        run_name=lineage.run_name(outputs.model, git["short"], lineage.dvc_exp_name()),
+        run_name=lineage.run_name(outputs.model, git["short"], lineage.dvc_exp_name(), logged),
         tags={
             **lineage.run_tags(outputs.model, outputs.data_hash, git),
             TAG_SOURCE_RUN: candidate.source_run_id,
         },
     )
     run_id = run.info.run_id
-    runs.log_params(client, run_id, candidate.params)
+    runs.log_params(client, run_id, logged)
     points = []
     if outputs.train_log.is_file():
         with outputs.train_log.open() as f:

@@ -12,6 +12,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from genpipe.params import run_params as run_params_of
+
 # MLflow 3's UI opens an experiment in the view this experiment tag names (the UI's
 # ExperimentKind): "custom_model_development" is "Machine learning" (runs, metric
 # charts); untagged experiments may open in the GenAI view (traces, judges, prompts).
@@ -73,9 +75,13 @@ def _git(repo: Path, *args: str) -> str | None:
     return result.stdout.strip()
 
 
-def run_name(model: str, short_sha: str, exp_name: str | None) -> str:
-    """'gan-3f2a1bc-clean-hake' (model, commit, DVC experiment); 'gan-3f2a1bc' without one."""
-    return "-".join(part for part in (model, short_sha, exp_name) if part)
+def run_name(model: str, short_sha: str, exp_name: str | None, run_params: dict[str, Any]
+             ) -> str:  # fmt: skip
+    """'gan-3f2a1bc-clean-hake' (model, commit, DVC experiment); outside `dvc exp run`,
+    'gan-3f2a1bc-p9c1e0f4': the first 7 digits of the run's params hash (its
+    params.hash tag), so runs of one commit with other params get other names."""
+    tail = exp_name or f"p{digest(run_params)[:7]}"
+    return "-".join((model, short_sha, tail))
 
 
 def experiment_name(prefix: str, model: str) -> str:
@@ -118,13 +124,12 @@ def version_tags(data_hash: str, params: dict[str, Any], model: str, metric: str
         TAG_GIT_DIRTY: git["dirty"],
         TAG_DATA_HASH: data_hash,
         TAG_PARAMS_HASH: params_hash(params, model),
-        TAG_DVC_EXP: dvc_exp_name() or "",
         TAG_METRIC: metric,
         TAG_VALUE: repr(value),
         TAG_BACKBONE: backbone,
         TAG_REFERENCE: reference,
         TAG_WEIGHTS: weights,
-    }
+    } | ({TAG_DVC_EXP: exp_name} if (exp_name := dvc_exp_name()) else {})
 
 
 def decision_tags(decision: dict[str, Any], branch: str | None) -> dict[str, str]:
@@ -147,9 +152,14 @@ def current_branch(repo: Path = Path(".")) -> str | None:
 
 
 def params_hash(params: dict[str, Any], model: str) -> str:
-    """SHA-256 of the params that shape this model: shared ones and its own section."""
-    shaping = {k: params[k] for k in ("seed", "data", "train", model, "evaluate") if k in params}
-    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
+    """SHA-256 of the params that shape this model (params.run_params: what its run logs);
+    `params` is the whole of params.yaml."""
+    return digest(run_params_of(params, model))
+
+
+def digest(tree: dict[str, Any]) -> str:
+    """SHA-256 of a JSON tree, keys sorted: the same params give the same digest."""
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()
 
 
 def _user() -> str | None:

@@ -166,7 +166,7 @@ class TrainingRun:
         from sqlalchemy.exc import SQLAlchemyError
 
         git = git_info()
-        self.run_name = run_name(self.model, git["short"], dvc_exp_name())
+        self.run_name = run_name(self.model, git["short"], dvc_exp_name(), self.params)
         try:
             self._client = mlflow.MlflowClient(tracking_uri=self.uri)
             self.experiment_id = get_or_create_experiment(self._client, self.experiment)

@@ -10,13 +10,15 @@ import logging
 import os
 import socket
 import ssl
+import sys
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from genpipe.errors import TrackingError, exception_text
+from genpipe.errors import GenpipeError, TrackingError, exception_text
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # at the repo root (stages run there)
 
@@ -29,6 +31,18 @@ def tracking_uri() -> str:
 
 
 _USE_DEFAULT = f"unset MLFLOW_TRACKING_URI to use {DEFAULT_TRACKING_URI}"
+
+
+# MLflow 3's UI opens in its GenAI view unless the page's URL (or the browser's one-time
+# choice, the sidebar's switch) asks for model training; the parameter sits in the hash route
+UI_MODEL_TRAINING = "workflowType=machine_learning"
+
+
+def ui_url(uri: str, route: str) -> str:
+    """A link into the MLflow UI at `uri` (http(s)) that opens in the model-training view:
+    ui_url("http://h:5000", "models/genpipe-gan") ->
+    "http://h:5000/#/models/genpipe-gan?workflowType=machine_learning"."""
+    return f"{uri.rstrip('/')}/#/{route}{'&' if '?' in route else '?'}{UI_MODEL_TRAINING}"
 
 
 def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
@@ -136,6 +150,9 @@ def bound_http_calls() -> None:
         retry_log.addHandler(_RetryLine())
         retry_log.setLevel(logging.DEBUG)
         retry_log.propagate = False  # its other debug lines stay unseen
+    # urllib3's own "Retrying (Retry(total=...)) after connection broken by ..." warning says
+    # the same retry again, in a line of 400 characters
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 class _RetryLine(logging.Handler):
@@ -151,6 +168,103 @@ class _RetryLine(logging.Handler):
         left = getattr(retry, "total", None)
         log.warning("MLflow server: %s failed (%s); retrying (%s left)",
                     str(url).split("?", 1)[0], why, left)  # fmt: skip
+
+
+# What a probe of a failing server's parts may take: /health, then one query of its database
+# and one listing of its artifact store.
+PROBE_SECONDS = {"health": 3.0, "database": 10.0, "artifacts": 10.0}
+
+# the database behind an MLflow server, by the driver its error message names
+_DATABASES = {"psycopg": "PostgreSQL", "pymysql": "MySQL", "mysqldb": "MySQL",
+              "sqlite": "SQLite", "pyodbc": "SQL Server", "pymssql": "SQL Server"}  # fmt: skip
+
+
+def explain(error: GenpipeError, uri: str) -> str:
+    """The error's line for a person. When MLflow's HTTP client failed against an http(s)
+    server, the server is probed (diagnose) and the service that failed (the server, the
+    database behind it, or its artifact store) replaces MLflow's quoted exception; otherwise
+    the line as it is."""
+    cause = error.__cause__
+    exceptions = sys.modules.get("mlflow.exceptions")
+    if (
+        cause is None
+        or exceptions is None
+        or not isinstance(cause, exceptions.MlflowException)
+        or urlsplit(uri).scheme not in ("http", "https")
+    ):
+        return str(error)
+    found = diagnose(uri)
+    if found is None:
+        return str(error)
+    line, quoted = str(error), f" ({' '.join(exception_text(cause).split())})"
+    return f"{line.removesuffix(quoted) if line.endswith(quoted) else line}: {found}"
+
+
+def brief(exc: BaseException) -> str:
+    """MLflow's exception without the HTTP client's retry story: 'MlflowException: API
+    request to <url> failed', for a warning line that another line explains."""
+    text = " ".join(exception_text(exc).split())
+    return text.split(" with exception ", 1)[0]
+
+
+def diagnose(uri: str) -> str | None:
+    """Which service behind the MLflow server at `uri` fails, as a phrase, or None when each
+    answers (the failure was passing). Three probes, each bounded (PROBE_SECONDS): /health
+    (the server itself), experiment 0 (a query of its database: MLflow answers 503 with the
+    driver's error when the database is down) and the root of its artifact store (500 when
+    the S3 endpoint or bucket behind it fails; 404 when it serves no artifacts)."""
+    base = uri.rstrip("/")
+    status, body = _probe(f"{base}/health", PROBE_SECONDS["health"])
+    if status is None:
+        return f"the MLflow server at {uri} does not answer ({body})"
+    if status >= 500:
+        return f"the MLflow server at {uri} is failing (HTTP {status} on /health)"
+    status, body = _probe(f"{base}/api/2.0/mlflow/experiments/get?experiment_id=0",
+                          PROBE_SECONDS["database"])  # fmt: skip
+    if status is None:
+        return (f"the MLflow server at {uri} is up, but a query of its database gets "
+                f"{body}: the database behind it (its --backend-store-uri) is down or "
+                "stuck; see the server's log")  # fmt: skip
+    if status >= 500:
+        return f"the MLflow server at {uri} is up, but {_database_fault(body)}"
+    status, body = _probe(f"{base}/api/2.0/mlflow-artifacts/artifacts?path=",
+                          PROBE_SECONDS["artifacts"])  # fmt: skip
+    if status is None or status >= 500:
+        got = body if status is None else f"HTTP {status}"
+        return (f"the MLflow server at {uri} is up, but listing its artifact store gets "
+                f"{got}: the store behind it (its --artifacts-destination, an S3 bucket "
+                "on the team stack) is down or refuses; see the server's log")  # fmt: skip
+    return None
+
+
+def _database_fault(body: str) -> str:
+    """'its PostgreSQL database fails: connection to server at ... refused', from the JSON
+    error MLflow answers when a query fails."""
+    import json
+
+    try:
+        message = str(json.loads(body).get("message", ""))
+    except (ValueError, AttributeError):
+        message = ""
+    driver = message.split(")", 1)[0].lower() if message.startswith("(") else ""
+    name = next((db for key, db in _DATABASES.items() if key in driver), None)
+    what = f"its {name} database" if name else "the database behind it"
+    detail = message.split(") ", 1)[1] if name and ") " in message else message
+    detail = " ".join(detail.strip().split("\n", 1)[0].split())  # the driver's hints follow
+    return f"{what} fails: {detail}" if detail else f"{what} fails (see the server's log)"
+
+
+def _probe(url: str, timeout: float) -> tuple[int | None, str]:
+    """(HTTP status, body) of a GET; (None, why) when nothing answered within `timeout`."""
+    try:
+        context = _ssl_context(urlsplit(url).scheme)
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as answer:
+            return answer.status, answer.read(4096).decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read(4096).decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return None, _unreachable_reason(exc, timeout)
 
 
 def store_error(uri: str, exc: BaseException) -> TrackingError | None:
@@ -176,6 +290,11 @@ def import_mlflow() -> Any:
     """Import MLflow (slow: about 2 s) only when a run starts; keep its INFO lines quiet and
     its HTTP calls bounded (bound_http_calls)."""
     bound_http_calls()
+    # a stage's log is lines: no progress bars for the files register up- and downloads
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # loading a served model warns each time that predict has no type hints: it has none on
+    # purpose (serving.py: the logged signature is the schema)
+    warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
     import mlflow
 
     # MLflow sets its own logger to INFO on import (first sqlite use logs migrations);
@@ -186,5 +305,3 @@ def import_mlflow() -> Any:
     # its async logging logs each failed batch; TrainingRun raises them as one TrackingError
     logging.getLogger("mlflow.utils.async_logging.async_logging_queue").setLevel(logging.CRITICAL)
     return mlflow
-
-
