@@ -5,12 +5,14 @@ reports/autoencoder/eval_grid.png; both logged to the training run that
 models/autoencoder/mlflow_run.json records."""
 
 from genpipe import paths, runtime
-from genpipe.autoencoder.evaluate import evaluate_weights
+from genpipe.autoencoder.evaluate import evaluate_weights, summary
 from genpipe.data.split import read_split
 from genpipe.fileio import staged_outputs, write_json
-from genpipe.params import load_params
+from genpipe.metrics.compare import EVALUATION_CONSTANTS
+from genpipe.params import load_params, run_params
 from genpipe.reference import load_backbone, load_reference
 from genpipe.stage import run_stage
+from genpipe.tracking.datasets import prepared_input
 from genpipe.tracking.runs import RecordedRun
 
 MODEL = "autoencoder"
@@ -22,6 +24,8 @@ def main() -> None:
     evaluate = params.evaluate
     # fail before the work, not after, when the tracking server is down
     run = RecordedRun(paths.run_record(MODEL)).open(missing_ok=True)
+    test_split = prepared_input(run_params(params.model_dump(mode="json", by_alias=True),
+                                           MODEL)["data"], "test")  # fmt: skip
     device = runtime.resolve_device(evaluate.device, key="evaluate.device")
     runtime.seed_everything(params.seed, device, evaluate.cpu_threads)
     split = read_split(paths.PREPARED)
@@ -34,7 +38,14 @@ def main() -> None:
         grid_path, metrics_path = stage(paths.eval_grid(MODEL)), stage(paths.metrics(MODEL))
         grid.save(grid_path, format="PNG")
         write_json(metrics_path, metrics)
-        run.log(metrics, [metrics_path, grid_path], "eval/")
+        run.log(
+            metrics,
+            [metrics_path, grid_path],
+            "eval/",
+            constants=EVALUATION_CONSTANTS,
+            inputs=[test_split],
+            summary=summary(metrics),
+        )
 
 
 if __name__ == "__main__":

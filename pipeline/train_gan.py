@@ -14,7 +14,8 @@ from genpipe.gan.artifact import save_gan
 from genpipe.gan.train import sample_grid, train_gan
 from genpipe.params import Params, load_params, run_params
 from genpipe.stage import run_stage
-from genpipe.tracking.runs import TrainingRun
+from genpipe.tracking.datasets import prepared_input
+from genpipe.tracking.runs import TrainingRun, describe_training
 
 MODEL = "gan"
 
@@ -50,13 +51,22 @@ def write_outputs(
     world: distributed.World | None,
 ) -> None:
     flat = run_params(params.model_dump(mode="json", by_alias=True), MODEL)
+    dataset = prepared_input(flat["data"], "train", data_hash)
     record = paths.run_record(MODEL)
     # every output is written staged and moved into place only once the run has ended well:
     # a failure leaves the previous ones (and the record of their run) as they were
     experiment = params.train.experiment
     with (
         staged_outputs() as stage,
-        TrainingRun(MODEL, flat, data_hash, experiment, record_path=stage(record)) as run,
+        TrainingRun(
+            MODEL,
+            flat,
+            data_hash,
+            experiment,
+            record_path=stage(record),
+            inputs=[dataset],
+            description=describe_training(MODEL, flat, dataset),
+        ) as run,
     ):
         train_log, samples = stage(paths.train_log(MODEL)), stage(paths.samples(MODEL))
         result = train_gan(params, images, data_hash, device, paths.checkpoint(MODEL), train_log,

@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ import torch
 from genpipe.errors import TrackingError
 from genpipe.gan.artifact import load_generator
 from genpipe.gan.network import Generator
+from genpipe.params import Params
 from genpipe.registry import mlflow as registry
 from genpipe.registry.mlflow import Outputs, Policy, RegistryError, register
 from genpipe.tracking import lineage, store
@@ -29,6 +31,7 @@ from genpipe.weights import save_weights
 from net import free_port
 
 BIN = Path(sys.executable).parent
+PARAMS = Params().model_dump(mode="json", by_alias=True)  # all of params.yaml: its defaults
 
 
 def wait_until_up(url: str, proc: subprocess.Popen, what: str, seconds: float = 120) -> None:
@@ -93,7 +96,7 @@ def gan_outputs(root: Path, uri: str, fid: float, backbone: str = "domain", seed
 def do_register(outputs: Outputs, uri: str, prefix: str, min_improvement: float = 0.01,
                 force: bool = False, branch: str | None = None, score=None) -> dict:  # fmt: skip
     policy = Policy(min_improvement, force, branch, "main", score)
-    return register(outputs, {"seed": 0}, prefix, policy, experiment="exp", uri=uri)
+    return register(outputs, PARAMS, prefix, policy, experiment="exp", uri=uri)
 
 
 def aliases(uri: str, name: str) -> dict[str, int]:
@@ -201,7 +204,8 @@ def test_a_branch_registers_a_candidate_and_leaves_champion_and_challenger(serve
     assert aliases(server, "r3-gan") == {**before, "candidate-feature-better-lr": 3}
     # the branch again: nothing more; merged, the default branch's register decides
     assert do_register(outputs, server, "r3", branch="feature/better-lr")["decision"] == (
-        "already registered")
+        "already registered"
+    )
     merged = do_register(outputs, server, "r3", branch="main")
     assert (merged["version"], merged["decision"]) == (3, "champion")
     assert aliases(server, "r3-gan")["champion"] == 3
@@ -636,3 +640,74 @@ def test_a_served_conditional_gan_keeps_each_seeds_image_and_takes_labels(tmp_pa
     for bad, found in (([0, 3], "got 3"), ([-1, 0], "got -1"), ([0.5, 1.0], "got 0.5")):
         with pytest.raises(ValueError, match=f"^label: expected class indices 0..2; {found}"):
             predict(seed=[1, 2], label=bad)
+
+
+# --- the alias history --------------------------------------------------------------------
+
+
+class FakeRegistry:
+    """The registry calls _set_aliases makes, in memory."""
+
+    def __init__(self) -> None:
+        self.aliases: dict[str, str] = {}
+        self.tags: dict[str, str] = {}
+
+    def get_registered_model(self, name):
+        return SimpleNamespace(aliases=dict(self.aliases), tags=dict(self.tags))
+
+    def set_registered_model_alias(self, name, alias, version):
+        self.aliases[alias] = version
+
+    def set_registered_model_tag(self, name, key, value):
+        self.tags[key] = value
+
+
+def test_the_history_grows_by_one_entry_per_alias_change(tmp_path):
+    from genpipe.registry import history
+
+    client, path = FakeRegistry(), tmp_path / "reports/gan/registry_history.jsonl"
+
+    def move(aliases, reason, values):
+        why = registry.Why(reason, "fid", values, "main", path)
+        registry._set_aliases(client, "m-gan", aliases, why)
+        return history.read(client, "m-gan")
+
+    assert move((("champion", 1),), "no champion yet", {1: 2.0})[-1].previous is None
+    promoted = move((("previous-champion", 1), ("champion", 2)), "beats v1", {1: 2.0, 2: 1.5})
+    assert len(promoted) == 3
+    last = promoted[-1]
+    assert (last.alias, last.version, last.previous, last.reason) == ("champion", 2, 1, "beats v1")
+    assert (last.value, last.previous_value, last.branch) == (1.5, 2.0, "main")
+    assert len(move((("champion", 2),), "already champion", {})) == 3  # nothing moved
+    assert len(move((("challenger", 3),), "worse", {3: 1.9})) == 4
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(e["alias"], e["version"]) for e in lines] == [
+        ("champion", 1),
+        ("previous-champion", 1),
+        ("champion", 2),
+        ("challenger", 3),
+    ]
+    assert "v2" in history.table(history.read(client, "m-gan"))
+
+
+@pytest.mark.integration
+def test_registry_history_prints_each_alias_change_register_made(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    for i, fid in enumerate((2.0, 1.0, 1.5)):
+        do_register(gan_outputs(tmp_path / str(i), store, fid=fid, seed=i), store, "h1")
+    result = subprocess.run([str(BIN / "genpipe"), "registry", "history", "h1-gan", "--json"],
+                            capture_output=True, text=True, cwd=tmp_path,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": store})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    changes = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(c["alias"], c["version"], c["previous"]) for c in changes] == [
+        ("champion", 1, None), ("previous-champion", 1, None), ("champion", 2, 1),
+        ("challenger", 3, None)]  # fmt: skip
+    assert changes[2]["value"] == 1.0 and changes[2]["previous_value"] == 2.0
+    missing = subprocess.run([str(BIN / "genpipe"), "registry", "history", "nope"],
+                             capture_output=True, text=True, cwd=tmp_path,
+                             env={**os.environ, "MLFLOW_TRACKING_URI": store})  # fmt: skip
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == (f"error: registered model 'nope': expected it in {store}; "
+                                      "found no such model")  # fmt: skip

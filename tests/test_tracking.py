@@ -559,3 +559,104 @@ def test_two_training_runs_with_other_params_get_other_names(store, tmp_path):
         names.append(MlflowClient(store).get_run(run.run_id).info.run_name)
     assert all(name.startswith("gan-nogit-p") for name in names), names
     assert names[0] != names[1]
+
+
+# --- what a run page shows: its datasets, source, description; constants as tags -----------
+
+
+def write_prepared(root: Path, md5: str | None) -> None:
+    """data/prepared's info.json as fetch writes it, and dvc.lock's entry for it."""
+    prepared = root / "data/prepared"
+    prepared.mkdir(parents=True)
+    info = {"source": "digits", "num_classes": 10, "shape": [1797, 1, 8, 8],
+            "counts": {"train": 1437, "test": 360}}  # fmt: skip
+    (prepared / "info.json").write_text(json.dumps(info))
+    if md5:
+        lock = {"schema": "2.0", "stages": {"fetch": {"outs": [
+            {"path": "data/prepared", "md5": md5, "size": 1, "nfiles": 3}]}}}  # fmt: skip
+        (root / "dvc.lock").write_text(json.dumps(lock))
+
+
+def test_a_run_lists_its_dataset_with_the_dvc_digest_and_its_source(store, tmp_path,
+                                                                    monkeypatch):  # fmt: skip
+    from genpipe.tracking.datasets import prepared_input
+
+    sha = _git_repo(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    write_prepared(tmp_path, md5="0123456789abcdef0123456789abcdef.dir")
+    data = {"source": "digits", "image_size": 8, "channels": 1, "test_fraction": 0.2}
+    train = prepared_input(data, "train", "e" * 64)
+    description = runs.describe_training("gan", PARAMS | {"train": {"batch_size": 64}}, train)
+    with _training_run(tmp_path / "run.json", inputs=[train], description=description) as run:
+        pass
+
+    logged = MlflowClient(store).get_run(run.run_id)
+    [given] = logged.inputs.dataset_inputs
+    assert given.dataset.name == "digits"
+    assert given.dataset.digest == "0123456789abcdef0123456789abcdef.dir"  # dvc.lock's
+    assert "sklearn.datasets.load_digits" in given.dataset.source
+    profile = json.loads(given.dataset.profile)
+    assert profile["images"] == 1437 and profile["image_shape"] == [1, 8, 8]
+    assert [(t.key, t.value) for t in given.tags] == [("mlflow.data.context", "training")]
+    tags = logged.data.tags
+    assert tags["mlflow.source.name"] == "pipeline/train_gan.py"
+    assert tags["mlflow.source.type"] == "LOCAL"
+    assert tags["mlflow.source.git.commit"] == sha
+    note = tags["mlflow.note.content"]
+    assert "**gan** trained on **digits**: 1437 train images of 1×8×8" in note
+    assert "`gan.lr_g=0.0002`" in note and "`seed=0`" in note
+
+
+def test_outside_dvc_the_digest_is_the_data_hash_and_sources_are_named(tmp_path, monkeypatch):
+    from genpipe.tracking.datasets import prepared_input
+
+    monkeypatch.chdir(tmp_path)
+    write_prepared(tmp_path, md5=None)  # no dvc.lock: a stage run by hand
+    folder = {"source": "folder", "path": "shots/cats"}
+    test = prepared_input(folder, "test", "e" * 64)
+    assert (test.name, test.digest, test.context) == ("folder:cats (test)", "e" * 32, "evaluation")
+    assert json.loads(test.source) == {"uri": "shots/cats"} and test.source_type == "local"
+    assert test.profile["images"] == 360
+    fashion = prepared_input({"source": "fashion-mnist", "local": False, "mirrors": None},
+                             "train", "e" * 64)  # fmt: skip
+    assert fashion.source_type == "http" and json.loads(fashion.source)["url"].startswith("http")
+
+
+def test_evaluation_constants_are_tags_and_the_summary_goes_in_the_description(store, tmp_path):
+    from genpipe.metrics.compare import EVALUATION_CONSTANTS
+
+    record = tmp_path / "run.json"
+    with _training_run(record, description="**gan** trained on **digits**") as run:
+        pass
+    metrics = {"fid": 3.5, "fid_over_floor": 2.0, "floor": {"fid": 1.75}, "num_samples": 360}
+    recorded = runs.RecordedRun(record, uri=store).open()
+    recorded.log(metrics, [], "eval/", constants=EVALUATION_CONSTANTS, summary="FID 3.5")
+    recorded.log(metrics, [], "eval/", constants=EVALUATION_CONSTANTS, summary="FID 3.4")
+    logged = MlflowClient(store).get_run(run.run_id)
+    assert set(logged.data.metrics) == {"eval/fid", "eval/fid_over_floor"}
+    assert logged.data.tags["eval/floor.fid"] == "1.75"
+    assert logged.data.tags["eval/num_samples"] == "360"
+    # the summary replaces the last one: a rerun of evaluate does not add a second
+    note = logged.data.tags["mlflow.note.content"]
+    assert note == "**gan** trained on **digits**\n\n**Evaluated:** FID 3.4"
+
+
+def test_a_training_run_samples_system_metrics(store, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    with _training_run(tmp_path / "run.json") as run:
+        time.sleep(1.0)  # training, as far as the monitor can tell
+    history = MlflowClient(store).get_metric_history(
+        run.run_id, "system/cpu_utilization_percentage"
+    )
+    assert len(history) >= 2
+    assert (
+        "system/system_memory_usage_megabytes"
+        in MlflowClient(store).get_run(run.run_id).data.metrics
+    )
+
+    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")  # MLflow's own switch
+    with _training_run(tmp_path / "off.json") as off:
+        time.sleep(0.5)
+    assert not [
+        k for k in MlflowClient(store).get_run(off.run_id).data.metrics if k.startswith("system/")
+    ]

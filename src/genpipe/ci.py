@@ -32,6 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from genpipe import paths
 from genpipe.errors import GenpipeError
+from genpipe.metrics.compare import EVALUATION_CONSTANTS
 from genpipe.tracking.store import ui_url
 
 log = logging.getLogger("genpipe.ci")
@@ -52,9 +53,6 @@ class Retrain:
     decided: list[str] = field(default_factory=list)  # models whose register step ran well
     report: str = ""  # Markdown
 
-# metrics.json keys that describe the evaluation rather than the model (the real-data floor,
-# sample counts): left out of the report's metrics table
-CONSTANT_METRICS = ("floor.", "kid_subset_size", "num_samples", "test_images", "latent_dim")
 
 
 def ci_branch(given: str | None, cwd: Path) -> str | None:
@@ -286,13 +284,13 @@ def mlflow_links(model: str, record: dict, cwd: Path) -> dict[str, str]:
 
 
 def without_constants(markdown: str) -> str:
-    """`dvc metrics diff --md` without the rows of CONSTANT_METRICS, nor validate's checks
+    """`dvc metrics diff --md` without the rows of EVALUATION_CONSTANTS, nor validate's checks
     one by one (a failed check fails the job, and the report names it)."""
     kept = []
     for line in markdown.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         metric = cells[1] if len(cells) > 1 else ""
-        if not metric.startswith((*CONSTANT_METRICS, "checks.")):
+        if not metric.startswith((*EVALUATION_CONSTANTS, "checks.")):
             kept.append(line)
     return "\n".join(kept) + "\n"
 

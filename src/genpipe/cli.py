@@ -48,6 +48,61 @@ def _ci_retrain_command(args: argparse.Namespace) -> None:
         raise CIError(result.failure)
 
 
+def _history_command(args: argparse.Namespace) -> None:
+    from genpipe.errors import TrackingError
+    from genpipe.params import load_params
+    from genpipe.registry import history
+    from genpipe.tracking import store
+
+    name = args.model
+    if name in ("gan", "autoencoder"):  # a model of this project: its registered name
+        name = f"{load_params().registry.name_prefix}-{name}"
+    uri = store.tracking_uri()
+    store.check_tracking_server(uri)
+    mlflow = store.import_mlflow()
+    from mlflow.exceptions import MlflowException
+
+    try:
+        changes = history.read(mlflow.MlflowClient(uri), name)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise TrackingError(f"registered model {name!r}: expected it in {uri}; "
+                                "found no such model") from None  # fmt: skip
+        raise TrackingError(f"MLflow registry at {uri}: could not read {name} "
+                            f"({store.brief(exc)})") from exc  # fmt: skip
+    if args.json:
+        from dataclasses import asdict
+
+        _print("\n".join(json.dumps(asdict(c), sort_keys=True) for c in changes))
+    else:
+        _print(history.table(changes))
+
+
+def _ui_command(args: argparse.Namespace) -> None:
+    """`mlflow ui` on the project's tracking store, and the URL of its model-training view
+    (MLflow 3's UI opens in its GenAI view otherwise)."""
+    import subprocess
+
+    from genpipe.tracking import store
+
+    uri = store.tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        _print(f"the tracking store is a server: open {store.ui_url(uri, 'experiments')}")
+        return
+    store.check_tracking_server(uri)
+    url = f"http://{args.host}:{args.port}"
+    _print(f"MLflow UI on {uri}: open {store.ui_url(url, 'experiments')}  (Ctrl-C stops it)")
+    mlflow = Path(sys.executable).parent / "mlflow"
+    command = [str(mlflow) if mlflow.exists() else "mlflow", "ui", "--backend-store-uri", uri,
+               "--host", args.host, "--port", str(args.port)]  # fmt: skip
+    code = subprocess.call(command)
+    if code not in (0, 130, -2):
+        from genpipe.errors import GenpipeError
+
+        raise GenpipeError(f"mlflow ui exited with {code} (port {args.port} taken? "
+                           "choose another with --port)")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="genpipe", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -70,5 +125,19 @@ def main(argv: list[str] | None = None) -> None:
                          "moves champion and challenger (default: $GITHUB_HEAD_REF, "
                          "$GITHUB_REF_NAME, else the checkout's)")  # fmt: skip
     retrain.set_defaults(func=_ci_retrain_command)
+    registry = commands.add_parser("registry", help="the MLflow Model Registry")
+    registry_commands = registry.add_subparsers(dest="registry_command", required=True)
+    past = registry_commands.add_parser(
+        "history", help="every alias change register made to a model: which version took "
+        "which alias from which, when, why, and both values")  # fmt: skip
+    past.add_argument("model", help="gan, autoencoder (with register.name_prefix) or a "
+                      "registered model's full name")  # fmt: skip
+    past.add_argument("--json", action="store_true", help="one JSON object a line")
+    past.set_defaults(func=_history_command)
+    ui = commands.add_parser("ui", help="the MLflow UI on the project's tracking store, "
+                             "opened in its model-training view")  # fmt: skip
+    ui.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")
+    ui.add_argument("--port", type=int, default=5000, help="(default: %(default)s)")
+    ui.set_defaults(func=_ui_command)
     args = parser.parse_args(argv)
     run_stage(lambda: args.func(args))

@@ -59,3 +59,8 @@ def eval_grid(model: str) -> Path:
 def registry_record(model: str) -> Path:
     """The register stage's version, aliases and decision: not cached."""
     return reports(model) / "registry.json"
+
+
+def registry_history(model: str) -> Path:
+    """Each alias change register made here, a JSON line each: not cached."""
+    return reports(model) / "registry_history.jsonl"

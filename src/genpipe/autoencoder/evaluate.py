@@ -107,3 +107,12 @@ def evaluate_autoencoder(
         metrics[FID_OVER_FLOOR] = fid / floor[FID]
     grid = pairs_grid(test_images[:GRID_IMAGES], recon_uint8[:GRID_IMAGES])
     return rounded(metrics), grid
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    """How the model did, in a line for its run's description."""
+    text = f"MSE {metrics[MSE]:.4g}"
+    if MSE_OVER_PCA in metrics:
+        text += f" ({metrics[MSE_OVER_PCA]:.3g}x PCA's {metrics[PCA_MSE]:.4g})"
+    return (f"{text}, PSNR {metrics[PSNR]:.3g} dB, SSIM {metrics[SSIM]:.3g}, FID "
+            f"{metrics[FID]:.4g}; {metrics['test_images']} test images.")  # fmt: skip

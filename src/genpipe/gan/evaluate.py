@@ -18,7 +18,11 @@ from genpipe.metrics.compare import (
     FID,
     FID_OVER_FLOOR,
     FLOOR,
+    KID_MEAN,
+    KID_STD,
     KID_SUBSET_SIZE,
+    PRECISION,
+    RECALL,
     Reference,
     compare,
     rounded,
@@ -81,3 +85,14 @@ def evaluate_gan(
     metrics[KID_SUBSET_SIZE] = subset
     grid = image_grid(samples[:GRID_SAMPLES], rows=8)
     return rounded(metrics), grid
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    """How the model did, in a line for its run's description."""
+    floor = metrics.get(FLOOR, {}).get(FID)
+    text = f"FID {metrics[FID]:.4g}"
+    if FID_OVER_FLOOR in metrics:
+        text += f" ({metrics[FID_OVER_FLOOR]:.3g}x the real-data floor of {floor:.4g})"
+    return (f"{text}, KID {metrics[KID_MEAN]:.3g} ± {metrics[KID_STD]:.3g}, precision "
+            f"{metrics[PRECISION]:.3g}, recall {metrics[RECALL]:.3g}; "
+            f"{metrics['num_samples']} samples against the test split.")  # fmt: skip

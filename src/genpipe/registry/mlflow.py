@@ -25,7 +25,7 @@ from typing import Any
 from genpipe import paths
 from genpipe.errors import GenpipeError, exception_text
 from genpipe.params import run_params
-from genpipe.registry import gate
+from genpipe.registry import gate, history
 from genpipe.registry.gate import CHAMPION
 from genpipe.tracking import lineage, runs, store
 from genpipe.tracking.lineage import (
@@ -68,6 +68,7 @@ class Outputs:
     images: list[Path]  # sample and evaluation grids
     reference: Path  # data/reference/reference.json: the evaluation backbone
     data_hash: str  # of data/prepared, as training tags it
+    history: Path  # reports/<model>/registry_history.jsonl: appended, not read
 
     @classmethod
     def of(cls, model: str, data_hash: str) -> Outputs:
@@ -80,6 +81,7 @@ class Outputs:
             images=[paths.samples(model), paths.eval_grid(model)],
             reference=paths.REFERENCE_INFO,
             data_hash=data_hash,
+            history=paths.registry_history(model),
         )
 
 
@@ -225,9 +227,15 @@ def _register_once(
         verdict = _gate(mlflow, client, name, new, policy)
         level = logging.WARNING if verdict.decision == gate.CHALLENGER else logging.INFO
         log.log(level, "%s v%s: %s (%s)", name, version.version, verdict.decision, verdict.reason)
-        _set_aliases(client, name, verdict.aliases)
+        values = {new.version: new.value}
+        if verdict.compared is not None:
+            values[int(verdict.compared["version"])] = verdict.compared.get("value")
+        history_path = outputs.history
+        _set_aliases(client, name, verdict.aliases,
+                     Why(verdict.reason, metric, values, policy.branch, history_path))  # fmt: skip
         if policy.on_default:
-            _reconcile(client, name, metric, policy.min_improvement)
+            _reconcile(client, name, metric, policy.min_improvement,
+                       Why("", metric, {}, policy.branch, history_path))  # fmt: skip
         decision = verdict.record()
         for key, value in lineage.decision_tags(decision, policy.branch).items():
             client.set_model_version_tag(name, version.version, key, value)  # decision last
@@ -536,13 +544,32 @@ def _champion(client: Any, name: str, metric: str) -> gate.Version | None:
                    data_hash=champion.data_hash or data_hash)  # fmt: skip
 
 
-def _set_aliases(client: Any, name: str, aliases: gate.Aliases) -> None:
-    """In order (previous-champion before champion); setting one again changes nothing."""
+@dataclass(frozen=True)
+class Why:
+    """What an alias change is recorded with (registry/history.py)."""
+
+    reason: str
+    metric: str
+    values: dict[int, float | None]  # version -> the value the gate compared
+    branch: str | None
+    path: Path  # reports/<model>/registry_history.jsonl
+
+
+def _set_aliases(client: Any, name: str, aliases: gate.Aliases, why: Why) -> None:
+    """In order (previous-champion before champion); setting one again changes nothing.
+    Each alias that moves is recorded in the model's history."""
+    held = {alias: int(v) for alias, v in client.get_registered_model(name).aliases.items()}
+    changes = []
     for alias, version in aliases:
         client.set_registered_model_alias(name, alias, str(version))
+        if held.get(alias) != version:
+            changes.append(history.change(alias, version, held.get(alias), why.reason,
+                                          why.metric, why.values, why.branch))  # fmt: skip
+            held[alias] = version
+    history.record(client, name, changes, why.path)
 
 
-def _reconcile(client: Any, name: str, metric: str, min_improvement: float) -> None:
+def _reconcile(client: Any, name: str, metric: str, min_improvement: float, why: Why) -> None:
     """Undo a race between two register processes (see gate.reconcile). Every process ends
     here after its own writes, so the last one to run sees all versions."""
     champion = _champion(client, name, metric)
@@ -554,6 +581,8 @@ def _reconcile(client: Any, name: str, metric: str, min_improvement: float) -> N
     if best is not None and files_gone(client, best) is not None:
         return  # a version whose files are gone is never made champion
     if aliases:
-        log.warning("%s: v%d beats champion v%d, which a concurrent register set; moving "
-                    "the alias", name, aliases[-1][1], champion.version)  # fmt: skip
-        _set_aliases(client, name, aliases)
+        reason = (f"v{aliases[-1][1]} beats champion v{champion.version}, which a concurrent "
+                  "register set")  # fmt: skip
+        log.warning("%s: %s; moving the alias", name, reason)
+        values = {int(v.version): _values(v).value for v in found}
+        _set_aliases(client, name, aliases, replace(why, reason=reason, values=values))

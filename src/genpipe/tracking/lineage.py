@@ -103,12 +103,16 @@ def run_tags(model: str, data_hash: str, git: dict[str, str]) -> dict[str, str]:
         TAG_GIT_COMMIT: git["commit"],
         TAG_GIT_DIRTY: git["dirty"],
         TAG_DATA_HASH: data_hash,
+        # MLflow's source tags: the runs table's Source column and the run page's commit
         "mlflow.source.type": "LOCAL",
+        "mlflow.source.name": f"pipeline/train_{model}.py",
     }
     if exp_name := dvc_exp_name():
         tags[TAG_DVC_EXP] = exp_name
     if git["commit"] != "unknown":
         tags["mlflow.source.git.commit"] = git["commit"]
+        if remote := _git(Path("."), "config", "--get", "remote.origin.url"):
+            tags["mlflow.source.git.repoURL"] = without_credentials(remote)
     if user := _user():
         tags["mlflow.user"] = user
     return tags
@@ -160,6 +164,17 @@ def params_hash(params: dict[str, Any], model: str) -> str:
 def digest(tree: dict[str, Any]) -> str:
     """SHA-256 of a JSON tree, keys sorted: the same params give the same digest."""
     return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()
+
+
+def without_credentials(url: str) -> str:
+    """A remote's URL without a user or token (https://user:token@host/x -> https://host/x);
+    an scp-like git@host:x is kept."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if not parts.scheme or "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 def _user() -> str | None:

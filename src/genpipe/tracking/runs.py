@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,12 +38,18 @@ from genpipe.tracking.store import check_tracking_server, import_mlflow, store_e
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Metric
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
     from mlflow.utils.async_logging.run_operations import RunOperations
+
+    from genpipe.tracking.datasets import DataInput
 
 # MLflow's limit (mlflow.utils.validation): longer param values are truncated by us.
 # Its limits on a batch (100 params, 1000 metrics) MlflowClient.log_batch keeps itself:
 # it splits what it is given into batches the server accepts.
 PARAM_VALUE_MAX = 6000
+
+TAG_NOTE = "mlflow.note.content"  # the run page's description, Markdown
+EVALUATED = "\n\n**Evaluated:** "  # where a run's description says how it did
 
 # buffered metrics are handed to MLflow's async logging this often while training: one
 # write a handover (about 10 ms of CPU on sqlite), not one a log_metrics call
@@ -118,6 +126,49 @@ def flatten_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     }
 
 
+# the params a run's description names, beside train.batch_size and the seed (all of them
+# are on the run's Parameters tab)
+KEY_PARAMS = {
+    "gan": ("steps", "loss", "lr_g", "lr_d", "width", "z_dim", "conditional"),
+    "autoencoder": ("kind", "steps", "lr", "width", "latent_dim"),
+}
+
+
+def describe_training(model: str, params: dict[str, Any], dataset: DataInput) -> str:
+    """A run's description (Markdown) at the start: what it trains, on what, with which key
+    params. `params` is what the run logs (params.run_params)."""
+    profile = dataset.profile
+    shape = "×".join(str(n) for n in profile.get("image_shape", []))
+    key = [f"`{model}.{k}={params[model][k]}`" for k in KEY_PARAMS.get(model, ())
+           if k in params.get(model, {})]  # fmt: skip
+    key += [f"`train.batch_size={params['train']['batch_size']}`", f"`seed={params['seed']}`"]
+    return (
+        f"**{model}** trained on **{dataset.name}**: {profile.get('images')} train images "
+        f"of {shape}, {profile.get('num_classes')} classes (DVC digest `{dataset.digest}`)."
+        f"\n\nKey params: {', '.join(key)}."
+    )
+
+
+# a system metrics sample (CPU, memory, disk, network; GPU with nvidia-ml-py) this often
+# while a run trains: its "System metrics" tab. MLflow's own settings win:
+# MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL, and MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false
+# turns it off
+SYSTEM_METRICS_SECONDS = 10.0
+
+
+def start_system_metrics(run_id: str, uri: str) -> SystemMetricsMonitor | None:
+    """MLflow's system metrics monitor on the run, started (a thread that samples psutil
+    and logs under system/); None when turned off."""
+    if os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").lower() in ("false", "0"):
+        return None
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_SECONDS,
+                                   tracking_uri=uri)  # fmt: skip
+    monitor.start()
+    return monitor
+
+
 class TrainingRun:
     """One MLflow run for one model's training stage, in experiment
     `<experiment_prefix>-<model>`; a context manager.
@@ -138,9 +189,13 @@ class TrainingRun:
         experiment_prefix: str,
         record_path: Path,
         uri: str | None = None,
+        inputs: Sequence[DataInput] = (),
+        description: str | None = None,
     ) -> None:
         self.model = model
         self.params = params
+        self.inputs = inputs  # the datasets (datasets.data_input) it trains on
+        self.description = description  # the run page's description (Markdown)
         self.data_hash = data_hash
         self.experiment = experiment_name(experiment_prefix, model)
         self.record_path = Path(record_path)
@@ -152,6 +207,7 @@ class TrainingRun:
         self._buffer: list[Metric] = []
         self._last_flush = 0.0
         self._sent: RunOperations | None = None  # the last handover to MLflow
+        self.system_metrics: SystemMetricsMonitor | None = None
 
     @property
     def run_id(self) -> str:
@@ -170,13 +226,16 @@ class TrainingRun:
         try:
             self._client = mlflow.MlflowClient(tracking_uri=self.uri)
             self.experiment_id = get_or_create_experiment(self._client, self.experiment)
-            run = self._client.create_run(
-                self.experiment_id,
-                tags=run_tags(self.model, self.data_hash, git),
-                run_name=self.run_name,
-            )
+            tags = run_tags(self.model, self.data_hash, git)
+            if self.description:
+                tags[TAG_NOTE] = self.description
+            run = self._client.create_run(self.experiment_id, tags=tags,
+                                          run_name=self.run_name)  # fmt: skip
             self._run_id = run.info.run_id
             log_params(self._client, self._run_id, self.params)
+            if self.inputs:
+                self._client.log_inputs(self._run_id, [i.entity() for i in self.inputs])
+            self.system_metrics = start_system_metrics(self._run_id, self.uri)
             # process-wide (and $MLFLOW_TRACKING_URI for subprocesses), once it is known to work
             mlflow.set_tracking_uri(self.uri)
         except (MlflowException, OSError, ImportError, SQLAlchemyError) as exc:
@@ -242,6 +301,8 @@ class TrainingRun:
             ) from exc
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if self.system_metrics is not None:  # its last samples, before the run ends
+            self.system_metrics.finish()
         # log what is buffered and wait until MLflow has; the first failure wins
         error: TrackingError | None = None
         try:
@@ -373,10 +434,15 @@ class RecordedRun:
             )
         return self
 
-    def log(self, metrics: dict[str, Any], artifacts: list[Path], prefix: str) -> None:
+    def log(self, metrics: dict[str, Any], artifacts: list[Path], prefix: str, *,
+            constants: tuple[str, ...] = (), inputs: Sequence[DataInput] = (),
+            summary: str | None = None) -> None:  # fmt: skip
         """Metrics (nested dicts flattened with dots) as `prefix` + key at step 0, and the
-        files under the artifact folder `prefix` without its trailing slash."""
-        from mlflow.entities import Metric
+        files under the artifact folder `prefix` without its trailing slash. Keys that start
+        with one of `constants` (they describe the evaluation, not the model: the real-data
+        floor, counts) are tags, not metric charts. `inputs`: the datasets it was evaluated
+        on; `summary`: how it did, in the run's description (replacing an earlier one)."""
+        from mlflow.entities import Metric, RunTag
         from mlflow.exceptions import MlflowException
 
         if self.missing:
@@ -386,9 +452,17 @@ class RecordedRun:
         assert self._client is not None, "RecordedRun.log before open()"
         ms = int(time.time() * 1000)
         flat = flatten_metrics(metrics)
-        points = [Metric(f"{prefix}{key}", value, ms, 0) for key, value in flat.items()]
+        points = [Metric(f"{prefix}{key}", value, ms, 0) for key, value in flat.items()
+                  if not key.startswith(constants or ("\0",))]  # fmt: skip
+        tags = [RunTag(f"{prefix}{key}", str(value)) for key, value in flatten(metrics).items()
+                if constants and key.startswith(constants)]  # fmt: skip
         try:
-            self._client.log_batch(self.run_id, metrics=points)  # split into batches by MLflow
+            if summary is not None:
+                note = self._client.get_run(self.run_id).data.tags.get(TAG_NOTE, "")
+                tags.append(RunTag(TAG_NOTE, note.split(EVALUATED, 1)[0] + EVALUATED + summary))
+            self._client.log_batch(self.run_id, metrics=points, tags=tags)  # MLflow splits it
+            if inputs:
+                self._client.log_inputs(self.run_id, [i.entity() for i in inputs])
             for path in artifacts:
                 self._client.log_artifact(self.run_id, str(path), prefix.rstrip("/") or None)
         except (MlflowException, OSError) as exc:

@@ -294,7 +294,7 @@ def import_mlflow() -> Any:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # loading a served model warns each time that predict has no type hints: it has none on
     # purpose (serving.py: the logged signature is the schema)
-    warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
+    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
     import mlflow
 
     # MLflow sets its own logger to INFO on import (first sqlite use logs migrations);
