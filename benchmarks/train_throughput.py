@@ -64,7 +64,7 @@ from genpipe.gan.network import (
     gradient_penalty,
 )
 from genpipe.gan.train import build_gan, make_step
-from genpipe.params import GanParams, ImageSize, Params, load_params
+from genpipe.params import GanParams, ImageSize, Params, load_params, run_params
 from genpipe.tracking import runs as tracking
 
 ROUNDS = 3  # timed repeats of each measurement; the median is reported
@@ -482,7 +482,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"tracking overhead: {cost.share:.1%} of step time (target < {TRACKING_TARGET:.0%})"
         f"  [log_metrics every {params.train.log_every} steps: {cost.per_call * 1e6:.0f} us a"
-        f" call; MLflow async writes: {cost.sender * 1e3:.0f} ms CPU in {cost.loop_seconds:.0f} s]"
+        f" call; MLflow async writes: {cost.sender * 1e3:.0f} ms CPU in {cost.loop_seconds:.0f} s;"
+        f" system metrics every {tracking.SYSTEM_METRICS_SECONDS:g} s: {cost.system:.2%}]"
     )
     print(
         f"  wall time with vs without a run: {cost.ab:+.1%} (median of {ROUNDS} pairs;"
@@ -522,7 +523,9 @@ class StoreWrites:
 
 @dataclass
 class TrackingCost:
-    share: float  # (log_metrics + store write CPU time) / time of the loops with a run
+    share: float  # (log_metrics + store write CPU time) / time of the loops with a run,
+    # plus `system`
+    system: float  # CPU time of MLflow's system metrics thread / the time it sampled
     per_call: float  # seconds in one log_metrics call, on the training thread
     sender: float  # CPU seconds of MLflow's async writes during the loops with a run
     loop_seconds: float  # of the loops with a run
@@ -551,7 +554,7 @@ def tracking_overhead(
         progress(f"timing tracking overhead ({n} steps a loop; MLflow store in {tmp})")
         run = tracking.TrainingRun(
             "gan",
-            params.model_dump(mode="json", by_alias=True),
+            run_params(params.model_dump(mode="json", by_alias=True), "gan"),
             "benchmark",
             params.train.experiment,
             record_path=tmp / "mlflow_run.json",
@@ -571,8 +574,15 @@ def tracking_overhead(
                 finally:
                     genpipe.run = None
 
+            monitor = run.system_metrics._process if run.system_metrics else None
+            clock = time.pthread_getcpuclockid(monitor.ident) if monitor else None
+            monitor_start = time.clock_gettime(clock) if clock is not None else 0.0
+            wall_start = time.perf_counter()
             seconds = interleaved({"without": genpipe, "with": with_run}, n, device, n)
             sender = writes.seconds  # what was written while the loops ran
+            wall = time.perf_counter() - wall_start
+            # MLflow's system metrics thread samples all along, with a run or without
+            system = (time.clock_gettime(clock) - monitor_start) if clock is not None else 0.0
     finally:
         if saved_uri is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -582,7 +592,8 @@ def tracking_overhead(
     with_seconds = sum(seconds["with"])
     without = seconds["without"]
     return TrackingCost(
-        share=(genpipe.log_seconds + sender) / with_seconds,
+        share=(genpipe.log_seconds + sender) / with_seconds + system / wall,
+        system=system / wall,
         per_call=genpipe.log_seconds / max(genpipe.log_calls, 1),
         sender=sender,
         loop_seconds=with_seconds,

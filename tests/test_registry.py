@@ -517,10 +517,17 @@ def test_missing_metrics_are_named(tmp_path, server):
         do_register(outputs, server, "t8")
 
 
+ARTIFACTS = Path(__file__).resolve().parents[1] / ".test-artifacts"  # git-ignored
+
+
 @pytest.mark.slow
-def test_mlflow_ui_lists_the_runs(server, tmp_path, monkeypatch):
-    """The experiment page, rendered by headless Chromium (Debian's chromium and
-    chromium-driver: nothing is downloaded), lists the runs by their readable names."""
+def test_mlflow_ui_opens_in_model_training_and_shows_runs_datasets_and_aliases(
+    server, tmp_path, monkeypatch
+):
+    """The pages genpipe links to, rendered by headless Chromium (Debian's chromium and
+    chromium-driver: nothing is downloaded) in a fresh browser: the model-training view,
+    the runs by their readable names, a run's dataset, a comparison of two GAN runs, and the
+    registered model's aliases and history. The screenshots go to .test-artifacts/ui/."""
     import shutil
 
     from mlflow import MlflowClient
@@ -529,41 +536,62 @@ def test_mlflow_ui_lists_the_runs(server, tmp_path, monkeypatch):
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from genpipe.tracking.datasets import data_input
+    from genpipe.tracking.store import ui_url
+
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (chromium and driver):
         pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
     names = ["ui-first", "ui-second"]  # DVC experiment names: runs are named gan-<sha>-<name>
+    info = {"num_classes": 10, "shape": [1797, 1, 8, 8], "counts": {"train": 1437, "test": 360}}
+    test_split = data_input({"source": "digits"}, info, "0123456789abcdef" * 2 + ".dir", "test")
     run_ids = []
     for i, name in enumerate(names):
         monkeypatch.setenv("DVC_EXP_NAME", name)
-        outputs = gan_outputs(tmp_path / name, server, fid=1.0 + i, seed=i)
+        outputs = gan_outputs(tmp_path / name, server, fid=2.0 - i, seed=i)
         evaluation = RecordedRun(outputs.record, uri=server).open()  # as evaluate@gan logs
-        evaluation.log({"fid": 1.0 + i}, [], "eval/")
+        evaluation.log({"fid": 2.0 - i}, [], "eval/", inputs=[test_split])
         run_ids.append(do_register(outputs, server, "t10")["run_id"])
     experiment = MlflowClient(server).get_experiment_by_name("exp-gan").experiment_id
+    shots = ARTIFACTS / "ui"
+    shots.mkdir(parents=True, exist_ok=True)
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1600,1000"):  # fmt: skip
         options.add_argument(arg)
-    browser = webdriver.Chrome(service=Service(driver), options=options)
-    try:
-        browser.get(f"{server}/#/experiments/{experiment}/runs")  # the runs table
-        # the page renders with JavaScript: wait for the runs table (then assert below)
-        with contextlib.suppress(TimeoutException):
-            WebDriverWait(browser, 90).until(lambda b: names[0] in b.page_source)
-        shown = browser.page_source
-        assert all(f"-{name}" in shown for name in names), browser.title
+    browser = webdriver.Chrome(service=Service(driver), options=options)  # a fresh profile
 
-        # selecting the two runs compares their params and FID
-        ids = ",".join(f'"{run_id}"' for run_id in run_ids)
-        browser.get(f'{server}/#/compare-runs?runs=[{ids}]&experiments=["{experiment}"]')
+    def page(route: str, shown: str, shot: str) -> str:
+        """The page's text once `shown` is in it (it renders with JavaScript), screenshot."""
+        browser.get(ui_url(server, route))
         with contextlib.suppress(TimeoutException):
-            WebDriverWait(browser, 90).until(lambda b: "eval/fid" in b.page_source)
-        shown = browser.find_element("tag name", "body").text
-        assert "eval/fid" in shown and "seed" in shown, shown[:500]
+            WebDriverWait(browser, 90).until(lambda b: shown in b.find_element(
+                "tag name", "body").text)  # fmt: skip
+        browser.save_screenshot(str(shots / f"{shot}.png"))
+        return browser.find_element("tag name", "body").text
+
+    try:
+        runs = page(f"experiments/{experiment}/runs", names[1], "runs")
+        assert all(f"-{name}" in runs for name in names), runs[:500]
+        # the model-training view: its sidebar, not the GenAI one's judges and prompts
+        assert "Model registry" in runs and "Judges" not in runs, runs[:500]
+
+        run = page(f"experiments/{experiment}/runs/{run_ids[1]}", "digits (test)", "run")
+        assert "digits (test)" in run and "Evaluation" in run, run[:1500]
+
+        ids = ",".join(f'"{run_id}"' for run_id in run_ids)
+        compare = page(f'compare-runs?runs=[{ids}]&experiments=["{experiment}"]', "eval/fid",
+                       "compare")  # fmt: skip
+        assert "eval/fid" in compare and "seed" in compare, compare[:500]
+
+        model = page("models/t10-gan", "@ champion", "model")
+        assert "@ champion" in model and "@ previous-champion" in model, model[:1500]
+        assert "genpipe.history." in model, model[:1500]  # the alias history, as tags
     finally:
         browser.quit()
+    print(f"screenshots in {shots}")
 
 
 # --- what goes wrong ---------------------------------------------------------------------------

@@ -90,8 +90,9 @@ def table(changes: list[Change]) -> str:
         return "-" if value is None else f"{value:.6g}"
 
     rows = [("time (UTC)", "alias", "version", "was", "value", "was", "branch", "reason")]
-    rows += [(c.time[:19].replace("T", " "), c.alias, f"v{c.version}", f"v{c.previous}" if c.previous else "-",
-              number(c.value), number(c.previous_value), c.branch or "-", c.reason)
+    rows += [(c.time[:19].replace("T", " "), c.alias, f"v{c.version}",
+              f"v{c.previous}" if c.previous else "-", number(c.value),
+              number(c.previous_value), c.branch or "-", c.reason)
              for c in changes]  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(

@@ -33,7 +33,13 @@ from genpipe.tracking.lineage import (
     run_name,
     run_tags,
 )
-from genpipe.tracking.store import check_tracking_server, import_mlflow, store_error, tracking_uri
+from genpipe.tracking.store import (
+    check_tracking_server,
+    import_mlflow,
+    store_error,
+    tracking_uri,
+    ui_url,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -318,6 +324,9 @@ class TrainingRun:
         if error is None:
             if exc_type is None:
                 self._write_record()
+                if self.uri.startswith(("http://", "https://")):
+                    route = f"experiments/{self.experiment_id}/runs/{self.run_id}"
+                    log.info("MLflow run %s: %s", self.run_name, ui_url(self.uri, route))
             return
         if exc_type is None:
             raise error

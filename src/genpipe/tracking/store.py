@@ -292,6 +292,9 @@ def import_mlflow() -> Any:
     bound_http_calls()
     # a stage's log is lines: no progress bars for the files register up- and downloads
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # nor MLflow's "View run ... at" line, whose link opens the GenAI view: a training run
+    # says its own link to the model-training view (TrainingRun)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     # loading a served model warns each time that predict has no type hints: it has none on
     # purpose (serving.py: the logged signature is the schema)
     warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
