@@ -13,7 +13,6 @@ import ssl
 import sys
 import urllib.error
 import urllib.request
-import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -295,9 +294,6 @@ def import_mlflow() -> Any:
     # nor MLflow's "View run ... at" line, whose link opens the GenAI view: a training run
     # says its own link to the model-training view (TrainingRun)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    # loading a served model warns each time that predict has no type hints: it has none on
-    # purpose (serving.py: the logged signature is the schema)
-    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
     import mlflow
 
     # MLflow sets its own logger to INFO on import (first sqlite use logs migrations);
