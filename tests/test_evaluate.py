@@ -523,3 +523,24 @@ def test_new_safetensors_files_are_readable_per_the_umask(tmp_path):
         os.umask(old)
     for path in [*(tmp_path / "ref").iterdir(), tmp_path / "generator_ema.safetensors"]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_the_autoencoder_is_compared_with_the_floor_at_the_count_it_scores():
+    """evaluate.num_samples sets the GAN's count (and the floor's), while the autoencoder
+    scores every test image: its fid_over_floor divides by a floor of that count."""
+    split = tiny_split()  # 90 train, 30 test images
+    params = tiny_params(num_samples=60)
+    reference, net = build_reference(params, split, CPU)
+    info = reference.info
+    assert info["num_samples"] == 60 and "floor_at_test_count" in info
+    assert info["floor_at_test_count"]["fid"] != info["floor"]["fid"]  # the count matters
+    torch.manual_seed(0)
+    autoencoder = AutoEncoder(8, 1, latent_dim=3, width=4)
+    metrics, _ = evaluate_autoencoder(autoencoder, split.train, split.test, reference,
+                                      net.features, params.evaluate, device=CPU)  # fmt: skip
+    at_test = info["floor_at_test_count"]["fid"]
+    assert metrics["floor"] == {"fid": at_test}
+    assert metrics["fid_over_floor"] == pytest.approx(metrics["fid"] / at_test, rel=1e-4)
+    # at the default count (the test split's) there is one floor
+    default, _ = build_reference(tiny_params(), split, CPU)
+    assert "floor_at_test_count" not in default.info

@@ -25,10 +25,13 @@ from genpipe.data.split import Split, class_shares, require_images
 from genpipe.errors import MetricsError, exception_text
 from genpipe.fileio import umask_mode
 from genpipe.metrics.compare import (
+    FID,
     FLOOR,
     KID_SUBSET_SIZE,
+    TEST_COUNT_FLOOR,
     Reference,
     compare,
+    frechet_to_reference,
     kid_subset_size,
     reference_from_features,
     rounded,
@@ -194,6 +197,11 @@ def build_reference(
                     params.seed)  # fmt: skip
     info[FLOOR] = rounded(floor)
     info[KID_SUBSET_SIZE] = subset
+    if n != n_test and n_test <= n_train:  # the autoencoder scores every test image
+        pick = np.sort(np.random.default_rng(params.seed).choice(n_train, n_test, replace=False))
+        at_test = extract_features(backbone, split.train[pick], batch, device,
+                                   desc="train features, test count")  # fmt: skip
+        info[TEST_COUNT_FLOOR] = rounded({FID: frechet_to_reference(reference, at_test)})
     log.info("FID floor (%d real train images vs the test split): %.4f", n, floor["fid"])
     return reference, net
 

@@ -19,6 +19,7 @@ from genpipe.metrics.compare import (
     FID,
     FID_OVER_FLOOR,
     FLOOR,
+    TEST_COUNT_FLOOR,
     Reference,
     frechet_to_reference,
     rounded,
@@ -90,23 +91,34 @@ def evaluate_autoencoder(
         backbone, recon_uint8, evaluate.batch_size, device, "reconstruction features"
     )
     fid = frechet_to_reference(reference, features)
-    floor = reference.info[FLOOR]
+    floor = floor_at(reference, len(test_images))
     metrics: dict[str, Any] = {
         MSE: mse,
         PSNR: reconstruction.psnr(x, recon),
         SSIM: reconstruction.ssim(x, recon),
         PCA_MSE: pca_mse,
         FID: fid,
-        FLOOR: {FID: floor[FID]},
         "latent_dim": latent_dim,
         "test_images": len(test_images),
     }
     if pca_mse > 0:  # 0 only when PCA reconstructs the test split exactly
         metrics[MSE_OVER_PCA] = mse / pca_mse
-    if floor[FID] > 0:
-        metrics[FID_OVER_FLOOR] = fid / floor[FID]
+    if floor is not None:
+        metrics[FLOOR] = {FID: floor}
+        if floor > 0:
+            metrics[FID_OVER_FLOOR] = fid / floor
     grid = pairs_grid(test_images[:GRID_IMAGES], recon_uint8[:GRID_IMAGES])
     return rounded(metrics), grid
+
+
+def floor_at(reference: Reference, scored: int) -> float | None:
+    """The floor's FID at the count scored (every test image): the reference's floor when
+    it took that many real images, else TEST_COUNT_FLOOR (evaluate.num_samples set another
+    count); None when there is none at that count (a test split larger than the train)."""
+    if reference.info.get("num_samples") in (None, scored):
+        return float(reference.info[FLOOR][FID])
+    at_test = reference.info.get(TEST_COUNT_FLOOR)
+    return None if at_test is None else float(at_test[FID])
 
 
 def summary(metrics: dict[str, Any]) -> str:

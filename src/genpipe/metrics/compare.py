@@ -17,6 +17,10 @@ from genpipe.metrics.precision_recall import precision_recall
 # metric keys, in metrics.json and (prefixed) in MLflow
 FID, KID_MEAN, KID_STD, PRECISION, RECALL = "fid", "kid_mean", "kid_std", "precision", "recall"
 FLOOR = "floor"  # the metrics of real train images against the test split
+# the floor's FID at as many real train images as the test split holds, when
+# evaluate.num_samples sets another count: what the autoencoder, which scores every test
+# image, compares with (FID's small-sample bias depends on the count)
+TEST_COUNT_FLOOR = "floor_at_test_count"
 FID_OVER_FLOOR = "fid_over_floor"
 KID_SUBSET_SIZE = "kid_subset_size"
 # metrics.json keys that describe the evaluation rather than the model: the real-data floor
