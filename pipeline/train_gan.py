@@ -73,7 +73,7 @@ def write_outputs(
                            run=run, world=world, labels=labels)  # fmt: skip
         save_gan(stage(paths.weights_dir(MODEL)), result.netG, result.netD, result.ema,
                  result.config)  # fmt: skip
-        sample_grid(result.ema, params.gan.z_dim, params.seed, device).save(samples)
+        sample_grid(result.ema, params.gan.z_dim, params.training_seed, device).save(samples)
         run.log_artifact(samples)
         run.log_artifact(train_log)
 

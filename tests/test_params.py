@@ -294,3 +294,10 @@ def test_a_run_logs_its_own_model_and_the_data_keys_its_source_reads(data, read,
         assert other not in logged and logged[model] == params[model]
         assert read <= set(logged["data"]) and not ignored & set(logged["data"])
         assert {"source", "image_size", "channels"} <= set(logged["data"])
+
+
+def test_the_training_seed_is_train_seed_else_the_seed():
+    assert parse_params({"seed": 3}).training_seed == 3
+    assert parse_params({"seed": 3, "train": {"seed": 5}}).training_seed == 5
+    with pytest.raises(ParamsError, match="train.seed"):
+        parse_params({"train": {"seed": -1}})

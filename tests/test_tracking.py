@@ -496,15 +496,10 @@ DB = "/api/2.0/mlflow/experiments/get*"
 ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts*"
 
 
-def failed_call(uri: str) -> TrackingError:
-    """A stage's error as raised from MLflow's client, after its retries."""
-    cause = MlflowException(f"API request to {uri}/api/2.0/mlflow/runs/create failed with "
-                            "exception HTTPConnectionPool: Max retries exceeded")  # fmt: skip
-    try:
-        raise TrackingError(f"MLflow registry at {uri}: could not register genpipe-gan "
-                            f"({type(cause).__name__}: {cause})") from cause  # fmt: skip
-    except TrackingError as error:
-        return error
+def mlflow_failure() -> MlflowException:
+    """What MLflow's client raises after its retries."""
+    return MlflowException("API request to http://h/api/2.0/mlflow/runs/create failed with "
+                           "exception HTTPConnectionPool: Max retries exceeded")  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -526,39 +521,25 @@ def test_a_failed_call_names_the_service_behind_the_server(http_server, monkeypa
     http_server.route("/health", (200, b"OK"))
     for path, answer in routes.items():
         http_server.route(path, answer)
-    error = failed_call(http_server.url)
-    line = tracking_store.explain(error, http_server.url)
+    uri = http_server.url
+    line = tracking_store.failure(f"MLflow registry at {uri}: could not register genpipe-gan",
+                                  uri, mlflow_failure())  # fmt: skip
     assert "\n" not in line
+    head = f"MLflow registry at {uri}: could not register genpipe-gan"
     if said is None:
-        assert line == str(error)
+        assert line == f"{head} (MlflowException: {mlflow_failure()})"
     else:
-        assert line.startswith(f"MLflow registry at {http_server.url}: could not register "
-                               f"genpipe-gan: the MLflow server at {http_server.url} ")  # fmt: skip
+        assert line.startswith(f"{head}: the MLflow server at {uri} ")
         assert said in line and "Max retries" not in line and "Background" not in line
 
 
-def test_a_server_that_is_gone_is_named_and_other_errors_are_not_probed(http_server):
+def test_a_server_that_is_gone_is_named_and_a_local_store_is_not_probed(http_server):
     uri = f"http://127.0.0.1:{free_port()}"
-    line = tracking_store.explain(failed_call(uri), uri)
-    assert line.endswith(f"the MLflow server at {uri} does not answer (connection refused)")
-
-    plain = TrackingError("MLflow experiment 'genpipe-gan' is deleted")  # no MLflow cause
-    assert tracking_store.explain(plain, http_server.url) == str(plain)
-    assert sum(http_server.hits.values()) == 0
-    error = failed_call(http_server.url)
-    assert tracking_store.explain(error, "sqlite:///mlflow.db") == str(error)  # no server
-    assert sum(http_server.hits.values()) == 0
-
-
-def test_two_training_runs_with_other_params_get_other_names(store, tmp_path):
-    names = []
-    for lr in (3e-4, 5e-4):
-        params = {**PARAMS, "gan": {**PARAMS["gan"], "lr_g": lr}}
-        with _training_run(tmp_path / f"{lr}.json", params=params) as run:
-            pass
-        names.append(MlflowClient(store).get_run(run.run_id).info.run_name)
-    assert all(name.startswith("gan-nogit-p") for name in names), names
-    assert names[0] != names[1]
+    line = tracking_store.failure("could not register", uri, mlflow_failure())
+    assert line == f"could not register: the MLflow server at {uri} does not answer " \
+                   "(connection refused)"  # fmt: skip
+    line = tracking_store.failure("could not register", "sqlite:///mlflow.db", mlflow_failure())
+    assert line.startswith("could not register (MlflowException: API request")
 
 
 # --- what a run page shows: its datasets, source, description; constants as tags -----------
@@ -660,3 +641,26 @@ def test_a_training_run_samples_system_metrics(store, tmp_path, monkeypatch):
     assert not [
         k for k in MlflowClient(store).get_run(off.run_id).data.metrics if k.startswith("system/")
     ]
+
+
+def test_genpipe_compare_groups_the_runs_of_a_store_by_recipe(store, tmp_path, capsys):
+    from genpipe import cli
+    from genpipe.params import Params, run_params
+
+    (tmp_path / "params.yaml").write_text("seed: 0\n")  # train.experiment: genpipe
+    base = Params().model_dump(mode="json", by_alias=True)
+    for lr, fids in ((2e-4, (10.0, 12.0)), (4e-4, (8.0, 8.4))):
+        for seed, fid in enumerate(fids):
+            params = json.loads(json.dumps(base))
+            params["gan"]["lr_g"], params["train"]["seed"] = lr, seed
+            record = tmp_path / f"{lr}-{seed}.json"
+            with _training_run(record, params=run_params(params, "gan")):
+                pass
+            runs.RecordedRun(record).open().log({"fid": fid, "kid_mean": 0.1, "precision": 0.5,
+                                                 "recall": 0.5}, [], "eval/")  # fmt: skip
+    cli.main(["compare", "gan"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["recipe", "data", "n", "fid"] and "gan.lr_g" in lines[0]
+    assert "8.2 ± 0.28" in lines[1] and "0.0004" in lines[1]  # the better recipe first
+    assert "11 ± 1.4" in lines[2]
+    assert "differs by more than 2 standard errors" in lines[-1]

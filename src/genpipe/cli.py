@@ -78,6 +78,44 @@ def _history_command(args: argparse.Namespace) -> None:
         _print(history.table(changes))
 
 
+# what `genpipe compare` shows of each model, its primary (the gate's) metric first
+COMPARED = {"gan": ("fid", "kid_mean", "precision", "recall"),
+            "autoencoder": ("mse", "psnr", "ssim", "fid")}  # fmt: skip
+
+
+def _compare_command(args: argparse.Namespace) -> None:
+    from genpipe import recipes
+    from genpipe.errors import TrackingError
+    from genpipe.params import load_params
+    from genpipe.tracking import store
+    from genpipe.tracking.lineage import TAG_DATA_HASH, TAG_RECIPE, experiment_name
+
+    metrics = tuple(args.metric) if args.metric else COMPARED[args.model]
+    experiment = experiment_name(load_params().train.experiment, args.model)
+    uri = store.tracking_uri()
+    store.check_tracking_server(uri)
+    mlflow = store.import_mlflow()
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client = mlflow.MlflowClient(uri)
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            raise TrackingError(f"MLflow experiment {experiment!r}: expected it in {uri}; "
+                                "found none (train the model first)")  # fmt: skip
+        runs = client.search_runs([found.experiment_id], "attributes.status = 'FINISHED'",
+                                  max_results=args.max_runs)  # fmt: skip
+    except MlflowException as exc:
+        raise TrackingError(f"MLflow tracking store {uri}: could not search the runs of "
+                            f"{experiment} ({store.brief(exc)})") from exc  # fmt: skip
+    rows = [{"name": run.info.run_name, "recipe": run.data.tags.get(TAG_RECIPE),
+             "data_hash": run.data.tags.get(TAG_DATA_HASH, ""), "params": run.data.params,
+             "metrics": {m: run.data.metrics[f"eval/{m}"] for m in metrics
+                         if f"eval/{m}" in run.data.metrics}}
+            for run in runs]  # fmt: skip
+    _print(recipes.table(recipes.group(rows, metrics), metrics))
+
+
 def _ui_command(args: argparse.Namespace) -> None:
     """`mlflow ui` on the project's tracking store, and the URL of its model-training view
     (MLflow 3's UI opens in its GenAI view otherwise)."""
@@ -134,6 +172,14 @@ def main(argv: list[str] | None = None) -> None:
                       "registered model's full name")  # fmt: skip
     past.add_argument("--json", action="store_true", help="one JSON object a line")
     past.set_defaults(func=_history_command)
+    compare = commands.add_parser(
+        "compare", help="a model's runs grouped by recipe (params without the seeds): "
+        "each figure's mean ± std over the seeds, and whether recipes differ by more")  # fmt: skip
+    compare.add_argument("model", choices=sorted(COMPARED))
+    compare.add_argument("--metric", action="append", help="an eval/ metric to show, the "
+                         "first one ranks (repeatable; default: the model's figures)")  # fmt: skip
+    compare.add_argument("--max-runs", type=int, default=1000, help="(default: %(default)s)")
+    compare.set_defaults(func=_compare_command)
     ui = commands.add_parser("ui", help="the MLflow UI on the project's tracking store, "
                              "opened in its model-training view")  # fmt: skip
     ui.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")

@@ -97,6 +97,9 @@ class TrainParams(Section):
     dist_timeout_s: float = Field(300.0, gt=0)
     checkpoint_every: int = Field(500, ge=1)  # steps between checkpoints
     log_every: int = Field(50, ge=1)  # steps between logged metrics
+    # the training seed (initial weights, batches, noise); null: `seed`. Another value
+    # retrains the models against the same reference (`seed` also trains the domain network)
+    seed: int | None = Field(None, ge=0)
     # prefix of the MLflow experiments, one a model: <experiment>-<model> (genpipe-gan)
     experiment: str = Field("genpipe", min_length=1)
 
@@ -203,6 +206,11 @@ class Params(Section):
     # `register` would shadow the metaclass's ABC register, hence the alias
     registry: RegisterParams = Field(RegisterParams(), alias="register")
 
+    @property
+    def training_seed(self) -> int:
+        """What seeds training: train.seed, else the global seed."""
+        return self.seed if self.train.seed is None else self.train.seed
+
 
 # the data keys each kind of source reads (beside source, image_size and channels)
 _DATA_READ = {
@@ -212,6 +220,15 @@ _DATA_READ = {
     "official-local": ("path",),
     "official-download": ("mirrors", "download"),
 }
+
+
+def recipe_params(run_params: dict[str, Any]) -> dict[str, Any]:
+    """A run's params (run_params) without its seeds: runs of one recipe differ only in
+    `seed` and `train.seed`."""
+    recipe = {k: v for k, v in run_params.items() if k != "seed"}
+    if "train" in recipe:
+        recipe["train"] = {k: v for k, v in recipe["train"].items() if k != "seed"}
+    return recipe
 
 
 def run_params(params: dict[str, Any], model: str) -> dict[str, Any]:

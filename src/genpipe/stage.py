@@ -59,11 +59,7 @@ def run_stage(main: Callable[[], None]) -> None:
     try:
         main()
     except GenpipeError as exc:
-        # a failed MLflow call names the service that failed (the server, its database, its
-        # artifact store); any other error is its own line
-        from genpipe.tracking.store import explain, tracking_uri
-
-        _say(f"error: {explain(exc, tracking_uri())}")
+        _say(f"error: {exc}")
         sys.exit(exc.exit_code)
     except Terminated as exc:
         _say(f"error: terminated ({signal.Signals(exc.signum).name})")

@@ -31,7 +31,7 @@ def build_network(
     """The seeded network, and the view of it that the step calls: itself, or in DDP under
     torchrun (with BatchNorm over the global batch), torch.compile'd with train.compile."""
     cfg, train = params.autoencoder, params.train
-    runtime.seed_everything(params.seed, device, train.cpu_threads)
+    runtime.seed_everything(params.training_seed, device, train.cpu_threads)
     net = AutoEncoder(size, channels, cfg.latent_dim, cfg.width, cfg.depth, kind=cfg.kind)
     net = runtime.prepare_module(net, device, train.compile)
     if world is not None:
@@ -63,8 +63,8 @@ def train_autoencoder(
     scaler = runtime.grad_scaler(device, dtype)
 
     data = training.DeviceImages(images, device, train.compile)
-    batches = runtime.make_generator(device, params.seed + 1)  # which images
-    noise = runtime.make_generator(device, params.seed + 2)  # vae: the reparameterisation noise
+    batches = runtime.make_generator(device, params.training_seed + 1)  # which images
+    noise = runtime.make_generator(device, params.training_seed + 2)  # vae: the sampling noise
     identity = run_identity("autoencoder", params.model_dump(mode="json", by_alias=True),
                             data_hash, world.size if world else 1)  # fmt: skip
     states = {"net": net, "opt": opt, "scaler": scaler}

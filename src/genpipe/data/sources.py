@@ -22,6 +22,7 @@ from genpipe.data import download, formats
 from genpipe.data.canonical import Prepared, build_manifest, content_split, fit_array, image_sha1
 from genpipe.data.download import Pin
 from genpipe.data.folder import read_folder
+from genpipe.data.origins import MIRRORS
 from genpipe.errors import DataError, ParamsError
 from genpipe.params import DataParams
 
@@ -61,11 +62,7 @@ REMOTE_SOURCES = {
                 "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"
             ),
         },
-        mirrors=(
-            "https://ossci-datasets.s3.amazonaws.com/mnist/",
-            "https://storage.googleapis.com/cvdf-datasets/mnist/",
-            "http://yann.lecun.com/exdb/mnist/",
-        ),
+        mirrors=MIRRORS["mnist"],
         class_names=tuple("0123456789"),
     ),
     # content sums: computed from Debian's dataset-fashion-mnist (recompressed, same IDX
@@ -90,10 +87,7 @@ REMOTE_SOURCES = {
                 content="0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
             ),
         },
-        mirrors=(
-            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-            "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
-        ),
+        mirrors=MIRRORS["fashion-mnist"],
         class_names=(
             "T-shirt/top",
             "Trouser",
@@ -113,7 +107,7 @@ REMOTE_SOURCES = {
                 "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"
             ),
         },
-        mirrors=("https://www.cs.toronto.edu/~kriz/",),
+        mirrors=MIRRORS["cifar10"],
         class_names=(
             "airplane",
             "automobile",

@@ -78,7 +78,7 @@ def build_gan(params: Params, channels: int, size: int, device: torch.device,
     gan.conditional, `class_weights` are the train split's class shares."""
     cfg, train = params.gan, params.train
     dtype = runtime.resolve_precision(train.precision, device)
-    runtime.seed_everything(params.seed, device, train.cpu_threads)
+    runtime.seed_everything(params.training_seed, device, train.cpu_threads)
     # fp16's loss scaler checks for infs on the host, which a graph cannot hold; compile
     # has graphs of its own
     cuda = device.type == "cuda"
@@ -245,8 +245,8 @@ def train_gan(
     gan = build_gan(params, channels, size, device, world, weights)
     data = training.DeviceImages(images, device, train.compile,
                                  labels if cfg.conditional else None)  # fmt: skip
-    batches = runtime.make_generator(device, params.seed + 1)  # which images
-    noise = runtime.make_generator(device, params.seed + 2)  # z and GP interpolation
+    batches = runtime.make_generator(device, params.training_seed + 1)  # which images
+    noise = runtime.make_generator(device, params.training_seed + 2)  # z and GP interpolation
     identity = run_identity("gan", params.model_dump(mode="json", by_alias=True),
                             data_hash, world.size if world else 1)  # fmt: skip
     states = {"netG": gan.netG, "netD": gan.netD, "ema": gan.ema, "optG": gan.optG,
@@ -273,7 +273,7 @@ def train_gan(
                     monitor.check()  # never checkpoint weights that saw a non-finite loss
                     ckpt.snapshot(step, trainlog.rows)
     # (4) The EMA's BatchNorm statistics, recomputed for its own weights
-    standing_statistics(gan, params.seed)
+    standing_statistics(gan, params.training_seed)
     # the same weights on every rank make the same EMA: checked once, bitwise
     distributed.check_same(gan.ema, world, "gan EMA")
     if world is None or world.main:

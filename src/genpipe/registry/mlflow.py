@@ -178,7 +178,7 @@ def register(
                 time.sleep(random.uniform(0.5, 2.0) * attempt)
                 continue
             raise RegistryError(
-                f"MLflow registry at {uri}: could not register {name} ({exception_text(exc)})"
+                store.failure(f"MLflow registry at {uri}: could not register {name}", uri, exc)
             ) from exc
     return {
         "name": name,
@@ -333,6 +333,7 @@ def _rebuild_run(client: Any, candidate: Candidate, experiment: str) -> str:
         run_name=lineage.run_name(outputs.model, git["short"], lineage.dvc_exp_name(), logged),
         tags={
             **lineage.run_tags(outputs.model, outputs.data_hash, git),
+            lineage.TAG_RECIPE: lineage.recipe_id(logged),
             TAG_SOURCE_RUN: candidate.source_run_id,
         },
     )

@@ -58,9 +58,9 @@ def data_input(data: dict[str, Any], info: dict[str, Any], digest: str,
         name, kind = source, "local"
         where = json.dumps({"uri": str(data["path"])})
     else:
-        from genpipe.data.sources import REMOTE_SOURCES
+        from genpipe.data.origins import MIRRORS
 
-        mirrors = data.get("mirrors") or REMOTE_SOURCES[source].mirrors
+        mirrors = data.get("mirrors") or MIRRORS[source]
         name, kind, where = source, "http", json.dumps({"url": mirrors[0]})
     counts = info.get("counts", {})
     shape = list(info.get("shape", []))[1:]  # (C, S, S) of (N, C, S, S)

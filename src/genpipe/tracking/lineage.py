@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from genpipe.params import recipe_params
 from genpipe.params import run_params as run_params_of
 
 # MLflow 3's UI opens an experiment in the view this experiment tag names (the UI's
@@ -26,6 +27,7 @@ TAG_GIT_COMMIT = "git.commit"
 TAG_GIT_DIRTY = "git.dirty"
 TAG_DATA_HASH = "data.hash"  # of data/prepared
 TAG_DVC_EXP = "dvc.exp_name"
+TAG_RECIPE = "genpipe.recipe"  # recipe_id: runs of one recipe differ only in their seeds
 TAG_RESUMED_FROM = "genpipe.resumed_from_run_id"  # the killed run a resumed one goes on from
 TAG_SOURCE_RUN = "genpipe.source_run_id"  # on a rebuilt run: the run mlflow_run.json names
 # model versions only: what the champion gate compares, and what it decided
@@ -159,6 +161,12 @@ def params_hash(params: dict[str, Any], model: str) -> str:
     """SHA-256 of the params that shape this model (params.run_params: what its run logs);
     `params` is the whole of params.yaml."""
     return digest(run_params_of(params, model))
+
+
+def recipe_id(run_params: dict[str, Any]) -> str:
+    """12 hex digits of the run's params without `seed` and `train.seed`: the runs of one
+    recipe, trained with other seeds, share it (`genpipe compare` groups by it)."""
+    return digest(recipe_params(run_params))[:12]
 
 
 def digest(tree: dict[str, Any]) -> str:

@@ -26,15 +26,18 @@ from genpipe.fileio import write_json
 from genpipe.tracking.lineage import (
     EXPERIMENT_KIND,
     TAG_EXPERIMENT_KIND,
+    TAG_RECIPE,
     TAG_RESUMED_FROM,
     dvc_exp_name,
     experiment_name,
     git_info,
+    recipe_id,
     run_name,
     run_tags,
 )
 from genpipe.tracking.store import (
     check_tracking_server,
+    failure,
     import_mlflow,
     store_error,
     tracking_uri,
@@ -232,7 +235,7 @@ class TrainingRun:
         try:
             self._client = mlflow.MlflowClient(tracking_uri=self.uri)
             self.experiment_id = get_or_create_experiment(self._client, self.experiment)
-            tags = run_tags(self.model, self.data_hash, git)
+            tags = run_tags(self.model, self.data_hash, git) | {TAG_RECIPE: recipe_id(self.params)}
             if self.description:
                 tags[TAG_NOTE] = self.description
             run = self._client.create_run(self.experiment_id, tags=tags,
@@ -248,10 +251,9 @@ class TrainingRun:
             # ImportError: a database URI whose driver is not installed (postgresql://...)
             if self._run_id is not None:
                 self._terminate("FAILED")
-            raise store_error(self.uri, exc) or TrackingError(
+            raise store_error(self.uri, exc) or TrackingError(failure(
                 f"MLflow tracking store {self.uri}: could not start a run in experiment "
-                f"'{self.experiment}' ({exception_text(exc)})"
-            ) from exc
+                f"'{self.experiment}'", self.uri, exc)) from exc  # fmt: skip
         self._last_flush = time.monotonic()
         return self
 
@@ -283,10 +285,9 @@ class TrainingRun:
             if last and self._sent is not None:
                 self._sent.wait()
         except MlflowException as exc:
-            raise TrackingError(
+            raise TrackingError(failure(
                 f"MLflow tracking store {self.uri}: could not log metrics to run "
-                f"{self.run_id} ({exception_text(exc)})"
-            ) from exc
+                f"{self.run_id}", self.uri, exc)) from exc  # fmt: skip
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Upload a file (or a directory's files) to the run, now."""
@@ -302,9 +303,9 @@ class TrainingRun:
             else:
                 self._client.log_artifact(self.run_id, str(path), artifact_path)
         except (MlflowException, OSError) as exc:
-            raise TrackingError(
-                f"MLflow run {self.run_id}: could not log artifact {path} ({exception_text(exc)})"
-            ) from exc
+            raise TrackingError(failure(
+                f"MLflow run {self.run_id}: could not log artifact {path}", self.uri, exc
+            )) from exc
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.system_metrics is not None:  # its last samples, before the run ends
@@ -432,10 +433,9 @@ class RecordedRun:
                     f"{self.uri}; it is not there (retrain to record a new run: "
                     f"`dvc repro --force` the train stage)"
                 ) from None
-            raise TrackingError(
-                f"MLflow tracking store {self.uri}: could not read run {self.run_id} "
-                f"({exception_text(exc)})"
-            ) from exc
+            raise TrackingError(failure(
+                f"MLflow tracking store {self.uri}: could not read run {self.run_id}",
+                self.uri, exc)) from exc  # fmt: skip
         if run.info.lifecycle_stage == "deleted":
             raise TrackingError(
                 f"{self.record_path}: MLflow run {self.run_id} in {self.uri} is deleted; "
@@ -475,7 +475,6 @@ class RecordedRun:
             for path in artifacts:
                 self._client.log_artifact(self.run_id, str(path), prefix.rstrip("/") or None)
         except (MlflowException, OSError) as exc:
-            raise TrackingError(
-                f"MLflow tracking store {self.uri}: could not log to run {self.run_id} "
-                f"({exception_text(exc)})"
-            ) from exc
+            raise TrackingError(failure(
+                f"MLflow tracking store {self.uri}: could not log to run {self.run_id}",
+                self.uri, exc)) from exc  # fmt: skip

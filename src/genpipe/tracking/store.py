@@ -10,14 +10,13 @@ import logging
 import os
 import socket
 import ssl
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from genpipe.errors import GenpipeError, TrackingError, exception_text
+from genpipe.errors import TrackingError, exception_text
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # at the repo root (stages run there)
 
@@ -178,25 +177,13 @@ _DATABASES = {"psycopg": "PostgreSQL", "pymysql": "MySQL", "mysqldb": "MySQL",
               "sqlite": "SQLite", "pyodbc": "SQL Server", "pymssql": "SQL Server"}  # fmt: skip
 
 
-def explain(error: GenpipeError, uri: str) -> str:
-    """The error's line for a person. When MLflow's HTTP client failed against an http(s)
-    server, the server is probed (diagnose) and the service that failed (the server, the
-    database behind it, or its artifact store) replaces MLflow's quoted exception; otherwise
-    the line as it is."""
-    cause = error.__cause__
-    exceptions = sys.modules.get("mlflow.exceptions")
-    if (
-        cause is None
-        or exceptions is None
-        or not isinstance(cause, exceptions.MlflowException)
-        or urlsplit(uri).scheme not in ("http", "https")
-    ):
-        return str(error)
-    found = diagnose(uri)
-    if found is None:
-        return str(error)
-    line, quoted = str(error), f" ({' '.join(exception_text(cause).split())})"
-    return f"{line.removesuffix(quoted) if line.endswith(quoted) else line}: {found}"
+def failure(message: str, uri: str, exc: BaseException) -> str:
+    """An error line for a failed MLflow call: `message`, then which service failed (the
+    server, the database behind it, or its artifact store) when `uri` is an http(s) server
+    and a probe finds it (diagnose), else MLflow's exception in brackets."""
+    if urlsplit(uri).scheme in ("http", "https") and (found := diagnose(uri)) is not None:
+        return f"{message}: {found}"
+    return f"{message} ({exception_text(exc)})"
 
 
 def brief(exc: BaseException) -> str:
