@@ -9,7 +9,7 @@ from genpipe.autoencoder.evaluate import evaluate_weights, summary
 from genpipe.data.split import read_split
 from genpipe.fileio import staged_outputs, write_json
 from genpipe.metrics.compare import EVALUATION_CONSTANTS
-from genpipe.params import load_params, run_params
+from genpipe.params import load_params
 from genpipe.reference import load_backbone, load_reference
 from genpipe.stage import run_stage
 from genpipe.tracking.datasets import prepared_input
@@ -24,8 +24,7 @@ def main() -> None:
     evaluate = params.evaluate
     # fail before the work, not after, when the tracking server is down
     run = RecordedRun(paths.run_record(MODEL)).open(missing_ok=True)
-    test_split = prepared_input(run_params(params.model_dump(mode="json", by_alias=True),
-                                           MODEL)["data"], "test")  # fmt: skip
+    test_split = prepared_input(params.data.model_dump(mode="json"), "test")
     device = runtime.resolve_device(evaluate.device, key="evaluate.device")
     runtime.seed_everything(params.seed, device, evaluate.cpu_threads)
     split = read_split(paths.PREPARED)

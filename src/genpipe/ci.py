@@ -28,12 +28,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from genpipe import paths
 from genpipe.errors import GenpipeError
-from genpipe.metrics.compare import EVALUATION_CONSTANTS
-from genpipe.tracking.store import ui_url
+from genpipe.metrics.keys import EVALUATION_CONSTANTS
+from genpipe.tracking.store import ui_url, without_credentials
 
 log = logging.getLogger("genpipe.ci")
 
@@ -264,11 +264,9 @@ def mlflow_links(model: str, record: dict, cwd: Path) -> dict[str, str]:
     uri = os.environ.get("MLFLOW_TRACKING_URI", "").rstrip("/")
     if not uri.startswith(("http://", "https://")):
         return {}
-    parts = urlsplit(uri)  # never a user or password into a comment: the host alone
-    if not parts.hostname:
+    if not urlsplit(uri).hostname:
         return {}
-    uri = urlunsplit((parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""),
-                      parts.path, "", ""))  # fmt: skip
+    uri = without_credentials(uri)  # never a user or password into a comment
     name, version, run_id = record.get("name"), record.get("version"), record.get("run_id")
     links = {"model": ui_url(uri, f"models/{name}"),
              "version": ui_url(uri, f"models/{name}/versions/{version}")}  # fmt: skip

@@ -50,12 +50,12 @@ def _ci_retrain_command(args: argparse.Namespace) -> None:
 
 def _history_command(args: argparse.Namespace) -> None:
     from genpipe.errors import TrackingError
-    from genpipe.params import load_params
+    from genpipe.params import MODELS, load_params
     from genpipe.registry import history
     from genpipe.tracking import store
 
     name = args.model
-    if name in ("gan", "autoencoder"):  # a model of this project: its registered name
+    if name in MODELS:  # a model of this project: its registered name
         name = f"{load_params().registry.name_prefix}-{name}"
     uri = store.tracking_uri()
     store.check_tracking_server(uri)
@@ -129,11 +129,17 @@ def _ui_command(args: argparse.Namespace) -> None:
         return
     store.check_tracking_server(uri)
     url = f"http://{args.host}:{args.port}"
-    _print(f"MLflow UI on {uri}: open {store.ui_url(url, 'experiments')}  (Ctrl-C stops it)")
+    _print(f"MLflow UI on {store.without_credentials(uri)}: open "
+           f"{store.ui_url(url, 'experiments')}  (Ctrl-C stops it)")  # fmt: skip
     mlflow = Path(sys.executable).parent / "mlflow"
-    command = [str(mlflow) if mlflow.exists() else "mlflow", "ui", "--backend-store-uri", uri,
-               "--host", args.host, "--port", str(args.port)]  # fmt: skip
-    code = subprocess.call(command)
+    command = [str(mlflow) if mlflow.exists() else "mlflow", "ui", "--host", args.host,
+               "--port", str(args.port)]  # fmt: skip
+    # the store through the environment, not the command line (`ps` shows that to all)
+    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri}
+    try:
+        code = subprocess.call(command, env=env)
+    except KeyboardInterrupt:  # Ctrl-C stops the UI: the way out, not an error
+        return
     if code not in (0, 130, -2):
         from genpipe.errors import GenpipeError
 

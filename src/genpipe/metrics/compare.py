@@ -11,22 +11,20 @@ import numpy as np
 
 from genpipe.errors import MetricsError
 from genpipe.metrics import fid
+from genpipe.metrics.keys import (  # noqa: F401 (the keys' users import them from here too)
+    EVALUATION_CONSTANTS,
+    FID,
+    FID_OVER_FLOOR,
+    FLOOR,
+    KID_MEAN,
+    KID_STD,
+    KID_SUBSET_SIZE,
+    PRECISION,
+    RECALL,
+    TEST_COUNT_FLOOR,
+)
 from genpipe.metrics.kid import kernel_inception_distance
 from genpipe.metrics.precision_recall import precision_recall
-
-# metric keys, in metrics.json and (prefixed) in MLflow
-FID, KID_MEAN, KID_STD, PRECISION, RECALL = "fid", "kid_mean", "kid_std", "precision", "recall"
-FLOOR = "floor"  # the metrics of real train images against the test split
-# the floor's FID at as many real train images as the test split holds, when
-# evaluate.num_samples sets another count: what the autoencoder, which scores every test
-# image, compares with (FID's small-sample bias depends on the count)
-TEST_COUNT_FLOOR = "floor_at_test_count"
-FID_OVER_FLOOR = "fid_over_floor"
-KID_SUBSET_SIZE = "kid_subset_size"
-# metrics.json keys that describe the evaluation rather than the model: the real-data floor
-# and the counts, constant for one reference. Runs carry them as tags, not metric charts;
-# the CI report leaves them out of its table
-EVALUATION_CONSTANTS = (f"{FLOOR}.", KID_SUBSET_SIZE, "num_samples", "test_images", "latent_dim")
 
 
 @dataclass

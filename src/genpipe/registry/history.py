@@ -2,7 +2,8 @@
 from which, why, and both values), which MLflow does not keep (it holds only the current
 alias).
 
-Each change is a tag of the registered model, `genpipe.history.<UTC time>.<alias>`, whose
+Each change is a tag of the registered model, `genpipe.history.<UTC time>.<alias>.v<N>`,
+whose
 value is the change as JSON: the model's page in the MLflow UI lists them in order. Each
 register also appends its changes to reports/<model>/registry_history.jsonl (not cached, as
 registry.json), and `genpipe registry history <model>` prints the server's.

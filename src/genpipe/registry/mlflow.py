@@ -24,6 +24,7 @@ from typing import Any
 
 from genpipe import paths
 from genpipe.errors import GenpipeError, exception_text
+from genpipe.metrics.keys import EVALUATION_CONSTANTS
 from genpipe.params import run_params
 from genpipe.registry import gate, history
 from genpipe.registry.gate import CHAMPION
@@ -234,8 +235,8 @@ def _register_once(
         _set_aliases(client, name, verdict.aliases,
                      Why(verdict.reason, metric, values, policy.branch, history_path))  # fmt: skip
         if policy.on_default:
-            _reconcile(client, name, metric, policy.min_improvement,
-                       Why("", metric, {}, policy.branch, history_path))  # fmt: skip
+            _reconcile(client, name, metric, policy.min_improvement, policy.branch,
+                       history_path)  # fmt: skip
         decision = verdict.record()
         for key, value in lineage.decision_tags(decision, policy.branch).items():
             client.set_model_version_tag(name, version.version, key, value)  # decision last
@@ -323,7 +324,7 @@ def _find_or_rebuild_run(client: Any, candidate: Candidate) -> str:
 def _rebuild_run(client: Any, candidate: Candidate, experiment: str) -> str:
     """A run as the train stage would have made it (experiment, name, tags, params), with
     the train log's and metrics.json's points, tagged with the run it stands in for."""
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric, RunTag
 
     outputs = candidate.outputs
     git = lineage.git_info()
@@ -345,9 +346,12 @@ def _rebuild_run(client: Any, candidate: Candidate, experiment: str) -> str:
             for row in csv.DictReader(f):
                 step = int(row.pop("step"))
                 points += [Metric(k, float(v), 0, step) for k, v in row.items() if v != ""]
-    flat = runs.flatten_metrics(candidate.metrics)
-    points += [Metric(f"eval/{k}", v, 0, 0) for k, v in flat.items()]
-    client.log_batch(run_id, metrics=points)  # MlflowClient splits it into batches
+    flat = runs.flatten_metrics(candidate.metrics)  # as evaluate logs them: constants as tags
+    points += [Metric(f"eval/{k}", v, 0, 0) for k, v in flat.items()
+               if not k.startswith(EVALUATION_CONSTANTS)]  # fmt: skip
+    tags = [RunTag(f"eval/{k}", str(v)) for k, v in runs.flatten(candidate.metrics).items()
+            if k.startswith(EVALUATION_CONSTANTS)]  # fmt: skip
+    client.log_batch(run_id, metrics=points, tags=tags)  # MlflowClient splits it into batches
     for path in [outputs.train_log, outputs.metrics, *outputs.images]:
         if path.is_file():
             client.log_artifact(run_id, str(path))
@@ -560,17 +564,19 @@ def _set_aliases(client: Any, name: str, aliases: gate.Aliases, why: Why) -> Non
     """In order (previous-champion before champion); setting one again changes nothing.
     Each alias that moves is recorded in the model's history."""
     held = {alias: int(v) for alias, v in client.get_registered_model(name).aliases.items()}
-    changes = []
     for alias, version in aliases:
-        client.set_registered_model_alias(name, alias, str(version))
         if held.get(alias) != version:
-            changes.append(history.change(alias, version, held.get(alias), why.reason,
-                                          why.metric, why.values, why.branch))  # fmt: skip
+            # recorded first: a pass cut short between the two leaves the change in the
+            # history (the next pass finds the alias moved and records nothing)
+            change = history.change(alias, version, held.get(alias), why.reason, why.metric,
+                                    why.values, why.branch)  # fmt: skip
+            history.record(client, name, [change], why.path)
             held[alias] = version
-    history.record(client, name, changes, why.path)
+        client.set_registered_model_alias(name, alias, str(version))
 
 
-def _reconcile(client: Any, name: str, metric: str, min_improvement: float, why: Why) -> None:
+def _reconcile(client: Any, name: str, metric: str, min_improvement: float,
+               branch: str | None, history_path: Path) -> None:  # fmt: skip
     """Undo a race between two register processes (see gate.reconcile). Every process ends
     here after its own writes, so the last one to run sees all versions."""
     champion = _champion(client, name, metric)
@@ -586,4 +592,4 @@ def _reconcile(client: Any, name: str, metric: str, min_improvement: float, why:
                   "register set")  # fmt: skip
         log.warning("%s: %s; moving the alias", name, reason)
         values = {int(v.version): _values(v).value for v in found}
-        _set_aliases(client, name, aliases, replace(why, reason=reason, values=values))
+        _set_aliases(client, name, aliases, Why(reason, metric, values, branch, history_path))

@@ -17,6 +17,8 @@ from typing import Any, Literal
 import yaml
 
 from genpipe import paths
+from genpipe.errors import DataError, exception_text
+from genpipe.tracking.store import without_credentials
 
 CONTEXT_TAG = "mlflow.data.context"  # MLflow's input tag: what the run used the data for
 CONTEXTS = {"train": "training", "test": "evaluation"}
@@ -61,7 +63,7 @@ def data_input(data: dict[str, Any], info: dict[str, Any], digest: str,
         from genpipe.data.origins import MIRRORS
 
         mirrors = data.get("mirrors") or MIRRORS[source]
-        name, kind, where = source, "http", json.dumps({"url": mirrors[0]})
+        name, kind, where = source, "http", json.dumps({"url": without_credentials(mirrors[0])})
     counts = info.get("counts", {})
     shape = list(info.get("shape", []))[1:]  # (C, S, S) of (N, C, S, S)
     profile = {
@@ -85,7 +87,11 @@ def prepared_input(data: dict[str, Any], split: Literal["train", "test"],
     computed)."""
     from genpipe.data.canonical import INFO_FILE, prepared_sha256
 
-    info = json.loads((prepared / INFO_FILE).read_text())
+    try:
+        info = json.loads((prepared / INFO_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{prepared / INFO_FILE}: expected the fetch stage's info as JSON; "
+                        f"{exception_text(exc)} (run `dvc repro fetch`)") from None  # fmt: skip
     digest = dvc_digest(prepared, lock) or (data_hash or prepared_sha256(prepared))[:32]
     return data_input(data, info, digest, split)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from genpipe.params import recipe_params
 from genpipe.params import run_params as run_params_of
+from genpipe.tracking.store import without_credentials
 
 # MLflow 3's UI opens an experiment in the view this experiment tag names (the UI's
 # ExperimentKind): "custom_model_development" is "Machine learning" (runs, metric
@@ -172,17 +173,6 @@ def recipe_id(run_params: dict[str, Any]) -> str:
 def digest(tree: dict[str, Any]) -> str:
     """SHA-256 of a JSON tree, keys sorted: the same params give the same digest."""
     return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()
-
-
-def without_credentials(url: str) -> str:
-    """A remote's URL without a user or token (https://user:token@host/x -> https://host/x);
-    an scp-like git@host:x is kept."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if not parts.scheme or "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 def _user() -> str | None:

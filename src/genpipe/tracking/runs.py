@@ -308,14 +308,16 @@ class TrainingRun:
             )) from exc
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self.system_metrics is not None:  # its last samples, before the run ends
-            self.system_metrics.finish()
         # log what is buffered and wait until MLflow has; the first failure wins
         error: TrackingError | None = None
         try:
             self._flush(last=True)
         except TrackingError as log_error:
             error = log_error
+        if self.system_metrics is not None and error is None:
+            self.system_metrics.finish()  # its last samples, before the run ends
+        # after a failed flush it is not waited for: a daemon thread, it stops at its next
+        # sample, when it finds the run ended or the server gone
         if exc_type is None:
             status = "FINISHED" if error is None else "FAILED"
         else:
@@ -462,9 +464,9 @@ class RecordedRun:
         ms = int(time.time() * 1000)
         flat = flatten_metrics(metrics)
         points = [Metric(f"{prefix}{key}", value, ms, 0) for key, value in flat.items()
-                  if not key.startswith(constants or ("\0",))]  # fmt: skip
+                  if not key.startswith(constants)]  # fmt: skip
         tags = [RunTag(f"{prefix}{key}", str(value)) for key, value in flatten(metrics).items()
-                if constants and key.startswith(constants)]  # fmt: skip
+                if key.startswith(constants)]  # fmt: skip
         try:
             if summary is not None:
                 note = self._client.get_run(self.run_id).data.tags.get(TAG_NOTE, "")

@@ -6,6 +6,7 @@ half a minute with a line per retry.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import socket
@@ -14,7 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from genpipe.errors import TrackingError, exception_text
 
@@ -37,10 +38,21 @@ UI_MODEL_TRAINING = "workflowType=machine_learning"
 
 
 def ui_url(uri: str, route: str) -> str:
-    """A link into the MLflow UI at `uri` (http(s)) that opens in the model-training view:
-    ui_url("http://h:5000", "models/genpipe-gan") ->
+    """A link into the MLflow UI at `uri` (http(s)) that opens in the model-training view,
+    without the URI's credentials: ui_url("http://h:5000", "models/genpipe-gan") ->
     "http://h:5000/#/models/genpipe-gan?workflowType=machine_learning"."""
-    return f"{uri.rstrip('/')}/#/{route}{'&' if '?' in route else '?'}{UI_MODEL_TRAINING}"
+    base = without_credentials(uri).rstrip("/")
+    return f"{base}/#/{route}{'&' if '?' in route else '?'}{UI_MODEL_TRAINING}"
+
+
+def without_credentials(url: str) -> str:
+    """A URL without its user, password or token (https://user:token@host/x ->
+    https://host/x; a query or fragment goes too): what may go into a log line, a link, a
+    tag. An scp-like git@host:x, which has no scheme, is kept."""
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        return url
+    return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, "", ""))
 
 
 def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
@@ -181,7 +193,11 @@ def failure(message: str, uri: str, exc: BaseException) -> str:
     """An error line for a failed MLflow call: `message`, then which service failed (the
     server, the database behind it, or its artifact store) when `uri` is an http(s) server
     and a probe finds it (diagnose), else MLflow's exception in brackets."""
-    if urlsplit(uri).scheme in ("http", "https") and (found := diagnose(uri)) is not None:
+    try:
+        found = diagnose(uri) if urlsplit(uri).scheme in ("http", "https") else None
+    except Exception:  # noqa: BLE001 (a probe must never replace the error it explains)
+        found = None
+    if found is not None:
         return f"{message}: {found}"
     return f"{message} ({exception_text(exc)})"
 
@@ -248,8 +264,11 @@ def _probe(url: str, timeout: float) -> tuple[int | None, str]:
             return answer.status, answer.read(4096).decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         with exc:
-            return exc.code, exc.read(4096).decode("utf-8", "replace")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+            try:
+                return exc.code, exc.read(4096).decode("utf-8", "replace")
+            except (OSError, http.client.HTTPException):  # a body that stalls or breaks
+                return exc.code, ""
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
         return None, _unreachable_reason(exc, timeout)
 
 
@@ -290,4 +309,7 @@ def import_mlflow() -> Any:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     # its async logging logs each failed batch; TrainingRun raises them as one TrackingError
     logging.getLogger("mlflow.utils.async_logging.async_logging_queue").setLevel(logging.CRITICAL)
+    # the system metrics monitor says each failed sample in a 400-character line: a failing
+    # server is the stage's own one-line error
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.CRITICAL)
     return mlflow
