@@ -739,3 +739,24 @@ def test_registry_history_prints_each_alias_change_register_made(tmp_path, monke
     assert missing.returncode == 1
     assert missing.stderr.strip() == (f"error: registered model 'nope': expected it in {store}; "
                                       "found no such model")  # fmt: skip
+
+
+@pytest.mark.integration
+def test_genpipe_ui_serves_the_projects_store_and_prints_the_model_training_link(tmp_path):
+    import signal
+
+    port = free_port()
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = subprocess.Popen([str(BIN / "genpipe"), "ui", "--port", str(port)], cwd=tmp_path,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": store},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/health", proc, "genpipe ui")
+        assert (tmp_path / "mlflow.db").is_file()  # this store, not another
+    finally:
+        os.kill(proc.pid, signal.SIGINT)  # stops `mlflow ui` and its workers
+        out, _ = proc.communicate(timeout=60)
+    link = f"http://127.0.0.1:{port}/#/experiments?workflowType=machine_learning"
+    assert out.splitlines()[0] == f"MLflow UI on {store}: open {link}  (Ctrl-C stops it)"
+    assert proc.returncode == 0 and "error:" not in out and "Traceback" not in out

@@ -119,6 +119,7 @@ def _compare_command(args: argparse.Namespace) -> None:
 def _ui_command(args: argparse.Namespace) -> None:
     """`mlflow ui` on the project's tracking store, and the URL of its model-training view
     (MLflow 3's UI opens in its GenAI view otherwise)."""
+    import signal
     import subprocess
 
     from genpipe.tracking import store
@@ -136,9 +137,15 @@ def _ui_command(args: argparse.Namespace) -> None:
                "--port", str(args.port)]  # fmt: skip
     # the store through the environment, not the command line (`ps` shows that to all)
     env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri}
+    proc = subprocess.Popen(command, env=env)
     try:
-        code = subprocess.call(command, env=env)
+        code = proc.wait()
     except KeyboardInterrupt:  # Ctrl-C stops the UI: the way out, not an error
+        proc.send_signal(signal.SIGINT)  # it stops its workers; a second Ctrl-C is harmless
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
         return
     if code not in (0, 130, -2):
         from genpipe.errors import GenpipeError
