@@ -312,6 +312,8 @@ def test_evaluate_gan_reports_metrics_beside_the_floor(reference_dir, tmp_path):
     assert metrics == again  # deterministic: DVC caches metrics.json
     assert metrics["num_samples"] == 30 and metrics["floor"] == reference.info["floor"]
     assert metrics["fid"] > 0 and metrics["kid_std"] >= 0
+    assert 0 < metrics["fid_std"] < metrics["fid"] and metrics["precision_std"] >= 0
+    assert metrics["measured_on"]["scored_images"] == "generated samples"
     assert metrics["fid_over_floor"] == pytest.approx(metrics["fid"] / metrics["floor"]["fid"],
                                                       rel=1e-5)  # fmt: skip
     assert grid.size[0] > 0
@@ -386,6 +388,13 @@ def test_evaluate_autoencoder_against_pca(reference_dir, tmp_path):
     assert metrics["mse_over_pca"] == pytest.approx(metrics["mse"] / metrics["pca_mse"], rel=1e-5)
     assert 0 < metrics["psnr"] < 100 and -1 <= metrics["ssim"] < 1
     assert metrics["fid"] > 0 and metrics["floor"]["fid"] == reference.info["floor"]["fid"]
+    # each figure with its spread over the 30 test images, and what it was measured on
+    for key in ("mse", "psnr", "ssim", "fid"):
+        assert 0 < metrics[f"{key}_std"] < abs(metrics[key]), key
+    assert metrics["measured_on"] == {
+        "scored": 30, "scored_images": "reconstructions of the test split",
+        "reference_images": 30, "split": "test", "backbone": "domain", "resize": "none",
+        "fid_bootstraps": 20}  # fmt: skip
 
 
 # --- logging to the training run -------------------------------------------------------------

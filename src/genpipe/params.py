@@ -169,6 +169,9 @@ class EvaluateParams(Section):
     kid_subsets: int = Field(100, ge=1)
     kid_subset_size: int = Field(1000, ge=2)  # at most; at most half the smaller side
     pr_k: int = Field(3, ge=1)  # precision/recall: k-th nearest neighbour radius
+    # FID's spread: the std over this many bootstrap resamples of the scored images' features
+    # (the draw of samples); 0: no fid_std
+    bootstraps: int = Field(20, ge=0, le=1000)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     cpu_threads: int = Field(1, ge=0)  # as train.cpu_threads
     domain: DomainParams = DomainParams()

@@ -194,7 +194,7 @@ def build_reference(
     )
     subset = kid_subset_size(evaluate.kid_subset_size, n, n_test)
     floor = compare(reference, train_features, evaluate.kid_subsets, subset, evaluate.pr_k,
-                    params.seed)  # fmt: skip
+                    params.seed, evaluate.bootstraps)  # fmt: skip
     info[FLOOR] = rounded(floor)
     info[KID_SUBSET_SIZE] = subset
     if n != n_test and n_test <= n_train:  # the autoencoder scores every test image

@@ -14,14 +14,18 @@ from genpipe.autoencoder.artifact import load_autoencoder
 from genpipe.autoencoder.network import AutoEncoder
 from genpipe.data.split import Split
 from genpipe.images import pairs_grid, to_float, unit_to_uint8
-from genpipe.metrics import reconstruction
+from genpipe.metrics import reconstruction, spread
 from genpipe.metrics.compare import (
     FID,
     FID_OVER_FLOOR,
     FLOOR,
+    MEASURED_ON,
+    STD,
     TEST_COUNT_FLOOR,
     Reference,
+    fid_spread,
     frechet_to_reference,
+    measured_on,
     rounded,
 )
 from genpipe.metrics.features import Backbone, extract_features
@@ -58,14 +62,14 @@ def evaluate_weights(
     backbone: Backbone,
     split: Split,  # the train split fits PCA; the test split is reconstructed and scored
     evaluate: EvaluateParams,
-    seed: int,  # not read: the evaluation draws nothing
+    seed: int,  # the FID bootstrap's resamples
     device: torch.device,
 ) -> tuple[dict[str, Any], Image.Image]:
     """The evaluate stage on a weights directory: train@autoencoder's, or a registered
     version's when register scores the champion again on today's data."""
     net = load_autoencoder(weights_dir, device)
     return evaluate_autoencoder(net, split.train, split.test, reference, backbone, evaluate,
-                                device)  # fmt: skip
+                                device, seed)  # fmt: skip
 
 
 def evaluate_autoencoder(
@@ -76,8 +80,10 @@ def evaluate_autoencoder(
     backbone: Backbone,
     evaluate: EvaluateParams,
     device: torch.device,
+    seed: int = 0,  # the FID bootstrap's resamples
 ) -> tuple[dict[str, Any], Image.Image]:
-    """metrics.json's content and a grid of test originals above their reconstructions."""
+    """metrics.json's content and a grid of test originals above their reconstructions, each
+    figure with its spread over the test images (metrics/spread.py)."""
     x = test_images.astype(np.float64) / 255.0  # (M, C, S, S) in [0, 1]
     latent_dim = net.config()["latent_dim"]
     # first, while no reconstructions are held; uint8 in, scaled a chunk at a time: no float
@@ -86,7 +92,8 @@ def evaluate_autoencoder(
     pca_mse = reconstruction.mse(x, pca)
     del pca  # (M, C, S, S) float64, no longer needed
     recon, recon_uint8 = reconstruct(net, test_images, evaluate.batch_size, device)
-    mse = reconstruction.mse(x, recon)
+    each = reconstruction.per_image(x, recon)  # (M,) MSE, PSNR, SSIM
+    mse = float(np.mean(each[MSE]))
     features = extract_features(
         backbone, recon_uint8, evaluate.batch_size, device, "reconstruction features"
     )
@@ -94,13 +101,18 @@ def evaluate_autoencoder(
     floor = floor_at(reference, len(test_images))
     metrics: dict[str, Any] = {
         MSE: mse,
-        PSNR: reconstruction.psnr(x, recon),
-        SSIM: reconstruction.ssim(x, recon),
+        PSNR: float(np.mean(each[PSNR])),
+        SSIM: float(np.mean(each[SSIM])),
         PCA_MSE: pca_mse,
         FID: fid,
+        **{key + STD: spread.standard_error(values) for key, values in each.items()},
         "latent_dim": latent_dim,
         "test_images": len(test_images),
+        MEASURED_ON: measured_on(reference, len(test_images), "reconstructions of the test "
+                                 "split", evaluate.bootstraps),  # fmt: skip
     }
+    if (fid_std := fid_spread(reference, features, evaluate.bootstraps, seed)) is not None:
+        metrics[FID + STD] = fid_std
     if pca_mse > 0:  # 0 only when PCA reconstructs the test split exactly
         metrics[MSE_OVER_PCA] = mse / pca_mse
     if floor is not None:
@@ -123,7 +135,7 @@ def floor_at(reference: Reference, scored: int) -> float | None:
 
 def summary(metrics: dict[str, Any]) -> str:
     """How the model did, in a line for its run's description."""
-    text = f"MSE {metrics[MSE]:.4g}"
+    text = f"MSE {metrics[MSE]:.4g} ± {metrics[MSE + STD]:.2g}"
     if MSE_OVER_PCA in metrics:
         text += f" ({metrics[MSE_OVER_PCA]:.3g}x PCA's {metrics[PCA_MSE]:.4g})"
     return (f"{text}, PSNR {metrics[PSNR]:.3g} dB, SSIM {metrics[SSIM]:.3g}, FID "

@@ -21,10 +21,13 @@ from genpipe.metrics.compare import (
     KID_MEAN,
     KID_STD,
     KID_SUBSET_SIZE,
+    MEASURED_ON,
     PRECISION,
     RECALL,
+    STD,
     Reference,
     compare,
+    measured_on,
     rounded,
 )
 from genpipe.metrics.features import Backbone, extract_features
@@ -76,13 +79,14 @@ def evaluate_gan(
     samples = generate(netG, n, seed, evaluate.batch_size, device)
     features = extract_features(backbone, samples, evaluate.batch_size, device, "gan features")
     metrics: dict[str, Any] = compare(reference, features, evaluate.kid_subsets, subset,
-                                      evaluate.pr_k, seed)  # fmt: skip
+                                      evaluate.pr_k, seed, evaluate.bootstraps)  # fmt: skip
     floor = reference.info[FLOOR]
     if floor[FID] > 0:  # 0 only when the train subsample's statistics equal the test split's
         metrics[FID_OVER_FLOOR] = metrics[FID] / floor[FID]
     metrics[FLOOR] = floor
     metrics["num_samples"] = n
     metrics[KID_SUBSET_SIZE] = subset
+    metrics[MEASURED_ON] = measured_on(reference, n, "generated samples", evaluate.bootstraps)
     grid = image_grid(samples[:GRID_SAMPLES], rows=8)
     return rounded(metrics), grid
 
@@ -90,7 +94,8 @@ def evaluate_gan(
 def summary(metrics: dict[str, Any]) -> str:
     """How the model did, in a line for its run's description."""
     floor = metrics.get(FLOOR, {}).get(FID)
-    text = f"FID {metrics[FID]:.4g}"
+    text = f"FID {metrics[FID]:.4g}" + (f" ± {metrics[FID + STD]:.2g}" if FID + STD in metrics
+                                          else "")  # fmt: skip
     if FID_OVER_FLOOR in metrics:
         text += f" ({metrics[FID_OVER_FLOOR]:.3g}x the real-data floor of {floor:.4g})"
     return (f"{text}, KID {metrics[KID_MEAN]:.3g} ± {metrics[KID_STD]:.3g}, precision "

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from genpipe.errors import MetricsError
-from genpipe.metrics import fid
+from genpipe.metrics import fid, spread
 from genpipe.metrics.keys import (  # noqa: F401 (the keys' users import them from here too)
     EVALUATION_CONSTANTS,
     FID,
@@ -19,8 +19,10 @@ from genpipe.metrics.keys import (  # noqa: F401 (the keys' users import them fr
     KID_MEAN,
     KID_STD,
     KID_SUBSET_SIZE,
+    MEASURED_ON,
     PRECISION,
     RECALL,
+    STD,
     TEST_COUNT_FLOOR,
 )
 from genpipe.metrics.kid import kernel_inception_distance
@@ -57,6 +59,22 @@ def frechet_to_reference(reference: Reference, features: np.ndarray) -> float:
     )
 
 
+def measured_on(reference: Reference, scored: int, what: str, bootstraps: int) -> dict[str, Any]:
+    """What an evaluation's figures were measured on, for metrics.json: `scored` images
+    (`what`: generated samples, reconstructions) against the reference's real test images,
+    through its backbone (Inception resizes to 299 x 299 first)."""
+    backbone = reference.info.get("backbone")
+    return {
+        "scored": scored,
+        "scored_images": what,
+        "reference_images": int(len(reference.features)),
+        "split": "test",
+        "backbone": backbone,
+        "resize": "bilinear to 299 x 299" if backbone == "inception" else "none",
+        "fid_bootstraps": bootstraps,
+    }
+
+
 def kid_subset_size(requested: int, n: int, reference_count: int) -> int:
     """The KID subset size for n samples against `reference_count` real images: `requested`
     (evaluate.kid_subset_size), but at most half the smaller side, so that the subsets
@@ -71,22 +89,36 @@ def compare(
     kid_subset_size: int,
     pr_k: int,
     seed: int,
+    bootstraps: int = 0,
 ) -> dict[str, float]:
     """FID, KID (mean and std over `kid_subsets` subsets of `kid_subset_size`) and
     precision/recall (k = `pr_k`) of `features` (N, D) against the reference's real test
-    features."""
+    features, each with its spread (metrics/spread.py): fid_std over `bootstraps` resamples
+    (none below 2), precision_std and recall_std."""
     distance = frechet_to_reference(reference, features)
     kid_mean, kid_std = kernel_inception_distance(
         reference.features, features, kid_subsets, kid_subset_size, seed
     )
     precision, recall = precision_recall(reference.features, features, k=pr_k)
-    return {
+    metrics = {
         FID: distance,
         KID_MEAN: kid_mean,
         KID_STD: kid_std,
         PRECISION: precision,
         RECALL: recall,
+        PRECISION + STD: spread.proportion_error(precision, len(features)),
+        RECALL + STD: spread.proportion_error(recall, len(reference.features)),
     }
+    if (fid_std := fid_spread(reference, features, bootstraps, seed)) is not None:
+        metrics[FID + STD] = fid_std
+    return metrics
+
+
+def fid_spread(reference: Reference, features: np.ndarray, bootstraps: int,
+               seed: int) -> float | None:  # fmt: skip
+    """FID's std over `bootstraps` resamples of `features` (the draw of samples)."""
+    return spread.bootstrap_std(lambda pick: frechet_to_reference(reference, features[pick]),
+                                len(features), bootstraps, seed)  # fmt: skip
 
 
 def rounded(metrics: dict[str, Any], digits: int = 6) -> dict[str, Any]:

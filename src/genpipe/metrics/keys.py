@@ -3,6 +3,8 @@ imports, so that the CI report and the registry read them without loading torch.
 
 # metric keys, in metrics.json and (prefixed) in MLflow
 FID, KID_MEAN, KID_STD, PRECISION, RECALL = "fid", "kid_mean", "kid_std", "precision", "recall"
+STD = "_std"  # <figure>_std: the figure's evaluation noise (see metrics/spread.py)
+MEASURED_ON = "measured_on"  # what the figures were measured on: counts, split, backbone
 FLOOR = "floor"  # the metrics of real train images against the test split
 # the floor's FID at as many real train images as the test split holds, when
 # evaluate.num_samples sets another count: what the autoencoder, which scores every test
@@ -13,4 +15,5 @@ KID_SUBSET_SIZE = "kid_subset_size"
 # metrics.json keys that describe the evaluation rather than the model: the real-data floor
 # and the counts, constant for one reference. Runs carry them as tags, not metric charts;
 # the CI report leaves them out of its table
-EVALUATION_CONSTANTS = (f"{FLOOR}.", KID_SUBSET_SIZE, "num_samples", "test_images", "latent_dim")
+EVALUATION_CONSTANTS = (f"{FLOOR}.", KID_SUBSET_SIZE, "num_samples", "test_images",
+                        "latent_dim", f"{MEASURED_ON}.")  # fmt: skip

@@ -43,6 +43,11 @@ def psnr(x: np.ndarray, y: np.ndarray, data_range: float = 1.0) -> float:
 def ssim(x: np.ndarray, y: np.ndarray, data_range: float = 1.0) -> float:
     """Mean SSIM over images and channels: scikit-image's structural_similarity (Wang et al.
     2004; 7 x 7 uniform window, or the largest odd one the images allow)."""
+    return float(np.mean(ssim_per_image(x, y, data_range)))
+
+
+def ssim_per_image(x: np.ndarray, y: np.ndarray, data_range: float = 1.0) -> np.ndarray:
+    """(N,) each image's SSIM, the mean over its channels (as ssim(), which is their mean)."""
     from skimage.metrics import structural_similarity
 
     _check_pair(x, y)
@@ -50,11 +55,23 @@ def ssim(x: np.ndarray, y: np.ndarray, data_range: float = 1.0) -> float:
     win = min(7, h - (h % 2 == 0), w - (w % 2 == 0))  # odd, and no larger than the image
     if win < 3:
         raise MetricsError(f"ssim: expected images of at least 3 x 3 pixels; got {h} x {w}")
-    # every (image, channel) as one channel: skimage averages the channels' SSIMs, which
-    # (all of one size) is the mean of the images' SSIMs
     a = np.asarray(x, dtype=np.float64).reshape(n * c, h, w)  # float64 in: no copy
     b = np.asarray(y, dtype=np.float64).reshape(n * c, h, w)
-    return float(structural_similarity(a, b, data_range=data_range, channel_axis=0, win_size=win))
+    # the SSIM map of every (image, channel) at once; skimage's mean leaves out the border
+    # half a window wide, and so does this
+    _, full = structural_similarity(a, b, data_range=data_range, channel_axis=0,
+                                    win_size=win, full=True)  # fmt: skip
+    pad = (win - 1) // 2
+    inner = full[:, pad : h - pad, pad : w - pad]
+    return inner.reshape(n, c, -1).mean(axis=(1, 2))
+
+
+def per_image(x: np.ndarray, y: np.ndarray, data_range: float = 1.0) -> dict[str, np.ndarray]:
+    """(N,) each image's MSE, PSNR (capped) and SSIM: their means are mse(), psnr(), ssim()."""
+    errors = np.mean(_squared_error(x, y), axis=(1, 2, 3))
+    with np.errstate(divide="ignore"):
+        db = np.minimum(10 * np.log10(data_range**2 / errors), PSNR_MAX_DB)
+    return {"mse": errors, "psnr": db, "ssim": ssim_per_image(x, y, data_range)}
 
 
 PCA_CHUNK = 2048  # rows converted to float64 at a time: (2048, 784) is 13 MB
