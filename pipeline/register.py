@@ -23,7 +23,8 @@ def main() -> None:
     runtime.pin_cpu_kernels(params.cpu_kernels)  # may re-execute: a re-score is an evaluation
     registry = params.registry
     policy = Policy(registry.min_improvement, registry.force, lineage.current_branch(),
-                    registry.default_branch, Scorer(model, params))  # fmt: skip
+                    registry.default_branch, Scorer(model, params),
+                    registry.noise_z)  # fmt: skip
     record = register(
         Outputs.of(model, prepared_sha256(paths.PREPARED)),
         params.model_dump(mode="json", by_alias=True),

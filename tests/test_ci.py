@@ -151,6 +151,10 @@ def test_the_report_puts_each_model_against_its_champion(fake_dvc, tmp_path, mon
     assert ("| genpipe-gan | v2 | fid 1.2 | v1: 1.5 (re-scored; 0.9 on its own data) | "
             "▼ 20.0% (better) | **champion** |") in text
     assert "| genpipe-autoencoder | v3 | mse 0.021 | v2: 0.02 | ▲ 5.0% (worse) |" in text
+    # with their evaluation noise, where the records have it
+    noisy = {**GAN_RECORD, "std": 0.05, "compared": {"version": 1, "value": 1.5, "std": 0.04}}
+    spread = fake_dvc.report(fake_dvc.Retrain(registered={"gan": noisy}), "HEAD", tmp_path)
+    assert "| fid 1.2 ± 0.05 | v1: 1.5 ± 0.04 |" in spread
     close = {**AE_RECORD, "value": 0.020001}
     nearly = fake_dvc.report(fake_dvc.Retrain(registered={"autoencoder": close}), "HEAD", tmp_path)
     assert "| ▲ <0.1% (worse) |" in nearly

@@ -158,8 +158,8 @@ def test_candidate_aliases_are_what_mlflow_accepts():
 
 def test_the_record_is_what_registry_json_holds():
     record = decide(version(2, 1.0), OLD, 0.01, False).record()
-    assert record == {"decision": CHAMPION, "compared": {"version": 1, "value": 2.0},
-                      "reason": "fid 1 vs champion v1's 2"}  # fmt: skip
+    assert record == {"decision": CHAMPION, "compared": {"version": 1, "value": 2.0,
+                      "std": None}, "reason": "fid 1 vs champion v1's 2"}  # fmt: skip
 
 
 # champion, all versions -> aliases set
@@ -193,3 +193,39 @@ def test_the_gate_imports_no_mlflow():
     code = "import sys, genpipe.registry.gate; print('mlflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr[-1000:]
+
+
+# with register.noise_z 2: the gain must also exceed 2 x sqrt(std_new^2 + std_champion^2)
+# candidate, champion -> decision, a phrase of the reason
+# fmt: off
+NOISE = {
+    "a gain inside the noise": (version(2, 1.8, std=0.1), version(1, 2.0, std=0.1), CHALLENGER,
+                                "fid 1.8 ± 0.1 vs champion v1's 2 ± 0.1: within the evaluation "
+                                "noise (better by 0.2; the noise margin is 2 x 0.141 = 0.283)"),
+    "a gain outside it": (version(2, 1.5, std=0.1), version(1, 2.0, std=0.1), CHAMPION,
+                          "better by 0.5; the noise margin is 2 x 0.141 = 0.283"),
+    "a champion without a recorded spread: the candidate's alone":
+        (version(2, 1.8, std=0.05), version(1, 2.0), CHAMPION,
+         "fid 1.8 ± 0.05 vs champion v1's 2: better by 0.2; the noise margin is 2 x 0.05 = 0.1"),
+    "a champion without a spread, a noisy candidate":
+        (version(2, 1.8, std=0.2), version(1, 2.0), CHALLENGER, "within the evaluation noise"),
+    "neither has a spread": (version(2, 1.8), version(1, 2.0), CHAMPION, "no spread recorded"),
+    "not better by min_improvement comes first":
+        (version(2, 1.995, std=0.0), version(1, 2.0, std=0.0), CHALLENGER, "min_improvement"),
+    "a re-scored champion, with today's spread":
+        (version(2, 1.0, data_hash="e", std=0.1),
+         rescored(version(1, 2.0, std=0.5), version(2, 1.0, data_hash="e"), 1.1, std=0.1),
+         CHALLENGER, "champion v1's 1.1 ± 0.1 re-scored on today's data"),
+}
+# fmt: on
+
+
+@pytest.mark.parametrize("case", NOISE.values(), ids=NOISE.keys())
+def test_the_gate_promotes_only_a_gain_larger_than_the_noise(case):
+    candidate, champion, decision, phrase = case
+    verdict = decide(candidate, champion, min_improvement=0.01, force=False, noise_z=2.0)
+    assert verdict.decision == decision, verdict.reason
+    assert phrase in verdict.reason, verdict.reason
+    assert verdict.compared["std"] == champion.std
+    if "margin is" in verdict.reason:
+        assert verdict.compared["margin"] > 0

@@ -235,7 +235,7 @@ def registry_table(records: dict[str, dict], cwd: Path) -> list[str]:
         compared = record.get("compared") or {}
         old, change = "", ""
         if isinstance(compared.get("value"), int | float) and isinstance(value, int | float):
-            old = f"v{compared['version']}: {compared['value']:.4g}"
+            old = f"v{compared['version']}: {compared['value']:.4g}{_spread(compared)}"
             if compared.get("rescored_from"):
                 old += f" (re-scored; {compared['rescored_from']['value']:.4g} on its own data)"
             if compared["value"]:
@@ -247,7 +247,8 @@ def registry_table(records: dict[str, dict], cwd: Path) -> list[str]:
         links = mlflow_links(model, record, cwd)
         shown = f"[{name}]({links['model']})" if "model" in links else str(name)
         version_shown = f"[v{version}]({links['version']})" if "version" in links else f"v{version}"
-        metric = f"{record.get('metric')} {value:.4g}" if isinstance(value, int | float) else ""
+        metric = (f"{record.get('metric')} {value:.4g}{_spread(record)}"
+                  if isinstance(value, int | float) else "")  # fmt: skip
         rows.append(f"| {shown} | {version_shown} | {metric} | {old} | {change} | "
                     f"**{record.get('decision')}** |")  # fmt: skip
         note = f"- {name} v{version}: {record.get('reason', '')}"
@@ -257,6 +258,12 @@ def registry_table(records: dict[str, dict], cwd: Path) -> list[str]:
         if "grid" in links:
             notes.append(f"  ![{name} v{version}: evaluation grid]({links['grid']})")
     return rows + [""] + notes
+
+
+def _spread(record: dict) -> str:
+    """' ± 0.05' of a record's std (its evaluation noise), if it has one."""
+    std = record.get("std")
+    return f" ± {std:.2g}" if isinstance(std, int | float) else ""
 
 
 def mlflow_links(model: str, record: dict, cwd: Path) -> dict[str, str]:

@@ -188,6 +188,9 @@ class RegisterParams(Section):
     # the branch whose registers move champion and challenger; any other registers under
     # an alias of its own, candidate-<branch> (the branch: $GENPIPE_BRANCH, else git's)
     default_branch: str = Field("main", min_length=1, max_length=255)
+    # ... and by more than noise_z times the combined evaluation noise of the two figures,
+    # sqrt(std_new^2 + std_champion^2) (their <metric>_std); 0: min_improvement alone
+    noise_z: float = Field(2.0, ge=0, le=10)
 
 
 MODELS = ("gan", "autoencoder")

@@ -67,6 +67,7 @@ class Version:
     hand_set: bool = False  # without genpipe's tags: its values, if any, are its run's
     rescored: Rescore | None = None  # value, data and backbone are today's, not its tags'
     unloadable: str | None = None  # why its files could not be loaded to re-score it
+    std: float | None = None  # the value's evaluation noise (<metric>_std); None: unknown
 
 
 @dataclass(frozen=True)
@@ -91,10 +92,12 @@ def needs_rescore(candidate: Version, champion: Version | None) -> bool:
     return bool(RESCORED_ON & set(differs(candidate, champion)))
 
 
-def rescored(champion: Version, candidate: Version, value: float) -> Version:
-    """The champion with `value`, its score on the candidate's data and backbone."""
+def rescored(champion: Version, candidate: Version, value: float,
+             std: float | None = None) -> Version:  # fmt: skip
+    """The champion with `value` (and its spread), its score on the candidate's data and
+    backbone."""
     was = Rescore(champion.value, champion.data_hash, champion.backbone)  # type: ignore[arg-type]
-    return replace(champion, value=value, data_hash=candidate.data_hash,
+    return replace(champion, value=value, std=std, data_hash=candidate.data_hash,
                    backbone=candidate.backbone, reference=candidate.reference,
                    rescored=was)  # fmt: skip
 
@@ -113,16 +116,35 @@ def beats(value: float, champion_value: float, min_improvement: float) -> bool:
     return value <= champion_value * (1.0 - min_improvement)
 
 
+def noise(candidate: Version, champion: Version) -> float | None:
+    """The combined evaluation noise of the two values, sqrt(std_a^2 + std_b^2), of the
+    spreads that are known (a champion registered before spreads has none: the candidate's
+    alone counts); None when neither is."""
+    known = [v.std for v in (candidate, champion) if v.std is not None]
+    return float(sum(s * s for s in known) ** 0.5) if known else None
+
+
+def _figure(version: Version) -> str:
+    return f"{version.value:.6g}" + (f" ± {version.std:.2g}" if version.std is not None else "")
+
+
 def decide(
-    candidate: Version, champion: Version | None, min_improvement: float, force: bool
+    candidate: Version,
+    champion: Version | None,
+    min_improvement: float,
+    force: bool,
+    noise_z: float = 0.0,
 ) -> Decision:
-    """The aliases `candidate` (a new version, all values known) and the champion take."""
+    """The aliases `candidate` (a new version, all values known) and the champion take. It
+    becomes champion when better by `min_improvement` and by more than `noise_z` times the
+    combined evaluation noise of the two values (noise())."""
     if champion is None:
         return Decision(CHAMPION, "no champion yet", aliases=((CHAMPION, candidate.version),))
     if champion.version == candidate.version:  # a pass cut short after its gate
         return Decision(CHAMPION, "already champion")
     old = f"champion v{champion.version}"
-    compared: dict[str, Any] = {"version": champion.version, "value": champion.value}
+    compared: dict[str, Any] = {"version": champion.version, "value": champion.value,
+                                "std": champion.std}  # fmt: skip
     if champion.rescored is not None:
         compared["rescored_from"] = champion.rescored.record()
     promote = ((PREVIOUS_CHAMPION, champion.version), (CHAMPION, candidate.version))
@@ -145,8 +167,8 @@ def decide(
             "(set register.force to promote anyway)"
         )
         return Decision(CHALLENGER, reason, compared, challenge)
-    value = f"{candidate.metric} {candidate.value:.6g}"
-    old += f"'s {champion.value:.6g}"
+    value = f"{candidate.metric} {_figure(candidate)}"
+    old += f"'s {_figure(champion)}"
     if champion.rescored is not None:
         was = champion.rescored
         what = [name for name, key in (("data", "data_hash"), ("backbone", "backbone"))
@@ -155,9 +177,23 @@ def decide(
                 "its own)")
     if champion.hand_set:
         old += f" (its run's eval/{champion.metric}: an alias set by hand)"
-    if different or beats(candidate.value, champion.value, min_improvement):  # different: forced
+    if different:  # forced
         return Decision(CHAMPION, f"{value} vs {old}", compared, promote)
-    reason = f"{value} is not better than {old} by register.min_improvement {min_improvement:g}"
+    if not beats(candidate.value, champion.value, min_improvement):
+        reason = (f"{value} is not better than {old} by register.min_improvement "
+                  f"{min_improvement:g}")  # fmt: skip
+        return Decision(CHALLENGER, reason, compared, challenge)
+    gain, spread = champion.value - candidate.value, noise(candidate, champion)
+    if noise_z == 0:
+        return Decision(CHAMPION, f"{value} vs {old}", compared, promote)
+    if spread is None:
+        return Decision(CHAMPION, f"{value} vs {old} (no spread recorded)", compared, promote)
+    margin = noise_z * spread
+    compared["margin"] = margin
+    said = f"better by {gain:.3g}; the noise margin is {noise_z:g} x {spread:.3g} = {margin:.3g}"
+    if gain > margin:
+        return Decision(CHAMPION, f"{value} vs {old}: {said}", compared, promote)
+    reason = f"{value} vs {old}: within the evaluation noise ({said})"
     return Decision(CHALLENGER, reason, compared, challenge)
 
 

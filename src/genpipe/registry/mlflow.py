@@ -24,7 +24,7 @@ from typing import Any
 
 from genpipe import paths
 from genpipe.errors import GenpipeError, exception_text
-from genpipe.metrics.keys import EVALUATION_CONSTANTS
+from genpipe.metrics.keys import EVALUATION_CONSTANTS, STD
 from genpipe.params import run_params
 from genpipe.registry import gate, history
 from genpipe.registry.gate import CHAMPION
@@ -36,6 +36,7 @@ from genpipe.tracking.lineage import (
     TAG_METRIC,
     TAG_REFERENCE,
     TAG_SOURCE_RUN,
+    TAG_STD,
     TAG_VALUE,
     TAG_WEIGHTS,
 )
@@ -100,6 +101,7 @@ class Candidate:
     value: float  # its value
     backbone: str  # the evaluation backbone
     reference: str  # SHA-256 of reference.json
+    std: float | None = None  # the value's evaluation noise, <metric>_std; None: not measured
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,7 @@ class Policy:
     # a registered version's metrics on today's data (registry.rescore.Scorer); None: a
     # champion of other data or another backbone is not compared
     score: Callable[[Path], dict[str, Any]] | None = None
+    noise_z: float = 0.0  # register.noise_z: the gain must exceed this many combined stds
 
     @property
     def on_default(self) -> bool:
@@ -153,9 +156,11 @@ def register(
             f"{outputs.metrics}: expected a number under '{metric}'; found "
             f"{metrics.get(metric)!r} (run `dvc repro evaluate@{outputs.model}`)"
         )
+    std = metrics.get(f"{metric}{STD}")
     candidate = Candidate(outputs, params, metrics, experiment, record["run_id"], metric,
                           float(metrics[metric]), str(reference.get("backbone")),
-                          hashlib.sha256(outputs.reference.read_bytes()).hexdigest())  # fmt: skip
+                          hashlib.sha256(outputs.reference.read_bytes()).hexdigest(),
+                          float(std) if isinstance(std, int | float) else None)  # fmt: skip
     name = f"{name_prefix}-{outputs.model}"
     started = time.monotonic()
     for attempt in range(1, ATTEMPTS + 1):
@@ -188,6 +193,7 @@ def register(
         "run_id": run_id,
         "metric": metric,
         "value": candidate.value,
+        "std": candidate.std,
         "backbone": reference.get("backbone"),
         "branch": policy.branch,
         **decision,
@@ -220,11 +226,12 @@ def _register_once(
         if version is None:
             tags = lineage.version_tags(
                 outputs.data_hash, candidate.params, outputs.model, metric, candidate.value,
-                candidate.backbone, weights, candidate.reference,
+                candidate.backbone, weights, candidate.reference, candidate.std,
             )  # fmt: skip
             version = _log_and_register(mlflow, client, uri, run_id, name, outputs, tags)
         new = gate.Version(int(version.version), metric, candidate.value, candidate.backbone,
-                           outputs.data_hash, weights, candidate.reference)  # fmt: skip
+                           outputs.data_hash, weights, candidate.reference,
+                           std=candidate.std)  # fmt: skip
         verdict = _gate(mlflow, client, name, new, policy)
         level = logging.WARNING if verdict.decision == gate.CHALLENGER else logging.INFO
         log.log(level, "%s v%s: %s (%s)", name, version.version, verdict.decision, verdict.reason)
@@ -253,7 +260,7 @@ def _gate(mlflow: Any, client: Any, name: str, new: gate.Version, policy: Policy
         champion = replace(champion, unloadable=gone)
     elif policy.score is not None and not policy.force and gate.needs_rescore(new, champion):
         champion = _rescored(mlflow, client, name, champion, new, policy.score)
-    verdict = gate.decide(new, champion, policy.min_improvement, policy.force)
+    verdict = gate.decide(new, champion, policy.min_improvement, policy.force, policy.noise_z)
     if policy.on_default or not verdict.aliases:
         return verdict
     return gate.on_branch(verdict, new.version, str(policy.branch), policy.default_branch)
@@ -290,7 +297,9 @@ def _rescored(mlflow: Any, client: Any, name: str, champion: gate.Version, new: 
         return replace(champion, unloadable=how)
     log.info("%s: champion v%d on today's data: %s %.6g (was %.6g), scored in %s", name,
              champion.version, new.metric, value, champion.value, how)  # fmt: skip
-    return gate.rescored(champion, new, float(value))
+    std = (metrics or {}).get(f"{new.metric}{STD}")
+    return gate.rescored(champion, new, float(value),
+                         float(std) if isinstance(std, int | float) else None)  # fmt: skip
 
 
 # --- the run -------------------------------------------------------------------------------
@@ -507,9 +516,13 @@ def _values(version: Any) -> gate.Version:
         value = float(tags[TAG_VALUE])
     except (KeyError, ValueError):  # no tag (an alias set by hand), or one edited by hand
         value = None
+    try:
+        std = float(tags[TAG_STD])
+    except (KeyError, ValueError):  # registered before spreads, or by hand
+        std = None
     return gate.Version(int(version.version), tags.get(TAG_METRIC), value,
                         tags.get(TAG_BACKBONE), tags.get(TAG_DATA_HASH),
-                        tags.get(TAG_WEIGHTS), tags.get(TAG_REFERENCE))  # fmt: skip
+                        tags.get(TAG_WEIGHTS), tags.get(TAG_REFERENCE), std=std)  # fmt: skip
 
 
 def _champion_version(client: Any, name: str) -> Any | None:

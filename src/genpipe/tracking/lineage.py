@@ -35,6 +35,7 @@ TAG_SOURCE_RUN = "genpipe.source_run_id"  # on a rebuilt run: the run mlflow_run
 TAG_PARAMS_HASH = "params.hash"
 TAG_METRIC = "genpipe.metric"  # the primary metric's name
 TAG_VALUE = "genpipe.metric_value"
+TAG_STD = "genpipe.metric_std"  # its evaluation noise (metrics.json's <metric>_std)
 TAG_BACKBONE = "genpipe.backbone"
 # SHA-256 of data/reference/reference.json: the reference the metric was taken against (its
 # backbone's identity, a retrained domain network's too, the real data and the floor)
@@ -122,7 +123,8 @@ def run_tags(model: str, data_hash: str, git: dict[str, str]) -> dict[str, str]:
 
 
 def version_tags(data_hash: str, params: dict[str, Any], model: str, metric: str, value: float,
-                 backbone: str, weights: str, reference: str) -> dict[str, str]:  # fmt: skip
+                 backbone: str, weights: str, reference: str,
+                 std: float | None = None) -> dict[str, str]:  # fmt: skip
     """The tags of a new model version: lineage (git, data, params, DVC experiment) and the
     values the champion gate compares."""
     git = git_info()
@@ -136,7 +138,8 @@ def version_tags(data_hash: str, params: dict[str, Any], model: str, metric: str
         TAG_BACKBONE: backbone,
         TAG_REFERENCE: reference,
         TAG_WEIGHTS: weights,
-    } | ({TAG_DVC_EXP: exp_name} if (exp_name := dvc_exp_name()) else {})
+    } | ({TAG_DVC_EXP: exp_name} if (exp_name := dvc_exp_name()) else {}) | (
+        {TAG_STD: repr(std)} if std is not None else {})  # fmt: skip
 
 
 def decision_tags(decision: dict[str, Any], branch: str | None) -> dict[str, str]:
