@@ -108,12 +108,24 @@ def test_repro_runs_once_then_nothing(project):
     autoencoder = metrics["reports/autoencoder/metrics.json"]["data"]
     assert gan["fid"] > 0 and gan["floor"]["fid"] == reference["floor"]["fid"]
     assert autoencoder["mse"] > 0 and autoencoder["pca_mse"] > 0
+    # every figure with its spread, and what it was measured on
+    assert gan["fid_std"] > 0  # a share of 1 (recall, say) has a standard error of 0
+    assert gan["precision_std"] >= 0 and gan["recall_std"] >= 0
+    assert all(autoencoder[f"{key}_std"] > 0 for key in ("mse", "psnr", "ssim", "fid"))
+    assert gan["measured_on"]["scored"] == gan["num_samples"]
     # the evaluation is logged to each model's training run
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{project}/mlflow.db")
     run = client.get_run(json.loads((project / "models/gan/mlflow_run.json").read_text())["run_id"])
     assert run.data.metrics["eval/fid"] == pytest.approx(gan["fid"])
+    assert run.data.metrics["eval/fid_std"] == pytest.approx(gan["fid_std"])
+    assert "eval/floor.fid" in run.data.tags and "eval/floor.fid" not in run.data.metrics
+    [dataset] = [d.dataset for d in run.inputs.dataset_inputs if d.dataset.name == "digits"]
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["fetch"]["outs"]
+    assert dataset.digest == next(o["md5"] for o in lock if o["path"] == "data/prepared")
+    registered = json.loads((project / "reports/gan/registry.json").read_text())
+    assert registered["std"] == pytest.approx(gan["fid_std"])
 
     # a teammate's clone, with the same DVC remote and tracking store: `dvc pull`, then what
     # `make run` runs after set-up reruns no stage, and the pulled run records name the runs
