@@ -57,3 +57,13 @@ def test_compare_gives_each_figure_its_spread():
     assert metrics["precision_std"] == pytest.approx(np.sqrt(p * (1 - p) / N))
     assert metrics["recall_std"] == pytest.approx(np.sqrt(r * (1 - r) / N))
     assert "fid_std" not in compare(reference, draw(1), 10, 100, 3, seed=0)  # no bootstrap
+
+
+def test_the_bootstraps_resamples_are_frechet_to_reference_itself(monkeypatch):
+    """fid_spread skips frechet_to_reference's checks for speed: the same numbers."""
+    reference = reference_from_features(np.random.default_rng(0).normal(size=(N, D)), {})
+    features = draw(1)
+    fast = fid_spread(reference, features, 5, seed=3)
+    rng = np.random.default_rng(3)
+    plain = [frechet_to_reference(reference, features[rng.integers(0, N, N)]) for _ in range(5)]
+    assert fast == pytest.approx(float(np.std(plain, ddof=1)), rel=1e-9)
