@@ -639,6 +639,7 @@ def test_a_training_run_samples_system_metrics(store, tmp_path, monkeypatch):
     assert not [k for k in client.get_run(off.run_id).data.metrics if k.startswith("system/")]
 
 
+@pytest.mark.integration  # four runs on a store: about 10 s
 def test_genpipe_compare_groups_the_runs_of_a_store_by_recipe(store, tmp_path, capsys):
     from genpipe import cli
     from genpipe.params import Params, run_params

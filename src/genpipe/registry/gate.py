@@ -168,15 +168,7 @@ def decide(
         )
         return Decision(CHALLENGER, reason, compared, challenge)
     value = f"{candidate.metric} {_figure(candidate)}"
-    old += f"'s {_figure(champion)}"
-    if champion.rescored is not None:
-        was = champion.rescored
-        what = [name for name, key in (("data", "data_hash"), ("backbone", "backbone"))
-                if getattr(was, key) != getattr(champion, key)] or ["reference"]  # fmt: skip
-        old += (f" re-scored on today's {' and '.join(what)} (it had {was.value:.6g} on "
-                "its own)")
-    if champion.hand_set:
-        old += f" (its run's eval/{champion.metric}: an alias set by hand)"
+    old += f"'s {_figure(champion)}{_how_scored(champion)}"
     if different:  # forced
         return Decision(CHAMPION, f"{value} vs {old}", compared, promote)
     if not beats(candidate.value, champion.value, min_improvement):
@@ -195,6 +187,19 @@ def decide(
         return Decision(CHAMPION, f"{value} vs {old}: {said}", compared, promote)
     reason = f"{value} vs {old}: within the evaluation noise ({said})"
     return Decision(CHALLENGER, reason, compared, challenge)
+
+
+def _how_scored(champion: Version) -> str:
+    """' re-scored on today's data (it had 2 on its own)', ' (its run's eval/fid: ...)'."""
+    said = ""
+    if champion.rescored is not None:
+        was = champion.rescored
+        what = [name for name, key in (("data", "data_hash"), ("backbone", "backbone"))
+                if getattr(was, key) != getattr(champion, key)] or ["reference"]  # fmt: skip
+        said += f" re-scored on today's {' and '.join(what)} (it had {was.value:.6g} on its own)"
+    if champion.hand_set:
+        said += f" (its run's eval/{champion.metric}: an alias set by hand)"
+    return said
 
 
 def candidate_alias(branch: str) -> str:
