@@ -112,7 +112,7 @@ def test_better_version_becomes_champion_worse_one_challenger(server, tmp_path):
     assert (first["version"], first["decision"]) == (1, "champion")
     better = do_register(gan_outputs(tmp_path / "b", server, fid=1.0, seed=1), server, "t1")
     assert (better["version"], better["decision"]) == (2, "champion")
-    assert better["compared"] == {"version": 1, "value": 2.0}
+    assert better["compared"] == {"version": 1, "value": 2.0, "std": None}
     worse = do_register(gan_outputs(tmp_path / "c", server, fid=1.5, seed=2), server, "t1")
     assert worse["decision"] == "challenger" and "not better" in worse["reason"]
     # within min_improvement of the champion is not better
@@ -160,7 +160,7 @@ def test_new_data_is_compared_with_the_champion_scored_again_on_it(server, tmp_p
                          server, "r1", score=scores)  # fmt: skip
     assert better["decision"] == "champion", better["reason"]
     assert "re-scored on today's data (it had 2 on its own)" in better["reason"]
-    assert better["compared"] == {"version": 1, "value": 1.5, "rescored_from": {
+    assert better["compared"] == {"version": 1, "value": 1.5, "std": None, "rescored_from": {
         "value": 2.0, "data_hash": "old", "backbone": "domain"}}  # fmt: skip
     assert len(scores.seen) == 1 and scores.seen[0]["model"] == "gan"
     assert aliases(server, "r1-gan") == {"champion": 3, "previous-champion": 1,
@@ -286,7 +286,8 @@ def test_a_champion_set_by_hand_is_compared_on_its_runs_eval_metric(server, tmp_
     run_id = hand_set_champion(server, "t13-gan", 1)
     MlflowClient(server).log_metric(run_id, "eval/fid", 2.0)  # as evaluate@gan logs
     worse = do_register(gan_outputs(tmp_path / "b", server, fid=3.0, seed=1), server, "t13")
-    assert (worse["decision"], worse["compared"]) == ("challenger", {"version": 1, "value": 2.0})
+    assert (worse["decision"], worse["compared"]) == ("challenger", {"version": 1, "value": 2.0,
+                                                                     "std": None})  # fmt: skip
     assert "its run's eval/fid" in worse["reason"]
     better = do_register(gan_outputs(tmp_path / "c", server, fid=1.0, seed=2), server, "t13")
     assert better["decision"] == "champion"
@@ -300,7 +301,7 @@ def test_a_champion_set_by_hand_without_a_value_is_replaced(server, tmp_path):
     result = do_register(gan_outputs(tmp_path / "b", server, fid=5.0, seed=1), server, "t14")
     assert (result["version"], result["decision"]) == (2, "champion")
     assert "replaced" in result["reason"]
-    assert result["compared"] == {"version": 1, "value": None}
+    assert result["compared"] == {"version": 1, "value": None, "std": None}
     assert aliases(server, "t14-gan") == {"champion": 2, "previous-champion": 1}
 
 
@@ -475,12 +476,14 @@ def test_two_register_processes_at_once_leave_one_champion(server, tmp_path):
     script = (
         "import sys, json\n"
         "from pathlib import Path\n"
+        "from genpipe.params import Params\n"
         "from genpipe.registry.mlflow import Outputs, Policy, register\n"
         "root = Path(sys.argv[1])\n"
         "o = Outputs.of('gan', 'data-hash')\n"
         "o = Outputs(**{k: (root / v if isinstance(v, Path) else v)"
         " for k, v in vars(o).items() if k != 'images'}, images=[])\n"
-        "r = register(o, {'seed': 0}, 't6', Policy(0.01, False), 'exp', uri=sys.argv[2])\n"
+        "params = Params().model_dump(mode='json', by_alias=True)\n"
+        "r = register(o, params, 't6', Policy(0.01, False), 'exp', uri=sys.argv[2])\n"
         "print(json.dumps(r))\n"
     )
     roots = [tmp_path / "a", tmp_path / "b"]
