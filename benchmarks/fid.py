@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from scipy.linalg import sqrtm
 
-from genpipe.metrics import fid, kid, precision_recall
+from genpipe.metrics import fid, kid, neighbours
 
 TIME_TARGET = 10.0  # genpipe at least this many times faster than the baseline
 UNCACHED_TIME_TARGET = 6.0  # and without a cached root (two runs compared directly)
@@ -260,7 +260,7 @@ def scaling_calls(real: np.ndarray, fake: np.ndarray) -> dict[str, Callable[[], 
             mu, sigma, *feature_statistics(fake), sqrt_sigma1=root
         ),
         "kid": lambda: kid.kernel_inception_distance(real, fake, KID_SUBSETS, subset_size, 0),
-        "precision/recall": lambda: precision_recall.precision_recall(real, fake, k=PR_K),
+        "precision/recall": lambda: neighbours.precision_recall(real, fake, k=PR_K),
     }
 
 
@@ -273,7 +273,7 @@ def scaling_section(args: argparse.Namespace) -> None:
         f"evaluation against the sample count: N real and N fake features, median of "
         f"{args.rounds} calls; peak: numpy memory the call allocates (tracemalloc); KID: "
         f"{KID_SUBSETS} subsets of min({KID_SUBSET_SIZE}, N/2); precision/recall k={PR_K}, "
-        f"blocks of <= {precision_recall.BLOCK_ELEMENTS:,} distances"
+        f"blocks of <= {neighbours.BLOCK_ELEMENTS:,} distances"
     )
     print(f"{'metric':17s} {'dim':>5s} {'N':>7s} {'seconds':>9s} {'peak MiB':>9s} {'s / N^2':>9s}")
     for dim, names in ((128, ("fid", "kid", "precision/recall")), (2048, ("fid",))):

@@ -30,16 +30,18 @@ def main() -> None:
     split = read_split(paths.PREPARED)
     reference = load_reference(paths.REFERENCE, evaluate)
     backbone = load_backbone(evaluate, reference, paths.REFERENCE, device)
-    metrics, grid = evaluate_weights(paths.weights_dir(MODEL), reference, backbone, split,
+    metrics, grids = evaluate_weights(paths.weights_dir(MODEL), reference, backbone, split,
                                      evaluate, params.seed, device)  # fmt: skip
     # both files move into place only once the run has them: a failure leaves the old ones
     with staged_outputs() as stage:
-        grid_path, metrics_path = stage(paths.eval_grid(MODEL)), stage(paths.metrics(MODEL))
-        grid.save(grid_path, format="PNG")
+        images = {path: stage(path) for path in (paths.eval_grid(MODEL), paths.tail_grid(MODEL))}
+        for path, image in grids.items():
+            image.save(images[path], format="PNG")
+        metrics_path = stage(paths.metrics(MODEL))
         write_json(metrics_path, metrics)
         run.log(
             metrics,
-            [metrics_path, grid_path],
+            [metrics_path, *(images[path] for path in grids)],
             "eval/",
             constants=EVALUATION_CONSTANTS,
             inputs=[test_split],

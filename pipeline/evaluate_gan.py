@@ -3,6 +3,7 @@ precision/recall, beside the real-data floor) and reports/gan/eval_grid.png; bot
 logged to the training run that models/gan/mlflow_run.json records."""
 
 from genpipe import paths, runtime
+from genpipe.data.split import read_split
 from genpipe.fileio import staged_outputs, write_json
 from genpipe.gan.evaluate import evaluate_weights, summary
 from genpipe.metrics.compare import EVALUATION_CONSTANTS
@@ -26,16 +27,19 @@ def main() -> None:
     runtime.seed_everything(params.seed, device, evaluate.cpu_threads)
     reference = load_reference(paths.REFERENCE, evaluate)
     backbone = load_backbone(evaluate, reference, paths.REFERENCE, device)
-    metrics, grid = evaluate_weights(paths.weights_dir(MODEL), reference, backbone, None,
+    split = read_split(paths.PREPARED)  # the train images of the tail grid
+    metrics, grids = evaluate_weights(paths.weights_dir(MODEL), reference, backbone, split,
                                      evaluate, params.seed, device)  # fmt: skip
     # both files move into place only once the run has them: a failure leaves the old ones
     with staged_outputs() as stage:
-        grid_path, metrics_path = stage(paths.eval_grid(MODEL)), stage(paths.metrics(MODEL))
-        grid.save(grid_path, format="PNG")
+        images = {path: stage(path) for path in (paths.eval_grid(MODEL), paths.tail_grid(MODEL))}
+        for path, image in grids.items():
+            image.save(images[path], format="PNG")
+        metrics_path = stage(paths.metrics(MODEL))
         write_json(metrics_path, metrics)
         run.log(
             metrics,
-            [metrics_path, grid_path],
+            [metrics_path, *(images[path] for path in grids)],
             "eval/",
             constants=EVALUATION_CONSTANTS,
             inputs=[test_split],

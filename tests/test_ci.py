@@ -112,6 +112,8 @@ def test_the_branch_ci_retrain_registers_from(tmp_path, monkeypatch, given, env,
 METRICS_DIFF = """| Path | Metric | HEAD~1 | workspace | Change |
 |---|---|---|---|---|
 | reports/gan/metrics.json | fid | 1.5 | 1.2 | -0.3 |
+| reports/gan/metrics.json | fid_std | 0.3 | 0.25 | -0.05 |
+| reports/gan/metrics.json | memorised_std | - | 0.005 | - |
 | reports/gan/metrics.json | floor.fid | 0.66 | 0.94 | 0.28 |
 | reports/gan/metrics.json | kid_subset_size | 185 | 190 | 5 |
 | reports/gan/metrics.json | num_samples | 370 | 380 | 10 |
@@ -160,7 +162,11 @@ def test_the_report_puts_each_model_against_its_champion(fake_dvc, tmp_path, mon
     assert "| ▲ <0.1% (worse) |" in nearly
     assert "- genpipe-gan v2: fid 1.2 vs champion v1's 1.5" in text
     # the metrics that describe the evaluation, not the model, are left out
-    assert "| fid |" in text and "floor.fid" not in text and "num_samples" not in text
+    # each figure with its spread, in one row
+    assert "| reports/gan/metrics.json | fid | 1.5 ± 0.3 | 1.2 ± 0.25 | -0.3 |" in text
+    assert "| fid_std |" not in text
+    assert "| memorised_std | - | 0.005 |" in text  # no figure row to fold into: kept
+    assert "floor.fid" not in text and "num_samples" not in text
     assert "kid_subset_size" not in text and "test_images" not in text
     assert "checks.images.shape" not in text and "| images.total |" in text
     assert "http" not in text  # a local store: no links

@@ -307,7 +307,7 @@ def test_evaluate_gan_reports_metrics_beside_the_floor(reference_dir, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"generator": netG.config()}))
     netG = load_generator(tmp_path, CPU)
 
-    metrics, grid = evaluate_gan(netG, reference, backbone, evaluate, seed=0, device=CPU)
+    metrics, grids = evaluate_gan(netG, reference, backbone, evaluate, seed=0, device=CPU)
     again, _ = evaluate_gan(netG, reference, backbone, evaluate, seed=0, device=CPU)
     assert metrics == again  # deterministic: DVC caches metrics.json
     assert metrics["num_samples"] == 30 and metrics["floor"] == reference.info["floor"]
@@ -316,7 +316,8 @@ def test_evaluate_gan_reports_metrics_beside_the_floor(reference_dir, tmp_path):
     assert metrics["measured_on"]["scored_images"] == "generated samples"
     assert metrics["fid_over_floor"] == pytest.approx(metrics["fid"] / metrics["floor"]["fid"],
                                                       rel=1e-5)  # fmt: skip
-    assert grid.size[0] > 0
+    assert set(grids) == {Path("reports/gan/eval_grid.png")}  # no train images: no tail grid
+    assert 0 <= metrics["memorised"] <= 1 and metrics["density"] >= 0 and metrics["coverage"] >= 0
     samples = generate(netG, 5, seed=0, batch_size=2, device=CPU)
     assert samples.dtype == np.uint8 and samples.shape == (5, 1, 8, 8)
     np.testing.assert_array_equal(samples, generate(netG, 5, seed=0, batch_size=5, device=CPU))

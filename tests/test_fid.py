@@ -12,7 +12,7 @@ import torch
 from scipy.linalg import sqrtm
 
 from genpipe.errors import MetricsError
-from genpipe.metrics import fid, kid, precision_recall
+from genpipe.metrics import fid, kid, neighbours
 
 
 @pytest.fixture(autouse=True)
@@ -380,7 +380,7 @@ def brute_force_precision_recall(real, fake, k):
 
 def test_precision_recall_of_identical_sets_are_one():
     x = features(np.random.default_rng(14), 300, 16)
-    assert precision_recall.precision_recall(x, x.copy(), k=3, batch_size=64) == (1.0, 1.0)
+    assert neighbours.precision_recall(x, x.copy(), k=3, batch_size=64) == (1.0, 1.0)
 
 
 def test_precision_recall_match_brute_force_in_any_batch_size():
@@ -389,7 +389,7 @@ def test_precision_recall_match_brute_force_in_any_batch_size():
     expected = brute_force_precision_recall(real, fake, k=3)
     assert 0.0 < expected[0] < 1.0 and 0.0 < expected[1] < 1.0
     for batch_size in (1, 7, 1024):
-        found = precision_recall.precision_recall(real, fake, k=3, batch_size=batch_size)
+        found = neighbours.precision_recall(real, fake, k=3, batch_size=batch_size)
         assert found == pytest.approx(expected, abs=1e-12)
 
 
@@ -398,15 +398,84 @@ def test_precision_recall_see_a_distant_fake_set_and_a_dropped_mode():
     modes = np.where(rng.random(400) < 0.5, 0.0, 20.0)[:, None]  # two far-apart clusters
     real = rng.standard_normal((400, 2)) + modes
     far = rng.standard_normal((400, 2)) + 100.0
-    assert precision_recall.precision_recall(real, far) == (0.0, 0.0)
+    assert neighbours.precision_recall(real, far) == (0.0, 0.0)
     one_mode = rng.standard_normal((400, 2))  # only the cluster at 0
-    precision, recall = precision_recall.precision_recall(real, one_mode)
+    precision, recall = neighbours.precision_recall(real, one_mode)
     assert precision > 0.9
     assert 0.3 < recall < 0.6
 
 
 def test_precision_recall_errors():
     with pytest.raises(MetricsError, match=r"evaluate\.pr_k.*expected 1 to 2.*got 3"):
-        precision_recall.precision_recall(np.zeros((10, 4)), np.zeros((3, 4)), k=3)
+        neighbours.precision_recall(np.zeros((10, 4)), np.zeros((3, 4)), k=3)
     with pytest.raises(MetricsError, match="same dimension"):
-        precision_recall.precision_recall(np.zeros((10, 4)), np.zeros((10, 5)))
+        neighbours.precision_recall(np.zeros((10, 4)), np.zeros((10, 5)))
+
+
+# --- density and coverage (Naeem et al. 2020) ---------------------------------------------------
+
+
+def brute_force_density_coverage(real, fake, k):
+    distances = np.linalg.norm(fake[:, None, :] - real[None, :, :], axis=2)  # (M, N)
+    radius_real = np.sort(np.linalg.norm(real[:, None] - real[None], axis=2), axis=1)[:, k]
+    inside = distances <= radius_real[None, :]
+    return inside.sum() / (k * len(fake)), inside.any(axis=0).mean()
+
+
+def test_density_and_coverage_match_brute_force_in_any_batch_size():
+    rng = np.random.default_rng(17)
+    real, fake = features(rng, 120, 8), features(rng, 90, 8, shift=0.2, spread=1.5)
+    density, coverage = brute_force_density_coverage(real, fake, k=3)
+    assert 0.0 < density and 0.0 < coverage < 1.0
+    for batch_size in (1, 7, 1024):
+        found = neighbours.manifold(real, fake, k=3, batch_size=batch_size)
+        assert found["density"] == pytest.approx(density, abs=1e-12)
+        assert found["coverage"] == pytest.approx(coverage, abs=1e-12)
+        assert (found["precision"], found["recall"]) == pytest.approx(
+            brute_force_precision_recall(real, fake, k=3), abs=1e-12)  # fmt: skip
+
+
+def test_density_and_coverage_of_the_same_distribution_read_their_expected_values():
+    """Naeem et al.'s expectations for fakes drawn as the reals are: density 1, and coverage
+    1 - (N-1)...(N-k) / ((M+N-1)...(M+N-k)), 1 - 1/2^k for M = N large (0.875 at k = 3)."""
+    k, n = 3, 2000
+    densities, coverages = [], []
+    for seed in range(5):
+        rng = np.random.default_rng(100 + seed)
+        found = neighbours.manifold(rng.standard_normal((n, 4)), rng.standard_normal((n, 4)), k)
+        densities.append(found["density"])
+        coverages.append(found["coverage"])
+        # density's standard error against its spread over the draws, below
+        assert 0.0 < found["density_std"] < 0.05
+    expected_coverage = 1 - np.prod([(n - i) / (2 * n - i) for i in range(1, k + 1)])
+    assert np.mean(densities) == pytest.approx(1.0, abs=0.05)
+    assert np.mean(coverages) == pytest.approx(expected_coverage, abs=0.02)
+
+
+def test_density_sees_samples_off_the_data_and_coverage_a_dropped_mode():
+    rng = np.random.default_rng(18)
+    modes = np.where(rng.random(400) < 0.5, 0.0, 20.0)[:, None]  # two far-apart clusters
+    real = rng.standard_normal((400, 2)) + modes
+    one_mode = rng.standard_normal((400, 2))  # only the cluster at 0
+    found = neighbours.manifold(real, one_mode, k=3)
+    assert 0.35 < found["coverage"] < 0.55  # about half the real balls hold a fake
+    assert found["density"] == pytest.approx(1.0, abs=0.15)  # each fake sits as the reals do
+    half_off = np.concatenate([real[:200] + 0.01, rng.standard_normal((200, 2)) + 100.0])
+    found = neighbours.manifold(real, half_off, k=3)
+    assert found["density"] == pytest.approx(0.5, abs=0.1)  # half the fakes in no real ball
+    assert found["precision"] == pytest.approx(0.5, abs=0.02)
+    collapsed = rng.standard_normal((400, 2)) * 0.01  # about one point
+    found = neighbours.manifold(real, collapsed, k=3)
+    assert found["coverage"] < 0.05 and found["precision"] == 1.0
+
+
+def test_nearest_gives_each_point_its_nearest_in_the_other_set():
+    rng = np.random.default_rng(19)
+    x, y = rng.standard_normal((50, 5)), rng.standard_normal((80, 5))
+    all_distances = np.linalg.norm(x[:, None] - y[None], axis=2)
+    for batch_size in (1, 9, 1024):
+        distance, index = neighbours.nearest(x, y, batch_size)
+        np.testing.assert_array_equal(index, all_distances.argmin(axis=1))
+        np.testing.assert_allclose(distance, all_distances.min(axis=1), rtol=1e-10)
+    with pytest.raises(MetricsError, match=r"\(50, 5\) and \(0, 5\)"):
+        neighbours.nearest(x, y[:0])

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 from genpipe import paths
 from genpipe.errors import GenpipeError
-from genpipe.metrics.keys import EVALUATION_CONSTANTS
+from genpipe.metrics.keys import EVALUATION_CONSTANTS, STD
 from genpipe.tracking.store import ui_url, without_credentials
 
 log = logging.getLogger("genpipe.ci")
@@ -213,7 +213,7 @@ def report(result: Retrain, base: str, cwd: Path) -> str:
     for title, command in (("Metrics", "metrics"), ("Params", "params")):
         diff = dvc(command, "diff", base, "--md", cwd=cwd)
         lines += ["", f"### {title} against `{base}`", ""]
-        table = without_constants(diff.stdout) if command == "metrics" else diff.stdout
+        table = with_spreads(without_constants(diff.stdout)) if command == "metrics" else diff.stdout
         if diff.returncode != 0:
             lines.append(f"(`dvc {command} diff` failed: {last_line(diff)})")
         elif table_rows(table):
@@ -298,6 +298,25 @@ def without_constants(markdown: str) -> str:
         if not metric.startswith((*EVALUATION_CONSTANTS, "checks.")):
             kept.append(line)
     return "\n".join(kept) + "\n"
+
+
+def with_spreads(markdown: str) -> str:
+    """`dvc metrics diff --md` with each `<figure>_std` row folded into its figure's row, as
+    'value ± std' on both sides: a change inside the noise reads as one."""
+    lines = markdown.splitlines()
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
+    at = {(c[0], c[1]): i for i, c in enumerate(cells) if len(c) >= 4}
+    folded = set()
+    for i, c in enumerate(cells):
+        figure = at.get((c[0], c[1].removesuffix(STD))) if len(c) >= 4 else None
+        if figure is None or not c[1].endswith(STD):
+            continue
+        for column in (2, 3):  # the base's value, the workspace's
+            if cells[figure][column] != "-" and c[column] != "-":
+                cells[figure][column] += f" ± {c[column]}"
+        lines[figure] = "| " + " | ".join(cells[figure]) + " |"
+        folded.add(i)
+    return "\n".join(line for i, line in enumerate(lines) if i not in folded) + "\n"
 
 
 def table_rows(markdown: str) -> int:

@@ -168,10 +168,15 @@ class EvaluateParams(Section):
     batch_size: int = Field(256, ge=1)  # feature extraction
     kid_subsets: int = Field(100, ge=1)
     kid_subset_size: int = Field(1000, ge=2)  # at most; at most half the smaller side
-    pr_k: int = Field(3, ge=1)  # precision/recall: k-th nearest neighbour radius
+    pr_k: int = Field(3, ge=1)  # precision/recall, density/coverage: k-th neighbour radius
     # FID's spread: the std over this many bootstrap resamples of the scored images' features
     # (the draw of samples); 0: no fid_std
     bootstraps: int = Field(20, ge=0, le=1000)
+    # the GAN's memorisation check: the train images whose features the reference keeps
+    # (null: all; N: a seeded subsample of N, for a backbone too slow for all), and the
+    # percentile of the test images' nearest-train distances under which a sample is a copy
+    memorisation_images: int | None = Field(None, ge=1)
+    memorisation_percentile: float = Field(1.0, gt=0, lt=50)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     cpu_threads: int = Field(1, ge=0)  # as train.cpu_threads
     domain: DomainParams = DomainParams()

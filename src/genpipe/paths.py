@@ -56,6 +56,13 @@ def eval_grid(model: str) -> Path:
     return reports(model) / "eval_grid.png"
 
 
+def tail_grid(model: str) -> Path:
+    """The evaluate stage's other grid, its figures' tail: the GAN's samples nearest the
+    train images, each above its nearest (the memorisation check); the autoencoder's worst
+    reconstructed test images above their reconstructions."""
+    return reports(model) / "tail_grid.png"
+
+
 def registry_record(model: str) -> Path:
     """The register stage's version, aliases and decision: not cached."""
     return reports(model) / "registry.json"

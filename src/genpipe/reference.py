@@ -24,10 +24,14 @@ from genpipe import paths, runtime
 from genpipe.data.split import Split, class_shares, require_images
 from genpipe.errors import MetricsError, exception_text
 from genpipe.fileio import umask_mode
+from genpipe.metrics import memorisation
 from genpipe.metrics.compare import (
     FID,
     FLOOR,
     KID_SUBSET_SIZE,
+    MEMORISATION,
+    MEMORISED,
+    STD,
     TEST_COUNT_FLOOR,
     Reference,
     compare,
@@ -47,6 +51,8 @@ log = logging.getLogger(__name__)
 INFO_FILE = paths.REFERENCE_INFO.name  # backbone, counts, the floor, the domain net's accuracy
 STATS_FILE = "stats.safetensors"  # features (N, D) float32; mu, sigma, sigma_sqrt float64
 DOMAIN_WEIGHTS = "domain.safetensors"  # domain backbone only
+# the memorisation check's train features (T, D) float32 and their train rows (T,) int64
+TRAIN_FILE = "train_features.safetensors"
 
 
 def save_reference(directory: Path, reference: Reference) -> None:
@@ -61,6 +67,11 @@ def save_reference(directory: Path, reference: Reference) -> None:
         str(directory / STATS_FILE),
     )
     umask_mode(directory / STATS_FILE)  # safetensors makes it private
+    if reference.train is not None and reference.train_index is not None:
+        save_file({"features": reference.train.astype(np.float32),
+                   "index": reference.train_index.astype(np.int64)},
+                  str(directory / TRAIN_FILE))  # fmt: skip
+        umask_mode(directory / TRAIN_FILE)
     text = json.dumps(reference.info, indent=2, sort_keys=True) + "\n"
     (directory / INFO_FILE).write_text(text)
 
@@ -68,7 +79,7 @@ def save_reference(directory: Path, reference: Reference) -> None:
 def load_reference(directory: Path, evaluate: EvaluateParams) -> Reference:
     """The reference stage's output, checked against the evaluate params in use."""
     directory = Path(directory)
-    for name in (INFO_FILE, STATS_FILE):
+    for name in (INFO_FILE, STATS_FILE):  # TRAIN_FILE: read below, with its own error
         if not (directory / name).is_file():
             raise MetricsError(
                 f"{directory / name}: expected the reference stage's output; found no such "
@@ -99,7 +110,31 @@ def load_reference(directory: Path, evaluate: EvaluateParams) -> Reference:
             f"{features.shape}, {mu.shape}, {sigma.shape}, {sigma_sqrt.shape} "
             "(run `dvc repro --force reference`)"
         )
-    return Reference(info, features.astype(np.float64), mu, sigma, sigma_sqrt)
+    train, index = _read_train(directory / TRAIN_FILE, d)
+    return Reference(info, features.astype(np.float64), mu, sigma, sigma_sqrt, train, index)
+
+
+def _read_train(path: Path, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """The memorisation check's train features (T, D) and their train rows (T,)."""
+    if not path.is_file():
+        raise MetricsError(
+            f"{path}: expected the reference stage's train features; found no such file "
+            "(run `dvc repro --force reference`)"
+        )
+    try:
+        arrays = load_file(str(path))
+        features, index = arrays["features"], arrays["index"]
+    except (SafetensorError, OSError, KeyError) as exc:
+        raise MetricsError(
+            f"{path}: expected the reference stage's train features (features, index); "
+            f"could not read them ({exception_text(exc)}) (run `dvc repro --force reference`)"
+        ) from None
+    if features.ndim != 2 or features.shape[1] != d or index.shape != (len(features),):
+        raise MetricsError(
+            f"{path}: expected features (T, {d}) and index (T,); found {features.shape} and "
+            f"{index.shape} (run `dvc repro --force reference`)"
+        )
+    return features.astype(np.float64), index
 
 
 def _read_info(path: Path) -> dict[str, Any]:
@@ -202,8 +237,35 @@ def build_reference(
         at_test = extract_features(backbone, split.train[pick], batch, device,
                                    desc="train features, test count")  # fmt: skip
         info[TEST_COUNT_FLOOR] = rounded({FID: frechet_to_reference(reference, at_test)})
+    train_checked(reference, params, split, backbone, device)
     log.info("FID floor (%d real train images vs the test split): %.4f", n, floor["fid"])
     return reference, net
+
+
+def train_checked(reference: Reference, params: Params, split: Split, backbone: Backbone,
+                  device: torch.device) -> None:  # fmt: skip
+    """The memorisation check's side of the reference: the features of the train images
+    it compares with (all, or a seeded subsample of evaluate.memorisation_images), the
+    threshold (metrics/memorisation.py), and the share of the test images within it, the
+    floor's figure."""
+    evaluate, n_train = params.evaluate, len(split.train)
+    count = min(evaluate.memorisation_images or n_train, n_train)
+    rng = np.random.default_rng(params.seed)
+    index = np.arange(n_train) if count == n_train else np.sort(rng.choice(n_train, count,
+                                                                           replace=False))
+    features = extract_features(backbone, split.train[index], evaluate.batch_size, device,
+                                desc="train features, memorisation")  # fmt: skip
+    # as load_reference will read them: float32, as the test features are stored
+    train = features.astype(np.float32).astype(np.float64)
+    test = reference.features.astype(np.float32).astype(np.float64)
+    limit = memorisation.threshold(test, train, evaluate.memorisation_percentile)
+    share = memorisation.memorisation(test, train, limit)
+    reference.train, reference.train_index = train, index.astype(np.int64)
+    reference.info[MEMORISATION] = {"train_images": count,
+                                    "percentile": evaluate.memorisation_percentile,
+                                    "threshold": limit}  # fmt: skip
+    reference.info[FLOOR].update(rounded({MEMORISED: share.share,
+                                          MEMORISED + STD: share.share_std}))  # fmt: skip
 
 
 def domain_backbone(params: Params, split: Split, device: torch.device) -> DomainNet:

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from genpipe.autoencoder.artifact import load_autoencoder
+from genpipe import paths
 from genpipe.autoencoder.network import AutoEncoder
 from genpipe.data.split import Split
 from genpipe.images import pairs_grid, to_float, unit_to_uint8
@@ -32,6 +33,7 @@ from genpipe.metrics.features import Backbone, extract_features
 from genpipe.params import EvaluateParams
 
 GRID_IMAGES = 32  # 4 rows of 8 originals, each above their reconstructions
+TAIL_IMAGES = 16  # the tail grid: the worst reconstructed test images, worst first
 
 # metric keys
 MSE, PSNR, SSIM, PCA_MSE, MSE_OVER_PCA = "mse", "psnr", "ssim", "pca_mse", "mse_over_pca"
@@ -64,7 +66,7 @@ def evaluate_weights(
     evaluate: EvaluateParams,
     seed: int,  # the FID bootstrap's resamples
     device: torch.device,
-) -> tuple[dict[str, Any], Image.Image]:
+) -> tuple[dict[str, Any], dict[Path, Image.Image]]:
     """The evaluate stage on a weights directory: train@autoencoder's, or a registered
     version's when register scores the champion again on today's data."""
     net = load_autoencoder(weights_dir, device)
@@ -81,9 +83,10 @@ def evaluate_autoencoder(
     evaluate: EvaluateParams,
     device: torch.device,
     seed: int = 0,  # the FID bootstrap's resamples
-) -> tuple[dict[str, Any], Image.Image]:
-    """metrics.json's content and a grid of test originals above their reconstructions, each
-    figure with its spread over the test images (metrics/spread.py)."""
+) -> tuple[dict[str, Any], dict[Path, Image.Image]]:
+    """metrics.json's content, each figure with its spread over the test images
+    (metrics/spread.py), and the grids by their paths: the first test originals above their
+    reconstructions, and the tail grid, the worst reconstructed above theirs."""
     x = test_images.astype(np.float64) / 255.0  # (M, C, S, S) in [0, 1]
     latent_dim = net.config()["latent_dim"]
     # first, while no reconstructions are held; uint8 in, scaled a chunk at a time: no float
@@ -119,8 +122,13 @@ def evaluate_autoencoder(
         metrics[FLOOR] = {FID: floor}
         if floor > 0:
             metrics[FID_OVER_FLOOR] = fid / floor
-    grid = pairs_grid(test_images[:GRID_IMAGES], recon_uint8[:GRID_IMAGES])
-    return rounded(metrics), grid
+    worst = np.argsort(-each[MSE], kind="stable")[:TAIL_IMAGES]
+    grids = {
+        paths.eval_grid("autoencoder"): pairs_grid(test_images[:GRID_IMAGES],
+                                                   recon_uint8[:GRID_IMAGES]),
+        paths.tail_grid("autoencoder"): pairs_grid(test_images[worst], recon_uint8[worst]),
+    }  # fmt: skip
+    return rounded(metrics), grids
 
 
 def floor_at(reference: Reference, scored: int) -> float | None:

@@ -12,6 +12,8 @@ import numpy as np
 from genpipe.errors import MetricsError
 from genpipe.metrics import fid, spread
 from genpipe.metrics.keys import (  # noqa: F401 (the keys' users import them from here too)
+    COVERAGE,
+    DENSITY,
     EVALUATION_CONSTANTS,
     FID,
     FID_OVER_FLOOR,
@@ -20,13 +22,15 @@ from genpipe.metrics.keys import (  # noqa: F401 (the keys' users import them fr
     KID_STD,
     KID_SUBSET_SIZE,
     MEASURED_ON,
+    MEMORISATION,
+    MEMORISED,
     PRECISION,
     RECALL,
     STD,
     TEST_COUNT_FLOOR,
 )
 from genpipe.metrics.kid import kernel_inception_distance
-from genpipe.metrics.precision_recall import precision_recall
+from genpipe.metrics.neighbours import manifold
 
 
 @dataclass
@@ -36,6 +40,10 @@ class Reference:
     mu: np.ndarray  # (D,)
     sigma: np.ndarray  # (D, D)
     sigma_sqrt: np.ndarray  # (D, D), symmetric: sigma = sigma_sqrt @ sigma_sqrt
+    # the memorisation check's train features (T, D) and their rows in the train split
+    # (T,): the reference stage always keeps them; None only where a caller has no check
+    train: np.ndarray | None = None
+    train_index: np.ndarray | None = None
 
 
 def reference_from_features(features: np.ndarray, info: dict[str, Any]) -> Reference:
@@ -91,23 +99,28 @@ def compare(
     seed: int,
     bootstraps: int = 0,
 ) -> dict[str, float]:
-    """FID, KID (mean and std over `kid_subsets` subsets of `kid_subset_size`) and
-    precision/recall (k = `pr_k`) of `features` (N, D) against the reference's real test
-    features, each with its spread (metrics/spread.py): fid_std over `bootstraps` resamples
-    (none below 2), precision_std and recall_std."""
+    """FID, KID (mean and std over `kid_subsets` subsets of `kid_subset_size`),
+    precision/recall and density/coverage (k = `pr_k`) of `features` (N, D) against the
+    reference's real test features, each with its spread (metrics/spread.py): fid_std over
+    `bootstraps` resamples (none below 2), the others' standard errors."""
     distance = frechet_to_reference(reference, features)
     kid_mean, kid_std = kernel_inception_distance(
         reference.features, features, kid_subsets, kid_subset_size, seed
     )
-    precision, recall = precision_recall(reference.features, features, k=pr_k)
+    k_nn = manifold(reference.features, features, k=pr_k)
+    n_fake, n_real = len(features), len(reference.features)
     metrics = {
         FID: distance,
         KID_MEAN: kid_mean,
         KID_STD: kid_std,
-        PRECISION: precision,
-        RECALL: recall,
-        PRECISION + STD: spread.proportion_error(precision, len(features)),
-        RECALL + STD: spread.proportion_error(recall, len(reference.features)),
+        PRECISION: k_nn[PRECISION],
+        RECALL: k_nn[RECALL],
+        DENSITY: k_nn[DENSITY],
+        COVERAGE: k_nn[COVERAGE],
+        PRECISION + STD: spread.proportion_error(k_nn[PRECISION], n_fake),
+        RECALL + STD: spread.proportion_error(k_nn[RECALL], n_real),
+        DENSITY + STD: k_nn[DENSITY + STD],
+        COVERAGE + STD: spread.proportion_error(k_nn[COVERAGE], n_real),
     }
     if (fid_std := fid_spread(reference, features, bootstraps, seed)) is not None:
         metrics[FID + STD] = fid_std

@@ -3,6 +3,10 @@ imports, so that the CI report and the registry read them without loading torch.
 
 # metric keys, in metrics.json and (prefixed) in MLflow
 FID, KID_MEAN, KID_STD, PRECISION, RECALL = "fid", "kid_mean", "kid_std", "precision", "recall"
+DENSITY, COVERAGE = "density", "coverage"  # Naeem et al. 2020 (metrics/neighbours.py)
+# the GAN's samples nearer a train image than real test images are (metrics/memorisation.py)
+MEMORISED = "memorised"
+MEMORISATION = "memorisation"  # the reference's threshold and how it was set
 STD = "_std"  # <figure>_std: the figure's evaluation noise (see metrics/spread.py)
 MEASURED_ON = "measured_on"  # what the figures were measured on: counts, split, backbone
 FLOOR = "floor"  # the metrics of real train images against the test split
