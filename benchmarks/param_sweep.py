@@ -35,10 +35,12 @@ import yaml
 from genpipe import runtime
 from genpipe.autoencoder.evaluate import evaluate_autoencoder
 from genpipe.autoencoder.train import train_autoencoder
-from genpipe.data.split import read_split
+from genpipe.data.split import Split, read_split
 from genpipe.gan.evaluate import evaluate_gan
 from genpipe.gan.train import train_gan
-from genpipe.params import parse_params
+from genpipe.metrics.compare import Reference
+from genpipe.metrics.features import Backbone
+from genpipe.params import Params, parse_params
 from genpipe.reference import load_backbone, load_reference
 
 MODELS = {"gan": ("fid_over_floor", "fid", "precision", "recall"),
@@ -73,6 +75,33 @@ def with_overrides(raw: dict, over: dict) -> dict:
     return raw
 
 
+def train_and_score(params: Params, model: str, split: Split, reference: Reference,
+                    backbone: Backbone, device: torch.device) -> tuple[dict, float]:  # fmt: skip
+    """Train `model` with the train stage's function (no checkpoint kept, no MLflow), then
+    score it with the evaluate stage's, its seed and threads: its metrics.json content and
+    the training's seconds."""
+    t0 = time.perf_counter()
+    train, test = split.train, split.test
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt, log = Path(tmp) / "checkpoint.pt", Path(tmp) / "train_log.csv"
+        if model == "gan":
+            net = train_gan(params, train, "sweep", device, ckpt, log,
+                            labels=split.train_labels).ema  # fmt: skip
+        else:
+            net = train_autoencoder(params, train, "sweep", device, ckpt, log).net
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    train_s = time.perf_counter() - t0
+    runtime.seed_everything(params.seed, device, params.evaluate.cpu_threads)
+    if model == "gan":
+        metrics, _ = evaluate_gan(net.eval(), reference, backbone, params.evaluate,
+                                  params.seed, device)  # fmt: skip
+    else:
+        metrics, _ = evaluate_autoencoder(net.eval(), train, test, reference, backbone,
+                                          params.evaluate, device, params.seed)  # fmt: skip
+    return metrics, train_s
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("specs", nargs="+", metavar="NAME:MODEL:KEY=VALUE,...")
@@ -97,8 +126,6 @@ def main() -> None:
     reference = load_reference(reference_dir, base.evaluate)
     backbone = load_backbone(base.evaluate, reference, reference_dir, device)
     split = read_split(args.project / "data" / "prepared")
-    train, test = split.train, split.test
-    labels = split.train_labels  # for gan.conditional
     baselines: dict[str, float] = {}
     failed = False
     models = [] if args.no_baseline else list(dict.fromkeys(model for _, model, _ in specs))
@@ -106,24 +133,8 @@ def main() -> None:
         t0 = time.perf_counter()
         try:
             params = parse_params(with_overrides(raw0, over))
-            with tempfile.TemporaryDirectory() as tmp:
-                ckpt, log = Path(tmp) / "checkpoint.pt", Path(tmp) / "train_log.csv"
-                if model == "gan":
-                    net = train_gan(params, train, "sweep", device, ckpt, log,
-                                    labels=labels).ema  # fmt: skip
-                else:
-                    net = train_autoencoder(params, train, "sweep", device, ckpt, log).net
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            train_s = time.perf_counter() - t0
-            # as the evaluate stage: its seed and threads
-            runtime.seed_everything(params.seed, device, params.evaluate.cpu_threads)
-            if model == "gan":
-                metrics, _ = evaluate_gan(net.eval(), reference, backbone, params.evaluate,
-                                          params.seed, device)  # fmt: skip
-            else:
-                metrics, _ = evaluate_autoencoder(net.eval(), train, test, reference, backbone,
-                                                  params.evaluate, device)  # fmt: skip
+            metrics, train_s = train_and_score(params, model, split, reference, backbone,
+                                               device)  # fmt: skip
             row = {key: metrics.get(key) for key in MODELS[model]}
             head = MODELS[model][0]
             if not args.no_baseline:

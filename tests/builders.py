@@ -130,3 +130,46 @@ def train_domain(images, labels, num_classes, params, seed, device):
         lr=params.lr, width=params.width, feature_dim=params.feature_dim, seed=seed,
         device=device,
     )  # fmt: skip
+
+
+# --- a reference on real data, without a network ------------------------------------------
+
+
+def pixels(images: torch.Tensor) -> torch.Tensor:
+    """A feature backbone: the pixels themselves, as floats."""
+    return images.flatten(1).float()
+
+
+def digits_split():
+    """sklearn's digits as a Split: every fifth image in the test split (360 of 1797)."""
+    from sklearn.datasets import load_digits
+
+    from genpipe.data.split import Split
+
+    data = load_digits()
+    images = np.round(data.images * (255 / 16)).astype(np.uint8)[:, None]  # (1797, 1, 8, 8)
+    test = np.arange(len(images)) % 5 == 0
+    return Split(images[~test], images[test], data.target[~test], data.target[test], 10,
+                 Path("prepared"))  # fmt: skip
+
+
+def pixel_reference(split, params):
+    """The reference stage's Reference of `split` with the pixels as features: the test
+    split's statistics, a floor (the FID of as many train images), the memorisation check's
+    train features. The GAN's evaluate_gan scores against it."""
+    from genpipe.metrics.compare import (
+        frechet_to_reference,
+        kid_subset_size,
+        reference_from_features,
+    )
+    from genpipe.metrics.features import extract_features
+    from genpipe.reference import train_checked
+
+    cpu = torch.device("cpu")
+    n = len(split.test)
+    info = {"num_samples": n, "kid_subset_size": kid_subset_size(1000, n, n)}
+    reference = reference_from_features(extract_features(pixels, split.test, 256, cpu), info)
+    floor = frechet_to_reference(reference, extract_features(pixels, split.train[:n], 256, cpu))
+    info["floor"] = {"fid": floor}
+    train_checked(reference, params, split, pixels, cpu)
+    return reference

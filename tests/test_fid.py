@@ -426,7 +426,7 @@ def test_density_and_coverage_match_brute_force_in_any_batch_size():
     rng = np.random.default_rng(17)
     real, fake = features(rng, 120, 8), features(rng, 90, 8, shift=0.2, spread=1.5)
     density, coverage = brute_force_density_coverage(real, fake, k=3)
-    assert 0.0 < density and 0.0 < coverage < 1.0
+    assert density > 0.0 and 0.0 < coverage < 1.0
     for batch_size in (1, 7, 1024):
         found = neighbours.manifold(real, fake, k=3, batch_size=batch_size)
         assert found["density"] == pytest.approx(density, abs=1e-12)

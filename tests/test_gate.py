@@ -189,6 +189,30 @@ def test_reconcile(case):
     assert reconcile(champion, versions, min_improvement=0.01) == aliases
 
 
+# the race's undo holds a version to the gate's noise rule too (register.noise_z 2): the
+# gate kept it challenger, and reconcile must not promote it after all
+# champion, versions -> aliases
+# fmt: off
+RECONCILE_NOISE = {
+    "a gain inside the noise":
+        (replace(OLD, std=0.3), [replace(OLD, std=0.3), replace(version(2, 1.5), std=0.3)], ()),
+    "a gain outside the noise":
+        (replace(OLD, std=0.1), [replace(OLD, std=0.1), replace(version(2, 1.5), std=0.1)],
+         ((PREVIOUS_CHAMPION, 1), (CHAMPION, 2))),
+    "a champion without a spread, a candidate within its own":
+        (OLD, [OLD, replace(version(2, 1.5), std=0.3)], ()),
+    "no spread known: min_improvement alone":
+        (OLD, [OLD, version(2, 1.5)], ((PREVIOUS_CHAMPION, 1), (CHAMPION, 2))),
+}
+# fmt: on
+
+
+@pytest.mark.parametrize("case", RECONCILE_NOISE.values(), ids=RECONCILE_NOISE.keys())
+def test_reconcile_knows_the_noise(case):
+    champion, versions, aliases = case
+    assert reconcile(champion, versions, min_improvement=0.01, noise_z=2.0) == aliases
+
+
 def test_the_gate_imports_no_mlflow():
     code = "import sys, genpipe.registry.gate; print('mlflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -5,30 +5,24 @@ share). The features are the pixels of sklearn's digits: no network to train."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 
 from genpipe import paths
 from genpipe.data.split import Split
 from genpipe.gan.evaluate import TAIL_PAIRS, evaluate_gan, summary
 from genpipe.images import to_float
 from genpipe.metrics import memorisation
-from genpipe.metrics.compare import Reference, compare, kid_subset_size, reference_from_features
+from genpipe.metrics.compare import Reference, compare, reference_from_features
 from genpipe.metrics.features import extract_features
 from genpipe.params import parse_params
 from genpipe.reference import train_checked
 
+from builders import digits_split, pixel_reference, pixels
+
 CPU = torch.device("cpu")
 PERCENTILE = 5.0
-
-
-def pixels(images: torch.Tensor) -> torch.Tensor:
-    """A backbone: the pixels themselves, as floats."""
-    return images.flatten(1).float()
 
 
 class Replay(torch.nn.Module):
@@ -48,19 +42,10 @@ class Replay(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def digits() -> tuple[Split, Reference, object]:
-    data = load_digits()
-    images = np.round(data.images * (255 / 16)).astype(np.uint8)[:, None]  # (1797, 1, 8, 8)
-    test = np.arange(len(images)) % 5 == 0
-    split = Split(images[~test], images[test], data.target[~test], data.target[test], 10,
-                  Path("prepared"))  # fmt: skip
+    split = digits_split()
     params = parse_params({"evaluate": {"memorisation_percentile": PERCENTILE,
                                         "kid_subsets": 5}})  # fmt: skip
-    n = len(split.test)
-    info = {"num_samples": n, "kid_subset_size": kid_subset_size(1000, n, n)}
-    reference = reference_from_features(extract_features(pixels, split.test, 256, CPU), info)
-    info["floor"] = {"fid": 1.0}
-    train_checked(reference, params, split, pixels, CPU)
-    return split, reference, params
+    return split, pixel_reference(split, params), params
 
 
 def scored(digits, images: np.ndarray) -> tuple[dict, dict]:
@@ -128,7 +113,8 @@ def test_a_subsample_of_the_train_images_is_seeded_and_indexed(digits):
     reference = reference_from_features(extract_features(pixels, split.test, 256, CPU),
                                         {"floor": {"fid": 1.0}})  # fmt: skip
     train_checked(reference, params, split, pixels, CPU)
-    assert reference.train.shape == (100, 64) and reference.info["memorisation"]["train_images"] == 100
+    assert reference.train.shape == (100, 64)
+    assert reference.info["memorisation"]["train_images"] == 100
     features = extract_features(pixels, split.train[reference.train_index], 256, CPU)
     np.testing.assert_array_equal(reference.train, features)
     again = reference_from_features(reference.features, {"floor": {"fid": 1.0}})

@@ -67,17 +67,21 @@ def server(tmp_path_factory):
 
 
 def gan_outputs(root: Path, uri: str, fid: float, backbone: str = "domain", seed: int = 0,
-                run: bool = True, data_hash: str = "data-hash") -> Outputs:  # fmt: skip
-    """A trained-looking GAN's DVC outputs under `root`, with its training run on `uri`."""
-    torch.manual_seed(seed)
-    netG = Generator(8, 1, z_dim=4, width=8)
+                run: bool = True, data_hash: str = "data-hash", netG: Generator | None = None,
+                metrics: dict | None = None) -> Outputs:  # fmt: skip
+    """A trained-looking GAN's DVC outputs under `root`, with its training run on `uri`:
+    `netG` (else a fresh one from `seed`) and `metrics` (else `fid` beside a floor)."""
+    if netG is None:
+        torch.manual_seed(seed)
+        netG = Generator(8, 1, z_dim=4, width=8)
     weights = root / "models/gan/weights"
     save_weights(netG, weights / "generator_ema.safetensors")
     config = {"model": "gan", "image_size": 8, "channels": 1, "generator": netG.config()}
     (weights / "config.json").write_text(json.dumps(config))
     reports = root / "reports/gan"
     reports.mkdir(parents=True, exist_ok=True)
-    (reports / "metrics.json").write_text(json.dumps({"fid": fid, "floor": {"fid": 0.4}}))
+    metrics = metrics or {"fid": fid, "floor": {"fid": 0.4}}
+    (reports / "metrics.json").write_text(json.dumps(metrics))
     (reports / "train_log.csv").write_text("step,loss_d,loss_g\n5,1.2,0.7\n10,1.1,0.8\n")
     (root / "data/reference").mkdir(parents=True, exist_ok=True)
     (root / "data/reference/reference.json").write_text(json.dumps({"backbone": backbone}))
@@ -94,8 +98,9 @@ def gan_outputs(root: Path, uri: str, fid: float, backbone: str = "domain", seed
 
 
 def do_register(outputs: Outputs, uri: str, prefix: str, min_improvement: float = 0.01,
-                force: bool = False, branch: str | None = None, score=None) -> dict:  # fmt: skip
-    policy = Policy(min_improvement, force, branch, "main", score)
+                force: bool = False, branch: str | None = None, score=None,
+                noise_z: float = 0.0) -> dict:  # fmt: skip
+    policy = Policy(min_improvement, force, branch, "main", score, noise_z)
     return register(outputs, PARAMS, prefix, policy, experiment="exp", uri=uri)
 
 
@@ -119,6 +124,60 @@ def test_better_version_becomes_champion_worse_one_challenger(server, tmp_path):
     close = do_register(gan_outputs(tmp_path / "d", server, fid=0.995, seed=3), server, "t1")
     assert close["decision"] == "challenger"
     assert aliases(server, "t1-gan") == {"champion": 2, "previous-champion": 1, "challenger": 4}
+
+
+@pytest.mark.slow
+def test_the_same_model_scored_by_another_evaluation_draw_cannot_become_champion(server, tmp_path):
+    """One generator (200 steps on sklearn's digits), scored by the evaluate stage's own
+    function with the pixels as features under evaluation seeds 0 to 5: each seed is another
+    draw of samples, which moves its FID by 1-2%. Seed 0's draw is registered first; each
+    later draw as a new version, its weights nudged by 1e-7 so that the registry sees new
+    bits. With register.noise_z 2 (the default) none becomes champion. With min_improvement
+    alone (noise_z 0) the same draws promote one, so the noise margin keeps them out."""
+    import copy
+    import tempfile
+
+    from genpipe.gan.evaluate import evaluate_gan
+    from genpipe.gan.train import train_gan
+    from genpipe.params import parse_params
+
+    from builders import digits_split, pixel_reference, pixels
+
+    cpu = torch.device("cpu")
+    split = digits_split()
+    params = parse_params({"gan": {"steps": 200, "width": 16, "z_dim": 16, "ema_bn_batches": 5},
+                           "train": {"batch_size": 64}})  # fmt: skip
+    reference = pixel_reference(split, params)
+    with tempfile.TemporaryDirectory() as tmp:
+        netG = train_gan(params, split.train, "draws", cpu, Path(tmp) / "checkpoint.pt",
+                         Path(tmp) / "train_log.csv").ema.eval()  # fmt: skip
+
+    def draw(seed: int) -> tuple[Generator, dict]:
+        nudged = copy.deepcopy(netG)
+        first = next(nudged.parameters())
+        with torch.no_grad():
+            first[(0,) * first.ndim] += 1e-7 * seed  # new bits, the same model
+        metrics, _ = evaluate_gan(nudged, reference, pixels, params.evaluate, seed, cpu)
+        return nudged, metrics
+
+    draws = [draw(seed) for seed in range(6)]
+    fids = [metrics["fid"] for _, metrics in draws]
+    assert len(set(fids)) == 6 and all(metrics["fid_std"] > 0 for _, metrics in draws)
+    for prefix, noise_z in (("n1", 2.0), ("n2", 0.0)):
+        decisions = []
+        for seed, (net, metrics) in enumerate(draws):
+            outputs = gan_outputs(tmp_path / prefix / str(seed), server, 0.0, seed=seed,
+                                  netG=net, metrics=metrics)  # fmt: skip
+            decisions.append(do_register(outputs, server, prefix, noise_z=noise_z))
+        assert [d["version"] for d in decisions] == [1, 2, 3, 4, 5, 6]
+        promoted = [d["version"] for d in decisions[1:] if d["decision"] == "champion"]
+        if noise_z:
+            assert promoted == [], [d["reason"] for d in decisions]
+            assert aliases(server, f"{prefix}-gan")["champion"] == 1
+            better = [d for d in decisions[1:] if d["value"] < fids[0] * 0.99]
+            assert better and all("noise margin" in d["reason"] for d in better)
+        else:
+            assert promoted, f"no draw beat seed 0's by 1%: {fids}"
 
 
 @pytest.mark.integration

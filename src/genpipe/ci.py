@@ -213,7 +213,9 @@ def report(result: Retrain, base: str, cwd: Path) -> str:
     for title, command in (("Metrics", "metrics"), ("Params", "params")):
         diff = dvc(command, "diff", base, "--md", cwd=cwd)
         lines += ["", f"### {title} against `{base}`", ""]
-        table = with_spreads(without_constants(diff.stdout)) if command == "metrics" else diff.stdout
+        table = diff.stdout
+        if command == "metrics":
+            table = with_spreads(without_constants(table))
         if diff.returncode != 0:
             lines.append(f"(`dvc {command} diff` failed: {last_line(diff)})")
         elif table_rows(table):

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from genpipe.autoencoder.artifact import load_autoencoder
 from genpipe import paths
+from genpipe.autoencoder.artifact import load_autoencoder
 from genpipe.autoencoder.network import AutoEncoder
 from genpipe.data.split import Split
 from genpipe.images import pairs_grid, to_float, unit_to_uint8

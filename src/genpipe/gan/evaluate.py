@@ -10,11 +10,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from genpipe import runtime
+from genpipe import paths, runtime
 from genpipe.data.split import Split
 from genpipe.gan.artifact import load_generator
 from genpipe.gan.network import Generator
-from genpipe import paths
 from genpipe.images import GRID_SAMPLES, image_grid, pairs_grid, to_uint8
 from genpipe.metrics.compare import (
     COVERAGE,

@@ -183,7 +183,7 @@ def decide(
     margin = noise_z * spread
     compared["margin"] = margin
     said = f"better by {gain:.3g}; the noise margin is {noise_z:g} x {spread:.3g} = {margin:.3g}"
-    if gain > margin:
+    if clears_noise(candidate, champion, noise_z):
         return Decision(CHAMPION, f"{value} vs {old}: {said}", compared, promote)
     reason = f"{value} vs {old}: within the evaluation noise ({said})"
     return Decision(CHALLENGER, reason, compared, challenge)
@@ -219,11 +219,22 @@ def on_branch(verdict: Decision, version: int, branch: str, default_branch: str)
                     ((candidate_alias(branch), version),))  # fmt: skip
 
 
-def reconcile(champion: Version, versions: list[Version], min_improvement: float) -> Aliases:
+def clears_noise(candidate: Version, champion: Version, noise_z: float) -> bool:
+    """Whether the candidate's gain over the champion exceeds `noise_z` times their combined
+    evaluation noise (noise()); with noise_z 0 or no spread known, the gain always does."""
+    spread = noise(candidate, champion)
+    if noise_z == 0 or spread is None:
+        return True
+    return champion.value - candidate.value > noise_z * spread
+
+
+def reconcile(champion: Version, versions: list[Version], min_improvement: float,
+              noise_z: float = 0.0) -> Aliases:  # fmt: skip
     """Undo a race between two register processes: each decided against the champion it
     read, and the last alias write won. The best version comparable with the champion takes
-    the alias when it beats it as the gate would have required. A champion of unknown value
-    is left to the next gate, which replaces it."""
+    the alias when it beats it as the gate would have required: by min_improvement and
+    past the noise (clears_noise). A champion of unknown value is left to the next gate,
+    which replaces it."""
     if champion.value is None:
         return ()
     comparable = [v for v in versions if v.value is not None and not differs(v, champion)]
@@ -231,5 +242,7 @@ def reconcile(champion: Version, versions: list[Version], min_improvement: float
         return ()
     best = min(comparable, key=lambda v: (v.value, v.version))
     if best.version == champion.version or not beats(best.value, champion.value, min_improvement):
+        return ()
+    if not clears_noise(best, champion, noise_z):
         return ()
     return ((PREVIOUS_CHAMPION, champion.version), (CHAMPION, best.version))

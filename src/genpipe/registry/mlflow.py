@@ -242,8 +242,7 @@ def _register_once(
         _set_aliases(client, name, verdict.aliases,
                      Why(verdict.reason, metric, values, policy.branch, history_path))  # fmt: skip
         if policy.on_default:
-            _reconcile(client, name, metric, policy.min_improvement, policy.branch,
-                       history_path)  # fmt: skip
+            _reconcile(client, name, metric, policy, history_path)
         decision = verdict.record()
         for key, value in lineage.decision_tags(decision, policy.branch).items():
             client.set_model_version_tag(name, version.version, key, value)  # decision last
@@ -588,15 +587,16 @@ def _set_aliases(client: Any, name: str, aliases: gate.Aliases, why: Why) -> Non
         client.set_registered_model_alias(name, alias, str(version))
 
 
-def _reconcile(client: Any, name: str, metric: str, min_improvement: float,
-               branch: str | None, history_path: Path) -> None:  # fmt: skip
+def _reconcile(client: Any, name: str, metric: str, policy: Policy,
+               history_path: Path) -> None:  # fmt: skip
     """Undo a race between two register processes (see gate.reconcile). Every process ends
     here after its own writes, so the last one to run sees all versions."""
     champion = _champion(client, name, metric)
     if champion is None:
         return
     found = client.search_model_versions(f"name = '{name}'")
-    aliases = gate.reconcile(champion, [_values(v) for v in found], min_improvement)
+    aliases = gate.reconcile(champion, [_values(v) for v in found], policy.min_improvement,
+                             policy.noise_z)  # fmt: skip
     best = next((v for v in found if aliases and int(v.version) == aliases[-1][1]), None)
     if best is not None and files_gone(client, best) is not None:
         return  # a version whose files are gone is never made champion
@@ -605,4 +605,5 @@ def _reconcile(client: Any, name: str, metric: str, min_improvement: float,
                   "register set")  # fmt: skip
         log.warning("%s: %s; moving the alias", name, reason)
         values = {int(v.version): _values(v).value for v in found}
-        _set_aliases(client, name, aliases, Why(reason, metric, values, branch, history_path))
+        _set_aliases(client, name, aliases,
+                     Why(reason, metric, values, policy.branch, history_path))  # fmt: skip
