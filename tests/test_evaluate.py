@@ -518,6 +518,53 @@ def test_config_json_of_an_open_brace_is_one_line(tmp_path):
     assert message.startswith(f"{tmp_path}/config.json: expected the train@gan stage's network")
 
 
+# config.json beside the weights is a file genpipe did not necessarily write: held to the
+# params' bounds before any network is built (a width of 1e9 would allocate 4 TB)
+# fmt: off
+BAD_CONFIGS = {
+    "width 1e9": ({"width": 10**9}, "generator.width: expected a value less than or equal to 2048"),
+    "width 1e5": ({"width": 10**5}, "generator.width: expected a value less than"),
+    "channels -1": ({"channels": -1}, "generator.channels: expected one of 1 or 3; got -1"),
+    "depth 1e8": ({"depth": 10**8}, "generator.depth: expected a value less than"),
+    "z_dim 1e24": ({"z_dim": 10**24}, "generator.z_dim: expected a value less than"),
+    "an unknown key": ({"widht": 8}, "generator.widht: unknown key"),
+    "class weights of 0": ({"class_weights": [0.0, 1.0]}, "generator.class_weights[0]"),
+}
+# fmt: on
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS.values(), ids=BAD_CONFIGS.keys())
+def test_a_config_json_out_of_bounds_is_one_line_before_any_network_is_built(
+    tmp_path, case, monkeypatch
+):
+    change, expected = case
+    _gan_weights(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["generator"].update(change)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(Generator, "__init__", lambda *a, **k: pytest.fail("built"))
+    with pytest.raises(WeightsError) as excinfo:
+        load_generator(tmp_path, CPU)
+    message = str(excinfo.value)
+    assert "\n" not in message and expected in message
+    assert message.startswith(f"{tmp_path}/config.json: expected a config that builds")
+
+
+def test_an_autoencoder_and_a_domain_config_out_of_bounds_are_one_line(tmp_path):
+    from genpipe.metrics.domain import load_domain_network
+
+    net = AutoEncoder(8, 1, latent_dim=3, width=4)
+    weights.save_weights(net, tmp_path / "autoencoder.safetensors")
+    config = {"autoencoder": {**net.config(), "latent_dim": 10**9}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(WeightsError, match=r"autoencoder\.latent_dim: expected a value less"):
+        load_autoencoder(tmp_path, CPU)
+    domain = {"image_size": 8, "channels": 1, "num_classes": 2, "width": 10**6,
+              "feature_dim": 8}  # fmt: skip
+    with pytest.raises(WeightsError, match=r"reference.json: .*domain\.width: expected a value"):
+        load_domain_network(tmp_path / "domain.safetensors", domain, CPU)
+
+
 def test_new_safetensors_files_are_readable_per_the_umask(tmp_path):
     import os
     import stat

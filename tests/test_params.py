@@ -193,15 +193,45 @@ def test_not_a_mapping():
 
 
 def test_file_errors(tmp_path):
-    with pytest.raises(ParamsError, match="expected a params file; found none"):
+    with pytest.raises(ParamsError, match=r"expected a params file, .*; found none"):
         load_params(tmp_path / "params.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("data:\n  source: [digits\n")
     with pytest.raises(ParamsError, match="expected valid YAML; found a syntax error at line"):
         load_params(bad)
-    empty = tmp_path / "empty.yaml"
-    empty.write_text("")
-    assert load_params(empty) == Params()
+
+
+
+# a params file that is not a text mapping: what it is instead, in one line, exit 2
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "found an empty file (or comments only)"),
+        (b"# only a comment\n", "found an empty file (or comments only)"),
+        (b"\xf8\x00\xff binary", "found bytes that are not UTF-8 text (at byte 0)"),
+        (b"seed: 1\nseed: 2\n", "expected each key once; found a duplicate key at line 2: 'seed'"),
+        (b"- data\n", "expected a mapping of sections; got list"),
+    ],
+    ids=["empty", "comments only", "binary", "duplicate key", "a list"],
+)
+def test_a_params_file_that_is_not_a_text_mapping_is_one_line(tmp_path, content, expected):
+    path = tmp_path / "params.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ParamsError) as excinfo:
+        load_params(path)
+    assert expected in str(excinfo.value) and "\n" not in str(excinfo.value)
+    assert excinfo.value.exit_code == 2
+
+
+@pytest.mark.parametrize("where", ["a directory", "/dev/null"])
+def test_genpipe_params_on_a_directory_or_dev_null_is_one_line(tmp_path, capsys, where):
+    path = tmp_path if where == "a directory" else Path("/dev/null")
+    with pytest.raises(SystemExit) as excinfo:
+        main(["params", "--file", str(path)])
+    assert excinfo.value.code == 2
+    err = capsys.readouterr().err.strip()
+    found = "found a directory" if where == "a directory" else "found an empty file"
+    assert err.startswith("error: ") and found in err and "\n" not in err
 
 
 def test_every_source_is_a_valid_choice():
@@ -301,3 +331,78 @@ def test_the_training_seed_is_train_seed_else_the_seed():
     assert parse_params({"seed": 3, "train": {"seed": 5}}).training_seed == 5
     with pytest.raises(ParamsError, match="train.seed"):
         parse_params({"train": {"seed": -1}})
+
+
+# --- every number bounded and finite (issue: values the schema accepted, then crashed) ------
+
+# value -> the one line; each was accepted before and crashed, hung or allocated terabytes
+# fmt: off
+BOUNDED = {
+    "seed 2**63": ({"seed": 2**63}, "seed: expected a value less than or equal to "
+                                    "9223372036854775807; got 9223372036854775808"),
+    "train.seed 2**64": ({"train": {"seed": 2**64}}, "train.seed: expected a value less than"),
+    "cpu_threads 100000": ({"train": {"cpu_threads": 100_000}},
+                           "train.cpu_threads: expected a value less than or equal to 256"),
+    "evaluate.cpu_threads": ({"evaluate": {"cpu_threads": 4096}}, "evaluate.cpu_threads"),
+    "gan.width 1e9": ({"gan": {"width": 10**9}}, "gan.width: expected a value less than or "
+                                                 "equal to 2048; got 1000000000"),
+    "gan.depth 1e8": ({"gan": {"depth": 10**8}}, "gan.depth: expected a value less than"),
+    "gan.z_dim": ({"gan": {"z_dim": 10**24}}, "gan.z_dim: expected a value less than"),
+    "autoencoder.width": ({"autoencoder": {"width": 10**5}}, "autoencoder.width"),
+    "kid_subsets 1e21": ({"evaluate": {"kid_subsets": 10**21}},
+                         "evaluate.kid_subsets: expected a value less than"),
+    "dist_timeout_s inf": ({"train": {"dist_timeout_s": float("inf")}},
+                           "train.dist_timeout_s: expected a finite number; got inf"),
+    "download.backoff 1e300": ({"data": {"download": {"backoff": 1e300}}},
+                               "data.download.backoff: expected a value less than or equal to"),
+    "download.timeout inf": ({"data": {"download": {"timeout": float("inf")}}},
+                             "data.download.timeout: expected a finite number"),
+    "download.retries 1e30": ({"data": {"download": {"retries": 10**30}}},
+                              "data.download.retries: expected a value less than"),
+    "lr nan": ({"gan": {"lr_g": float("nan")}}, "gan.lr_g: expected a finite number; got nan"),
+    "nproc_per_node": ({"train": {"nproc_per_node": 100_000}}, "train.nproc_per_node"),
+    "steps": ({"gan": {"steps": 10**12}}, "gan.steps: expected a value less than"),
+    "batch_size": ({"train": {"batch_size": 10**9}}, "train.batch_size"),
+    "num_samples": ({"evaluate": {"num_samples": 10**12}}, "evaluate.num_samples"),
+    "domain.feature_dim": ({"evaluate": {"domain": {"feature_dim": 10**6}}},
+                           "evaluate.domain.feature_dim"),
+}
+# fmt: on
+
+
+@pytest.mark.parametrize("case", BOUNDED.values(), ids=BOUNDED.keys())
+def test_out_of_bounds_values_are_one_line(case):
+    raw, expected = case
+    assert error_for(raw).startswith(expected)
+
+
+def test_every_number_in_the_schema_has_an_upper_bound():
+    """A new numeric key without `le`/`lt` fails here: every number must be one the code can
+    honour (floats are finite by the Section config)."""
+    from annotated_types import Le, Lt
+    from pydantic import BaseModel
+
+    from genpipe.params import AutoEncoderConfig, DomainConfig, GeneratorConfig
+
+    unbounded = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            kinds = get_args(field.annotation) or (field.annotation,)
+            sections = [k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)]
+            if sections:
+                walk(sections[0], f"{prefix}{name}.")
+            elif {int, float} & set(kinds) and not any(
+                isinstance(m, Le | Lt) for m in field.metadata
+            ):
+                unbounded.append(prefix + name)
+
+    for model in (Params, GeneratorConfig, AutoEncoderConfig, DomainConfig):
+        walk(model, f"{model.__name__}.")
+    assert unbounded == []
+
+
+def test_the_bounds_hold_the_defaults_and_the_preset():
+    preset = yaml.safe_load((REPO / "examples/fashion-mnist/params.yaml").read_text())
+    assert parse_params(preset).evaluate.num_samples == 10_000
+    assert parse_params({"seed": 2**63 - 1}).seed == 2**63 - 1

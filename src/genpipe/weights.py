@@ -13,6 +13,7 @@ from torch import nn
 
 from genpipe.errors import GenpipeError
 from genpipe.fileio import atomic_path, umask_mode
+from genpipe.params import Section, check_config
 from genpipe.runtime import unwrap
 
 
@@ -77,11 +78,13 @@ def read_config(path: Path, stage: str, key: str) -> dict[str, Any]:
 
 
 def build_network(
-    cls: type[nn.Module], kwargs: dict[str, Any], path: Path, stage: str
-) -> nn.Module:
-    """cls(**kwargs) from a config.json at `path`; a config that does not fit is one line."""
+    cls: type[nn.Module], kwargs: dict[str, Any], path: Path, stage: str,
+    schema: type[Section], key: str,
+) -> nn.Module:  # fmt: skip
+    """cls(**kwargs) from the entry `key` of a config.json at `path`, held first to
+    `schema` (params.py: the params' bounds); a config that does not fit is one line."""
     try:
-        return cls(**kwargs)
+        return cls(**check_config(schema, kwargs, key))
     except (TypeError, ValueError) as exc:
         raise WeightsError(
             f"{path}: expected a config that builds a {cls.__name__}; {exc} "

@@ -12,6 +12,7 @@ from torch import nn
 
 from genpipe.autoencoder.network import AutoEncoder
 from genpipe.fileio import write_json
+from genpipe.params import AutoEncoderConfig
 from genpipe.weights import build_network, load_weights, read_config, save_weights
 
 CONFIG = "config.json"
@@ -28,7 +29,8 @@ def save_autoencoder(directory: Path, net: nn.Module, config: dict[str, Any]) ->
 def load_autoencoder(directory: Path, device: torch.device) -> AutoEncoder:
     """The autoencoder, in eval mode on `device`, gradients off."""
     config = read_config(Path(directory) / CONFIG, STAGE, "autoencoder")
-    net = build_network(AutoEncoder, config["autoencoder"], Path(directory) / CONFIG, STAGE)
+    net = build_network(AutoEncoder, config["autoencoder"], Path(directory) / CONFIG, STAGE,
+                        AutoEncoderConfig, "autoencoder")  # fmt: skip
     load_weights(net, Path(directory) / WEIGHTS, STAGE)
     return net.to(device).eval().requires_grad_(False)
 

@@ -29,6 +29,7 @@ from genpipe.errors import DataError, DownloadError, exception_text
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1 << 20  # 1 MiB
+MAX_DELAY_S = 600.0  # the longest wait between two attempts, however many retries
 
 
 def cache_dir() -> Path:
@@ -206,7 +207,7 @@ def download(
             log.info("downloading %s", url)
             for attempt in range(max(retries, 0) + 1):
                 if attempt:
-                    delay = backoff * 2 ** (attempt - 1)
+                    delay = min(backoff * 2 ** (attempt - 1), MAX_DELAY_S)
                     log.warning("retrying %s in %gs: %s", url, delay, reason)
                     time.sleep(delay)
                 try:

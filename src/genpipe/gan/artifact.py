@@ -12,6 +12,7 @@ from torch import nn
 
 from genpipe.fileio import write_json
 from genpipe.gan.network import Generator
+from genpipe.params import GeneratorConfig
 from genpipe.weights import build_network, load_weights, read_config, save_weights
 
 CONFIG = "config.json"
@@ -38,7 +39,8 @@ def gan_config_of(directory: Path) -> dict[str, Any]:
 def load_generator(directory: Path, device: torch.device) -> Generator:
     """The EMA generator, in eval mode on `device`, gradients off."""
     config = gan_config_of(directory)
-    netG = build_network(Generator, config["generator"], Path(directory) / CONFIG, STAGE)
+    netG = build_network(Generator, config["generator"], Path(directory) / CONFIG, STAGE,
+                         GeneratorConfig, "generator")  # fmt: skip
     load_weights(netG, Path(directory) / GENERATOR_EMA, STAGE)
     return netG.to(device).eval().requires_grad_(False)
 

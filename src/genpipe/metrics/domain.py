@@ -15,10 +15,11 @@ from torch import nn
 
 from genpipe.images import to_float
 from genpipe.metrics.features import extract_features
+from genpipe.params import DomainConfig
 from genpipe.progress import Progress
 from genpipe.runtime import prepare_module
 from genpipe.schedule import lr_factor, set_lr
-from genpipe.weights import load_weights
+from genpipe.weights import build_network, load_weights
 
 
 class DomainNet(nn.Module):
@@ -78,8 +79,11 @@ def conv_block(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
 
 
 def load_domain_network(weights: Path, config: dict[str, Any], device: torch.device) -> DomainNet:
-    """The domain network the reference stage saved (safetensors + its config)."""
-    net = load_weights(DomainNet(**config), weights, "reference")
+    """The domain network the reference stage saved (safetensors + its config, held to the
+    params' bounds first)."""
+    net = load_weights(build_network(DomainNet, config, weights.parent / "reference.json",
+                                     "reference", DomainConfig, "domain"),
+                       weights, "reference")  # fmt: skip
     # the memory format it was trained and its reference features taken in: the same bits
     return prepare_module(net, device).eval().requires_grad_(False)
 
