@@ -365,6 +365,45 @@ def test_a_champion_set_by_hand_without_a_value_is_replaced(server, tmp_path):
 
 
 @pytest.mark.integration
+def test_an_operators_rollback_of_champion_sticks(server, tmp_path):
+    """An operator rolls champion back to a worse version (v3 has a problem no metric sees).
+    The next register compares with the operator's champion and never moves it on its own:
+    no "v1 beats champion v2" from reconcile, which repairs only a race."""
+    from mlflow import MlflowClient
+
+    do_register(gan_outputs(tmp_path / "a", server, fid=2.0), server, "o1")  # v1 champion
+    do_register(gan_outputs(tmp_path / "b", server, fid=1.0, seed=1), server, "o1")  # v2
+    assert aliases(server, "o1-gan")["champion"] == 2
+    MlflowClient(server).set_registered_model_alias("o1-gan", "champion", "1")  # the rollback
+    worse = do_register(gan_outputs(tmp_path / "c", server, fid=1.99, seed=2), server, "o1")
+    assert worse["decision"] == "challenger" and worse["compared"]["version"] == 1
+    assert aliases(server, "o1-gan")["champion"] == 1  # the operator's choice stands
+    assert worse["aliases"] == ["challenger"]
+    # a version that beats the operator's champion still becomes champion: the gate's rule
+    better = do_register(gan_outputs(tmp_path / "d", server, fid=1.5, seed=3), server, "o1")
+    assert better["decision"] == "champion" and better["aliases"] == ["champion"]
+    assert aliases(server, "o1-gan")["champion"] == 4  # not v2, though v2's fid is lower
+
+
+@pytest.mark.integration
+def test_a_champion_set_by_hand_on_a_version_without_a_run_stays_replaced(server, tmp_path):
+    """A champion set by hand on a version with no run is replaced by the next register, and
+    reconcile leaves it so: registry.json's decision and aliases agree."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(server)
+    do_register(gan_outputs(tmp_path / "a", server, fid=1.0), server, "o2")  # v1, the best
+    logged = client.create_logged_model(client.get_experiment_by_name("Default").experiment_id)
+    bare = client.create_model_version("o2-gan", f"models:/{logged.model_id}",
+                                       model_id=logged.model_id)  # v2: a model with no run
+    client.set_registered_model_alias("o2-gan", "champion", bare.version)
+    result = do_register(gan_outputs(tmp_path / "b", server, fid=3.0, seed=1), server, "o2")
+    assert (result["version"], result["decision"]) == (3, "champion")
+    assert result["decision"] in result["aliases"]
+    assert aliases(server, "o2-gan")["champion"] == 3  # not moved on to v1's lower fid
+
+
+@pytest.mark.integration
 def test_a_conflicting_write_is_retried(server, tmp_path, monkeypatch):
     """Another register writing the same model at once fails a call (a conflicting insert on
     the server): the pass is repeated, and finishes."""
@@ -505,50 +544,69 @@ def test_the_readmes_rest_payload_gets_images_from_the_served_champion(server, t
     do_register(gan_outputs(tmp_path, server, fid=1.0), server, "r4")
     payload = re.search(r"-d '(\{\"dataframe_split\".*?)'", README.read_text())[1]
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": server,
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server, "GENPIPE_SERVE_MAX_IMAGES": "50",
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
     serve = subprocess.Popen(
         [str(BIN / "mlflow"), "models", "serve", "-m", "models:/r4-gan@champion",
          "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    try:
-        wait_until_up(f"http://127.0.0.1:{port}/ping", serve, "mlflow models serve")
+
+    def post(body: str) -> tuple[int, dict]:
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations", data=payload.encode(),
+            f"http://127.0.0.1:{port}/invocations", data=body.encode(),
             headers={"Content-Type": "application/json"},
         )  # fmt: skip
-        with urllib.request.urlopen(request, timeout=60) as answer:
-            images = np.asarray(json.loads(answer.read())["predictions"])
+        try:
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def seeds(n: int) -> str:
+        return json.dumps({"dataframe_split": {"columns": ["seed"],
+                                               "data": [[i] for i in range(n)]}})  # fmt: skip
+
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/ping", serve, "mlflow models serve")
+        status, answer = post(payload)
+        images = np.asarray(answer["predictions"])
+        too_many = post(seeds(51))
+        empty = post(json.dumps({"dataframe_split": {"columns": ["seed"], "data": []}}))
     finally:
         serve.terminate()
         serve.wait(timeout=30)
+    assert status == 200
     assert images.shape == (2, 1, 8, 8) and images.min() >= 0 and images.max() <= 255
+    # a request over the cap: 400, naming the cap and the setting
+    assert too_many[0] == 400
+    assert "request: expected at most 50 images ($GENPIPE_SERVE_MAX_IMAGES); got 51" in (
+        too_many[1]["message"])  # fmt: skip
+    assert empty == (200, {"predictions": []})  # an empty request: an empty result
     mlflow.set_tracking_uri(server)
     model = mlflow.pyfunc.load_model("models:/r4-gan@champion")
     expected = model.predict(pd.DataFrame({"seed": [0, 1]}))
     np.testing.assert_array_equal(images, expected)  # the same images as in-process
 
 
-@pytest.mark.integration
-def test_two_register_processes_at_once_leave_one_champion(server, tmp_path):
-    script = (
-        "import sys, json\n"
-        "from pathlib import Path\n"
-        "from genpipe.params import Params\n"
-        "from genpipe.registry.mlflow import Outputs, Policy, register\n"
-        "root = Path(sys.argv[1])\n"
-        "o = Outputs.of('gan', 'data-hash')\n"
-        "o = Outputs(**{k: (root / v if isinstance(v, Path) else v)"
-        " for k, v in vars(o).items() if k != 'images'}, images=[])\n"
-        "params = Params().model_dump(mode='json', by_alias=True)\n"
-        "r = register(o, params, 't6', Policy(0.01, False), 'exp', uri=sys.argv[2])\n"
-        "print(json.dumps(r))\n"
-    )
-    roots = [tmp_path / "a", tmp_path / "b"]
-    for i, root in enumerate(roots):
-        gan_outputs(root, server, fid=1.0 + i, seed=i)
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(root), server],
+REGISTER_SCRIPT = (
+    "import sys, json\n"
+    "from pathlib import Path\n"
+    "from genpipe.params import Params\n"
+    "from genpipe.registry.mlflow import Outputs, Policy, register\n"
+    "root = Path(sys.argv[1])\n"
+    "o = Outputs.of('gan', 'data-hash')\n"
+    "o = Outputs(**{k: (root / v if isinstance(v, Path) else v)"
+    " for k, v in vars(o).items() if k != 'images'}, images=[])\n"
+    "params = Params().model_dump(mode='json', by_alias=True)\n"
+    "r = register(o, params, sys.argv[3], Policy(0.01, False), 'exp', uri=sys.argv[2])\n"
+    "print(json.dumps(r))\n"
+)
+
+
+def register_at_once(roots: list[Path], server: str, prefix: str) -> list[dict]:
+    """register of each root's outputs, each in its own process, all started at once."""
+    procs = [subprocess.Popen([sys.executable, "-c", REGISTER_SCRIPT, str(root), server, prefix],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for root in roots]  # fmt: skip
     results = [p.communicate(timeout=300) for p in procs]
@@ -556,8 +614,32 @@ def test_two_register_processes_at_once_leave_one_champion(server, tmp_path):
     assert all(p.returncode == 0 for p in procs), "\n".join(
         line for _, err in results for line in err.strip().splitlines()[-3:]
     )
-    records = {json.loads(out.splitlines()[-1])["value"]: json.loads(out.splitlines()[-1])
-               for out, _ in results}  # fmt: skip
+    return [json.loads(out.splitlines()[-1]) for out, _ in results]
+
+
+@pytest.mark.integration
+def test_two_register_processes_of_the_same_weights_at_once_make_one_version(server, tmp_path):
+    """Two CI workspaces, each with its own training run of the same weights (bitwise), register
+    at once against a fresh server: one version, champion, named by both records."""
+    from mlflow import MlflowClient
+
+    roots = [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
+    for root in roots:
+        gan_outputs(root, server, fid=1.0, seed=0)  # the same weights, three runs
+    records = register_at_once(roots, server, "g1")
+    versions = MlflowClient(server).search_model_versions("name = 'g1-gan'")
+    assert len(versions) == 1, [(v.version, v.run_id) for v in versions]
+    assert {r["version"] for r in records} == {int(versions[0].version)}
+    assert aliases(server, "g1-gan") == {"champion": int(versions[0].version)}
+    assert all(r["decision"] in ("champion", "already registered") for r in records)
+
+
+@pytest.mark.integration
+def test_two_register_processes_at_once_leave_one_champion(server, tmp_path):
+    roots = [tmp_path / "a", tmp_path / "b"]
+    for i, root in enumerate(roots):
+        gan_outputs(root, server, fid=1.0 + i, seed=i)
+    records = {r["value"]: r for r in register_at_once(roots, server, "t6")}
     assert sorted(records) == [1.0, 2.0]
     # one champion, and it is the better version, whichever process wrote last
     assert aliases(server, "t6-gan")["champion"] == records[1.0]["version"]
@@ -727,9 +809,90 @@ def test_a_served_conditional_gan_keeps_each_seeds_image_and_takes_labels(tmp_pa
     by_label = predict(seed=[5, 5, 5], label=[0, 1, 2])
     assert len({x.tobytes() for x in by_label}) == 3  # the label changes the image
     assert any((a[0] == x).all() for x in by_label)  # seed 5's own class is one of them
+    from mlflow.exceptions import MlflowException
+
     for bad, found in (([0, 3], "got 3"), ([-1, 0], "got -1"), ([0.5, 1.0], "got 0.5")):
-        with pytest.raises(ValueError, match=f"^label: expected class indices 0..2; {found}"):
+        with pytest.raises(MlflowException, match=f"^label: expected class indices 0..2; {found}"):
             predict(seed=[1, 2], label=bad)
+
+
+def served(tmp_path, monkeypatch, max_images: str | None = None):
+    """A served GAN (serving.GenpipeModel, loaded as `mlflow models serve` loads it) whose
+    network records the size of each batch it is called with."""
+    from types import SimpleNamespace
+
+    from genpipe import serving
+
+    if max_images is not None:
+        monkeypatch.setenv(serving.MAX_IMAGES_ENV, max_images)
+    torch.manual_seed(0)
+    netG = Generator(8, 1, z_dim=4, width=8)
+    weights = tmp_path / "weights"
+    save_weights(netG, weights / "generator_ema.safetensors")
+    config = {"model": "gan", "image_size": 8, "channels": 1, "generator": netG.config()}
+    (weights / "config.json").write_text(json.dumps(config))
+    model = serving.GenpipeModel()
+    model.load_context(SimpleNamespace(artifacts={"weights": str(weights)}))
+    model.batches = []
+    model.net.register_forward_hook(lambda m, args, out: model.batches.append(len(args[0])))
+    return model
+
+
+def test_a_served_request_runs_in_bounded_batches_with_each_seeds_image(tmp_path, monkeypatch):
+    from genpipe import serving
+
+    model = served(tmp_path, monkeypatch)
+    monkeypatch.setattr(serving, "BATCH", 64)
+    many = model.predict(None, pd.DataFrame({"seed": np.arange(200)}))
+    assert many.shape == (200, 1, 8, 8) and many.dtype == np.uint8
+    assert model.batches == [64, 64, 64, 8]  # never the whole request at once
+    for seed in (0, 63, 64, 199):  # a seed's image, wherever it sits
+        alone = model.predict(None, pd.DataFrame({"seed": [seed]}))
+        np.testing.assert_array_equal(alone[0], many[seed])
+
+
+def test_a_served_request_over_the_cap_is_refused_and_an_empty_one_is_empty(tmp_path,
+                                                                         monkeypatch):  # fmt: skip
+    from mlflow.exceptions import MlflowException
+
+    from genpipe import serving
+
+    model = served(tmp_path, monkeypatch)
+    assert model.max_images == serving.MAX_IMAGES == 1024  # the README's default
+    with pytest.raises(MlflowException, match=r"^request: expected at most 1024 images "
+                       r"\(\$GENPIPE_SERVE_MAX_IMAGES\); got 1025$"):  # fmt: skip
+        model.predict(None, pd.DataFrame({"seed": np.arange(1025)}))
+    assert model.batches == []  # refused before any work
+    empty = model.predict(None, pd.DataFrame({"seed": np.array([], dtype=np.int64)}))
+    assert empty.shape == (0, 1, 8, 8)
+    assert served(tmp_path / "b", monkeypatch, "5").max_images == 5
+    for bad in ("0", "-3", "lots", "1e3"):
+        with pytest.raises(ValueError, match=f"^GENPIPE_SERVE_MAX_IMAGES: expected a positive "
+                           f"integer; got '{bad}'$"):  # fmt: skip
+            served(tmp_path / bad, monkeypatch, bad)
+
+
+def test_a_served_autoencoder_reconstructs_in_batches_and_an_empty_input(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from genpipe import serving
+    from genpipe.autoencoder.network import AutoEncoder
+
+    torch.manual_seed(0)
+    net = AutoEncoder(8, 1, latent_dim=3, width=4)
+    weights = tmp_path / "weights"
+    save_weights(net, weights / "autoencoder.safetensors")
+    config = {"model": "autoencoder", "image_size": 8, "channels": 1,
+              "autoencoder": net.config()}  # fmt: skip
+    (weights / "config.json").write_text(json.dumps(config))
+    model = serving.GenpipeModel()
+    model.load_context(SimpleNamespace(artifacts={"weights": str(weights)}))
+    monkeypatch.setattr(serving, "BATCH", 16)
+    images = np.random.default_rng(0).integers(0, 256, (40, 1, 8, 8), dtype=np.uint8)
+    out = model.predict(None, images)
+    assert out.shape == (40, 1, 8, 8)
+    np.testing.assert_array_equal(out[20:], model.predict(None, images[20:]))
+    assert model.predict(None, images[:0]).shape == (0, 1, 8, 8)
 
 
 # --- the alias history --------------------------------------------------------------------

@@ -30,6 +30,7 @@ from genpipe.registry import gate, history
 from genpipe.registry.gate import CHAMPION
 from genpipe.tracking import lineage, runs, store
 from genpipe.tracking.lineage import (
+    TAG_AGAINST,
     TAG_BACKBONE,
     TAG_DATA_HASH,
     TAG_DECISION,
@@ -44,6 +45,9 @@ from genpipe.tracking.lineage import (
 log = logging.getLogger(__name__)
 
 ATTEMPTS = 3  # of a register pass, when another register conflicts with it
+# two versions judged against the same champion within this many seconds of each other were
+# registered at the same time: the race reconcile repairs
+RACE_SECONDS = 600.0
 REPASS_SECONDS = 15.0  # no pass starts later than this after the first
 # errors a second pass cannot mend; any other (a conflicting write, a sqlite lock on the
 # server, a dropped connection) is retried: every step of a pass is idempotent
@@ -178,7 +182,8 @@ def register(
             # a broken server (each call already retried by MLflow's HTTP client) still fails
             # the stage within about half a minute.
             late = time.monotonic() - started > REPASS_SECONDS
-            if exc.error_code not in NOT_RETRIED and not late and attempt < ATTEMPTS:
+            retried = exc.error_code not in NOT_RETRIED or _conflict(exc)
+            if retried and not late and attempt < ATTEMPTS:
                 log.warning("%s: register pass %d failed (%s); trying again", name, attempt,
                             store.brief(exc))  # fmt: skip
                 time.sleep(random.uniform(0.5, 2.0) * attempt)
@@ -198,6 +203,13 @@ def register(
         "branch": policy.branch,
         **decision,
     }
+
+
+def _conflict(exc: Exception) -> bool:
+    """A write that lost a race on the server (two registers setting one alias at once): the
+    server answers BAD_REQUEST with its database's unique-constraint error."""
+    text = str(exc)
+    return "UNIQUE constraint failed" in text or "duplicate key value" in text
 
 
 def _register_once(
@@ -229,6 +241,7 @@ def _register_once(
                 candidate.backbone, weights, candidate.reference, candidate.std,
             )  # fmt: skip
             version = _log_and_register(mlflow, client, uri, run_id, name, outputs, tags)
+            version = _one_version_of_weights(client, name, version, weights)
         new = gate.Version(int(version.version), metric, candidate.value, candidate.backbone,
                            outputs.data_hash, weights, candidate.reference,
                            std=candidate.std)  # fmt: skip
@@ -239,11 +252,15 @@ def _register_once(
         if verdict.compared is not None:
             values[int(verdict.compared["version"])] = verdict.compared.get("value")
         history_path = outputs.history
+        if policy.on_default:  # before the aliases move: what a race is known by
+            client.set_model_version_tag(name, version.version, TAG_AGAINST,
+                                         _against(client, name, verdict))  # fmt: skip
         _set_aliases(client, name, verdict.aliases,
                      Why(verdict.reason, metric, values, policy.branch, history_path))  # fmt: skip
-        if policy.on_default:
-            _reconcile(client, name, metric, policy, history_path)
         decision = verdict.record()
+        if policy.on_default:
+            moved = _reconcile(client, name, metric, policy, history_path)
+            decision = _after_race(decision, moved, new.version)
         for key, value in lineage.decision_tags(decision, policy.branch).items():
             client.set_model_version_tag(name, version.version, key, value)  # decision last
     return run_id, version, decision
@@ -382,6 +399,30 @@ def _version_of_weights(client: Any, name: str, run_id: str, weights: str) -> An
     ]
     of_run = [v for v in versions if v.run_id == run_id]
     return min(of_run or versions, key=lambda v: int(v.version)) if versions else None
+
+
+def _one_version_of_weights(client: Any, name: str, version: Any, weights: str) -> Any:
+    """One version per weights, under a race too: two registers of the same weights at
+    once (two CI jobs) both find none and both create one, as MLflow's registry has no lock.
+    The version tags name the weights from creation on, so the later creator sees the
+    earlier version: the lowest version wins, and this pass deletes its own if it lost
+    (with the model it logged for it, if no version uses it)."""
+    same = [v for v in client.search_model_versions(f"name = '{name}'")
+            if v.tags.get(TAG_WEIGHTS) == weights]  # fmt: skip
+    first = min(same, key=lambda v: int(v.version), default=version)
+    if int(first.version) >= int(version.version):
+        return version
+    log.warning("%s: v%s holds these weights already (a register at the same time made it); "
+                "deleting v%s", name, first.version, version.version)  # fmt: skip
+    client.delete_model_version(name, version.version)
+    if version.source != first.source and version.source.startswith("models:/"):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            client.delete_logged_model(version.source.removeprefix("models:/").split("/")[0])
+        except MlflowException as exc:  # left in the run: it holds no version
+            log.debug("logged model of v%s kept: %s", version.version, exception_text(exc))
+    return first
 
 
 def weights_sha256(weights_dir: Path) -> str:
@@ -588,22 +629,61 @@ def _set_aliases(client: Any, name: str, aliases: gate.Aliases, why: Why) -> Non
 
 
 def _reconcile(client: Any, name: str, metric: str, policy: Policy,
-               history_path: Path) -> None:  # fmt: skip
-    """Undo a race between two register processes (see gate.reconcile). Every process ends
-    here after its own writes, so the last one to run sees all versions."""
+               history_path: Path) -> gate.Aliases:  # fmt: skip
+    """Undo a race between two register processes (see gate.reconcile), and nothing else.
+    The race is known by genpipe's own records, not derived from the metrics: the champion
+    is the one genpipe set last (its alias history), and its rivals are the versions that
+    gates promoted over the same champion at the same count of changes (TAG_AGAINST),
+    within RACE_SECONDS of it. A champion an
+    operator set (in the UI, or with set_registered_model_alias) is never moved here. Every
+    process ends here after its own writes, so the last one to run sees all versions.
+    Returns the aliases it moved."""
+    current = _champion_version(client, name)
+    if current is None or TAG_AGAINST not in current.tags:
+        return ()
+    judged = current.tags[TAG_AGAINST]
+    set_by_genpipe = [c.version for c in history.read(client, name) if c.alias == CHAMPION]
+    if not set_by_genpipe or set_by_genpipe[-1] != int(current.version):
+        return ()  # the operator's choice
     champion = _champion(client, name, metric)
-    if champion is None:
-        return
-    found = client.search_model_versions(f"name = '{name}'")
-    aliases = gate.reconcile(champion, [_values(v) for v in found], policy.min_improvement,
+    if champion is None:  # the alias went in between
+        return ()
+    born = int(current.creation_timestamp or 0) / 1000
+    rivals = [v for v in client.search_model_versions(f"name = '{name}'")
+              if v.tags.get(TAG_AGAINST) == judged
+              and abs(int(v.creation_timestamp or 0) / 1000 - born) <= RACE_SECONDS]  # fmt: skip
+    aliases = gate.reconcile(champion, [_values(v) for v in rivals], policy.min_improvement,
                              policy.noise_z)  # fmt: skip
-    best = next((v for v in found if aliases and int(v.version) == aliases[-1][1]), None)
-    if best is not None and files_gone(client, best) is not None:
-        return  # a version whose files are gone is never made champion
-    if aliases:
-        reason = (f"v{aliases[-1][1]} beats champion v{champion.version}, which a concurrent "
-                  "register set")  # fmt: skip
-        log.warning("%s: %s; moving the alias", name, reason)
-        values = {int(v.version): _values(v).value for v in found}
-        _set_aliases(client, name, aliases,
-                     Why(reason, metric, values, policy.branch, history_path))  # fmt: skip
+    best = next((v for v in rivals if aliases and int(v.version) == aliases[-1][1]), None)
+    if best is None or files_gone(client, best) is not None:
+        return ()  # a version whose files are gone is never made champion
+    was = json.loads(judged).get("champion")
+    reason = (f"v{best.version} beats champion v{champion.version}: registers at the same "
+              f"time promoted both over {f'v{was}' if was else 'no champion'}")  # fmt: skip
+    log.warning("%s: %s; moving the alias", name, reason)
+    values = {int(v.version): _values(v).value for v in rivals}
+    _set_aliases(client, name, aliases,
+                 Why(reason, metric, values, policy.branch, history_path))  # fmt: skip
+    return aliases
+
+
+def _against(client: Any, name: str, verdict: gate.Decision) -> str:
+    """TAG_AGAINST's value: the champion the gate read, how many champion changes genpipe
+    had recorded then, and the decision. Two versions promoted over the same champion at
+    the same count were judged at the same time: neither saw the other's promotion."""
+    changes = sum(c.alias == CHAMPION for c in history.read(client, name))
+    champion = (verdict.compared or {}).get("version")
+    return json.dumps({"champion": champion, "changes": changes,
+                       "decision": verdict.decision}, sort_keys=True)  # fmt: skip
+
+
+def _after_race(decision: dict[str, Any], moved: gate.Aliases, version: int) -> dict[str, Any]:
+    """The record of this version's decision once reconcile moved aliases: it names the
+    alias the version holds, so registry.json's decision and aliases agree."""
+    took = [alias for alias, v in moved if v == version]
+    if not took:
+        return decision
+    other = next((v for alias, v in moved if alias == CHAMPION and v != version), None)
+    why = (f"; then v{other}, registered at the same time, took champion" if other
+           else "; then champion, over the version a register at the same time promoted")
+    return {**decision, "decision": took[-1], "reason": decision.get("reason", "") + why}

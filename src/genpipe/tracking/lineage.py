@@ -43,6 +43,9 @@ TAG_REFERENCE = "genpipe.reference_sha256"
 TAG_WEIGHTS = "genpipe.weights_sha256"  # of the weights directory
 TAG_DECISION = "genpipe.decision"  # set once the gate has moved the aliases
 TAG_COMPARED = "genpipe.compared"  # JSON: the champion compared with, re-scored or not
+# the champion version the gate read ("none": there was none), written before the aliases
+# move: two versions that name the same one were judged at the same time (a race)
+TAG_AGAINST = "genpipe.gate.against"
 TAG_REASON = "genpipe.reason"  # the gate's reason
 TAG_BRANCH = "git.branch"  # the branch the version was registered from
 
