@@ -507,3 +507,29 @@ def test_symlink_loop_fails_naming_it(tmp_path):
     with pytest.raises(DataError) as excinfo:
         read_folder(root, size=8, channels=1)
     assert f"found 0/up -> {root}, a folder that contains the link" in one_line_error(excinfo)
+
+
+def test_a_loop_of_two_file_links_fails_naming_it(tmp_path):
+    root = digit_folder(tmp_path / "plain")
+    (root / "0" / "a.png").symlink_to(root / "0" / "b.png")
+    (root / "0" / "b.png").symlink_to(root / "0" / "a.png")
+    with pytest.raises(DataError) as excinfo:
+        read_folder(root, size=8, channels=1)
+    assert "found 0/a.png, a link that leads back to itself" in one_line_error(excinfo)
+
+
+def test_an_unreadable_class_folder_fails_naming_it(tmp_path, monkeypatch):
+    """As a user without read permission on the folder (simulated: root reads anything)."""
+    root = digit_folder(tmp_path / "plain")
+    listing = Path.iterdir
+
+    def iterdir(self):
+        if self.name == "1":
+            raise PermissionError(13, "Permission denied", str(self))
+        return listing(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    with pytest.raises(DataError) as excinfo:
+        read_folder(root, size=8, channels=1)
+    assert ("expected folders this user can read; found 1, which cannot be listed (Permission "
+            "denied)") in one_line_error(excinfo)

@@ -5,7 +5,6 @@ names, and the training run ends that run (tracking.runs.TrainingRun.end_orphan)
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
@@ -18,7 +17,7 @@ from typing import Any
 import torch
 
 from genpipe import codedeps, distributed
-from genpipe.errors import TrainingError, exception_text
+from genpipe.errors import DiskFullError, TrainingError, disk_full, exception_text
 from genpipe.fileio import atomic_path
 
 log = logging.getLogger(__name__)
@@ -63,27 +62,16 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, DiskFullError) as exc:
         # torch's writer reports a failed write as RuntimeError ("unexpected pos ..."), the
         # ENOSPC only in its context
-        if not any(getattr(e, "errno", None) in _DISK_FULL for e in _causes(exc)):
+        if not isinstance(exc, DiskFullError) and disk_full(exc) is None:
             raise
         raise TrainingError(
             f"{path}: no space left on the device to write the checkpoint (about "
             f"{_state_bytes(state) / 2**20:,.1f} MiB); free space there and rerun to resume "
             "from the previous checkpoint, which is kept"
         ) from None
-
-
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
 
 
 def _state_bytes(state: Any) -> int:

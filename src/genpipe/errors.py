@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import re
+from collections.abc import Iterator
+
 
 class GenpipeError(Exception):
     """An error with a one-line message that names what was expected and what was found.
@@ -19,6 +23,34 @@ def exception_text(exc: BaseException) -> str:
     """'TypeName: message' for quoting another library's exception inside a GenpipeError."""
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def causes(exc: BaseException | None) -> Iterator[BaseException]:
+    """The exception, then its causes and contexts (unless suppressed: `from None`), each
+    once."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# numpy's short writes: "Not enough free space to write N bytes", "N requested and M written"
+_NUMPY_FULL = re.compile(r"Not enough free space|\d+ requested and \d+ written")
+
+
+def disk_full(exc: BaseException) -> OSError | None:
+    """The OSError of a full disk (or quota) among the exception and its causes: torch
+    reports a failed write as RuntimeError with the ENOSPC in its context, numpy as
+    "Not enough free space to write N bytes", safetensors in its own error's message."""
+    for cause in causes(exc):
+        text = " ".join(str(cause).split())
+        if isinstance(cause, OSError) and (cause.errno in DISK_FULL or _NUMPY_FULL.search(text)):
+            return cause
+        if "No space left on device" in text or "Disk quota exceeded" in text:  # safetensors
+            return OSError(errno.ENOSPC, text)
+    return None
 
 
 class ParamsError(GenpipeError):
@@ -46,6 +78,15 @@ class MetricsError(GenpipeError):
 
 class TrainingError(GenpipeError):
     """Training cannot start or go on (bad checkpoint, non-finite loss, missing device)."""
+
+
+class DiskFullError(GenpipeError):
+    """No space left where an output was being written: the earlier output is kept."""
+
+    def __init__(self, where: str, exc: BaseException):
+        said = getattr(exc, "strerror", None) or " ".join(str(exc).split())
+        super().__init__(f"{where}: no space left on the device to write it ({said}); free "
+                         "space there and rerun: the earlier output is kept as it was")
 
 
 class TrackingError(GenpipeError):

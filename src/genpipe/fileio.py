@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from genpipe.errors import DiskFullError, disk_full
+
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
@@ -23,8 +25,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if disk_full(exc) is not None:
+            raise DiskFullError(str(path), disk_full(exc)) from None
         raise
 
 
@@ -39,6 +43,10 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         replace_dir(tmp, path)
+    except Exception as exc:
+        if disk_full(exc) is not None:
+            raise DiskFullError(str(path), disk_full(exc)) from None
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -67,6 +75,11 @@ def staged_outputs() -> Iterator[Callable[[Path], Path]]:
                 replace_dir(src, path)
             else:
                 os.replace(src, path)
+    except Exception as exc:
+        if disk_full(exc) is not None:
+            where = ", ".join(str(path) for _, path in pending) or "the stage's outputs"
+            raise DiskFullError(where, disk_full(exc)) from None
+        raise
     finally:
         for tmp, _ in pending:
             shutil.rmtree(tmp, ignore_errors=True)

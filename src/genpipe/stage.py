@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from genpipe.errors import GenpipeError
+from genpipe.errors import GenpipeError, disk_full
 
 log = logging.getLogger("genpipe")
 
@@ -41,6 +41,14 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated(signum)
 
 
+def disk_full_line(exc: OSError) -> str:
+    """A full disk, in one line: where, what the system said, that nothing was replaced."""
+    where = f" writing {exc.filename}" if exc.filename else ""
+    said = exc.strerror or " ".join(str(exc).split())
+    return (f"no space left on the device{where} ({said}); free space there and rerun: the "
+            "stage's earlier outputs are kept as they were")
+
+
 def _say(line: str) -> None:
     """The one line on stderr, if it can still be written: after a hang-up (SIGHUP) the
     terminal is gone and a write fails (EIO), which must not replace the exit code."""
@@ -61,6 +69,12 @@ def run_stage(main: Callable[[], None]) -> None:
     except GenpipeError as exc:
         _say(f"error: {exc}")
         sys.exit(exc.exit_code)
+    except Exception as exc:  # a full disk where no writer of ours saw it (MLflow's, say)
+        full = disk_full(exc)
+        if full is None:
+            raise
+        _say(f"error: {disk_full_line(full)}")
+        sys.exit(1)
     except Terminated as exc:
         _say(f"error: terminated ({signal.Signals(exc.signum).name})")
         sys.exit(128 + exc.signum)

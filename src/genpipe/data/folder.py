@@ -27,7 +27,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from genpipe.data.canonical import fit_image
-from genpipe.errors import DataError
+from genpipe.errors import DataError, exception_text
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,15 @@ def list_files(root: Path) -> list[Path]:
     files: list[Path] = []
 
     def walk(folder: Path, ancestors: tuple[Path, ...]) -> None:
-        for path in folder.iterdir():
+        try:
+            listed = sorted(folder.iterdir())
+        except OSError as exc:  # a folder this user may not read, say
+            where = folder.relative_to(root).as_posix() if folder != root else "."
+            raise DataError(
+                f"data.path {root}: expected folders this user can read; found {where}, "
+                f"which cannot be listed ({exc.strerror or exception_text(exc)})"
+            ) from None
+        for path in listed:
             if path.name.startswith("."):
                 continue
             if path.is_symlink():
@@ -73,7 +81,13 @@ def _check_link(path: Path, root: Path, real_root: Path, ancestors: tuple[Path, 
     """Refuse, in one line naming the link and its target, a link that is broken, leaves
     the folder or loops back to a folder that contains it."""
     link = path.relative_to(root).as_posix()
-    target = path.resolve()
+    try:
+        target = path.resolve()
+    except (RuntimeError, OSError):  # Python's "Symlink loop from ..."
+        raise DataError(
+            f"data.path {root}: expected links without loops; found {link}, a link that "
+            "leads back to itself (a -> b -> a)"
+        ) from None
     if not target.exists():
         raise DataError(
             f"data.path {root}: expected links to existing files or folders; "
