@@ -28,7 +28,7 @@ def small_disk(tmp_path):
     if done.returncode != 0:
         pytest.skip("cannot mount a tmpfs here")
     yield mount
-    subprocess.run(["umount", str(mount)], check=False)
+    subprocess.run(["umount", "--lazy", str(mount)], check=False)  # even if a file is open
 
 
 def fails_in_one_line(main, capsys) -> str:

@@ -530,6 +530,35 @@ def test_a_register_that_fails_after_logging_leaves_no_orphan_model(tmp_path, mo
     assert client.get_model_version("r6-gan", "1").source == f"models:/{logged[0].model_id}"
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize("stop", ["SIGTERM", "an error", "SIGINT"])
+def test_a_register_stopped_while_logging_leaves_the_training_run_finished(
+    tmp_path, monkeypatch, stop
+):
+    """register reopens the training run to log the model to it; a signal or an error there
+    must not mark the training FAILED or KILLED: it ended FINISHED, and stays so."""
+    import mlflow.pyfunc as pyfunc  # the module itself: mlflow.pyfunc may be a lazy loader
+    from mlflow import MlflowClient
+
+    from genpipe.stage import Terminated
+
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    outputs = gan_outputs(tmp_path / "a", store, fid=1.0)
+    run_id = json.loads(outputs.record.read_text())["run_id"]
+    assert MlflowClient(store).get_run(run_id).info.status == "FINISHED"
+    raised = {"SIGTERM": Terminated(), "SIGINT": KeyboardInterrupt(),
+              "an error": OSError(28, "No space left on device")}[stop]  # fmt: skip
+
+    def stopped(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(pyfunc, "log_model", stopped)
+    with pytest.raises((KeyboardInterrupt, OSError, RegistryError)):
+        do_register(outputs, store, "r7")
+    assert MlflowClient(store).get_run(run_id).info.status == "FINISHED"
+
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 

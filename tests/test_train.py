@@ -355,6 +355,37 @@ def test_unfinished_checkpoint_under_other_params_is_refused(tmp_path):
     assert ckpt.read_bytes() == before  # never overwritten or mixed in
 
 
+class EndingRun(RecordingRun):
+    """A RecordingRun with a run id, which records the orphans it ends."""
+
+    run_id = "new-run"
+
+    def __init__(self):
+        super().__init__()
+        self.ended: list[tuple[str, bool]] = []
+
+    def end_orphan(self, run_id: str, resumed: bool = True) -> None:
+        self.ended.append((run_id, resumed))
+
+
+@pytest.mark.parametrize("run_gan_or_ae", ["gan", "autoencoder"])
+def test_a_refused_checkpoint_ends_the_killed_run_it_names(tmp_path, run_gan_or_ae):
+    """kill -9, then other params: the checkpoint is refused and the message says to delete
+    it, which would leave nothing naming the killed run; so its run is ended first."""
+    train = gan_loop.train_gan if run_gan_or_ae == "gan" else ae_loop.train_autoencoder
+    ckpt = tmp_path / "run" / "ckpt.pt"
+    train(tiny_params(), IMAGES, "data-hash", CPU, ckpt, tmp_path / "run" / "log.csv")
+    state = torch.load(ckpt, weights_only=True)
+    state["finished"], state["mlflow_run_id"] = False, "killed-run"  # as kill -9 leaves it
+    torch.save(state, ckpt)
+    run = EndingRun()
+    with pytest.raises(TrainingError, match="written under other params"):
+        train(tiny_params(train={"batch_size": 8}), IMAGES, "data-hash", CPU, ckpt,
+              tmp_path / "run" / "log.csv",
+              run=run)  # fmt: skip
+    assert run.ended == [("killed-run", False)]
+
+
 def test_finished_checkpoint_does_not_block_new_params(tmp_path):
     run_gan(tiny_params(), tmp_path)
     other = run_gan(tiny_params(gan={"lr_g": 1e-3}), tmp_path)

@@ -85,6 +85,17 @@ def _state_bytes(state: Any) -> int:
     return 0
 
 
+class CheckpointRefused(TrainingError):
+    """A checkpoint that this run may not resume (other params or data, or unreadable); it
+    names the run that wrote it, `orphan`, which a killed process may have left RUNNING:
+    the caller ends it (training.restore_or_end), since deleting the file, as the message
+    advises, would leave nothing that names that run."""
+
+    def __init__(self, message: str, orphan: str | None = None):
+        super().__init__(message)
+        self.orphan = orphan
+
+
 def checkpoint_run_id(path: Path) -> str | None:
     """The tracking run that the checkpoint at `path` names; None when there is none, or no
     readable checkpoint."""
@@ -206,7 +217,7 @@ class Checkpoint:
         found = f"failed: {failed}" if failed else f"step {state['step'] if state else 0}"
         distributed.check_agree(found, self.world, f"{self.path}: the step to resume from")
         if failed:
-            raise TrainingError(failed)
+            raise CheckpointRefused(failed, checkpoint_run_id(self.path))
         if state is None:
             # the run that left the file, if killed (kill -9) before a step of work could be
             # resumed, is still RUNNING: the caller ends it. Then name this run at once, in a

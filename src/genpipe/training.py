@@ -176,6 +176,20 @@ class LossMonitor:
         return dict(zip(self.names, values.mean(0).tolist(), strict=True))
 
 
+def restore_or_end(ckpt: Any, run: Any) -> Any:
+    """ckpt.restore() for `run` (a tracking TrainingRun, or None). A checkpoint it refuses
+    ends the run that wrote it first, if a killed process left it RUNNING (KILLED), so the
+    advice to delete the file leaves no run RUNNING for ever."""
+    from genpipe.checkpoint import CheckpointRefused
+
+    try:
+        return ckpt.restore(getattr(run, "run_id", None))
+    except CheckpointRefused as exc:
+        if run is not None and exc.orphan:
+            run.end_orphan(exc.orphan, resumed=False)
+        raise
+
+
 class TrainLog:
     """The training curve, one row per train.log_every steps: kept in the checkpoint (a
     resume continues it), sent to the tracking run, shown by `progress` (a bar's postfix on a

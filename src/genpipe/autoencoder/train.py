@@ -70,7 +70,7 @@ def train_autoencoder(
     states = {"net": net, "opt": opt, "scaler": scaler}
     ckpt = Checkpoint(checkpoint, identity, cfg.steps, states, (batches, noise), world)
     with ckpt:  # a failure before a step of work is saved puts back the file it found
-        restored = ckpt.restore(getattr(run, "run_id", None))
+        restored = training.restore_or_end(ckpt, run)
         B, pixels = train.batch_size, channels * size * size
         monitor = training.LossMonitor(("loss", "mse"), world)
         net.train()

@@ -253,7 +253,7 @@ def train_gan(
               "optD": gan.optD, "scalerG": gan.scalerG, "scalerD": gan.scalerD}  # fmt: skip
     ckpt = Checkpoint(checkpoint, identity, cfg.steps, states, (batches, noise), world)
     with ckpt:  # a failure before a step of work is saved puts back the file it found
-        restored = ckpt.restore(getattr(run, "run_id", None))
+        restored = training.restore_or_end(ckpt, run)
 
         B = train.batch_size
         monitor = training.LossMonitor(("loss_d", "loss_g"), world)

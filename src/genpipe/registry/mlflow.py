@@ -11,13 +11,14 @@ train_log.csv, metrics.json and the images, and registered from.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -449,7 +450,7 @@ def _log_and_register(
     model_id = _logged_model_left(client, run_id, tags[TAG_WEIGHTS])
     if model_id is None:
         mlflow.set_tracking_uri(uri)
-        with mlflow.start_run(run_id=run_id):
+        with _reopened(mlflow, client, run_id):
             info = mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, tags=weights,
                                            **_pyfunc(mlflow, outputs))  # fmt: skip
         model_id = info.model_id
@@ -457,6 +458,24 @@ def _log_and_register(
         log.info("%s: registering logged model %s, which an earlier register logged but did "
                  "not register", name, model_id)  # fmt: skip
     return mlflow.register_model(f"models:/{model_id}", name, tags=tags)
+
+
+@contextlib.contextmanager
+def _reopened(mlflow: Any, client: Any, run_id: str) -> Iterator[None]:
+    """The training run, active while register logs the model to it, then ended as it was
+    found, whatever happened meanwhile: MLflow ends a run left by an exception, a Ctrl-C or
+    a SIGTERM as FAILED or KILLED, which would say the training failed. A run found RUNNING
+    (its training process killed) is ended KILLED, as training's next start would."""
+    status = client.get_run(run_id).info.status
+    try:
+        with mlflow.start_run(run_id=run_id):
+            yield
+    finally:
+        ended = status if status != "RUNNING" else "KILLED"
+        try:
+            client.set_terminated(run_id, status=ended)
+        except Exception as exc:  # noqa: BLE001 (the error in flight is the one to report)
+            log.warning("could not end run %s as %s: %s", run_id, ended, exception_text(exc))
 
 
 def _logged_model_left(client: Any, run_id: str, weights: str) -> str | None:
