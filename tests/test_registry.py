@@ -559,6 +559,32 @@ def test_a_register_stopped_while_logging_leaves_the_training_run_finished(
     assert MlflowClient(store).get_run(run_id).info.status == "FINISHED"
 
 
+@pytest.mark.parametrize("bad", ["a pickle", "another network", "a truncated file"])
+def test_register_refuses_weights_it_cannot_load(tmp_path, monkeypatch, bad):
+    """`dvc repro -f -s register@gan` with a pickle in generator_ema.safetensors: refused in
+    one line before the registry is touched, so load_model never meets it."""
+    import pickle
+
+    from genpipe.autoencoder.network import AutoEncoder
+    from genpipe.weights import WeightsError
+
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    outputs = gan_outputs(tmp_path / "a", store, fid=1.0)
+    weights = outputs.weights / "generator_ema.safetensors"
+    if bad == "a pickle":
+        weights.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    elif bad == "another network":
+        save_weights(AutoEncoder(8, 1, latent_dim=3, width=4), weights)
+    else:
+        weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(WeightsError) as excinfo:
+        do_register(outputs, store, "w1")
+    assert "\n" not in str(excinfo.value) and str(weights) in str(excinfo.value)
+    assert not (tmp_path / "mlflow.db").exists() or "w1-gan" not in (
+        tmp_path / "mlflow.db").read_bytes().decode("latin-1")  # fmt: skip
+
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -993,6 +1019,50 @@ def test_registry_history_prints_each_alias_change_register_made(tmp_path, monke
     assert missing.returncode == 1
     assert missing.stderr.strip() == (f"error: registered model 'nope': expected it in {store}; "
                                       "found no such model")  # fmt: skip
+
+
+@pytest.mark.integration
+def test_registry_check_finds_a_deleted_version_and_repair_registers_again(
+    tmp_path, monkeypatch, capsys
+):
+    """The registry is outside DVC's view: a model deleted in the MLflow UI leaves `dvc repro`
+    up to date. `genpipe registry check` (which `make run` runs) sees it; --repair reruns
+    register@<model>."""
+    from mlflow import MlflowClient
+
+    from genpipe.cli import main
+    from genpipe.registry import check as checking
+
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    (tmp_path / "params.yaml").write_text("models: [gan]\n")
+    record = do_register(gan_outputs(tmp_path, store, fid=1.0), store, "c1")
+    (tmp_path / "reports/gan/registry.json").write_text(json.dumps(record))
+    assert [f.problem for f in checking.check(["gan", "autoencoder"])] == [None]
+    # the weights changed since (a retraining that register has not run for)
+    (tmp_path / "models/gan/weights/config.json").write_text("{}")
+    assert "holds other weights than" in checking.check(["gan"])[0].problem
+    gan_outputs(tmp_path, store, fid=1.0)  # the weights back
+    MlflowClient(store).delete_registered_model("c1-gan")
+    capsys.readouterr()  # MLflow's own lines so far
+    assert checking.check(["gan"])[0].problem == (
+        f"registry.json names c1-gan v1, which the registry at {store} does not hold")
+    with pytest.raises(SystemExit) as excinfo:
+        main(["registry", "check"])
+    assert excinfo.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: registry check: 1 model(s) not in the registry as registry.json says "
+                   "(gan); run `genpipe registry check --repair` to register them again")
+    ran = []
+
+    def dvc(command):
+        ran.append(command)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(checking.subprocess, "run", dvc)
+    main(["registry", "check", "--repair"])  # returns: the repair succeeded
+    assert ran == [["dvc", "repro", "--force", "--single-item", "register@gan"]]
 
 
 @pytest.mark.integration

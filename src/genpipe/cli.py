@@ -30,6 +30,25 @@ def _print(text: str) -> None:
         sys.exit(0)
 
 
+def _registry_check_command(args: argparse.Namespace) -> None:
+    from genpipe.errors import GenpipeError
+    from genpipe.params import load_params
+    from genpipe.registry.check import check, repair
+
+    findings = check(list(load_params().models))
+    for finding in findings:
+        _print(finding.line())
+    broken = [f for f in findings if f.problem]
+    if broken and args.repair:
+        for finding in broken:
+            repair(finding.model)
+    elif broken:
+        models = ", ".join(f.model for f in broken)
+        raise GenpipeError(f"registry check: {len(broken)} model(s) not in the registry as "
+                           f"registry.json says ({models}); run `genpipe registry check "
+                           "--repair` to register them again")  # fmt: skip
+
+
 def _ci_retrain_command(args: argparse.Namespace) -> None:
     from genpipe.ci import check_report_paths, ci_retrain
 
@@ -185,6 +204,12 @@ def main(argv: list[str] | None = None) -> None:
                       "registered model's full name")  # fmt: skip
     past.add_argument("--json", action="store_true", help="one JSON object a line")
     past.set_defaults(func=_history_command)
+    checked = registry_commands.add_parser(
+        "check", help="whether the registry still holds the version each registry.json names "
+        "(a model deleted in the UI, a lost mlflow.db); --repair registers it again")  # fmt: skip
+    checked.add_argument("--repair", action="store_true",
+                         help="rerun register@<model> for each model failing the check")
+    checked.set_defaults(func=_registry_check_command)
     compare = commands.add_parser(
         "compare", help="a model's runs grouped by recipe (params without the seeds): "
         "each figure's mean ± std over the seeds, and whether recipes differ by more")  # fmt: skip

@@ -147,6 +147,7 @@ def register(
 ) -> dict[str, Any]:
     """Register the model and run the gate; returns the record for registry.json."""
     uri = uri or store.tracking_uri()
+    _check_loadable(outputs)  # never register weights the served model could not load
     store.check_tracking_server(uri)  # before anything: a server that is down changes nothing
     mlflow = store.import_mlflow()
     from mlflow.exceptions import MlflowException
@@ -211,6 +212,18 @@ def _conflict(exc: Exception) -> bool:
     server answers BAD_REQUEST with its database's unique-constraint error."""
     text = str(exc)
     return "UNIQUE constraint failed" in text or "duplicate key value" in text
+
+
+def _check_loadable(outputs: Outputs) -> None:
+    """The weights directory loads as the served model loads it (genpipe.<model>.artifact:
+    config.json within the params' bounds, safetensors of that network), else one line:
+    a pickle renamed .safetensors, a truncated file or another network is never registered."""
+    import importlib
+
+    import torch
+
+    artifact = importlib.import_module(f"genpipe.{outputs.model}.artifact")
+    artifact.load_served(outputs.weights, torch.device("cpu"))
 
 
 def _register_once(
