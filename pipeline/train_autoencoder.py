@@ -23,7 +23,7 @@ def main() -> None:
     params = load_params()
     runtime.pin_cpu_kernels(params.cpu_kernels)  # may re-execute: before any work
     # nproc_per_node > 1: relaunch as that many workers, which inherit the pin, and wait
-    if distributed.launch(f"train {MODEL}", params.train):
+    if training.launch(MODEL, params):
         return
     split, data_hash = training.load_train_data(paths.PREPARED, params.train.batch_size)
     images = split.train

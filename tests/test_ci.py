@@ -282,6 +282,20 @@ def test_no_tracking_server_is_a_one_line_error(dvc_repo, monkeypatch, tmp_path)
     check_setup(dvc_repo)  # both there: no error
 
 
+def test_a_base_that_is_no_revision_is_a_one_line_error(tmp_path):
+    """A typo'd --base used to retrain, push and register, then exit 0 with no diff."""
+    from genpipe.ci import check_base
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t",
+                    "commit", "-q", "--allow-empty", "-m", "one"], check=True)  # fmt: skip
+    check_base("HEAD", tmp_path)  # there: no error
+    with pytest.raises(CIError) as excinfo:
+        check_base("origin/mian", tmp_path)
+    assert str(excinfo.value).startswith("--base origin/mian: expected a git revision of this "
+                                         "repository")  # fmt: skip
+
+
 @pytest.mark.integration
 def test_cli_exits_non_zero_with_one_line(dvc_repo):
     result = sh(str(BIN / "genpipe"), "ci-retrain", cwd=dvc_repo, check=False,

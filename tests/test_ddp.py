@@ -471,3 +471,13 @@ def test_sighup_to_the_launcher_under_nohup_is_ignored(tmp_path):
                 os.kill(pid, signal.SIGKILL)
             proc.kill()
             proc.wait()
+
+
+def test_more_workers_than_cores_are_warned_of(monkeypatch, caplog):
+    from genpipe import distributed
+
+    monkeypatch.setattr(distributed.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert distributed.warn_oversubscribed(64)
+    assert "train.nproc_per_node 64: more processes than this machine's 2 CPU cores" in caplog.text
+    assert not distributed.warn_oversubscribed(2)

@@ -813,3 +813,29 @@ def test_disk_full_while_checkpointing_keeps_the_old_checkpoint(tmp_path, monkey
     assert "about 1.0 MiB" in message
     assert path.read_bytes() == before  # the old one, whole
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temp file left
+
+
+@pytest.mark.parametrize(("stop", "status"), [(TrainingError("rank 1 of 2 exited with -9"),
+                                               "FAILED"), (KeyboardInterrupt(), "KILLED")])
+def test_workers_that_fail_leave_no_run_running(tmp_path, monkeypatch, stop, status):
+    """Under torchrun a rank killed by SIGKILL cannot end its run: the launcher ends the run
+    its checkpoint names, if it is still RUNNING."""
+    from mlflow import MlflowClient
+
+    from genpipe import distributed, paths, training
+
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    client = MlflowClient(store)
+    run_id = client.create_run(client.create_experiment("e")).info.run_id  # RUNNING
+    paths.checkpoint("gan").parent.mkdir(parents=True)
+    torch.save({"mlflow_run_id": run_id, "step": 0}, paths.checkpoint("gan"))
+
+    def killed(name, train):
+        raise stop
+
+    monkeypatch.setattr(distributed, "launch", killed)
+    with pytest.raises(type(stop)):
+        training.launch("gan", tiny_params())
+    assert client.get_run(run_id).info.status == status

@@ -117,6 +117,17 @@ def check_setup(cwd: Path) -> None:
         )
 
 
+def check_base(base: str, cwd: Path) -> None:
+    """The revision the report diffs against, before anything runs: a typo'd --base would
+    otherwise retrain, push and register, then report no diff and exit 0."""
+    found = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}"],
+                           cwd=cwd, capture_output=True, text=True)  # fmt: skip
+    if found.returncode != 0:
+        raise CIError(f"--base {base}: expected a git revision of this repository (a branch, "
+                      "tag or commit; in CI fetch it first, e.g. `git fetch origin main`); "
+                      "found none")  # fmt: skip
+
+
 def check_report_paths(*paths: str | None) -> None:
     """Where the report goes (--summary, --report): each in a directory that exists."""
     for path in filter(None, paths):
@@ -129,6 +140,7 @@ def ci_retrain(base: str, cwd: Path = Path("."), push: bool = True,
                branch: str | None = None) -> Retrain:  # fmt: skip
     """Rerun what changed, push it, and report against `base` (a git revision)."""
     check_setup(cwd)
+    check_base(base, cwd)
     from genpipe.params import load_checked_params  # what DVC would call "unexpected error"
 
     params = load_checked_params(cwd / paths.PARAMS)

@@ -84,6 +84,7 @@ def launch(name: str, train: TrainParams) -> bool:
     if nproc == 1 or under_torchrun():
         return False
     check_divisible(train.batch_size, nproc)
+    warn_oversubscribed(nproc)
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -124,6 +125,20 @@ def launch(name: str, train: TrainParams) -> bool:
             if exc.sigval == signal.SIGINT:
                 raise KeyboardInterrupt from None  # Ctrl-C: 130
             raise Terminated(exc.sigval) from None  # SIGTERM 143, SIGHUP 129, SIGQUIT 131
+    return True
+
+
+def warn_oversubscribed(nproc: int) -> bool:
+    """A warning when the workers outnumber the devices they would use: the GPUs, or, with
+    none, the CPU cores (64 workers on 2 cores all start, and each crawls)."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    have, what = (gpus, "CUDA devices") if gpus else (os.cpu_count() or 1, "CPU cores")
+    if nproc <= have:
+        return False
+    log.warning("train.nproc_per_node %d: more processes than this machine's %d %s; they "
+                "share them, each slower than one process alone", nproc, have, what)  # fmt: skip
     return True
 
 

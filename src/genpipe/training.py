@@ -176,6 +176,24 @@ class LossMonitor:
         return dict(zip(self.names, values.mean(0).tolist(), strict=True))
 
 
+def launch(model: str, params: Any) -> bool:
+    """distributed.launch for the train stage of `model`. When the workers fail or are
+    stopped, the run rank 0 named in its checkpoint is ended if it is still RUNNING (a rank
+    killed by SIGKILL cannot end it): FAILED, or KILLED on a signal."""
+    from genpipe import paths
+    from genpipe.checkpoint import checkpoint_run_id
+
+    try:
+        return distributed.launch(f"train {model}", params.train)
+    except (TrainingError, KeyboardInterrupt) as exc:
+        run_id = checkpoint_run_id(paths.checkpoint(model))
+        if run_id:
+            from genpipe.tracking.runs import end_if_running
+
+            end_if_running(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+
+
 def restore_or_end(ckpt: Any, run: Any) -> Any:
     """ckpt.restore() for `run` (a tracking TrainingRun, or None). A checkpoint it refuses
     ends the run that wrote it first, if a killed process left it RUNNING (KILLED), so the

@@ -178,6 +178,24 @@ def start_system_metrics(run_id: str, uri: str) -> SystemMetricsMonitor | None:
     return monitor
 
 
+def end_if_running(run_id: str, status: str, uri: str | None = None) -> bool:
+    """End run `run_id` with `status` if it is still RUNNING (its process killed); True if it
+    was. A run that is gone, or a store that cannot be reached, is left as it is."""
+    from mlflow.exceptions import MlflowException
+
+    mlflow = import_mlflow()
+    try:
+        client = mlflow.MlflowClient(tracking_uri=uri or tracking_uri())
+        if client.get_run(run_id).info.status != "RUNNING":
+            return False
+        client.set_terminated(run_id, status=status)
+    except (MlflowException, OSError) as exc:
+        log.warning("could not end run %s as %s (%s)", run_id, status, exception_text(exc))
+        return False
+    log.info("run %s, left RUNNING by a killed process, is marked %s", run_id, status)
+    return True
+
+
 class TrainingRun:
     """One MLflow run for one model's training stage, in experiment
     `<experiment_prefix>-<model>`; a context manager.
