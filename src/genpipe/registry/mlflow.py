@@ -85,7 +85,7 @@ class Outputs:
             record=paths.run_record(model),
             metrics=paths.metrics(model),
             train_log=paths.train_log(model),
-            images=[paths.samples(model), paths.eval_grid(model)],
+            images=[paths.samples(model), paths.eval_grid(model), paths.tail_grid(model)],
             reference=paths.REFERENCE_INFO,
             data_hash=data_hash,
             history=paths.registry_history(model),
