@@ -238,6 +238,7 @@ def test_a_register_that_failed_reports_no_stale_record(fake_dvc, tmp_path, monk
 
     monkeypatch.setattr(fake_dvc, "dvc", repro_fails)
     monkeypatch.setattr(fake_dvc, "check_setup", lambda cwd: None)
+    monkeypatch.setattr(fake_dvc, "check_base", lambda base, cwd: None)
     (tmp_path / "params.yaml").write_text("models: [gan]\n")
     result = fake_dvc.ci_retrain("HEAD", tmp_path, push=False, branch="main")
     assert result.failure.startswith("dvc repro stage register@gan failed: error: MLflow")
