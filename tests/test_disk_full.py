@@ -89,8 +89,8 @@ def test_a_full_disk_seen_only_in_a_cause_is_one_line(tmp_path, capsys):
             raise RuntimeError("unexpected pos 704 vs 598") from exc
 
     err = fails_in_one_line(with_context, capsys)
-    assert err == (f"error: no space left on the device writing {tmp_path / 'x'} (No space "
-                   "left on device); free space there and rerun: the stage's earlier outputs "
+    assert err == (f"error: no space left on the device (No space left on device: "
+                   f"{tmp_path / 'x'}); free space there and rerun: the stage's earlier outputs "
                    "are kept as they were")  # fmt: skip
     with pytest.raises(RuntimeError):  # no full disk in the chain: not ours to explain
         run_stage(main)
@@ -106,3 +106,36 @@ def test_no_temporary_is_left_where_a_later_stage_would_read(small_disk):
     with pytest.raises(DiskFullError), atomic_dir(small_disk / "reference") as tmp:
         (tmp / "stats.bin").write_bytes(b"x" * 200_000)
     assert list(small_disk.iterdir()) == []
+
+
+@pytest.mark.integration
+def test_register_on_a_full_disk_is_one_line_and_leaves_the_training_run_finished(
+    small_disk, tmp_path, monkeypatch, capsys
+):
+    """MLflow writes the model to its temporary folder, then copies it to the run's artifacts
+    (here on the full tmpfs): one line, no traceback from MLflow's logger, and the training
+    run it reopened still FINISHED."""
+    from mlflow import MlflowClient
+
+    from test_registry import do_register, gan_outputs
+
+    monkeypatch.chdir(small_disk)  # the experiment's artifacts: ./mlruns, on the full disk
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    outputs = gan_outputs(tmp_path / "project", store, fid=1.0)
+    capsys.readouterr()
+    err = fails_in_one_line_among_warnings(lambda: do_register(outputs, store, "d1"), capsys)
+    assert err.startswith("error: no space left on the device (No space left on device: ")
+    run_id = json.loads(outputs.record.read_text())["run_id"]
+    assert MlflowClient(store).get_run(run_id).info.status == "FINISHED"
+
+
+def fails_in_one_line_among_warnings(main, capsys) -> str:
+    """The error line, among library warnings (MLflow's), and no traceback."""
+    with pytest.raises(SystemExit) as excinfo:
+        run_stage(main)
+    assert excinfo.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1
+    return errors[0]

@@ -43,9 +43,10 @@ def _terminate(signum: int, frame: object) -> None:
 
 def disk_full_line(exc: OSError) -> str:
     """A full disk, in one line: where, what the system said, that nothing was replaced."""
-    where = f" writing {exc.filename}" if exc.filename else ""
+    path = getattr(exc, "filename2", None) or exc.filename  # a copy's destination first
     said = exc.strerror or " ".join(str(exc).split())
-    return (f"no space left on the device{where} ({said}); free space there and rerun: the "
+    where = f"{said}: {path}" if path else said
+    return (f"no space left on the device ({where}); free space there and rerun: the "
             "stage's earlier outputs are kept as they were")
 
 
