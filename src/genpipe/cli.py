@@ -98,7 +98,7 @@ def _history_command(args: argparse.Namespace) -> None:
 
 
 # what `genpipe compare` shows of each model, its primary (the gate's) metric first
-COMPARED = {"gan": ("fid", "kid_mean", "precision", "recall"),
+COMPARED = {"gan": ("fid", "kid_mean", "precision", "recall", "density", "coverage"),
             "autoencoder": ("mse", "psnr", "ssim", "fid")}  # fmt: skip
 
 
