@@ -62,3 +62,17 @@ def test_close_recipes_are_within_the_spread_and_the_table_says_so():
     assert "11 ± 1.4" in text and "11.2 ± 0.99" in text
     assert "gan.lr_g" in text and "seed" not in text.splitlines()[0]  # what varies: lr_g
     assert "within the spread" in text.splitlines()[-1]
+
+
+def test_runs_from_before_a_metric_count_for_the_ones_they_have():
+    from genpipe.recipes import group, table
+
+    runs = [{"name": "old", "recipe": "r1", "data_hash": "d", "metrics": {"fid": 2.0}},
+            {"name": "new", "recipe": "r1", "data_hash": "d",
+             "metrics": {"fid": 1.0, "density": 0.9}},
+            {"name": "none", "recipe": "r1", "data_hash": "d", "metrics": {"density": 1.0}}]
+    [recipe] = group(runs, ("fid", "density"))
+    assert recipe.runs == ["old", "new"] and recipe.n("fid") == 2 and recipe.n("density") == 1
+    assert "1.5 ± 0.71  0.9" in table([recipe], ("fid", "density"))
+    [bare] = group(runs[:1], ("fid", "density"))
+    assert table([bare], ("fid", "density")).splitlines()[1].split()[3:] == ["2", "-"]

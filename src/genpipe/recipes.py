@@ -40,17 +40,19 @@ class Recipe:
 
 def group(runs: list[dict[str, Any]], metrics: tuple[str, ...]) -> list[Recipe]:
     """Runs ({"name", "recipe", "data_hash", "metrics", "params"}) grouped by recipe and
-    data; a run without a recipe tag (from before it) or without the metrics is left out.
-    Groups come in order of their first metric's mean, best first."""
+    data; a run without a recipe tag (from before it) or without the first metric is left
+    out (one without another metric, from before it was measured, counts for the ones it
+    has). Groups come in order of their first metric's mean, best first."""
     groups: dict[tuple[str, str], Recipe] = {}
     for run in runs:
-        if not run.get("recipe") or not all(m in run["metrics"] for m in metrics):
+        if not run.get("recipe") or metrics[0] not in run["metrics"]:
             continue
         key = (run["recipe"], run.get("data_hash", ""))
         recipe = groups.setdefault(key, Recipe(*key, params=dict(run.get("params", {}))))
         recipe.runs.append(run["name"])
         for metric in metrics:
-            recipe.values.setdefault(metric, []).append(float(run["metrics"][metric]))
+            if metric in run["metrics"]:
+                recipe.values.setdefault(metric, []).append(float(run["metrics"][metric]))
     sign = -1 if metrics[0] in HIGHER_IS_BETTER else 1
     return sorted(groups.values(), key=lambda r: sign * r.mean(metrics[0]))
 
@@ -78,6 +80,8 @@ def table(recipes: list[Recipe], metrics: tuple[str, ...]) -> str:
         return "no finished runs with a recipe tag and these metrics"
 
     def spread(recipe: Recipe, metric: str) -> str:
+        if not recipe.n(metric):
+            return "-"
         std = recipe.std(metric)
         return f"{recipe.mean(metric):.4g}" + (f" ± {std:.2g}" if std is not None else "")
 
