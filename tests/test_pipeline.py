@@ -260,9 +260,10 @@ def test_a_stage_that_fails_at_run_time_leaves_its_previous_outputs_as_they_were
     # reference: more samples than the train split holds
     set_params(project, evaluate={"num_samples": 100_000})
     fails(stages=["params", "reference"], error="evaluate.num_samples: expected at most")
-    # train: a learning rate that diverges, stopped at the first non-finite loss
-    set_params(project, gan={"lr_d": 1e30})
-    fails(stages=["params", "train@gan"], error="training stopped")
+    # train: a learning rate that diverges (a VAE's log-variance overflows at lr 10, within
+    # the params' bounds), stopped at the first non-finite loss
+    set_params(project, autoencoder={"kind": "vae", "lr": 10.0})
+    fails(stages=["params", "train@autoencoder"], error="training stopped")
     # evaluate and register: a tracking server that is down (each stage forced on its own)
     down = f"http://127.0.0.1:{free_port()}"
     for stage in ("evaluate@gan", "register@autoencoder"):
