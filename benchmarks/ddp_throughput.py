@@ -47,7 +47,7 @@ import torch
 
 from genpipe import distributed, runtime, training
 from genpipe.gan.train import build_gan, make_step
-from genpipe.params import parse_params
+from genpipe.params.load import parse_params
 
 CPU_TARGET = 1.6  # 2 ranks over 1 process of 1 thread
 CUDA_TARGET = 0.95  # DDP path over the plain one: DDP costs < 5%

@@ -25,7 +25,7 @@ from genpipe.data.canonical import content_split, image_sha1
 from genpipe.data.formats import read_idx_pair
 from genpipe.data.sources import load_digits
 from genpipe.metrics.domain import accuracy, train_domain_network
-from genpipe.params import DataParams, DomainParams
+from genpipe.params.schema import DataParams, DomainParams
 
 CPU = torch.device("cpu")
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

@@ -61,9 +61,10 @@ def child(idx_dir: Path | None) -> None:
 
     from genpipe.autoencoder.evaluate import evaluate_autoencoder
     from genpipe.autoencoder.network import AutoEncoder
-    from genpipe.metrics.compare import FID, FLOOR, reference_from_features
+    from genpipe.metrics.compare import reference_from_features
     from genpipe.metrics.domain import DomainNet
-    from genpipe.params import EvaluateParams
+    from genpipe.metrics.keys import FID, FLOOR
+    from genpipe.params.schema import EvaluateParams
 
     with contextlib.suppress(ImportError):  # the stage logs to MLflow: its imports count
         import mlflow  # noqa: F401

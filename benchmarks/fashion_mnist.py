@@ -44,7 +44,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from genpipe import yamlio
 
 REPO = Path(__file__).resolve().parents[1]
 PRESET = REPO / "examples" / "fashion-mnist" / "params.yaml"
@@ -136,7 +136,7 @@ def apply_overrides(params: dict, overrides: list[str]) -> None:
                 raise SystemExit(f"--set {key}: {'.'.join(parents[: depth + 1])} is not a section")
         if leaf not in node:
             raise SystemExit(f"--set {key}: no such key in the params")
-        node[leaf] = yaml.safe_load(text)
+        node[leaf] = yamlio.load(text)
 
 
 def wrap_commands(root: Path, inner: Path) -> None:
@@ -148,7 +148,7 @@ def wrap_commands(root: Path, inner: Path) -> None:
         return f"{match[1]}{json.dumps(prefix + ' ' + match[2])}"  # a YAML double-quoted string
 
     text, count = re.subn(r"^(\s+cmd: )(.+)$", wrapped, path.read_text(), flags=re.M)
-    stages = yaml.safe_load(text)["stages"]
+    stages = yamlio.load(text)["stages"]
     cmds = [stage.get("do", stage)["cmd"] for stage in stages.values()]
     if count != len(stages) or not all(cmd.startswith(prefix) for cmd in cmds):
         raise SystemExit(
@@ -167,7 +167,7 @@ def make_project(root: Path, params: dict) -> None:
             shutil.copy2(REPO / name, root / name)
     for name in ("dvc.lock", "reports/validation/summary.json"):  # produced by the run
         (root / name).unlink(missing_ok=True)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / "params.yaml").write_text(yamlio.dump(params))
     env = env_for(root)
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "fashion-mnist preset"]):
         subprocess.run(["git", *args], cwd=root, env=env, capture_output=True, check=True)
@@ -274,7 +274,7 @@ def main() -> None:
     if not args.params.is_file():
         raise SystemExit(f"--params: expected a file; got {args.params}")
     args.params = args.params.resolve()
-    params = yaml.safe_load(args.params.read_text())
+    params = yamlio.load(args.params.read_text())
     apply_overrides(params, args.set)  # before anything is built
 
     with tempfile.TemporaryDirectory(prefix="genpipe-fashion-mnist-") as tmp:

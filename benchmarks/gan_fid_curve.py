@@ -27,15 +27,14 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
-from genpipe import runtime, training
+from genpipe import runtime, training, yamlio
 from genpipe.data.sources import fetch_dataset
 from genpipe.data.split import class_shares, split_of
 from genpipe.gan.evaluate import evaluate_gan
 from genpipe.gan.train import build_gan, make_step, standing_statistics
-from genpipe.metrics.compare import FLOOR
-from genpipe.params import parse_params
+from genpipe.metrics.keys import FLOOR
+from genpipe.params.load import parse_params
 from genpipe.reference import build_reference
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,14 +59,14 @@ def parse_args() -> argparse.Namespace:
 
 
 def preset_params(overrides: list[str]):
-    raw = yaml.safe_load(PRESET.read_text())
+    raw = yamlio.load(PRESET.read_text())
     for item in overrides:
         key, value = item.split("=", 1)
         node = raw
         *parents, last = key.split(".")
         for part in parents:
             node = node[part]
-        node[last] = yaml.safe_load(value)
+        node[last] = yamlio.load(value)
     return parse_params(raw)
 
 

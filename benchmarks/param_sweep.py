@@ -30,9 +30,8 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
-from genpipe import runtime
+from genpipe import runtime, yamlio
 from genpipe.autoencoder.evaluate import evaluate_autoencoder
 from genpipe.autoencoder.train import train_autoencoder
 from genpipe.data.split import Split, read_split
@@ -40,7 +39,8 @@ from genpipe.gan.evaluate import evaluate_gan
 from genpipe.gan.train import train_gan
 from genpipe.metrics.compare import Reference
 from genpipe.metrics.features import Backbone
-from genpipe.params import Params, parse_params
+from genpipe.params.load import parse_params
+from genpipe.params.schema import Params
 from genpipe.reference import load_backbone, load_reference
 
 MODELS = {"gan": ("fid_over_floor", "fid", "precision", "recall"),
@@ -60,7 +60,7 @@ def parse_spec(spec: str) -> tuple[str, str, dict]:
         key, eq, value = item.partition("=")
         if not eq:
             raise SystemExit(f"spec {name}: expected KEY=VALUE; got {item!r}")
-        over[key] = yaml.safe_load(value)
+        over[key] = yamlio.load(value)
     return name, model, over
 
 
@@ -113,7 +113,7 @@ def main() -> None:
                         help="skip the project's own params (no over_baseline)")  # fmt: skip
     args = parser.parse_args()
     specs = [parse_spec(s) for s in args.specs]
-    raw0 = yaml.safe_load((args.project / "params.yaml").read_text())
+    raw0 = yamlio.load((args.project / "params.yaml").read_text())
     for section, key, value in (("train", "device", args.device),
                                 ("evaluate", "device", args.device),
                                 ("train", "precision", args.precision)):  # fmt: skip

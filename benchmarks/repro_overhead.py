@@ -27,9 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
-
-from genpipe.ci import stages_run
+from genpipe import dvclock, yamlio
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_SECONDS = 3.0
@@ -71,9 +69,9 @@ def dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def set_params(root: Path, section: str, values: dict) -> None:
     path = root / "params.yaml"
-    params = yaml.safe_load(path.read_text())
+    params = yamlio.load(path.read_text())
     params[section].update(values)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    path.write_text(yamlio.dump(params))
 
 
 def append(root: Path, name: str) -> None:
@@ -143,9 +141,16 @@ def tiny_project(root: Path) -> None:
     run("git", "init", "-q", cwd=root)
     run("git", "add", "-A", cwd=root)
     run("git", "commit", "-q", "-m", "tiny", cwd=root)
-    ran = stages_run(dvc("repro", cwd=root).stdout)
+    ran = repro(root)
     if sorted(ran) != sorted(ALL):
         raise SystemExit(f"the first full run ran {ran}, expected all {len(ALL)} stages")
+
+
+def repro(root: Path) -> list[str]:
+    """`dvc repro` in `root`; the stages it ran, read from dvc.lock before and after."""
+    before = dvclock.stages(root / dvclock.LOCK)
+    dvc("repro", cwd=root)
+    return dvclock.changed(before, dvclock.stages(root / dvclock.LOCK))
 
 
 def main() -> None:
@@ -162,10 +167,10 @@ def main() -> None:
     seconds = []
     for _ in range(args.rounds):
         start = time.perf_counter()
-        result = dvc("repro", cwd=REPO)
+        ran = repro(REPO)
         seconds.append(time.perf_counter() - start)
-        if stages_run(result.stdout):
-            raise SystemExit(f"a no-op repro ran {stages_run(result.stdout)}")
+        if ran:
+            raise SystemExit(f"a no-op repro ran {ran}")
     median = statistics.median(seconds)
     print(f"no-op `dvc repro`: {median:.2f} s (median of {args.rounds}; min {min(seconds):.2f},"
           f" max {max(seconds):.2f}); target <= {TARGET_SECONDS:.0f} s:"
@@ -185,7 +190,7 @@ def main() -> None:
             shutil.copytree(base, root, symlinks=True)
             change(root)
             start = time.perf_counter()
-            ran = stages_run(dvc("repro", cwd=root).stdout)
+            ran = repro(root)
             took = time.perf_counter() - start
             verdict = "as promised" if sorted(ran) == sorted(expected) else "NOT as promised"
             if sorted(ran) != sorted(expected):

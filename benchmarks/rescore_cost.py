@@ -25,7 +25,7 @@ from pathlib import Path
 
 from genpipe import paths, runtime
 from genpipe.data.split import read_split
-from genpipe.params import load_params
+from genpipe.params.load import load_params
 from genpipe.reference import load_backbone, load_reference
 from genpipe.registry.rescore import Scorer, score_version
 

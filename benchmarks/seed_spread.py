@@ -20,11 +20,9 @@ import statistics
 import sys
 from pathlib import Path
 
-import yaml
-
-from genpipe import runtime
+from genpipe import runtime, yamlio
 from genpipe.data.split import read_split
-from genpipe.params import parse_params
+from genpipe.params.load import parse_params
 from genpipe.reference import load_backbone, load_reference
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -74,8 +72,8 @@ def main() -> None:
         key, eq, value = item.partition("=")
         if not eq:
             raise SystemExit(f"--set: expected KEY=VALUE; got {item!r}")
-        over[key] = yaml.safe_load(value)
-    raw = with_overrides(yaml.safe_load((args.project / "params.yaml").read_text()), over)
+        over[key] = yamlio.load(value)
+    raw = with_overrides(yamlio.load((args.project / "params.yaml").read_text()), over)
     base = parse_params(raw)
     runtime.pin_cpu_kernels(base.cpu_kernels)  # may re-execute, as the stages do
     device = runtime.resolve_device(base.train.device)

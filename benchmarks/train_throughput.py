@@ -64,8 +64,10 @@ from genpipe.gan.network import (
     gradient_penalty,
 )
 from genpipe.gan.train import build_gan, make_step
-from genpipe.params import GanParams, ImageSize, Params, load_params, run_params
-from genpipe.tracking import runs as tracking
+from genpipe.params.load import load_params
+from genpipe.params.schema import GanParams, ImageSize, Params
+from genpipe.tracking import training_run as tracking
+from genpipe.tracking.lineage import run_params
 
 ROUNDS = 3  # timed repeats of each measurement; the median is reported
 RANDOM_IMAGES = 50_000  # stand-in dataset size without prepared data (CIFAR-10's train split)

@@ -8,7 +8,7 @@ output's bytes never change, so a valid edit reruns only the stages whose keys c
 
 from genpipe import paths
 from genpipe.fileio import write_json
-from genpipe.params import load_params
+from genpipe.params.load import load_params
 from genpipe.stage import run_stage
 
 

@@ -5,7 +5,7 @@ import logging
 from genpipe import paths
 from genpipe.data.canonical import write_prepared
 from genpipe.data.sources import fetch_dataset
-from genpipe.params import load_params
+from genpipe.params.load import load_params
 from genpipe.stage import run_stage
 
 OUT = paths.PREPARED

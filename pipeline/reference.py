@@ -4,7 +4,7 @@ statistics, the domain network if that is the backbone, and the FID floor)."""
 from genpipe import paths, runtime
 from genpipe.data.split import read_split
 from genpipe.fileio import atomic_dir
-from genpipe.params import load_params
+from genpipe.params.load import load_params
 from genpipe.reference import build_reference, write_reference
 from genpipe.stage import run_stage
 

@@ -3,22 +3,19 @@ MLflow Model Registry, through the champion gate; reports/<model>/registry.json 
 
 import sys
 
-from genpipe import paths, runtime
+from genpipe import models, paths, runtime
 from genpipe.data.canonical import prepared_sha256
-from genpipe.errors import ParamsError
 from genpipe.fileio import write_json
-from genpipe.params import MODELS, load_params
-from genpipe.registry.mlflow import Outputs, Policy, register
+from genpipe.params.load import load_params
+from genpipe.registry.gate import Policy
+from genpipe.registry.register import Outputs, register
 from genpipe.registry.rescore import Scorer
 from genpipe.stage import run_stage
 from genpipe.tracking import lineage
 
 
 def main() -> None:
-    model = sys.argv[1] if len(sys.argv) == 2 else None
-    if model not in MODELS:
-        raise ParamsError(f"usage: register.py MODEL: expected one of {', '.join(MODELS)}; "
-                          f"got {' '.join(sys.argv[1:]) or 'nothing'}")  # fmt: skip
+    model = models.from_argv("register.py", sys.argv[1:]).name
     params = load_params()
     runtime.pin_cpu_kernels(params.cpu_kernels)  # may re-execute: a re-score is an evaluation
     registry = params.registry

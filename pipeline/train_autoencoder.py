@@ -11,10 +11,13 @@ from genpipe import distributed, paths, runtime, training
 from genpipe.autoencoder.artifact import save_autoencoder
 from genpipe.autoencoder.train import reconstruction_grid, train_autoencoder
 from genpipe.fileio import staged_outputs
-from genpipe.params import Params, load_params, run_params
+from genpipe.params.load import load_params
+from genpipe.params.schema import Params
 from genpipe.stage import run_stage
 from genpipe.tracking.datasets import prepared_input
-from genpipe.tracking.runs import TrainingRun, describe_training
+from genpipe.tracking.describe import describe_training
+from genpipe.tracking.lineage import run_params
+from genpipe.tracking.training_run import TrainingRun
 
 MODEL = "autoencoder"
 

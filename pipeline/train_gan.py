@@ -12,10 +12,13 @@ from genpipe.data.split import class_shares
 from genpipe.fileio import staged_outputs
 from genpipe.gan.artifact import save_gan
 from genpipe.gan.train import sample_grid, train_gan
-from genpipe.params import Params, load_params, run_params
+from genpipe.params.load import load_params
+from genpipe.params.schema import Params
 from genpipe.stage import run_stage
 from genpipe.tracking.datasets import prepared_input
-from genpipe.tracking.runs import TrainingRun, describe_training
+from genpipe.tracking.describe import describe_training
+from genpipe.tracking.lineage import run_params
+from genpipe.tracking.training_run import TrainingRun
 
 MODEL = "gan"
 

@@ -9,7 +9,7 @@ from genpipe import paths
 from genpipe.data.canonical import read_prepared
 from genpipe.errors import ValidationFailed
 from genpipe.fileio import write_json
-from genpipe.params import load_params
+from genpipe.params.load import load_params
 from genpipe.stage import run_stage
 from genpipe.validation import validate_dataset
 

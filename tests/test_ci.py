@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from genpipe.ci import CIError, check_setup, stages_run, table_rows
-from genpipe.params import parse_params
-from test_pipeline import ALL_STAGES, project, set_params  # noqa: F401 (project: a fixture)
+from genpipe import yamlio
+from genpipe.ci import CIError, check_setup
+from genpipe.params.load import parse_params
+from test_pipeline import ALL_STAGES, project, set_params, stages_run  # noqa: F401 (project: a fixture)
 from test_registry import server  # noqa: F401  (fixture)
 
 from builders import write_png
@@ -65,28 +65,26 @@ def test_actionlint_finds_a_broken_workflow(tmp_path):
     assert result.returncode == 1 and "head_reff" in result.stdout
 
 
-def test_workflow_triggers_and_calls_the_script():
-    workflow = yaml.safe_load(WORKFLOW.read_text())
-    triggers = workflow[True]  # YAML 1.1 reads the key `on` as True
-    paths = ["**.dvc", "dvc.lock", "dvc.yaml", "params.yaml", "src/**", "pipeline/**"]
-    assert triggers["push"] == {"branches": ["main"], "paths": paths}
-    assert triggers["pull_request"] == {"paths": paths}
-    assert "workflow_dispatch" in triggers
-    # every stage's code is under src/ or pipeline/
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].values()
-    deps = [dep for stage in stages for dep in stage.get("do", stage).get("deps", [])]
-    stage_code = {dep.split("/")[0] for dep in deps if dep.endswith(".py")}
-    assert stage_code <= {"src", "pipeline"}, stage_code
-    # pull requests from forks (no secrets, no push) are skipped
-    assert "head.repo.full_name == github.repository" in workflow["jobs"]["retrain"]["if"]
-    steps = workflow["jobs"]["retrain"]["steps"]
-    runs = "\n".join(step.get("run", "") for step in steps)
-    assert "genpipe ci-retrain" in runs and "$GITHUB_STEP_SUMMARY" in runs
-    assert "secrets.MLFLOW_TRACKING_URI" in WORKFLOW.read_text()
-    # the branch reaches register: only the default branch moves champion and challenger
-    [retrain] = [step for step in steps if "genpipe ci-retrain" in step.get("run", "")]
-    assert '--branch "$BRANCH"' in retrain["run"]
-    assert retrain["env"]["BRANCH"] == "${{ github.head_ref || github.ref_name }}"
+def test_the_workflow_runs_on_every_change_a_stage_depends_on():
+    """A stage's code, params or data changed: the workflow must start, or nothing retrains.
+    Its paths, as GitHub matches them, cover every dep in dvc.yaml that is not another
+    stage's output (those change with what they are made from), and DVC's own files."""
+    import fnmatch
+
+    triggers = yamlio.load(WORKFLOW.read_text())["on"]  # YAML 1.2: `on` is a string
+    stages = [s.get("do", s) for s in yamlio.load((REPO / "dvc.yaml").read_text())["stages"]
+              .values()]  # fmt: skip
+    outs = {next(iter(o)) if isinstance(o, dict) else o for stage in stages
+            for kind in ("outs", "metrics", "plots") for o in stage.get(kind, [])}  # fmt: skip
+    deps = {dep for stage in stages for dep in stage.get("deps", [])}
+    made = {dep for dep in deps if any(dep == o or dep.startswith(f"{o}/") for o in outs)}
+    files = sorted(deps - made - {"${data.path}"}) + ["params.yaml", "dvc.lock", "x.dvc"]
+    for event in ("push", "pull_request"):
+        paths = triggers[event]["paths"]
+        # GitHub's `**` matches across folders; fnmatch's `*` already does
+        unmatched = [f for f in files
+                     if not any(fnmatch.fnmatch(f, p.replace("**", "*")) for p in paths)]
+        assert not unmatched, f"{event}: no trigger path matches {unmatched}"
 
 
 @pytest.mark.parametrize(
@@ -109,30 +107,77 @@ def test_the_branch_ci_retrain_registers_from(tmp_path, monkeypatch, given, env,
 
 # --- the report -------------------------------------------------------------------------------
 
-METRICS_DIFF = """| Path | Metric | HEAD~1 | workspace | Change |
-|---|---|---|---|---|
-| reports/gan/metrics.json | fid | 1.5 | 1.2 | -0.3 |
-| reports/gan/metrics.json | fid_std | 0.3 | 0.25 | -0.05 |
-| reports/gan/metrics.json | memorised_std | - | 0.005 | - |
-| reports/gan/metrics.json | floor.fid | 0.66 | 0.94 | 0.28 |
-| reports/gan/metrics.json | kid_subset_size | 185 | 190 | 5 |
-| reports/gan/metrics.json | num_samples | 370 | 380 | 10 |
-| reports/autoencoder/metrics.json | test_images | 370 | 380 | 10 |
-| reports/validation/summary.json | checks.images.shape | - | True | - |
-| reports/validation/summary.json | images.total | 1797 | 1817 | 20 |
-"""
+METRICS_DIFF = {
+    "reports/gan/metrics.json": {
+        "fid": {"old": 1.5, "new": 1.2, "diff": -0.3},
+        "fid_std": {"old": 0.3, "new": 0.25, "diff": -0.05},
+        "kid_mean": {"old": 0.01, "new": 0.01, "diff": 0.0},
+        "kid_std": {"old": 0.002, "new": 0.003, "diff": 0.001},
+        "memorised_std": {"new": 0.005},
+        "floor.fid": {"old": 0.66, "new": 0.94, "diff": 0.28},
+        "kid_subset_size": {"old": 185, "new": 190, "diff": 5},
+        "num_samples": {"old": 370, "new": 380, "diff": 10},
+    },
+    "reports/autoencoder/metrics.json": {"test_images": {"old": 370, "new": 380, "diff": 10}},
+    "reports/validation/summary.json": {
+        "checks.images.shape": {"new": True},
+        "images.total": {"old": 1797, "new": 1817, "diff": 20},
+    },
+}
+PARAMS_DIFF = {"params.yaml": {"gan.steps": {"old": 2000, "new": 3000, "diff": 1000}}}
+
+
+def write_lock(cwd: Path, stages: list[str]) -> None:
+    """dvc.lock with an entry for each stage, as DVC writes one when a stage has run."""
+    lock = cwd / "dvc.lock"
+    old = yamlio.load(lock.read_text())["stages"] if lock.is_file() else {}
+    entries = {**old, **{name: {"cmd": f"run {name} {len(old)}"} for name in stages}}
+    lock.write_text(yamlio.dump({"schema": "2.0", "stages": entries}))
+
+
+class FakeDVC:
+    """ci.dvc, answering as DVC does: `stage list` the pipeline's stages; `repro` runs the
+    stages of `runs` (their dvc.lock entries rewritten) and fails on `fails`; `push` fails
+    when `refused`; the diffs in their JSON. Each call is kept in `calls`."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, ...]] = []
+        self.runs: list[str] = []
+        self.fails: tuple[str, str] | None = None  # (stage or "", its error line)
+        self.refused = False
+
+    def __call__(self, *args: str, cwd: Path, capture: bool = True):
+        self.calls.append(args)
+        out, code = "", 0
+        if args[:2] == ("stage", "list"):
+            out = "\n".join(ALL_STAGES) + "\n"
+        elif args[0] == "repro":
+            targets = [a for a in args[1:] if not a.startswith("--")]
+            registers = all(t.startswith("register@") for t in targets)
+            done = [s for s in self.runs if s.startswith("register@") == registers]
+            write_lock(cwd, done)
+            if self.fails and self.fails[0].startswith("register@") == registers:
+                stage, line = self.fails  # no stage: DVC failed before any ran
+                out = line + (f"\nERROR: failed to reproduce '{stage}': failed to run: "
+                              "python ..., exited with 1\n" if stage else "\n")
+                code = 1
+        elif args[0] == "push" and self.refused:
+            out, code = "ERROR: failed to push data to the cloud - permission denied", 1
+        elif args[:2] == ("metrics", "diff"):
+            out = json.dumps(METRICS_DIFF)
+        elif args[:2] == ("params", "diff"):
+            out = json.dumps(PARAMS_DIFF)
+        return subprocess.CompletedProcess(["dvc", *args], code, out, "")
 
 
 @pytest.fixture
 def fake_dvc(monkeypatch):
-    """ci.dvc answering `metrics diff` with METRICS_DIFF and `params diff` with nothing."""
+    """genpipe.ci with FakeDVC as its dvc (`ci.dvc`, the fake: `ci.fake`)."""
     from genpipe import ci
 
-    def dvc(*args, cwd, capture=True):
-        out = METRICS_DIFF if args[:2] == ("metrics", "diff") else ""
-        return subprocess.CompletedProcess(["dvc", *args], 0, out, "")
-
-    monkeypatch.setattr(ci, "dvc", dvc)
+    fake = FakeDVC()
+    monkeypatch.setattr(ci, "dvc", fake)
+    monkeypatch.setattr(ci, "fake", fake, raising=False)
     return ci
 
 
@@ -161,14 +206,17 @@ def test_the_report_puts_each_model_against_its_champion(fake_dvc, tmp_path, mon
     nearly = fake_dvc.report(fake_dvc.Retrain(registered={"autoencoder": close}), "HEAD", tmp_path)
     assert "| ▲ <0.1% (worse) |" in nearly
     assert "- genpipe-gan v2: fid 1.2 vs champion v1's 1.5" in text
-    # the metrics that describe the evaluation, not the model, are left out
-    # each figure with its spread, in one row
+    # each figure with its spread, in one row, the spread unchanged or not
     assert "| reports/gan/metrics.json | fid | 1.5 ± 0.3 | 1.2 ± 0.25 | -0.3 |" in text
     assert "| fid_std |" not in text
-    assert "| memorised_std | - | 0.005 |" in text  # no figure row to fold into: kept
+    assert "| kid_std | 0.002 | 0.003 | 0.001 |" in text  # KID's own std: no `kid` to fold into
+    assert "| memorised_std | - | 0.005 | - |" in text  # no figure row to fold into: kept
+    assert "| kid_mean |" not in text  # unchanged: only the figures that changed
+    # the metrics that describe the evaluation, not the model, are left out
     assert "floor.fid" not in text and "num_samples" not in text
     assert "kid_subset_size" not in text and "test_images" not in text
-    assert "checks.images.shape" not in text and "| images.total |" in text
+    assert "checks.images.shape" not in text and "| images.total | 1797 | 1817 | 20 |" in text
+    assert "| params.yaml | gan.steps | 2000 | 3000 |" in text
     assert "http" not in text  # a local store: no links
 
 
@@ -187,17 +235,11 @@ def test_the_report_links_to_the_mlflow_server(fake_dvc, tmp_path, monkeypatch):
     assert "s3cret" not in text and "ci@" not in text  # the URI's credentials stay secret
 
 
-def test_a_failure_before_any_stage_is_reported_as_it_was(fake_dvc, tmp_path, monkeypatch):
+def test_a_failure_before_any_stage_is_reported_as_it_was(fake_dvc, tmp_path):
     """Data that was never pushed: DVC fails pulling it, before any stage runs; the report
     says so, with DVC's own line, and the job fails after writing it."""
-
-    def repro_fails(*args, cwd, capture=True):
-        if args[0] == "repro":
-            out = "ERROR: failed to pull data from the cloud - Checkout failed for: images\n"
-            return subprocess.CompletedProcess(["dvc", *args], 1, out, "")
-        return subprocess.CompletedProcess(["dvc", *args], 0, "", "")
-
-    monkeypatch.setattr(fake_dvc, "dvc", repro_fails)
+    fake_dvc.fake.fails = ("", "ERROR: failed to pull data from the cloud - Checkout failed "
+                               "for: images")  # fmt: skip
     result = fake_dvc.Retrain(branch="main")
     with pytest.raises(fake_dvc.CIError) as excinfo:
         fake_dvc.retrain(result, parse_params({}), tmp_path, push=False)
@@ -208,20 +250,39 @@ def test_a_failure_before_any_stage_is_reported_as_it_was(fake_dvc, tmp_path, mo
     assert f"**Failed:** {result.failure}" in text and "Nothing rerun" not in text
 
 
-def test_a_failing_stage_is_named_with_its_last_error_line(fake_dvc, tmp_path, monkeypatch):
-    def repro_fails(*args, cwd, capture=True):
-        out = ("Running stage 'fetch':\n> python pipeline/fetch.py\nRunning stage 'validate':\n"
-               "error: 3 of 14 data checks failed (images.blank)\nERROR: failed to reproduce "
-               "'validate': failed to run: python pipeline/validate.py, exited with 1\n")
-        return subprocess.CompletedProcess(["dvc", *args], 1, out, "")
-
-    monkeypatch.setattr(fake_dvc, "dvc", repro_fails)
+def test_a_failing_stage_is_named_with_its_last_error_line(fake_dvc, tmp_path):
+    fake_dvc.fake.runs = ["params", "fetch"]
+    fake_dvc.fake.fails = ("validate", "error: 3 of 14 data checks failed (images.blank)")
     result = fake_dvc.Retrain(branch="main")
     with pytest.raises(fake_dvc.CIError) as excinfo:
-        fake_dvc.retrain(result, parse_params({}), tmp_path, push=False)
+        fake_dvc.retrain(result, parse_params({}), tmp_path, push=True)
     assert str(excinfo.value) == ("dvc repro stage validate failed: error: 3 of 14 data checks "
                                   "failed (images.blank)")
-    assert result.ran == ["fetch", "validate"] and result.decided == []
+    assert result.ran == ["params", "fetch"] and result.decided == []  # read from dvc.lock
+    assert ("push",) not in fake_dvc.fake.calls  # nothing is pushed after a failed stage
+
+
+def test_a_push_the_remote_refuses_registers_nothing(fake_dvc, tmp_path):
+    """The outputs go to the remote before any version is registered: a version never names
+    outputs that no remote holds."""
+    fake_dvc.fake.runs = ALL_STAGES
+    fake_dvc.fake.refused = True
+    result = fake_dvc.Retrain(branch="main")
+    with pytest.raises(fake_dvc.CIError) as excinfo:
+        fake_dvc.retrain(result, parse_params({}), tmp_path, push=True)
+    assert str(excinfo.value).startswith("dvc push: expected the outputs to reach the remote, "
+                                         "before any version names them; ERROR: failed to push")
+    assert "nothing was registered" in str(excinfo.value)
+    assert not [c for c in fake_dvc.fake.calls if c[0] == "repro" and "register@gan" in c]
+    assert "register@gan" not in result.ran and result.decided == []
+
+    fake_dvc.fake.refused = False  # the remote takes it: pushed first, then registered
+    (tmp_path / "dvc.lock").unlink()
+    result = fake_dvc.Retrain(branch="main")
+    fake_dvc.retrain(result, parse_params({}), tmp_path, push=True)
+    calls = [c[0] if c[0] != "repro" else c[-1] for c in fake_dvc.fake.calls[-6:]]
+    assert calls.index("push") < calls.index("register@autoencoder")
+    assert result.ran == ALL_STAGES and result.decided == ["gan", "autoencoder"]
 
 
 def test_a_register_that_failed_reports_no_stale_record(fake_dvc, tmp_path, monkeypatch):
@@ -229,34 +290,14 @@ def test_a_register_that_failed_reports_no_stale_record(fake_dvc, tmp_path, monk
     earlier run is not this run's decision."""
     (tmp_path / "reports/gan").mkdir(parents=True)
     (tmp_path / "reports/gan/registry.json").write_text(json.dumps(GAN_RECORD))
-
-    def repro_fails(*args, cwd, capture=True):
-        out = ("Running stage 'register@gan':\nerror: MLflow registry at http://x: could not "
-               "register genpipe-gan (connection refused)\nERROR: failed to reproduce "
-               "'register@gan': failed to run: python pipeline/register.py gan, exited with 1\n")
-        return subprocess.CompletedProcess(["dvc", *args], 1, out, "")
-
-    monkeypatch.setattr(fake_dvc, "dvc", repro_fails)
+    fake_dvc.fake.fails = ("register@gan", "error: MLflow registry at http://x: could not "
+                                           "register genpipe-gan (connection refused)")
     monkeypatch.setattr(fake_dvc, "check_setup", lambda cwd: None)
     monkeypatch.setattr(fake_dvc, "check_base", lambda base, cwd: None)
     (tmp_path / "params.yaml").write_text("models: [gan]\n")
     result = fake_dvc.ci_retrain("HEAD", tmp_path, push=False, branch="main")
     assert result.failure.startswith("dvc repro stage register@gan failed: error: MLflow")
     assert result.registered == {} and "### Model Registry" not in result.report
-
-
-# --- the script's parts ------------------------------------------------------------------
-
-
-def test_stages_run_reads_dvc_output():
-    output = ("Stage 'fetch' didn't change, skipping\nRunning stage 'train@gan':\n"
-              "> python pipeline/train_gan.py\nRunning stage 'evaluate@gan':\n")  # fmt: skip
-    assert stages_run(output) == ["train@gan", "evaluate@gan"]
-
-
-def test_table_rows_ignores_the_header_dvc_prints_for_no_change():
-    assert table_rows("| Path | Metric |\n|---|---|\n") == 0
-    assert table_rows("| Path | Metric |\n|---|---|\n| a | fid |\n") == 1
 
 
 @pytest.fixture
@@ -320,10 +361,11 @@ def test_report_path_in_a_missing_directory_is_a_one_line_error(dvc_repo):
 # --- end to end: new images retrain and register; nothing new retrains nothing --------------
 
 
-def retrain(cwd: Path, uri: str, base: str) -> tuple[subprocess.CompletedProcess, str]:
+def retrain(cwd: Path, uri: str, base: str,
+            check: bool = True) -> tuple[subprocess.CompletedProcess, str]:  # fmt: skip
     report = cwd.parent / f"{cwd.name}-report.md"
     result = sh(str(BIN / "genpipe"), "ci-retrain", "--base", base, "--report", str(report),
-                cwd=cwd, env={"MLFLOW_TRACKING_URI": uri})  # fmt: skip
+                cwd=cwd, env={"MLFLOW_TRACKING_URI": uri}, check=check)  # fmt: skip
     return result, report.read_text()
 
 
@@ -337,7 +379,7 @@ def aliases(uri: str, name: str) -> dict[str, int]:
 def versions(uri: str, name: str) -> list[int]:
     from mlflow import MlflowClient
 
-    found = MlflowClient(uri).search_model_versions(f"name = '{name}'")
+    found = MlflowClient(uri).search_model_versions(f"name = '{name}'")  # none: []
     return sorted(int(v.version) for v in found)
 
 
@@ -353,14 +395,24 @@ def test_ci_retrain_on_new_images_in_a_dvc_tracked_folder(project, tmp_path, ser
                evaluate={"domain": {"steps": 20, "width": 4, "min_accuracy": 0.0}},
                register={"name_prefix": "ci"})  # fmt: skip
     remote = tmp_path / "remote"
-    sh("dvc", "remote", "add", "-d", "storage", str(remote), cwd=project)
+    (tmp_path / "a-file").write_text("not a folder")  # a remote the push cannot write to
+    sh("dvc", "remote", "add", "-d", "storage", str(tmp_path / "a-file/remote"), cwd=project)
     sh("dvc", "add", "images", cwd=project)
     sh("git", "add", "-A", cwd=project)
     sh("git", "commit", "-q", "-m", "images", cwd=project)
 
-    # the first run trains, registers version 1 of each model and pushes everything
+    # the remote refuses the push: the stages ran, but no version names outputs it lacks
+    refused, report = retrain(project, server, "HEAD", check=False)
+    assert refused.returncode != 0
+    assert stages_run(refused.stdout) == [s for s in ALL_STAGES if not s.startswith("register")]
+    assert "**Failed:** dvc push: expected the outputs to reach the remote" in report
+    assert versions(server, "ci-gan") == [] and versions(server, "ci-autoencoder") == []
+
+    # the first run with a remote that takes the outputs: pushed, then version 1 of each
+    sh("dvc", "remote", "modify", "storage", "url", str(remote), cwd=project)
+    sh("git", "commit", "-q", "-am", "the remote", cwd=project)
     first, report = retrain(project, server, "HEAD")
-    assert stages_run(first.stdout) == ALL_STAGES
+    assert stages_run(first.stdout) == ["register@gan", "register@autoencoder"]
     assert versions(server, "ci-gan") == [1] and versions(server, "ci-autoencoder") == [1]
     assert any(remote.rglob("*")), "nothing was pushed"
     linked = (f"[ci-gan]({server}/#/models/ci-gan?workflowType=machine_learning) | "

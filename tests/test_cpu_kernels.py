@@ -25,7 +25,7 @@ import torch
 from genpipe import runtime
 from genpipe.gan.train import train_gan
 from genpipe.metrics.fid import FeatureStats, frechet_distance
-from genpipe.params import parse_params
+from genpipe.params.load import parse_params
 
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 params = parse_params({

@@ -13,6 +13,7 @@ import pytest
 
 from genpipe.data import download as dl
 from genpipe.errors import DownloadError
+from genpipe.fileio import sha256_files
 
 NAME = "train-images-idx3-ubyte.gz"
 DATA = gzip.compress(random.Random(0).randbytes(4096), mtime=0)  # a real gzip file
@@ -52,7 +53,7 @@ def test_success_then_cached(http_server, sleeps, tmp_path):
 
     assert path == dest_dir / NAME
     assert path.read_bytes() == DATA
-    assert dl.sha256_file(path) == SHA
+    assert sha256_files([path]) == SHA
     assert [p.name for p in dest_dir.iterdir()] == [NAME]
     assert dl.download(NAME, SHA, [http_server.url], dest_dir) == path
     assert http_server.hits[f"/{NAME}"] == 1  # the second call made no request
@@ -231,13 +232,6 @@ def test_interrupt_leaves_no_part_file(http_server, tmp_path, monkeypatch):
         dl.download(NAME, SHA, [http_server.url], tmp_path)
 
     assert list(tmp_path.iterdir()) == []
-
-
-def test_sha256_file_spans_chunks(tmp_path):
-    data = random.Random(1).randbytes(dl.CHUNK_SIZE * 2 + 123)
-    (tmp_path / "f").write_bytes(data)
-
-    assert dl.sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
 
 
 def test_cache_dir(monkeypatch, tmp_path):

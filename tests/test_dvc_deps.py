@@ -17,18 +17,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from genpipe import checkpoint, codedeps
+from genpipe import checkpoint, codedeps, yamlio
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = "src/genpipe"
 PARAMS_CHECK = "reports/params/check.json"
-# modules a stage's code loads by name (importlib), which no import statement shows:
-# register logs serving.py as the model, serving.py loads genpipe.<model>.artifact, and a
-# champion is scored again with genpipe.<model>.evaluate (registry/rescore.py)
-LOADED_BY_NAME = {"register": ["genpipe.serving", "genpipe.{item}.artifact",
-                               "genpipe.{item}.evaluate"]}  # fmt: skip
 MODEL_STAGES = {f"{stage}@{model}" for stage in ("train", "evaluate", "register")
                 for model in ("gan", "autoencoder")}  # fmt: skip
 
@@ -49,9 +43,9 @@ def interpolate(text: str, params: dict, item: str | None) -> str:
 
 def expanded_stages() -> dict[str, dict]:
     """Stage name (train@gan for a foreach stage) -> {"base", "item", "cmd", "deps"}."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = yamlio.load((REPO / "params.yaml").read_text())
     stages = {}
-    for base, stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items():
+    for base, stage in yamlio.load((REPO / "dvc.yaml").read_text())["stages"].items():
         if "foreach" in stage:
             items = stage["foreach"]
             items = params["models"] if items == "${models}" else items
@@ -81,9 +75,8 @@ def script(stage: dict) -> str:
 def imported(name: str) -> frozenset[str]:
     """The genpipe files (repository paths) the stage's code imports, directly or not."""
     stage = STAGES[name]
-    files = set(codedeps.source_files(REPO / script(stage)))
-    for module in LOADED_BY_NAME.get(stage["base"], []):
-        files.update(codedeps.source_files(module.format(item=stage["item"])))
+    # with the stage's model: what its code loads by name (the model's package, serving.py)
+    files = set(codedeps.source_files(REPO / script(stage), model=stage["item"]))
     return frozenset(path.relative_to(REPO).as_posix() for path in files) - {script(stage)}
 
 

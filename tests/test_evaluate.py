@@ -30,9 +30,11 @@ from genpipe.metrics import reconstruction
 from genpipe.metrics.compare import compare
 from genpipe.metrics.domain import DomainNet, accuracy
 from genpipe.metrics.features import extract_features
-from genpipe.params import DomainParams, EvaluateParams, ImageSize, parse_params
+from genpipe.params.load import parse_params
+from genpipe.params.schema import DomainParams, EvaluateParams, ImageSize
 from genpipe.reference import build_reference, write_reference
-from genpipe.tracking.runs import RecordedRun, TrainingRun
+from genpipe.tracking.recorded_run import RecordedRun
+from genpipe.tracking.training_run import TrainingRun
 from genpipe.weights import WeightsError
 
 from builders import random_state_dict, train_domain
@@ -411,10 +413,11 @@ def test_recorded_run_gets_the_metrics_and_files(tmp_path):
     metrics_file = tmp_path / "metrics.json"
     metrics_file.write_text("{}")
     run = RecordedRun(record, uri=uri).open()
-    run.log({"fid": 1.5, "floor": {"fid": 0.5}, "note": "text"}, [metrics_file], "eval/")
+    run.log({"fid": 1.5, "floor": {"fid": 0.5}, "note": "text"}, [metrics_file])
 
     logged = MlflowClient(uri).get_run(run.run_id)
-    assert logged.data.metrics == {"eval/fid": 1.5, "eval/floor.fid": 0.5}
+    assert logged.data.metrics == {"eval/fid": 1.5}  # the model's figures: points
+    assert logged.data.tags["eval/floor.fid"] == "0.5"  # the evaluation's constants: tags
     assert logged.info.status == "FINISHED"  # logging does not reopen it
     names = [f.path for f in MlflowClient(uri).list_artifacts(run.run_id, "eval")]
     assert names == ["eval/metrics.json"]
@@ -437,7 +440,7 @@ def test_recorded_run_errors_name_the_record(tmp_path, caplog):
     missing = RecordedRun(gone, uri=store).open(missing_ok=True)
     assert missing.missing
     with caplog.at_level("WARNING", logger="genpipe.tracking"):
-        missing.log({"fid": 1.0}, [], "eval/")  # nothing to log to: a warning, no error
+        missing.log({"fid": 1.0}, [])  # nothing to log to: a warning, no error
     assert "not logged" in caplog.text
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
+from genpipe import yamlio
 from genpipe.data.canonical import (
     MANIFEST_COLUMNS,
     content_split,
@@ -25,7 +25,7 @@ from genpipe.data.canonical import (
 )
 from genpipe.data.sources import fetch_dataset
 from genpipe.errors import DataError, DownloadError, ParamsError
-from genpipe.params import parse_params
+from genpipe.params.load import parse_params
 
 from builders import cifar_archive, idx_bytes, idx_dataset, sha256, tar_gz, write_png
 
@@ -298,7 +298,7 @@ def test_unsafe_archives_are_refused(http_server, tmp_path, archive, problem):
 
 
 def run_fetch(workdir: Path, params: dict) -> subprocess.CompletedProcess:
-    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    (workdir / "params.yaml").write_text(yamlio.dump(params))
     env = {**os.environ, "GENPIPE_CACHE_DIR": str(workdir / "cache")}
     return subprocess.run([sys.executable, str(REPO / "pipeline" / "fetch.py")], cwd=workdir,
                           env=env, capture_output=True, text=True, timeout=120)  # fmt: skip

@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from genpipe import checkpoint, distributed, training
 from genpipe.gan import train as gan_loop
-from genpipe.params import parse_params
+from genpipe.params.load import parse_params
 from test_train import assert_same_weights
 
 from net import free_port

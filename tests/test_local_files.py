@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
+from genpipe import yamlio
 from genpipe.data import download, formats, sources
 from genpipe.data.download import Pin
 from genpipe.data.sources import REMOTE_SOURCES, RemoteSource, fetch_dataset
 from genpipe.errors import DataError, ParamsError
-from genpipe.params import load_params, parse_params
+from genpipe.params.load import load_params, parse_params
 
 from builders import cifar_archive, idx_bytes, idx_dataset, sha256
 
@@ -168,7 +168,7 @@ def test_local_is_off_by_default():
 
 def fetch_stage(params: dict) -> dict:
     """dvc.yaml's fetch stage, `${key.path}` interpolated from params as DVC does it."""
-    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["fetch"]
+    stage = yamlio.load((REPO / "dvc.yaml").read_text())["stages"]["fetch"]
 
     def value(match: re.Match) -> str:
         node = params
@@ -180,19 +180,19 @@ def fetch_stage(params: dict) -> dict:
 
 
 def test_dvc_tracks_the_local_directory():
-    preset = yaml.safe_load(PRESET.read_text())
+    preset = yamlio.load(PRESET.read_text())
     stage = fetch_stage(preset)
     assert str(DEBIAN) in stage["deps"]
     assert {"data.path", "data.local", "data.source", "data.sha256"} <= set(stage["params"])
 
 
 def test_preset_is_fashion_mnist_from_debian_with_every_key_of_params_yaml():
-    raw = yaml.safe_load(PRESET.read_text())
+    raw = yamlio.load(PRESET.read_text())
     data = raw["data"]
     assert (data["source"], data["path"], data["local"], data["image_size"]) == (
         "fashion-mnist", str(DEBIAN), True, 28)  # fmt: skip
     assert raw["evaluate"]["num_samples"] == 10000
-    default = yaml.safe_load((REPO / "params.yaml").read_text())
+    default = yamlio.load((REPO / "params.yaml").read_text())
     assert set(raw) == set(default) and set(data) == set(default["data"])  # no stale keys
     parse_params({**raw, "data": {**data, "local": False}})  # valid, directory aside
 

@@ -16,7 +16,7 @@ from genpipe.images import to_float
 from genpipe.metrics import memorisation
 from genpipe.metrics.compare import Reference, compare, reference_from_features
 from genpipe.metrics.features import extract_features
-from genpipe.params import parse_params
+from genpipe.params.load import parse_params
 from genpipe.reference import train_checked
 
 from builders import digits_split, pixel_reference, pixels

@@ -30,7 +30,7 @@ from genpipe.gan.network import (
     r1_penalty,
     recompute_batchnorm,
 )
-from genpipe.params import GanParams
+from genpipe.params.schema import GanParams
 from genpipe.resolution import resolution_plan
 
 SIZES = (8, 16, 28, 32, 64)

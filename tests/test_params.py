@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import get_args
 
 import pytest
-import yaml
 
+from genpipe import yamlio
 from genpipe.cli import main
 from genpipe.data.sources import check_source_params
 from genpipe.errors import ParamsError
-from genpipe.params import Params, Source, load_params, parse_params, run_params
+from genpipe.params.load import load_params, parse_params
+from genpipe.params.schema import Params, Source
+from genpipe.tracking.lineage import run_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,7 +30,7 @@ def error_for(raw) -> str:
 
 def test_repo_params_file_loads_and_names_every_schema_key():
     # DVC tracks params by key, so every key of the schema must be written out
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = yamlio.load((REPO / "params.yaml").read_text())
     params = load_params(REPO / "params.yaml")
     assert params.data.source == "digits"
 
@@ -382,7 +384,7 @@ def test_every_number_in_the_schema_has_an_upper_bound():
     from annotated_types import Le, Lt
     from pydantic import BaseModel
 
-    from genpipe.params import AutoEncoderConfig, DomainConfig, GeneratorConfig
+    from genpipe.params.configs import AutoEncoderConfig, DomainConfig, GeneratorConfig
 
     unbounded = []
 
@@ -403,6 +405,6 @@ def test_every_number_in_the_schema_has_an_upper_bound():
 
 
 def test_the_bounds_hold_the_defaults_and_the_preset():
-    preset = yaml.safe_load((REPO / "examples/fashion-mnist/params.yaml").read_text())
+    preset = yamlio.load((REPO / "examples/fashion-mnist/params.yaml").read_text())
     assert parse_params(preset).evaluate.num_samples == 10_000
     assert parse_params({"seed": 2**63 - 1}).seed == 2**63 - 1

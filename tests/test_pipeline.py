@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from genpipe.ci import stages_run
+from genpipe import yamlio
 
 from builders import write_png
 from net import free_port
@@ -50,6 +49,13 @@ def sh(*args: str, cwd: Path, check: bool = True, tracking_uri: str | None = Non
     return result
 
 
+def stages_run(output: str) -> list[str]:
+    """The stages a `dvc repro` ran (or began: a failed one too), from what it printed
+    ("Running stage 'train@gan':"): what a person reads in the log."""
+    return [line.split("'")[1] for line in output.splitlines()
+            if line.startswith("Running stage '")]  # fmt: skip
+
+
 def ran(result: subprocess.CompletedProcess) -> list[str]:
     """The stages `dvc repro` ran, from its output."""
     return stages_run(result.stdout)
@@ -77,10 +83,10 @@ def copy_project(dest: Path) -> Path:
 
 
 def set_params(project: Path, **sections) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
+    params = yamlio.load((project / "params.yaml").read_text())
     for section, values in sections.items():
         params[section].update(values)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (project / "params.yaml").write_text(yamlio.dump(params))
 
 
 def test_repro_runs_once_then_nothing(project):
@@ -122,7 +128,7 @@ def test_repro_runs_once_then_nothing(project):
     assert run.data.metrics["eval/fid_std"] == pytest.approx(gan["fid_std"])
     assert "eval/floor.fid" in run.data.tags and "eval/floor.fid" not in run.data.metrics
     [dataset] = [d.dataset for d in run.inputs.dataset_inputs if d.dataset.name == "digits"]
-    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["fetch"]["outs"]
+    lock = yamlio.load((project / "dvc.lock").read_text())["stages"]["fetch"]["outs"]
     assert dataset.digest == next(o["md5"] for o in lock if o["path"] == "data/prepared")
     registered = json.loads((project / "reports/gan/registry.json").read_text())
     assert registered["std"] == pytest.approx(gan["fid_std"])
@@ -284,9 +290,9 @@ def test_a_stage_that_fails_at_run_time_leaves_its_previous_outputs_as_they_were
 
 
 def test_an_unknown_model_fails_in_the_params_stage_with_one_line(project):
-    params = yaml.safe_load((project / "params.yaml").read_text())
+    params = yamlio.load((project / "params.yaml").read_text())
     params["models"] = ["vae"]  # no such stage script or package: DVC never gets to them
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (project / "params.yaml").write_text(yamlio.dump(params))
     failed = sh("dvc", "repro", cwd=project, check=False)
     assert failed.returncode != 0 and ran(failed) == ["params"]
     errors = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
@@ -368,8 +374,8 @@ def test_experiment_is_tagged_shown_and_reproducible(project, tmp_path, monkeypa
     # a fresh run of the same commit and params gives the same hash for every cached output
     set_params(twin, gan={"lr_g": 0.0003})
     sh("dvc", "repro", cwd=twin)
-    ours = cached_outs(yaml.safe_load((project / "dvc.lock").read_text()))
-    theirs = cached_outs(yaml.safe_load((twin / "dvc.lock").read_text()))
+    ours = cached_outs(yamlio.load((project / "dvc.lock").read_text()))
+    theirs = cached_outs(yamlio.load((twin / "dvc.lock").read_text()))
     assert ours == theirs
     assert {"data/prepared", "models/gan/weights", "reports/gan/metrics.json",
             "reports/gan/train_log.csv"} <= set(ours)  # fmt: skip
@@ -398,7 +404,7 @@ def test_the_fashion_mnist_preset_runs_all_nine_stages_with_tiny_steps(tmp_path)
     autoencoder = json.loads((project / "reports/autoencoder/metrics.json").read_text())
     assert gan["num_samples"] == 1000 and gan["fid"] > 0
     assert autoencoder["test_images"] == 10000 and autoencoder["latent_dim"] == 16
-    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    lock = yamlio.load((project / "dvc.lock").read_text())
     assert str(DEBIAN) in {dep["path"] for dep in lock["stages"]["fetch"]["deps"]}
     assert ran(sh("dvc", "repro", cwd=project)) == []
 

@@ -15,7 +15,7 @@ import torch
 
 from genpipe import ci, progress
 from genpipe.metrics import features
-from genpipe.params import DomainParams
+from genpipe.params.schema import DomainParams
 
 from builders import random_images, train_domain
 

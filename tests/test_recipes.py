@@ -7,8 +7,8 @@ import json
 import pytest
 
 from genpipe import recipes
-from genpipe.params import Params, run_params
-from genpipe.tracking.lineage import recipe_id
+from genpipe.params.schema import Params
+from genpipe.tracking.lineage import recipe_id, run_params
 
 PARAMS = Params().model_dump(mode="json", by_alias=True)
 

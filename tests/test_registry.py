@@ -18,14 +18,17 @@ import pandas as pd
 import pytest
 import torch
 
-from genpipe.errors import TrackingError
+from genpipe.errors import RegistryError, TrackingError
 from genpipe.gan.artifact import load_generator
 from genpipe.gan.network import Generator
-from genpipe.params import Params
-from genpipe.registry import mlflow as registry
-from genpipe.registry.mlflow import Outputs, Policy, RegistryError, register
+from genpipe.params.schema import Params
+from genpipe.registry import aliases as registry_aliases
+from genpipe.registry import register as registry
+from genpipe.registry.gate import Policy
+from genpipe.registry.register import Outputs, register
 from genpipe.tracking import lineage, store
-from genpipe.tracking.runs import RecordedRun, TrainingRun
+from genpipe.tracking.recorded_run import RecordedRun
+from genpipe.tracking.training_run import TrainingRun
 from genpipe.weights import save_weights
 
 from net import free_port
@@ -139,7 +142,7 @@ def test_the_same_model_scored_by_another_evaluation_draw_cannot_become_champion
 
     from genpipe.gan.evaluate import evaluate_gan
     from genpipe.gan.train import train_gan
-    from genpipe.params import parse_params
+    from genpipe.params.load import parse_params
 
     from builders import digits_split, pixel_reference, pixels
 
@@ -535,8 +538,9 @@ def test_a_register_that_fails_after_logging_leaves_no_orphan_model(tmp_path, mo
 def test_a_register_stopped_while_logging_leaves_the_training_run_finished(
     tmp_path, monkeypatch, stop
 ):
-    """register reopens the training run to log the model to it; a signal or an error there
-    must not mark the training FAILED or KILLED: it ended FINISHED, and stays so."""
+    """register logs the model with the training run as its source, without reopening the
+    run; a signal or an error while it logs must not mark the training FAILED or KILLED:
+    it ended FINISHED, and stays so."""
     import mlflow.pyfunc as pyfunc  # the module itself: mlflow.pyfunc may be a lazy loader
     from mlflow import MlflowClient
 
@@ -553,7 +557,7 @@ def test_a_register_stopped_while_logging_leaves_the_training_run_finished(
     def stopped(*args, **kwargs):
         raise raised
 
-    monkeypatch.setattr(pyfunc, "log_model", stopped)
+    monkeypatch.setattr(pyfunc, "save_model", stopped)
     with pytest.raises((KeyboardInterrupt, OSError, RegistryError)):
         do_register(outputs, store, "r7")
     assert MlflowClient(store).get_run(run_id).info.status == "FINISHED"
@@ -647,14 +651,16 @@ def test_the_readmes_rest_payload_gets_images_from_the_served_champion(server, t
 REGISTER_SCRIPT = (
     "import sys, json\n"
     "from pathlib import Path\n"
-    "from genpipe.params import Params\n"
-    "from genpipe.registry.mlflow import Outputs, Policy, register\n"
+    "from genpipe.params.schema import Params\n"
+    "from genpipe.registry.gate import Policy\n"
+    "from genpipe.registry.register import Outputs, register\n"
     "root = Path(sys.argv[1])\n"
     "o = Outputs.of('gan', 'data-hash')\n"
     "o = Outputs(**{k: (root / v if isinstance(v, Path) else v)"
     " for k, v in vars(o).items() if k != 'images'}, images=[])\n"
     "params = Params().model_dump(mode='json', by_alias=True)\n"
-    "r = register(o, params, sys.argv[3], Policy(0.01, False), 'exp', uri=sys.argv[2])\n"
+    "policy = Policy(0.01, False, None, 'main')\n"
+    "r = register(o, params, sys.argv[3], policy, 'exp', uri=sys.argv[2])\n"
     "print(json.dumps(r))\n"
 )
 
@@ -749,7 +755,7 @@ def test_mlflow_ui_opens_in_model_training_and_shows_runs_datasets_and_aliases(
         monkeypatch.setenv("DVC_EXP_NAME", name)
         outputs = gan_outputs(tmp_path / name, server, fid=2.0 - i, seed=i)
         evaluation = RecordedRun(outputs.record, uri=server).open()  # as evaluate@gan logs
-        evaluation.log({"fid": 2.0 - i}, [], "eval/", inputs=[test_split])
+        evaluation.log({"fid": 2.0 - i}, [], inputs=[test_split])
         run_ids.append(do_register(outputs, server, "t10")["run_id"])
     experiment = MlflowClient(server).get_experiment_by_name("exp-gan").experiment_id
     shots = ARTIFACTS / "ui"
@@ -976,8 +982,8 @@ def test_the_history_grows_by_one_entry_per_alias_change(tmp_path):
     client, path = FakeRegistry(), tmp_path / "reports/gan/registry_history.jsonl"
 
     def move(aliases, reason, values):
-        why = registry.Why(reason, "fid", values, "main", path)
-        registry._set_aliases(client, "m-gan", aliases, why)
+        why = registry_aliases.Why(reason, "fid", values, "main", path)
+        registry_aliases.set_aliases(client, "m-gan", aliases, why)
         return history.read(client, "m-gan")
 
     assert move((("champion", 1),), "no champion yet", {1: 2.0})[-1].previous is None

@@ -11,7 +11,7 @@ from genpipe.metrics.compare import (
     compare,
     fid_spread,
     frechet_to_reference,
-    reference_from_features,  # fmt: skip
+    reference_from_features,
 )
 
 D, N = 16, 400  # feature dimensions; samples a draw, and real images

@@ -28,10 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
-from genpipe.ci import stages_run
-from test_pipeline import copy_project, set_params
+from genpipe import yamlio
+from test_pipeline import copy_project, set_params, stages_run
 
 from builders import write_png
 from net import free_port, free_ports
@@ -194,9 +193,9 @@ def configure_remote(stack: Stack, project: Path, local_only: bool = False) -> N
 
 
 def gan_only(project: Path) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
+    params = yamlio.load((project / "params.yaml").read_text())
     params["models"] = ["gan"]  # the autoencoder's stages would only add minutes here
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (project / "params.yaml").write_text(yamlio.dump(params))
 
 
 def aliases(uri: str) -> dict[str, str]:

@@ -17,9 +17,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
 from genpipe.errors import TrackingError
-from genpipe.tracking import lineage, runs
+from genpipe.tracking import describe, experiments, flatten, limits, lineage, training_run
 from genpipe.tracking import store as tracking_store
-from genpipe.tracking.runs import TrainingRun
+from genpipe.tracking.recorded_run import RecordedRun
+from genpipe.tracking.training_run import TrainingRun
 
 from net import free_port
 
@@ -205,7 +206,7 @@ def test_log_metrics_is_cheap_and_complete(store, tmp_path):
 
 
 def test_failed_metric_upload_stops_training(store, tmp_path, monkeypatch):
-    monkeypatch.setattr(runs, "FLUSH_SECONDS", 0.0)  # hand over on every call
+    monkeypatch.setattr(training_run, "FLUSH_SECONDS", 0.0)  # hand over on every call
     log_batch = SqlAlchemyStore.log_batch
 
     def refuse_metrics(self, run_id, metrics=(), params=(), tags=()):
@@ -249,7 +250,7 @@ def test_failed_last_upload_fails_the_stage(store, tmp_path, monkeypatch):
 
 
 def test_each_model_has_its_own_experiment(store, tmp_path):
-    assert lineage.experiment_name("genpipe", "gan") == "genpipe-gan"
+    assert experiments.experiment_name("genpipe", "gan") == "genpipe-gan"
     runs = {}
     for model in ("gan", "autoencoder"):
         with _training_run(tmp_path / f"{model}.json", model=model) as run:
@@ -257,15 +258,15 @@ def test_each_model_has_its_own_experiment(store, tmp_path):
         runs[model] = run
 
     client = MlflowClient(store)
-    experiments = {
+    made = {
         model: client.get_experiment(client.get_run(run.run_id).info.experiment_id)
         for model, run in runs.items()
     }
-    assert experiments["gan"].name == "genpipe-gan"
-    assert experiments["autoencoder"].name == "genpipe-autoencoder"
-    for experiment in experiments.values():
+    assert made["gan"].name == "genpipe-gan"
+    assert made["autoencoder"].name == "genpipe-autoencoder"
+    for experiment in made.values():
         assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    assert [r.info.run_name for r in client.search_runs([experiments["gan"].experiment_id])] == [
+    assert [r.info.run_name for r in client.search_runs([made["gan"].experiment_id])] == [
         runs["gan"].run_name
     ]
 
@@ -275,13 +276,13 @@ def test_existing_experiment_gets_the_kind_tag(store):
     made_by_hand = client.create_experiment("genpipe-gan")  # as genpipe before the tag
     assert "mlflow.experimentKind" not in client.get_experiment(made_by_hand).tags
 
-    assert runs.get_or_create_experiment(client, "genpipe-gan") == made_by_hand
+    assert experiments.get_or_create_experiment(client, "genpipe-gan") == made_by_hand
     tags = client.get_experiment(made_by_hand).tags
     assert tags["mlflow.experimentKind"] == "custom_model_development"
 
     # a kind someone chose is kept
     client.set_experiment_tag(made_by_hand, "mlflow.experimentKind", "finetuning")
-    assert runs.get_or_create_experiment(client, "genpipe-gan") == made_by_hand
+    assert experiments.get_or_create_experiment(client, "genpipe-gan") == made_by_hand
     assert client.get_experiment(made_by_hand).tags["mlflow.experimentKind"] == "finetuning"
 
 
@@ -299,10 +300,10 @@ def test_deleted_experiment_is_a_one_line_error(store, tmp_path):
 def test_params_are_logged_in_batches(store):
     """More params than MLflow takes in one batch (100)."""
     client = MlflowClient(store)
-    run_id = client.create_run(runs.get_or_create_experiment(client, "p")).info.run_id
+    run_id = client.create_run(experiments.get_or_create_experiment(client, "p")).info.run_id
     params = {"grid": {f"p{i:03d}": i for i in range(250)}, "seed": 0}
 
-    runs.log_params(client, run_id, params)
+    flatten.log_params(client, run_id, params)
 
     logged = client.get_run(run_id).data.params
     assert logged == {**{f"grid.p{i:03d}": str(i) for i in range(250)}, "seed": "0"}
@@ -322,10 +323,10 @@ def test_run_tags():
 
 def test_flatten():
     tree = {"a": {"b": 1, "c": {"d": None}}, "e": {}, "f": [1, 2], "g": "x"}
-    assert runs.flatten(tree) == {"a.b": 1, "a.c.d": None, "e": {}, "f": [1, 2], "g": "x"}
-    assert runs.flatten({}) == {}
+    assert flatten.flatten(tree) == {"a.b": 1, "a.c.d": None, "e": {}, "f": [1, 2], "g": "x"}
+    assert flatten.flatten({}) == {}
     metrics = {"fid": 12, "per_class": {"0": 1.5, "note": "n/a", "ok": True}, "empty": {}}
-    assert runs.flatten_metrics(metrics) == {"fid": 12.0, "per_class.0": 1.5}
+    assert flatten.flatten_metrics(metrics) == {"fid": 12.0, "per_class.0": 1.5}
 
 
 def test_flatten_params():
@@ -336,7 +337,7 @@ def test_flatten_params():
         "long": "x" * 7000,
     }
 
-    flat = runs.flatten_params(params)
+    flat = flatten.flatten_params(params)
 
     assert flat == {
         "gan.lr_g": "0.0002",
@@ -346,7 +347,7 @@ def test_flatten_params():
         "data.path": "null",
         "data.sha256": "{}",
         "models": "['gan', 'autoencoder']",
-        "long": "x" * runs.PARAM_VALUE_MAX,
+        "long": "x" * limits.PARAM_VALUE_MAX,
     }
 
 
@@ -451,7 +452,7 @@ def test_corrupt_mlflow_db_is_one_line_naming_the_file(store, tmp_path):
     record = tmp_path / "run.json"
     record.write_text(json.dumps({"run_id": "a" * 32, "tracking_uri": uri}))
     with pytest.raises(TrackingError, match=r"mv mlflow.db mlflow.db.corrupt") as excinfo:
-        runs.RecordedRun(record, uri=uri).open()
+        RecordedRun(record, uri=uri).open()
     assert "\n" not in str(excinfo.value)
 
 
@@ -478,7 +479,7 @@ def test_server_whose_api_fails_fails_the_stage_within_seconds(http_server, tmp_
     record.write_text(json.dumps({"run_id": "a" * 32, "tracking_uri": uri}))
     start = time.perf_counter()
     with pytest.raises(TrackingError, match="could not read run"):
-        runs.RecordedRun(record, uri=uri).open()
+        RecordedRun(record, uri=uri).open()
     evaluate_s = time.perf_counter() - start
     print(f"broken API: train failed in {train_s:.1f} s, evaluate in {evaluate_s:.1f} s")
     assert train_s < 60 and evaluate_s < 60
@@ -567,7 +568,7 @@ def test_a_run_lists_its_dataset_with_the_dvc_digest_and_its_source(store, tmp_p
     write_prepared(tmp_path, md5="0123456789abcdef0123456789abcdef.dir")
     data = {"source": "digits", "image_size": 8, "channels": 1, "test_fraction": 0.2}
     train = prepared_input(data, "train", "e" * 64)
-    description = runs.describe_training("gan", PARAMS | {"train": {"batch_size": 64}}, train)
+    description = describe.describe_training("gan", PARAMS | {"train": {"batch_size": 64}}, train)
     with _training_run(tmp_path / "run.json", inputs=[train], description=description) as run:
         pass
 
@@ -604,15 +605,13 @@ def test_outside_dvc_the_digest_is_the_data_hash_and_sources_are_named(tmp_path,
 
 
 def test_evaluation_constants_are_tags_and_the_summary_goes_in_the_description(store, tmp_path):
-    from genpipe.metrics.compare import EVALUATION_CONSTANTS
-
     record = tmp_path / "run.json"
     with _training_run(record, description="**gan** trained on **digits**") as run:
         pass
     metrics = {"fid": 3.5, "fid_over_floor": 2.0, "floor": {"fid": 1.75}, "num_samples": 360}
-    recorded = runs.RecordedRun(record, uri=store).open()
-    recorded.log(metrics, [], "eval/", constants=EVALUATION_CONSTANTS, summary="FID 3.5")
-    recorded.log(metrics, [], "eval/", constants=EVALUATION_CONSTANTS, summary="FID 3.4")
+    recorded = RecordedRun(record, uri=store).open()
+    recorded.log(metrics, [], summary="FID 3.5")
+    recorded.log(metrics, [], summary="FID 3.4")
     logged = MlflowClient(store).get_run(run.run_id)
     assert set(logged.data.metrics) == {"eval/fid", "eval/fid_over_floor"}
     assert logged.data.tags["eval/floor.fid"] == "1.75"
@@ -642,7 +641,8 @@ def test_a_training_run_samples_system_metrics(store, tmp_path, monkeypatch):
 @pytest.mark.integration  # four runs on a store: about 10 s
 def test_genpipe_compare_groups_the_runs_of_a_store_by_recipe(store, tmp_path, capsys):
     from genpipe import cli
-    from genpipe.params import Params, run_params
+    from genpipe.params.schema import Params
+    from genpipe.tracking.lineage import run_params
 
     (tmp_path / "params.yaml").write_text("seed: 0\n")  # train.experiment: genpipe
     base = Params().model_dump(mode="json", by_alias=True)
@@ -653,8 +653,8 @@ def test_genpipe_compare_groups_the_runs_of_a_store_by_recipe(store, tmp_path, c
             record = tmp_path / f"{lr}-{seed}.json"
             with _training_run(record, params=run_params(params, "gan")):
                 pass
-            runs.RecordedRun(record).open().log({"fid": fid, "kid_mean": 0.1, "precision": 0.5,
-                                                 "recall": 0.5}, [], "eval/")  # fmt: skip
+            RecordedRun(record).open().log({"fid": fid, "kid_mean": 0.1, "precision": 0.5,
+                                                 "recall": 0.5}, [])  # fmt: skip
     cli.main(["compare", "gan"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:4] == ["recipe", "data", "n", "fid"] and "gan.lr_g" in lines[0]

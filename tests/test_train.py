@@ -18,10 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
-from genpipe import checkpoint, distributed, images, runtime, schedule, training
+from genpipe import checkpoint, distributed, images, runtime, schedule, training, yamlio
 from genpipe.autoencoder import train as ae_loop
 from genpipe.data.canonical import (
     Prepared,
@@ -32,7 +31,7 @@ from genpipe.data.canonical import (
 )
 from genpipe.errors import DataError, TrainingError
 from genpipe.gan import train as gan_loop
-from genpipe.params import parse_params
+from genpipe.params.load import parse_params
 from genpipe.progress import Progress
 
 from builders import random_images
@@ -504,7 +503,7 @@ def make_workdir(path: Path, params: dict) -> Path:
     sha1 = image_sha1(images)
     manifest = build_manifest(images, np.arange(80) % 10, content_split(sha1, 0.2), ["x"] * 80)
     write_prepared(Prepared(images, manifest, {"num_classes": 10}), path / "data" / "prepared")
-    (path / "params.yaml").write_text(yaml.safe_dump(params))
+    (path / "params.yaml").write_text(yamlio.dump(params))
     return path
 
 

@@ -15,15 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
+from genpipe import yamlio
 from genpipe.data.canonical import (
     MANIFEST_COLUMNS,
     Prepared,
     build_manifest,
     write_prepared,
 )
-from genpipe.params import DataParams, ValidateParams
+from genpipe.params.schema import DataParams, ValidateParams
 from genpipe.validation import ValidationReport, array_checks, validate_dataset
 
 from builders import random_images
@@ -366,7 +366,7 @@ def test_stage_script_fails_on_blank_image_then_passes(tmp_path):
         "data": {"source": "digits", "image_size": 8, "channels": 1},
         "validate": {"min_images_per_split": 5, "max_duplicate_fraction": 0.05},
     }
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "params.yaml").write_text(yamlio.dump(params))
     prepared_dir = tmp_path / "data" / "prepared"
     summary_path = tmp_path / "reports" / "validation" / "summary.json"
     env = {**os.environ, "GX_ANALYTICS_ENABLED": "false"}

@@ -5,7 +5,6 @@ names, and the training run ends that run (tracking.runs.TrainingRun.end_orphan)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -18,7 +17,7 @@ import torch
 
 from genpipe import codedeps, distributed
 from genpipe.errors import DiskFullError, TrainingError, disk_full, exception_text
-from genpipe.fileio import atomic_path
+from genpipe.fileio import atomic_path, sha256_files
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +33,7 @@ def code_fingerprint(model: str) -> str:
     """SHA-256 of the code that decides a model's weights: its loop (genpipe.<model>.train)
     and every genpipe file that imports, as codedeps finds them. The train stage's deps in
     dvc.yaml cover the same files (tests/test_dvc_deps.py)."""
-    digest = hashlib.sha256()
-    for path in codedeps.source_files(f"genpipe.{model}.train"):
-        digest.update(path.relative_to(codedeps.PACKAGE_DIR).as_posix().encode() + b"\0")
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
+    return sha256_files(codedeps.source_files(f"genpipe.{model}.train"), root=codedeps.PACKAGE_DIR)
 
 
 def run_identity(model: str, params: dict[str, Any], data_hash: str,

@@ -1,16 +1,19 @@
 """`genpipe ci-retrain`: the retrain workflow's logic, runnable (and tested) off CI.
 
-1. `dvc repro --pull --allow-missing`: stages whose data, params and code did not change
-   are skipped without pulling their outputs; the rest pull what they read from the DVC
-   remote and rerun. The register stages register what was retrained to the MLflow
-   server of MLFLOW_TRACKING_URI (a repository secret in CI).
+1. `dvc repro --pull --allow-missing` of every stage but register: stages whose data,
+   params and code did not change are skipped without pulling their outputs; the rest
+   pull what they read from the DVC remote and rerun.
 2. `dvc push`: the new outputs go to the remote, so the next run and every clone get them.
-3. On the default branch (register.default_branch), each model's register step runs even
-   where its stage did not: a version registered from a merged branch is a `candidate`
-   until the default branch's gate decides it.
-4. A Markdown report: the stages rerun, the registry's decisions, and `dvc metrics diff`
-   and `dvc params diff` against a base revision (main), for the job summary and, on a
-   pull request, a comment.
+   A push that fails ends the job here: no version is registered that names outputs the
+   remote lacks.
+3. The register stages: what was retrained is registered to the MLflow server of
+   MLFLOW_TRACKING_URI (a repository secret in CI). On the default branch
+   (register.default_branch), each model's register step runs even where its stage did
+   not: a version registered from a merged branch is a `candidate` until the default
+   branch's gate decides it.
+4. A Markdown report: the stages rerun (read from dvc.lock), the registry's decisions, and
+   `dvc metrics diff` and `dvc params diff` against a base revision (their JSON), for the
+   job summary and, on a pull request, a comment.
 
 The branch (`--branch`, else $GITHUB_HEAD_REF or $GITHUB_REF_NAME as GitHub Actions sets
 them, else the checkout's) reaches the register stages as $GENPIPE_BRANCH: only the default
@@ -28,11 +31,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
-from genpipe import paths
+from genpipe import dvclock, paths
 from genpipe.errors import GenpipeError
-from genpipe.metrics.keys import EVALUATION_CONSTANTS, STD
+from genpipe.metrics.keys import EVAL_PREFIX, EVALUATION_CONSTANTS, STD
 from genpipe.tracking.store import ui_url, without_credentials
 
 log = logging.getLogger("genpipe.ci")
@@ -95,10 +98,13 @@ def dvc(*args: str, cwd: Path, capture: bool = True) -> subprocess.CompletedProc
     return subprocess.CompletedProcess(command, proc.returncode, "".join(lines), "")
 
 
-def stages_run(output: str) -> list[str]:
-    """The stages `dvc repro` ran, from its output ("Running stage 'train@gan':")."""
-    return [line.split("'")[1] for line in output.splitlines()
-            if line.startswith("Running stage '")]  # fmt: skip
+def stage_names(cwd: Path) -> list[str]:
+    """The pipeline's stages, foreach stages expanded (train@gan), as DVC lists them: one
+    name a line (`dvc stage list --name-only`; DVC has no JSON for it)."""
+    listed = dvc("stage", "list", "--name-only", cwd=cwd)
+    if listed.returncode != 0:
+        raise CIError(f"dvc stage list: expected the pipeline's stages; {last_line(listed)}")
+    return [line.strip() for line in listed.stdout.splitlines() if line.strip()]
 
 
 def check_setup(cwd: Path) -> None:
@@ -136,14 +142,16 @@ def check_report_paths(*paths: str | None) -> None:
                           f"found no directory {Path(path).resolve().parent}")  # fmt: skip
 
 
-def ci_retrain(base: str, cwd: Path = Path("."), push: bool = True,
+def ci_retrain(base: str | None, cwd: Path = Path("."), push: bool = True,
                branch: str | None = None) -> Retrain:  # fmt: skip
-    """Rerun what changed, push it, and report against `base` (a git revision)."""
-    check_setup(cwd)
-    check_base(base, cwd)
-    from genpipe.params import load_checked_params  # what DVC would call "unexpected error"
+    """Rerun what changed, push it, register it, and report against `base` (a git
+    revision; None: origin/<register.default_branch>)."""
+    from genpipe.params.load import load_checked_params  # what DVC would call "unexpected error"
 
+    check_setup(cwd)
     params = load_checked_params(cwd / paths.PARAMS)
+    base = base or f"origin/{params.registry.default_branch}"
+    check_base(base, cwd)
     branch = ci_branch(branch, cwd)
     if branch:
         os.environ["GENPIPE_BRANCH"] = branch  # the register stages' (dvc_env passes it on)
@@ -162,52 +170,69 @@ def ci_retrain(base: str, cwd: Path = Path("."), push: bool = True,
 
 
 def retrain(result: Retrain, params: Any, cwd: Path, push: bool) -> None:
-    """dvc repro, dvc push, and the register steps of the default branch; the stages run
-    are kept on `result` as they go, so a failure still reports them."""
-    log.info("dvc repro --pull --allow-missing")
-    repro = dvc("repro", "--pull", "--allow-missing", cwd=cwd, capture=False)
-    result.ran = ran = stages_run(repro.stdout)
-    done = ran if repro.returncode == 0 else ran[:-1]  # the last one ran, or failed
-    result.decided += [s.split("@", 1)[1] for s in done if s.startswith("register@")]
-    if repro.returncode != 0:
-        failed = re.search(r"failed to reproduce '([^']+)'", repro.stdout)
-        where = (f"stage {failed[1]} failed" if failed else
-                 f"failed after stage {ran[-1]}" if ran else "failed before any stage ran")
-        raise CIError(f"dvc repro {where}: {error_line(repro.stdout)}")
+    """Every stage but register, dvc push, then the register stages (and, on the default
+    branch, each model's register step), so that a version is registered only once its
+    outputs are on the remote. The stages run are kept on `result` as they go, so a
+    failure still reports them."""
+    registers = [f"register@{model}" for model in params.models]
+    upstream = [name for name in stage_names(cwd) if not name.startswith("register@")]
+    reproduce(result, cwd, upstream)
     if push:
         log.info("dvc push")
         pushed = dvc("push", cwd=cwd)
         if pushed.returncode != 0:
-            raise CIError(f"dvc push: expected the outputs to reach the remote; "
-                          f"{last_line(pushed)}")  # fmt: skip
+            raise CIError(f"dvc push: expected the outputs to reach the remote, before any "
+                          f"version names them; {last_line(pushed)} (nothing was "
+                          "registered)")  # fmt: skip
+    reproduce(result, cwd, registers)
+    result.decided += [s.split("@", 1)[1] for s in result.ran if s.startswith("register@")]
     # the metrics of stages that did not run are on the remote, not here
     pulled = dvc("pull", "--allow-missing", *METRIC_STAGES, cwd=cwd)
     if pulled.returncode != 0:
         log.warning("dvc pull of the metrics failed: %s", last_line(pulled))
     if result.branch in (None, params.registry.default_branch):
         for model in params.models:
-            if f"register@{model}" not in ran:
+            if f"register@{model}" not in result.ran:
                 register_again(model, cwd)
                 result.decided.append(model)
+
+
+def reproduce(result: Retrain, cwd: Path, targets: list[str]) -> None:
+    """`dvc repro --pull --allow-missing` of `targets` (and what they depend on): stages whose
+    data, params and code did not change are skipped without pulling their outputs; the
+    rest pull what they read and rerun. The stages it ran are those whose dvc.lock entry
+    it rewrote (DVC writes one as each stage succeeds)."""
+    if not targets:
+        return
+    before = dvclock.stages(cwd / dvclock.LOCK)
+    log.info("dvc repro --pull --allow-missing %s", " ".join(targets))
+    repro = dvc("repro", "--pull", "--allow-missing", *targets, cwd=cwd, capture=False)
+    result.ran += dvclock.changed(before, dvclock.stages(cwd / dvclock.LOCK))
+    if repro.returncode != 0:
+        # `dvc repro` has no machine-readable output: the stage that failed is read from
+        # DVC's error line ("failed to reproduce 'X'"), the why from the stage's own
+        failed = re.search(r"failed to reproduce '([^']+)'", repro.stdout)
+        where = f"stage {failed[1]} failed" if failed else "failed before any stage ran"
+        raise CIError(f"dvc repro {where}: {error_line(repro.stdout)}")
 
 
 def register_again(model: str, cwd: Path) -> None:
     """The register step of a model whose stage did not rerun, on the default branch: the
     version of these weights, registered from a branch as a candidate, meets the default
-    branch's gate now (an already decided one is left as it is). Run as the stage's script,
-    not through DVC, so dvc.lock is untouched; its inputs are pulled first."""
+    branch's gate now (an already decided one is left as it is). Its inputs are pulled
+    first; it runs as `genpipe registry check --repair` runs it, dvc.lock untouched."""
+    from genpipe.registry.check import repair
+
     log.info("register@%s did not rerun: on the default branch its step runs all the same, "
              "to decide a candidate merged from a branch", model)
     pulled = dvc("pull", "--with-deps", f"register@{model}", cwd=cwd)
     if pulled.returncode != 0:
         raise CIError(f"dvc pull register@{model}: expected the model's outputs on the remote; "
                       f"{last_line(pulled)}")  # fmt: skip
-    script = [sys.executable, str(paths.PIPELINE / "register.py"), model]
-    done = subprocess.run(script, cwd=cwd, env=dvc_env(), capture_output=True, text=True)
-    sys.stderr.write(done.stderr)
-    if done.returncode != 0:
-        raise CIError(f"register@{model}: expected the default branch's gate to run; "
-                      f"{last_line(done)}")  # fmt: skip
+    try:
+        repair(model, cwd, env=dvc_env())
+    except GenpipeError as exc:
+        raise CIError(str(exc)) from None
 
 
 def report(result: Retrain, base: str, cwd: Path) -> str:
@@ -223,17 +248,19 @@ def report(result: Retrain, base: str, cwd: Path) -> str:
     if result.registered:
         lines += ["", "### Model Registry", "", *registry_table(result.registered, cwd)]
     for title, command in (("Metrics", "metrics"), ("Params", "params")):
-        diff = dvc(command, "diff", base, "--md", cwd=cwd)
         lines += ["", f"### {title} against `{base}`", ""]
-        table = diff.stdout
-        if command == "metrics":
-            table = with_spreads(without_constants(table))
-        if diff.returncode != 0:
+        # --all: a figure's spread that did not change still goes beside its figure
+        diff = dvc(command, "diff", base, "--json", *(["--all"] if command == "metrics" else []),
+                   cwd=cwd)  # fmt: skip
+        try:
+            found = json.loads(diff.stdout or "{}") if diff.returncode == 0 else None
+        except ValueError:
+            found = None
+        if found is None:
             lines.append(f"(`dvc {command} diff` failed: {last_line(diff)})")
-        elif table_rows(table):
-            lines.append(table.strip())
-        else:
-            lines.append("No change.")
+            continue
+        table = metrics_table(found) if command == "metrics" else params_table(found)
+        lines += table or ["No change."]
     return "\n".join(lines) + "\n"
 
 
@@ -297,46 +324,57 @@ def mlflow_links(model: str, record: dict, cwd: Path) -> dict[str, str]:
         return links
     if run_record.get("run_id") == run_id and run_record.get("experiment_id"):
         links["run"] = ui_url(uri, f"experiments/{run_record['experiment_id']}/runs/{run_id}")
-        # evaluate logs its grid to the training run, under eval/
-        links["grid"] = f"{uri}/get-artifact?path=eval%2Feval_grid.png&run_uuid={run_id}"
+        # evaluate logs its grid to the training run, in its evaluation's artifact folder
+        grid = quote(f"{EVAL_PREFIX}{paths.eval_grid(model).name}", safe="")
+        links["grid"] = f"{uri}/get-artifact?path={grid}&run_uuid={run_id}"
     return links
 
 
-def without_constants(markdown: str) -> str:
-    """`dvc metrics diff --md` without the rows of EVALUATION_CONSTANTS, nor validate's checks
-    one by one (a failed check fails the job, and the report names it)."""
-    kept = []
-    for line in markdown.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        metric = cells[1] if len(cells) > 1 else ""
-        if not metric.startswith((*EVALUATION_CONSTANTS, "checks.")):
-            kept.append(line)
-    return "\n".join(kept) + "\n"
+def _value(value: Any) -> str:
+    """A metric or param value as a report cell: numbers to 5 significant digits, as DVC
+    prints them; '-' where the revision has none."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.5g}"
+    return str(value)
 
 
-def with_spreads(markdown: str) -> str:
-    """`dvc metrics diff --md` with each `<figure>_std` row folded into its figure's row, as
-    'value ± std' on both sides: a change inside the noise reads as one."""
-    lines = markdown.splitlines()
-    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
-    at = {(c[0], c[1]): i for i, c in enumerate(cells) if len(c) >= 4}
-    folded = set()
-    for i, c in enumerate(cells):
-        figure = at.get((c[0], c[1].removesuffix(STD))) if len(c) >= 4 else None
-        if figure is None or not c[1].endswith(STD):
-            continue
-        for column in (2, 3):  # the base's value, the workspace's
-            if cells[figure][column] != "-" and c[column] != "-":
-                cells[figure][column] += f" ± {c[column]}"
-        lines[figure] = "| " + " | ".join(cells[figure]) + " |"
-        folded.add(i)
-    return "\n".join(line for i, line in enumerate(lines) if i not in folded) + "\n"
+def metrics_table(diff: dict[str, dict[str, dict]]) -> list[str]:
+    """`dvc metrics diff --all --json` as a Markdown table of the figures that changed, each
+    `<figure>_std` folded into its figure's row as 'value ± std' on both sides (a change
+    inside the noise reads as one). Left out: the EVALUATION_CONSTANTS, which describe the
+    evaluation rather than the model, and validate's checks one by one (a failed check
+    fails the job, and the report names it)."""
+    rows = []
+    for path, figures in diff.items():
+        for key, change in figures.items():
+            if key.startswith((*EVALUATION_CONSTANTS, "checks.")):
+                continue
+            if key.endswith(STD) and key.removesuffix(STD) in figures:
+                continue  # folded into its figure's row
+            old, new = change.get("old"), change.get("new")
+            if old == new:
+                continue
+            spread = figures.get(key + STD, {})
+            cells = []
+            for side, value in (("old", old), ("new", new)):
+                cell = _value(value)
+                if value is not None and spread.get(side) is not None:
+                    cell += f" ± {_value(spread[side])}"
+                cells.append(cell)
+            rows.append(f"| {path} | {key} | {cells[0]} | {cells[1]} | "
+                        f"{_value(change.get('diff'))} |")  # fmt: skip
+    if not rows:
+        return []
+    return ["| Path | Metric | base | workspace | Change |", "|---|---|---|---|---|", *rows]
 
 
-def table_rows(markdown: str) -> int:
-    """Body rows of a Markdown table (dvc prints the header even when nothing changed)."""
-    rows = [line for line in markdown.splitlines() if line.startswith("|")]
-    return max(len(rows) - 2, 0)
+def params_table(diff: dict[str, dict[str, dict]]) -> list[str]:
+    """`dvc params diff --json` as a Markdown table."""
+    rows = [f"| {path} | {key} | {_value(change.get('old'))} | {_value(change.get('new'))} |"
+            for path, params in diff.items() for key, change in params.items()]  # fmt: skip
+    return ["| Path | Param | base | workspace |", "|---|---|---|---|", *rows] if rows else []
 
 
 def error_line(output: str) -> str:

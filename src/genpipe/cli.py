@@ -9,11 +9,22 @@ import sys
 from pathlib import Path
 
 from genpipe.fileio import atomic_path
+from genpipe.metrics.keys import (
+    COVERAGE,
+    DENSITY,
+    FID,
+    KID_MEAN,
+    MSE,
+    PRECISION,
+    PSNR,
+    RECALL,
+    SSIM,
+)
 from genpipe.stage import run_stage
 
 
 def _params_command(args: argparse.Namespace) -> None:
-    from genpipe.params import load_checked_params
+    from genpipe.params.load import load_checked_params
 
     params = load_checked_params(args.file)
     _print(json.dumps(params.model_dump(mode="json", by_alias=True), indent=2))
@@ -32,7 +43,7 @@ def _print(text: str) -> None:
 
 def _registry_check_command(args: argparse.Namespace) -> None:
     from genpipe.errors import GenpipeError
-    from genpipe.params import load_params
+    from genpipe.params.load import load_params
     from genpipe.registry.check import check, repair
 
     findings = check(list(load_params().models))
@@ -68,14 +79,15 @@ def _ci_retrain_command(args: argparse.Namespace) -> None:
 
 
 def _history_command(args: argparse.Namespace) -> None:
+    from genpipe import models
     from genpipe.errors import TrackingError
-    from genpipe.params import MODELS, load_params
+    from genpipe.params.load import load_params
     from genpipe.registry import history
     from genpipe.tracking import store
 
     name = args.model
-    if name in MODELS:  # a model of this project: its registered name
-        name = f"{load_params().registry.name_prefix}-{name}"
+    if name in models.TABLE:  # a model of this project: its registered name
+        name = models.TABLE[name].registered_name(load_params().registry.name_prefix)
     uri = store.tracking_uri()
     store.check_tracking_server(uri)
     mlflow = store.import_mlflow()
@@ -98,16 +110,18 @@ def _history_command(args: argparse.Namespace) -> None:
 
 
 # what `genpipe compare` shows of each model, its primary (the gate's) metric first
-COMPARED = {"gan": ("fid", "kid_mean", "precision", "recall", "density", "coverage"),
-            "autoencoder": ("mse", "psnr", "ssim", "fid")}  # fmt: skip
+COMPARED = {"gan": (FID, KID_MEAN, PRECISION, RECALL, DENSITY, COVERAGE),
+            "autoencoder": (MSE, PSNR, SSIM, FID)}  # fmt: skip
 
 
 def _compare_command(args: argparse.Namespace) -> None:
     from genpipe import recipes
     from genpipe.errors import TrackingError
-    from genpipe.params import load_params
+    from genpipe.metrics.keys import EVAL_PREFIX
+    from genpipe.params.load import load_params
     from genpipe.tracking import store
-    from genpipe.tracking.lineage import TAG_DATA_HASH, TAG_RECIPE, experiment_name
+    from genpipe.tracking.experiments import experiment_name
+    from genpipe.tracking.lineage import TAG_DATA_HASH, TAG_RECIPE
 
     metrics = tuple(args.metric) if args.metric else COMPARED[args.model]
     experiment = experiment_name(load_params().train.experiment, args.model)
@@ -129,8 +143,8 @@ def _compare_command(args: argparse.Namespace) -> None:
                             f"{experiment} ({store.brief(exc)})") from exc  # fmt: skip
     rows = [{"name": run.info.run_name, "recipe": run.data.tags.get(TAG_RECIPE),
              "data_hash": run.data.tags.get(TAG_DATA_HASH, ""), "params": run.data.params,
-             "metrics": {m: run.data.metrics[f"eval/{m}"] for m in metrics
-                         if f"eval/{m}" in run.data.metrics}}
+             "metrics": {m: run.data.metrics[f"{EVAL_PREFIX}{m}"] for m in metrics
+                         if f"{EVAL_PREFIX}{m}" in run.data.metrics}}
             for run in runs]  # fmt: skip
     _print(recipes.table(recipes.group(rows, metrics), metrics))
 
@@ -184,9 +198,8 @@ def main(argv: list[str] | None = None) -> None:
         help="CI: rerun the stages whose inputs changed (pulling from the DVC remote), push "
         "the outputs, register to MLFLOW_TRACKING_URI, report metrics and params against BASE",
     )
-    retrain.add_argument("--base", default="origin/main",
-                         help="git revision to diff metrics and params against "
-                         "(default: %(default)s)")  # fmt: skip
+    retrain.add_argument("--base", help="git revision to diff metrics and params against "
+                         "(default: origin/<register.default_branch>)")  # fmt: skip
     retrain.add_argument("--summary", help="append the Markdown report here "
                          "(the workflow passes $GITHUB_STEP_SUMMARY)")  # fmt: skip
     retrain.add_argument("--report", help="write the Markdown report here too (a PR comment)")

@@ -1,6 +1,10 @@
 """Which genpipe source files a module imports, transitively: the code a DVC stage depends
 on. The dvc.yaml test checks every stage's deps against it, and a checkpoint's code
-fingerprint is computed from it, so neither is a list kept by hand."""
+fingerprint is computed from it, so neither is a list kept by hand.
+
+Two kinds of code are loaded by name, which no import statement shows, and are added here:
+the modules of a model's package that the table of models (genpipe.models) imports, for
+the stage's model; and serving.py, which the registry logs as the served model's code."""
 
 from __future__ import annotations
 
@@ -9,6 +13,9 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent  # src/genpipe
 PACKAGE = PACKAGE_DIR.name
+MODELS_TABLE = PACKAGE_DIR / "models.py"
+# module file in the closure -> modules it loads by name
+LOADED_BY_NAME = {PACKAGE_DIR / "registry" / "versions.py": ("genpipe.serving",)}
 
 
 def module_file(module: str) -> Path | None:
@@ -41,18 +48,35 @@ def _imported(path: Path) -> set[str]:
     return {name for name in found if module_file(name) is not None}
 
 
-def source_files(entry: Path | str) -> list[Path]:
+def provided() -> list[str]:
+    """The modules each model's package provides to the table of models: the keys of
+    genpipe.models.PROVIDES, read from its source (not imported: this module is part of a
+    train stage's code, and the table's imports are not)."""
+    for node in ast.parse(MODELS_TABLE.read_text()).body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "PROVIDES" for t in node.targets
+        ):
+            return list(ast.literal_eval(node.value))
+    raise ValueError(f"{MODELS_TABLE}: expected a PROVIDES table; found none")
+
+
+def source_files(entry: Path | str, model: str | None = None) -> list[Path]:
     """Every genpipe file that `entry` (a script's path, or a dotted module name) imports,
-    directly or through others, sorted; a module's own file is included."""
+    directly or through others, sorted; a module's own file is included. With `model` (a
+    stage's item), what the closure loads by name: the model's modules where it reads the
+    table of models; and serving.py where it logs the served model."""
     first = module_file(entry) if isinstance(entry, str) else Path(entry)
     if first is None:
         raise ValueError(f"{entry}: expected a genpipe module or a script path")
-    seen = {first.resolve()}
+    seen: set[Path] = set()
     todo = [first]
     while todo:
-        for name in _imported(todo.pop()):
-            path = module_file(name)
-            if path is not None and path.resolve() not in seen:
-                seen.add(path.resolve())
-                todo.append(path)
+        path = todo.pop()
+        if path.resolve() in seen:
+            continue
+        seen.add(path.resolve())
+        names = set(_imported(path)) | set(LOADED_BY_NAME.get(path.resolve(), ()))
+        if model is not None and path.resolve() == MODELS_TABLE:
+            names |= {f"{PACKAGE}.{model}.{kind}" for kind in provided()}
+        todo += [found for name in names if (found := module_file(name)) is not None]
     return sorted(seen)

@@ -30,7 +30,8 @@ import torch.distributed as dist
 from torch import nn
 
 from genpipe.errors import GenpipeError, TrainingError, exception_text
-from genpipe.params import COMPILE_DDP, TrainParams
+from genpipe.params.rules import COMPILE_DDP
+from genpipe.params.schema import TrainParams
 from genpipe.stage import Terminated
 
 log = logging.getLogger(__name__)

@@ -91,3 +91,7 @@ class DiskFullError(GenpipeError):
 
 class TrackingError(GenpipeError):
     """The MLflow tracking store cannot be used (unreachable, malformed URI, failed write)."""
+
+
+class RegistryError(GenpipeError):
+    """The registry cannot be used or updated (server down, missing outputs, failed call)."""

@@ -1,17 +1,35 @@
-"""Atomic writes: a reader (or a later stage) sees the old file or the new one, never half."""
+"""Files: atomic writes (a reader, or a later stage, sees the old file or the new one, never
+half), and the SHA-256 of files, which data, weights, references and code are known by."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from genpipe.errors import DiskFullError, disk_full
+
+CHUNK_SIZE = 1 << 20  # 1 MiB: files are hashed and copied a chunk at a time
+
+
+def sha256_files(files: Iterable[Path], root: Path | None = None) -> str:
+    """Lowercase hex SHA-256 over the files' bytes in the order given (of one file: what
+    `sha256sum` prints), read a chunk at a time. With `root`, each file's path relative to
+    it and a NUL byte come before its bytes, so a renamed file changes the digest."""
+    digest = hashlib.sha256()
+    for path in files:
+        if root is not None:
+            digest.update(Path(path).relative_to(root).as_posix().encode() + b"\0")
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK_SIZE):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager

@@ -21,18 +21,11 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from genpipe import paths, runtime
-from genpipe.data.split import Split, class_shares, require_images
+from genpipe.data.split import Split, class_shares, read_split, require_images
 from genpipe.errors import MetricsError, exception_text
 from genpipe.fileio import umask_mode
 from genpipe.metrics import memorisation
 from genpipe.metrics.compare import (
-    FID,
-    FLOOR,
-    KID_SUBSET_SIZE,
-    MEMORISATION,
-    MEMORISED,
-    STD,
-    TEST_COUNT_FLOOR,
     Reference,
     compare,
     frechet_to_reference,
@@ -42,7 +35,16 @@ from genpipe.metrics.compare import (
 )
 from genpipe.metrics.domain import DomainNet, accuracy, load_domain_network, train_domain_network
 from genpipe.metrics.features import Backbone, extract_features
-from genpipe.params import EvaluateParams, Params
+from genpipe.metrics.keys import (
+    FID,
+    FLOOR,
+    KID_SUBSET_SIZE,
+    MEMORISATION,
+    MEMORISED,
+    STD,
+    TEST_COUNT_FLOOR,
+)
+from genpipe.params.schema import EvaluateParams, Params
 from genpipe.weights import save_weights
 
 log = logging.getLogger(__name__)
@@ -179,6 +181,15 @@ def load_backbone(
             f"{sha256[:12]}... (run `dvc repro --force reference`)"
         )
     return backbone
+
+
+def evaluation_inputs(evaluate: EvaluateParams, device: torch.device,
+                      split: bool = True) -> tuple[Reference, Backbone, Split | None]:  # fmt: skip
+    """What an evaluation reads besides the weights: the reference stage's output, its
+    backbone on `device`, and (unless not `split`) the prepared data's split."""
+    reference = load_reference(paths.REFERENCE, evaluate)
+    backbone = load_backbone(evaluate, reference, paths.REFERENCE, device)
+    return reference, backbone, read_split(paths.PREPARED) if split else None
 
 
 # --- the stage ----------------------------------------------------------------------------

@@ -18,7 +18,6 @@ with one line (HTTP 400 from `mlflow models serve`), and an empty one gets an em
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from pathlib import Path
@@ -26,6 +25,8 @@ from pathlib import Path
 import mlflow
 import numpy as np
 from mlflow.pyfunc import PythonModel
+
+from genpipe import models
 
 BATCH = 256  # images generated or reconstructed at once
 MAX_IMAGES = 1024  # a request's images at most, unless $GENPIPE_SERVE_MAX_IMAGES says
@@ -56,9 +57,8 @@ class GenpipeModel(PythonModel):
 
         weights = Path(context.artifacts["weights"])
         self.kind = json.loads((weights / "config.json").read_text())["model"]
-        # by name, so that a model's served code is its own package (genpipe/<model>/) only
-        artifact = importlib.import_module(f"genpipe.{self.kind}.artifact")
-        self.net = artifact.load_served(weights, torch.device("cpu"))
+        # the table of models: a model's served code is its own package (genpipe/<model>/)
+        self.net = models.get(self.kind).artifact().load_served(weights, torch.device("cpu"))
         self.torch = torch
         self.max_images = max_images()
 

@@ -188,9 +188,9 @@ def launch(model: str, params: Any) -> bool:
     except (TrainingError, KeyboardInterrupt) as exc:
         run_id = checkpoint_run_id(paths.checkpoint(model))
         if run_id:
-            from genpipe.tracking.runs import end_if_running
+            from genpipe.tracking.orphans import end_orphan
 
-            end_if_running(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            end_orphan(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
 
 

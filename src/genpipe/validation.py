@@ -27,7 +27,7 @@ import pandas as pd
 
 from genpipe.data.canonical import MANIFEST_COLUMNS, SPLITS, Prepared, image_sha1
 from genpipe.fileio import replace_dir
-from genpipe.params import DataParams, ValidateParams
+from genpipe.params.schema import DataParams, ValidateParams
 
 log = logging.getLogger(__name__)
 

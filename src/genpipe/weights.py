@@ -13,7 +13,8 @@ from torch import nn
 
 from genpipe.errors import GenpipeError
 from genpipe.fileio import atomic_path, umask_mode
-from genpipe.params import Section, check_config
+from genpipe.params.configs import check_config
+from genpipe.params.schema import Section
 from genpipe.runtime import unwrap
 
 

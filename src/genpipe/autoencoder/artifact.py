@@ -12,7 +12,7 @@ from torch import nn
 
 from genpipe.autoencoder.network import AutoEncoder
 from genpipe.fileio import write_json
-from genpipe.params import AutoEncoderConfig
+from genpipe.params.configs import AutoEncoderConfig
 from genpipe.weights import build_network, load_weights, read_config, save_weights
 
 CONFIG = "config.json"
@@ -36,3 +36,16 @@ def load_autoencoder(directory: Path, device: torch.device) -> AutoEncoder:
 
 
 load_served = load_autoencoder  # what serving.py loads for this model
+
+
+def signature(directory: Path) -> tuple[Any, Any]:
+    """The served model's MLflow signature and input example: uint8 images (N, C, S, S) in,
+    their reconstructions out."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    config = read_config(Path(directory) / CONFIG, STAGE, "autoencoder")
+    c, s = config["channels"], config["image_size"]
+    images = Schema([TensorSpec(np.dtype(np.uint8), (-1, c, s, s))])
+    return ModelSignature(inputs=images, outputs=images), np.zeros((2, c, s, s), np.uint8)

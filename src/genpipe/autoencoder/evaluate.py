@@ -17,12 +17,6 @@ from genpipe.data.split import Split
 from genpipe.images import pairs_grid, to_float, unit_to_uint8
 from genpipe.metrics import reconstruction, spread
 from genpipe.metrics.compare import (
-    FID,
-    FID_OVER_FLOOR,
-    FLOOR,
-    MEASURED_ON,
-    STD,
-    TEST_COUNT_FLOOR,
     Reference,
     fid_spread,
     frechet_to_reference,
@@ -30,13 +24,23 @@ from genpipe.metrics.compare import (
     rounded,
 )
 from genpipe.metrics.features import Backbone, extract_features
-from genpipe.params import EvaluateParams
+from genpipe.metrics.keys import (
+    FID,
+    FID_OVER_FLOOR,
+    FLOOR,
+    MEASURED_ON,
+    MSE,
+    MSE_OVER_PCA,
+    PCA_MSE,
+    PSNR,
+    SSIM,
+    STD,
+    TEST_COUNT_FLOOR,
+)
+from genpipe.params.schema import EvaluateParams
 
 GRID_IMAGES = 32  # 4 rows of 8 originals, each above their reconstructions
 TAIL_IMAGES = 16  # the tail grid: the worst reconstructed test images, worst first
-
-# metric keys
-MSE, PSNR, SSIM, PCA_MSE, MSE_OVER_PCA = "mse", "psnr", "ssim", "pca_mse", "mse_over_pca"
 
 
 @torch.inference_mode()

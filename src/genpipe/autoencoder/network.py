@@ -11,7 +11,7 @@ from typing import get_args
 import torch
 from torch import Tensor, nn
 
-from genpipe.params import AutoencoderKind
+from genpipe.params.schema import AutoencoderKind
 from genpipe.resolution import resolution_plan
 
 __all__ = ["KINDS", "AutoEncoder", "vae_kl"]

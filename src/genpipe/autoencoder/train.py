@@ -14,7 +14,7 @@ from genpipe import distributed, runtime, training
 from genpipe.autoencoder.network import AutoEncoder, vae_kl
 from genpipe.checkpoint import Checkpoint, run_identity
 from genpipe.images import pairs_grid, to_float, to_uint8
-from genpipe.params import AutoencoderParams, Params
+from genpipe.params.schema import AutoencoderParams, Params
 from genpipe.progress import Progress
 from genpipe.schedule import lr_factor, set_lr
 

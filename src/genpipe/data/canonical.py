@@ -22,7 +22,7 @@ import pandas as pd
 from PIL import Image, ImageOps
 
 from genpipe.errors import DataError
-from genpipe.fileio import atomic_dir
+from genpipe.fileio import atomic_dir, sha256_files
 
 IMAGES_FILE = "images.npy"
 MANIFEST_FILE = "manifest.parquet"
@@ -170,9 +170,4 @@ def read_prepared(directory: Path) -> Prepared:
 def prepared_sha256(directory: Path) -> str:
     """SHA-256 of the prepared data (images.npy, then manifest.parquet): what runs, model
     versions and checkpoints are tagged with."""
-    digest = hashlib.sha256()
-    for name in (IMAGES_FILE, MANIFEST_FILE):
-        with open(Path(directory) / name, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_files(Path(directory) / name for name in (IMAGES_FILE, MANIFEST_FILE))

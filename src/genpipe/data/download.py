@@ -25,10 +25,10 @@ from tqdm import tqdm
 
 from genpipe.data.formats import gunzip_chunks
 from genpipe.errors import DataError, DownloadError, exception_text
+from genpipe.fileio import CHUNK_SIZE, sha256_files
 
 log = logging.getLogger(__name__)
 
-CHUNK_SIZE = 1 << 20  # 1 MiB
 MAX_DELAY_S = 600.0  # the longest wait between two attempts, however many retries
 
 
@@ -41,15 +41,6 @@ def cache_dir() -> Path:
         return Path(env).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".cache") / "genpipe"
-
-
-def sha256_file(path: Path) -> str:
-    """Lowercase hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_SIZE):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def content_sha256(path: Path) -> str:
@@ -75,7 +66,7 @@ class Pin:
 def mismatch(path: Path, pin: Pin, archive: str | None = None) -> str | None:
     """None when the file's bytes or its decompressed payload match the pin; else one line
     with the expected and the found sums. `archive`: the file's SHA-256 if already known."""
-    archive = archive or sha256_file(path)
+    archive = archive or sha256_files([path])
     if archive == pin.archive:
         return None
     if pin.content is None:

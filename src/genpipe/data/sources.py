@@ -24,7 +24,7 @@ from genpipe.data.download import Pin
 from genpipe.data.folder import read_folder
 from genpipe.data.origins import MIRRORS
 from genpipe.errors import DataError, ParamsError
-from genpipe.params import DataParams
+from genpipe.params.schema import DataParams
 
 log = logging.getLogger(__name__)
 

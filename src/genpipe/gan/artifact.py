@@ -12,7 +12,7 @@ from torch import nn
 
 from genpipe.fileio import write_json
 from genpipe.gan.network import Generator
-from genpipe.params import GeneratorConfig
+from genpipe.params.configs import GeneratorConfig
 from genpipe.weights import build_network, load_weights, read_config, save_weights
 
 CONFIG = "config.json"
@@ -46,3 +46,21 @@ def load_generator(directory: Path, device: torch.device) -> Generator:
 
 
 load_served = load_generator  # what serving.py loads for this model
+
+
+def signature(directory: Path) -> tuple[Any, Any]:
+    """The served model's MLflow signature and input example: seeds (and a conditional
+    generator's optional labels) in, uint8 images (N, C, S, S) out."""
+    import numpy as np
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    config = gan_config_of(directory)
+    c, s = config["channels"], config["image_size"]
+    images = Schema([TensorSpec(np.dtype(np.uint8), (-1, c, s, s))])
+    columns = [ColSpec("long", "seed")]
+    if config["generator"].get("class_weights"):
+        columns.append(ColSpec("long", "label", required=False))
+    example = pd.DataFrame({"seed": np.array([0, 1], dtype=np.int64)})
+    return ModelSignature(inputs=Schema(columns), outputs=images), example

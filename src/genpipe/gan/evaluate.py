@@ -15,7 +15,9 @@ from genpipe.data.split import Split
 from genpipe.gan.artifact import load_generator
 from genpipe.gan.network import Generator
 from genpipe.images import GRID_SAMPLES, image_grid, pairs_grid, to_uint8
-from genpipe.metrics.compare import (
+from genpipe.metrics.compare import Reference, compare, measured_on, rounded
+from genpipe.metrics.features import Backbone, extract_features
+from genpipe.metrics.keys import (
     COVERAGE,
     DENSITY,
     FID,
@@ -30,14 +32,9 @@ from genpipe.metrics.compare import (
     PRECISION,
     RECALL,
     STD,
-    Reference,
-    compare,
-    measured_on,
-    rounded,
 )
-from genpipe.metrics.features import Backbone, extract_features
 from genpipe.metrics.memorisation import memorisation
-from genpipe.params import EvaluateParams
+from genpipe.params.schema import EvaluateParams
 
 TAIL_PAIRS = 16  # the tail grid: the samples nearest the train images, each above its nearest
 

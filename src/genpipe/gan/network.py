@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-from genpipe.params import GanLoss, GanParams
+from genpipe.params.schema import GanLoss, GanParams
 from genpipe.resolution import resolution_plan
 
 __all__ = [

@@ -32,7 +32,8 @@ from genpipe.gan.network import (
     recompute_batchnorm,
 )
 from genpipe.images import GRID_SAMPLES, image_grid, to_uint8
-from genpipe.params import GanParams, Params, minibatch_group_error
+from genpipe.params.rules import minibatch_group_error
+from genpipe.params.schema import GanParams, Params
 from genpipe.progress import Progress
 from genpipe.schedule import lr_factor, set_lr
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from genpipe.images import to_float
 from genpipe.metrics.features import extract_features
-from genpipe.params import DomainConfig
+from genpipe.params.configs import DomainConfig
 from genpipe.progress import Progress
 from genpipe.runtime import prepare_module
 from genpipe.schedule import lr_factor, set_lr

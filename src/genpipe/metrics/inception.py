@@ -9,7 +9,6 @@ returns the 2048-d pool3 features FID statistics are computed from.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import pickle
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genpipe.errors import MetricsError, exception_text
+from genpipe.fileio import sha256_files
 
 __all__ = [
     "FEATURE_DIM",
@@ -303,7 +303,7 @@ def load_inception(path: str | Path | None, device: torch.device) -> FIDInceptio
             f"{exception_text(exc)}. To fix, {fix}"
         ) from exc
 
-    digest = _sha256(path)
+    digest = sha256_files([path])
     if not digest.startswith(WEIGHTS_SHA256_PREFIX):
         log.warning(
             "%s: the weights load, but the file's SHA-256 is %s..., not %s... (%s); FID values "
@@ -413,10 +413,3 @@ def _first(items: list[str], sep: str = ", ") -> str:
     more = f"{sep}..." if len(items) > SHOW else ""
     return sep.join(items[:SHOW]) + more
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()

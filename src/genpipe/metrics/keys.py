@@ -1,9 +1,14 @@
 """The metric keys of metrics.json (and, prefixed with eval/, of MLflow): one home, with no
 imports, so that the CI report and the registry read them without loading torch."""
 
+# an evaluation's figures in MLflow: eval/<key> on the training run (its points, and the
+# EVALUATION_CONSTANTS as tags); its grids in the run's artifact folder "eval"
+EVAL_PREFIX = "eval/"
 # metric keys, in metrics.json and (prefixed) in MLflow
 FID, KID_MEAN, KID_STD, PRECISION, RECALL = "fid", "kid_mean", "kid_std", "precision", "recall"
 DENSITY, COVERAGE = "density", "coverage"  # Naeem et al. 2020 (metrics/neighbours.py)
+# the autoencoder's reconstructions (metrics/reconstruction.py), and PCA's as the baseline
+MSE, PSNR, SSIM, PCA_MSE, MSE_OVER_PCA = "mse", "psnr", "ssim", "pca_mse", "mse_over_pca"
 # the GAN's samples nearer a train image than real test images are (metrics/memorisation.py)
 MEMORISED = "memorised"
 MEMORISATION = "memorisation"  # the reference's threshold and how it was set

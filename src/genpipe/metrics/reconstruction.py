@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from genpipe.errors import MetricsError
+from genpipe.metrics.keys import MSE, PSNR, SSIM
 
 PSNR_MAX_DB = 100.0  # PSNR of identical images, which would be infinite
 
@@ -71,7 +72,7 @@ def per_image(x: np.ndarray, y: np.ndarray, data_range: float = 1.0) -> dict[str
     errors = np.mean(_squared_error(x, y), axis=(1, 2, 3))
     with np.errstate(divide="ignore"):
         db = np.minimum(10 * np.log10(data_range**2 / errors), PSNR_MAX_DB)
-    return {"mse": errors, "psnr": db, "ssim": ssim_per_image(x, y, data_range)}
+    return {MSE: errors, PSNR: db, SSIM: ssim_per_image(x, y, data_range)}
 
 
 PCA_CHUNK = 2048  # rows converted to float64 at a time: (2048, 784) is 13 MB

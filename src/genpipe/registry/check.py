@@ -2,8 +2,9 @@
 made? The registry lives outside DVC's view: a registered model or version deleted in the
 MLflow UI, or a deleted mlflow.db, leaves `dvc repro` "up to date" while registry.json names
 a version that is gone. `make run` runs the check after `dvc repro`, with --repair: each
-model whose version is gone (or holds other weights) is registered again with
-`dvc repro --force --single-item register@<model>`.
+model whose version is gone (or holds other weights) is registered again by its register
+stage's script (`repair`), the one way genpipe registers again: DVC's view is unchanged
+(register caches no output), so dvc.lock is left as it is.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from genpipe import paths
-from genpipe.errors import GenpipeError, exception_text
-from genpipe.registry.mlflow import RegistryError, weights_sha256
+from genpipe.errors import GenpipeError, RegistryError, exception_text
+from genpipe.registry.versions import weights_sha256
 from genpipe.tracking import store
 from genpipe.tracking.lineage import TAG_WEIGHTS
 
@@ -71,9 +73,15 @@ def _problem(uri: str, name: str, version: str, weights: Path) -> str | None:
     return None
 
 
-def repair(model: str) -> None:
-    """Register the model again: the register stage, forced, alone."""
-    command = ["dvc", "repro", "--force", "--single-item", f"register@{model}"]
-    log.info("%s: %s", model, " ".join(command))
-    if subprocess.run(command).returncode != 0:
-        raise GenpipeError(f"register@{model}: `{' '.join(command)}` failed (see above)")
+def repair(model: str, cwd: Path = Path("."), env: dict[str, str] | None = None) -> None:
+    """Register the model again: its register stage's script, run in `cwd` as DVC would
+    run it, but outside DVC, so that dvc.lock is left as it is. Its output goes to ours; a
+    failure is one line naming the stage and the script's last line."""
+    command = [sys.executable, str(paths.PIPELINE / "register.py"), model]
+    log.info("%s: %s", model, " ".join(command[1:]))
+    done = subprocess.run(command, cwd=cwd, env=env, stderr=subprocess.PIPE, text=True)
+    sys.stderr.write(done.stderr)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        raise GenpipeError(f"register@{model}: expected the model registered again; "
+                           f"{lines[-1] if lines else f'exit {done.returncode}'}")  # fmt: skip

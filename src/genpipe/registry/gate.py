@@ -1,11 +1,11 @@
 """The champion gate, decided purely: the values of a new version and of the current
-`champion` in, the aliases to set and why out. No MLflow and no I/O here: registry.mlflow
-reads the values from the registry and applies the decision.
+`champion` in, the aliases to set and why out. No MLflow and no I/O here: registry.champion
+reads the values from the registry, registry.aliases applies the decision.
 
 A version better by at least `min_improvement` (relative; lower is better) becomes
 `champion` and the old one `previous-champion`; any other gets `challenger`. A champion
 evaluated on other data or with another backbone is compared as re-scored on today's
-(registry.mlflow scores it again before the gate: `Rescore`); one that could not be
+(registry.champion scores it again before the gate: `Rescore`); one that could not be
 re-scored, or was evaluated on another metric, is never compared (unless `force`). A
 champion whose values are unknown (an alias set by hand on a version without genpipe's
 tags, whose run has no `eval/<metric>` either), or whose files cannot be loaded, is
@@ -19,7 +19,9 @@ would happen on merge (`on_branch`).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from genpipe.tracking.lineage import (
@@ -39,6 +41,25 @@ COMPARED_ON = {"backbone": TAG_BACKBONE, "data_hash": TAG_DATA_HASH,
 RESCORED_ON = {TAG_BACKBONE, TAG_DATA_HASH, TAG_REFERENCE}  # scored again when these differ
 
 Aliases = tuple[tuple[str, int], ...]  # (alias, version) to set, in this order
+
+
+@dataclass(frozen=True)
+class Policy:
+    """When a version takes the champion alias: register's params and the branch."""
+
+    min_improvement: float
+    force: bool
+    branch: str | None  # None: unknown (no git, a detached HEAD): the default's rules
+    default_branch: str  # register.default_branch
+    # a registered version's metrics on today's data (registry.rescore.Scorer); None: a
+    # champion of other data or another backbone is not compared
+    score: Callable[[Path], dict[str, Any]] | None = None
+    noise_z: float = 0.0  # register.noise_z: the gain must exceed this many combined stds
+
+    @property
+    def on_default(self) -> bool:
+        """Whether this register may move champion and challenger."""
+        return self.branch is None or self.branch == self.default_branch
 
 
 @dataclass(frozen=True)

@@ -2,16 +2,15 @@
 version with the champion on equal terms when the data or the backbone changed since the
 champion was evaluated.
 
-The score is the evaluate stage's own (`genpipe.<model>.evaluate.evaluate_weights`, loaded
-by name so that each model's register stage depends on its own package only), with the
-same reference, backbone, seed, threads and sample count as the candidate's metrics.json.
+The score is the evaluate stage's own (the model's `evaluate_weights`, from the table of
+models: each model's register stage depends on its own package only), with the same
+reference, backbone, seed, threads and sample count as the candidate's metrics.json.
 The reference, the backbone and the split are loaded on the first call only: a register
 whose champion needs no re-score reads none of them.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import tempfile
 import time
@@ -19,13 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from genpipe import paths, runtime
-from genpipe.data.split import read_split
+from genpipe import models, runtime
 from genpipe.errors import GenpipeError, exception_text
-from genpipe.params import Params
-from genpipe.reference import load_backbone, load_reference
+from genpipe.params.schema import Params
+from genpipe.reference import evaluation_inputs
 
 log = logging.getLogger(__name__)
+
 
 class Scorer:
     """The evaluate stage's metrics of a weights directory, under `params`."""
@@ -41,14 +40,14 @@ class Scorer:
             return
         evaluate = self.params.evaluate
         device = runtime.resolve_device(evaluate.device, key="evaluate.device")
-        reference = load_reference(paths.REFERENCE, evaluate)
-        module = importlib.import_module(f"genpipe.{self.model}.evaluate")
+        model = models.get(self.model)
+        reference, backbone, split = evaluation_inputs(evaluate, device, model.scores_split)
         self.loaded = {
             "device": device,
             "reference": reference,
-            "backbone": load_backbone(evaluate, reference, paths.REFERENCE, device),
-            "split": read_split(paths.PREPARED) if self.model == "autoencoder" else None,
-            "evaluate_weights": module.evaluate_weights,
+            "backbone": backbone,
+            "split": split,
+            "evaluate_weights": model.evaluation().evaluate_weights,
         }
 
     def __call__(self, weights_dir: Path) -> dict[str, Any]:

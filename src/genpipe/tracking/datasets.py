@@ -14,15 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from genpipe import paths
+from genpipe import dvclock, paths
 from genpipe.errors import DataError, exception_text
+from genpipe.tracking.limits import DATASET_DIGEST_MAX
 from genpipe.tracking.store import without_credentials
 
 CONTEXT_TAG = "mlflow.data.context"  # MLflow's input tag: what the run used the data for
 CONTEXTS = {"train": "training", "test": "evaluation"}
-DIGEST_MAX = 36  # MLflow's datasets.digest column
 
 
 @dataclass(frozen=True)
@@ -75,12 +73,12 @@ def data_input(data: dict[str, Any], info: dict[str, Any], digest: str,
     }
     if split == "test":
         name = f"{name} (test)"
-    return DataInput(name, digest[:DIGEST_MAX], kind, where, profile, CONTEXTS[split])
+    return DataInput(name, digest[:DATASET_DIGEST_MAX], kind, where, profile, CONTEXTS[split])
 
 
 def prepared_input(data: dict[str, Any], split: Literal["train", "test"],
                    data_hash: str | None = None, prepared: Path = paths.PREPARED,
-                   lock: Path = Path("dvc.lock")) -> DataInput:  # fmt: skip
+                   lock: Path = dvclock.LOCK) -> DataInput:  # fmt: skip
     """data_input() of data/prepared as the fetch stage wrote it (its info.json), digested
     by DVC's hash of it in dvc.lock (`dvc repro` has written the fetch stage's entry before
     a later stage runs); outside DVC, by the start of our SHA-256 of it (`data_hash`, or
@@ -96,13 +94,6 @@ def prepared_input(data: dict[str, Any], split: Literal["train", "test"],
     return data_input(data, info, digest, split)
 
 
-def dvc_digest(out: Path, lock: Path = Path("dvc.lock")) -> str | None:
+def dvc_digest(out: Path, lock: Path = dvclock.LOCK) -> str | None:
     """The md5 dvc.lock records for the fetch stage's output `out`, if any."""
-    try:
-        stages = yaml.safe_load(lock.read_text()).get("stages", {})
-        for entry in stages.get("fetch", {}).get("outs", []):
-            if Path(entry.get("path", "")) == Path(out) and entry.get("md5"):
-                return str(entry["md5"])
-    except (OSError, yaml.YAMLError, AttributeError):
-        pass
-    return None
+    return dvclock.out_md5(dvclock.stages(lock), "fetch", out)

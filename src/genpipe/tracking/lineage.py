@@ -12,8 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from genpipe.params import recipe_params
-from genpipe.params import run_params as run_params_of
+from genpipe.tracking.limits import TAG_VALUE_MAX
 from genpipe.tracking.store import without_credentials
 
 # MLflow 3's UI opens an experiment in the view this experiment tag names (the UI's
@@ -50,6 +49,46 @@ TAG_REASON = "genpipe.reason"  # the gate's reason
 TAG_BRANCH = "git.branch"  # the branch the version was registered from
 
 
+# the data keys each kind of source reads (beside source, image_size and channels)
+_DATA_READ = {
+    "digits": ("test_fraction",),
+    "folder": ("path", "test_fraction", "on_bad_file", "max_image_pixels", "background"),
+    "official": ("local", "sha256"),  # mnist, fashion-mnist, cifar10: their own split
+    "official-local": ("path",),
+    "official-download": ("mirrors", "download"),
+}
+
+
+def recipe_params(logged: dict[str, Any]) -> dict[str, Any]:
+    """A run's params (run_params) without its seeds: runs of one recipe differ only in
+    `seed` and `train.seed`."""
+    recipe = {k: v for k, v in logged.items() if k != "seed"}
+    if "train" in recipe:
+        recipe["train"] = {k: v for k, v in recipe["train"].items() if k != "seed"}
+    return recipe
+
+
+def run_params(params: dict[str, Any], model: str) -> dict[str, Any]:
+    """What shapes `model`'s run, as params.yaml spells it (params: Params.model_dump(
+    by_alias=True)): seed, cpu_kernels, the data keys its source reads, train, the model's
+    own section and evaluate. A run logs these, never the other model's section, and never
+    a data key its source ignores (the digits read no data.path)."""
+    data = params["data"]
+    if data["source"] in ("digits", "folder"):
+        read = _DATA_READ[data["source"]]
+    else:
+        where = "official-local" if data["local"] else "official-download"
+        read = _DATA_READ["official"] + _DATA_READ[where]
+    keep = ("source", "image_size", "channels", *read)
+    return {
+        "seed": params["seed"],
+        "cpu_kernels": params["cpu_kernels"],
+        "data": {key: data[key] for key in keep},
+        "train": params["train"],
+        model: params[model],
+        "evaluate": params["evaluate"],
+    }
+
 
 def git_info(repo: Path = Path(".")) -> dict[str, str]:
     """{"commit", "short", "dirty"} of the checkout at `repo`; never raises.
@@ -82,19 +121,13 @@ def _git(repo: Path, *args: str) -> str | None:
     return result.stdout.strip()
 
 
-def run_name(model: str, short_sha: str, exp_name: str | None, run_params: dict[str, Any]
+def run_name(model: str, short_sha: str, exp_name: str | None, logged: dict[str, Any]
              ) -> str:  # fmt: skip
     """'gan-3f2a1bc-clean-hake' (model, commit, DVC experiment); outside `dvc exp run`,
     'gan-3f2a1bc-p9c1e0f4': the first 7 digits of the run's params hash (its
     params.hash tag), so runs of one commit with other params get other names."""
-    tail = exp_name or f"p{digest(run_params)[:7]}"
+    tail = exp_name or f"p{digest(logged)[:7]}"
     return "-".join((model, short_sha, tail))
-
-
-def experiment_name(prefix: str, model: str) -> str:
-    """'genpipe-gan': each model's runs in an experiment of their own (train.experiment is
-    the prefix), so a chart of eval/fid never puts one model's beside the other's."""
-    return f"{prefix}-{model}"
 
 
 def dvc_exp_name() -> str | None:
@@ -147,10 +180,10 @@ def version_tags(data_hash: str, params: dict[str, Any], model: str, metric: str
 
 def decision_tags(decision: dict[str, Any], branch: str | None) -> dict[str, str]:
     """A version's record of the gate, with TAG_DECISION last: a pass cut short before it is
-    finished by the next (MLflow's limit on a tag's value is 5000 characters)."""
+    finished by the next."""
     return {
         TAG_COMPARED: json.dumps(decision.get("compared"), sort_keys=True),
-        TAG_REASON: str(decision.get("reason", ""))[:5000],
+        TAG_REASON: str(decision.get("reason", ""))[:TAG_VALUE_MAX],
         TAG_BRANCH: branch or "",
         TAG_DECISION: decision["decision"],
     }
@@ -165,15 +198,15 @@ def current_branch(repo: Path = Path(".")) -> str | None:
 
 
 def params_hash(params: dict[str, Any], model: str) -> str:
-    """SHA-256 of the params that shape this model (params.run_params: what its run logs);
+    """SHA-256 of the params that shape this model (run_params: what its run logs);
     `params` is the whole of params.yaml."""
-    return digest(run_params_of(params, model))
+    return digest(run_params(params, model))
 
 
-def recipe_id(run_params: dict[str, Any]) -> str:
+def recipe_id(logged: dict[str, Any]) -> str:
     """12 hex digits of the run's params without `seed` and `train.seed`: the runs of one
     recipe, trained with other seeds, share it (`genpipe compare` groups by it)."""
-    return digest(recipe_params(run_params))[:12]
+    return digest(recipe_params(logged))[:12]
 
 
 def digest(tree: dict[str, Any]) -> str:
