@@ -1,58 +1,134 @@
-"""Functions short enough to read in one screen: none in src/genpipe or pipeline/ is over
-MAX_LINES lines, its docstring not counted and each multi-line literal list, tuple, dict or
-set (a declarative table: GX expectations, stage lists) counted as one line."""
+"""The house's rules, as checks that run: no module in src/genpipe over MAX_MODULE_LINES
+lines, no import cycle among its modules, and imports that only point down the layers
+below. (A function's size and complexity are ruff's rules, in pyproject.toml.)"""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
-ROOTS = ("src/genpipe", "pipeline")
-MAX_LINES = 60
-LITERALS = (ast.List, ast.Tuple, ast.Dict, ast.Set)
+SOURCE = REPO / "src" / "genpipe"
+MAX_MODULE_LINES = 450
+
+# genpipe's parts (a top-level module or package), lowest first: a part imports only from
+# its own layer or the layers below it, so data flows downward. A new part takes its place
+# here, or this test names it.
+LAYERS = [
+    {"errors", "paths", "yamlio", "dvclock", "fileio", "images", "schedule", "resolution",
+     "progress", "runtime", "stage", "codedeps"},
+    {"params"},
+    {"data", "weights", "distributed", "checkpoint"},
+    {"metrics", "validation"},
+    {"reference", "models", "tracking"},
+    {"training", "gan", "autoencoder"},
+    {"registry", "serving"},
+    {"ci", "recipes", "cli"},
+]  # fmt: skip
 
 
-def code_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
-    """Lines from the `def` (decorators not counted) to the last, less the docstring's and
-    all but one of each multi-line literal's."""
-    lines = set(range(node.lineno, node.end_lineno + 1))
-    if ast.get_docstring(node) is not None:
-        docstring = node.body[0]
-        lines -= set(range(docstring.lineno, docstring.end_lineno + 1))
-    for child in ast.walk(node):
-        if isinstance(child, LITERALS) and child.end_lineno > child.lineno:
-            lines -= set(range(child.lineno + 1, child.end_lineno + 1))
-    return len(lines)
-
-
-def long_functions() -> list[tuple[str, int]]:
-    """(path:line name, length) of every function over MAX_LINES, methods included."""
-    found = []
-    for root in ROOTS:
-        for path in sorted((REPO / root).rglob("*.py")):
-            tree = ast.parse(path.read_text(), filename=str(path))
-            for node in ast.walk(tree):
-                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                    lines = code_lines(node)
-                    if lines > MAX_LINES:
-                        where = f"{path.relative_to(REPO)}:{node.lineno} {node.name}"
-                        found.append((where, lines))
+def modules() -> dict[str, Path]:
+    """'genpipe.registry.gate' -> its file, for every module (a package: its __init__)."""
+    found = {}
+    for path in sorted(SOURCE.rglob("*.py")):
+        parts = ("genpipe", *path.relative_to(SOURCE).with_suffix("").parts)
+        found[".".join(parts).removesuffix(".__init__")] = path
     return found
 
 
-def test_no_function_is_over_sixty_lines():
-    offenders = long_functions()
-    report = "\n".join(f"  {where}: {lines} lines" for where, lines in offenders)
-    print(report)
-    assert not offenders, (
-        f"functions over {MAX_LINES} lines (docstrings and tables not counted):\n{report}"
+MODULES = modules()
+
+
+def imports(path: Path) -> set[str]:
+    """The genpipe modules `path` imports, at its top or inside a function (not those under
+    `if TYPE_CHECKING:`, which never run)."""
+    tree = ast.parse(path.read_text())
+    checked = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+               and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}  # fmt: skip
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in checked:
+            continue
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return {name for name in names if name in MODULES and name != "genpipe"}
+
+
+GRAPH = {name: imports(path) - {name} for name, path in MODULES.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for other in sorted(graph[node]):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while not component or component[-1] != node:
+                component.append(stack.pop())
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def part(module: str) -> str:
+    """genpipe.registry.gate -> registry."""
+    return module.split(".")[1]
+
+
+def test_no_module_is_over_the_limit():
+    long = {name: n for name, path in MODULES.items()
+            if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES}  # fmt: skip
+    assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
+
+
+def test_the_imports_form_no_cycle():
+    assert cycles(GRAPH) == []
+
+
+def test_imports_point_down_the_layers():
+    layer = {name: i for i, names in enumerate(LAYERS) for name in names}
+    unplaced = sorted({part(m) for m in MODULES if m != "genpipe"} - set(layer))
+    assert not unplaced, f"parts in no layer of LAYERS: {unplaced}"
+    upward = [f"{m} imports {d}" for m, deps in GRAPH.items() if m != "genpipe"
+              for d in sorted(deps) if layer[part(d)] > layer[part(m)]]  # fmt: skip
+    assert not upward, "imports that point up the layers:\n" + "\n".join(upward)
+
+
+@pytest.mark.parametrize(
+    ("graph", "expected"),
+    [({"a": {"b"}, "b": {"c"}, "c": set()}, []),
+     ({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}, [["a", "b", "c"]]),
+     ({"a": {"b"}, "b": {"a"}, "c": {"d"}, "d": {"c"}}, [["a", "b"], ["c", "d"]])],
+)  # fmt: skip
+def test_the_cycle_finder_finds_cycles(graph, expected):
+    assert sorted(cycles(graph)) == expected
+
+
+def test_the_import_reader_sees_imports_in_functions_and_skips_type_checking(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text(
+        "from typing import TYPE_CHECKING\nfrom genpipe import paths\n"
+        "if TYPE_CHECKING:\n    from genpipe.registry import gate\n"
+        "def f():\n    import genpipe.errors\n    from genpipe.tracking.store import x\n"
     )
-
-
-def test_the_measure_counts_code_not_docstrings_or_tables():
-    source = 'def f():\n    """One\n    two."""\n    x = 1\n    return x\n'
-    (node,) = ast.parse(source).body
-    assert code_lines(node) == 3  # def, x = 1, return
-    table = "def rows():\n    y = 2\n    return [\n" + "        y,\n" * 80 + "    ]\n"
-    assert code_lines(ast.parse(table).body[0]) == 3  # def, y = 2, return [
+    assert imports(source) == {"genpipe.paths", "genpipe.errors", "genpipe.tracking.store"}

@@ -267,3 +267,56 @@ def test_editing_code_reruns_the_stages_that_import_it(locked_copy, edited, expe
     finally:
         (locked_copy / edited).write_bytes(original)
     assert modified_stages(status) == expected
+
+
+# --- paths.py and dvc.yaml name the same files ----------------------------------------------
+
+
+def dvc_yaml_outputs() -> dict[str, str]:
+    """Every output dvc.yaml declares (outs, metrics, plots), expanded: path -> stage."""
+    params = yamlio.load((REPO / "params.yaml").read_text())
+    found = {}
+    for base, stage in yamlio.load((REPO / "dvc.yaml").read_text())["stages"].items():
+        items = params["models"] if "foreach" in stage else [None]
+        body = stage.get("do", stage)
+        for item in items:
+            for kind in ("outs", "metrics", "plots"):
+                for out in body.get(kind, []):
+                    path = out if isinstance(out, str) else next(iter(out))
+                    found[interpolate(path, params, item)] = f"{base}@{item}" if item else base
+    return found
+
+
+def paths_values() -> set[str]:
+    """Every path paths.py names: its Path constants, and each function's for each model."""
+    from genpipe import paths
+
+    values = {v for v in vars(paths).values() if isinstance(v, Path)}
+    for function in vars(paths).values():
+        if callable(function) and getattr(function, "__module__", "") == paths.__name__:
+            values |= {function(model) for model in ("gan", "autoencoder")}
+    return {value.as_posix() for value in values}
+
+
+# what paths.py names that DVC does not track, each beside the outputs on purpose
+NOT_TRACKED = {
+    "pipeline",  # the stages' scripts: code, in git
+    "reports/validation/data_docs",  # GX Data Docs: HTML with run times in it
+    "checkpoints/gan/checkpoint.pt", "checkpoints/autoencoder/checkpoint.pt",  # resume
+    "reports/gan/registry.json", "reports/autoencoder/registry.json",  # about the registry
+    "reports/gan/registry_history.jsonl", "reports/autoencoder/registry_history.jsonl",
+}  # fmt: skip
+
+
+def test_paths_and_dvc_yaml_name_the_same_files():
+    outputs = dvc_yaml_outputs()
+    deps = {dep for stage in STAGES.values() for dep in stage["deps"]}
+    named = paths_values()
+    unnamed = sorted(set(outputs) - named)
+    assert not unnamed, f"outputs dvc.yaml declares that paths.py does not name: {unnamed}"
+    # tracked: a dep, an output, a file in an output, or a folder of outputs
+    tracked = {path for path in named
+               if path in deps or any(covers(out, path) or covers(path, out) for out in outputs)}
+    untracked = named - tracked
+    assert untracked == NOT_TRACKED, f"paths.py names these, which dvc.yaml does not track: " \
+        f"{sorted(untracked - NOT_TRACKED)}; NOT_TRACKED lists {sorted(NOT_TRACKED - untracked)}"

@@ -262,6 +262,47 @@ def test_load_reference_refuses_another_backbone(tmp_path):
         ev.load_reference(tmp_path / "missing", params.evaluate)
 
 
+class StandInInception(torch.nn.Module):
+    """load_inception's network, small: uint8 images -> 2048-d features of their pixels,
+    with the SHA-256 of the file it was "loaded" from, as the real one records it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.weights_sha256 = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        self.project = torch.nn.Linear(64, 2048)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.adaptive_avg_pool2d(images.float() / 255, 8).mean(1)
+        return self.project(x.flatten(1))
+
+
+def test_reference_with_the_inception_backbone_records_its_file(tmp_path, monkeypatch):
+    """The reference stage with the Inception backbone (a stand-in network: the real one is
+    the slow test below): 2048-d features, the weights file's SHA-256 recorded, and an
+    evaluation with another file refused."""
+    from genpipe.metrics import inception
+
+    monkeypatch.setattr(inception, "load_inception",
+                        lambda path, device: StandInInception(path))  # fmt: skip
+    weights = tmp_path / "inception.pth"
+    weights.write_bytes(b"the standard file")
+    # no bootstraps: each is an eigendecomposition of a 2048 x 2048 matrix
+    params = tiny_params(backbone="inception", inception_weights=str(weights), pr_k=1,
+                         bootstraps=0)  # fmt: skip
+    reference, net = build_reference(params, tiny_split(n=8, test_every=2), CPU)
+    assert net is None and reference.features.shape == (4, 2048)
+    assert reference.info["feature_dim"] == 2048
+    assert reference.info["inception_sha256"] == hashlib.sha256(b"the standard file").hexdigest()
+    assert np.isfinite(reference.info["floor"]["fid"])
+
+    other = tmp_path / "other.pth"
+    other.write_bytes(b"another file")
+    evaluate = tiny_params(backbone="inception", inception_weights=str(other)).evaluate
+    with pytest.raises(MetricsError, match="dvc repro --force reference"):
+        ev.load_backbone(evaluate, reference, tmp_path, CPU)
+
+
+@pytest.mark.slow  # 299 x 299 forwards of the real network: about 20 s on a CPU
 def test_reference_with_the_inception_backbone(tmp_path, monkeypatch):
     """Random weights stand in for the standard file: 2048-d features, the file's SHA-256
     recorded, and an evaluation with another file refused."""

@@ -554,3 +554,61 @@ def test_the_minibatch_std_discriminator_scores_an_image_against_its_group(minib
     torch.testing.assert_close(netD(other)[0], netD(x)[0])
     assert torch.equal(netD(mate)[0], netD(x)[0]) is (minibatch_std == 0)
     assert netD.main[-1].in_channels == WIDTH + (1 if minibatch_std else 0)
+
+
+# --- the table of models --------------------------------------------------------------------
+
+
+def test_the_table_names_the_schemas_models_and_each_package_provides_its_part():
+    from genpipe import models
+    from genpipe.metrics.keys import FID, MSE
+    from genpipe.params.schema import MODELS
+
+    assert tuple(models.TABLE) == MODELS  # the schema's names, in its order
+    for name, model in models.TABLE.items():
+        assert model.name == name
+        for kind, functions in models.PROVIDES.items():
+            module = model.module(kind)
+            assert module.__name__ == f"genpipe.{name}.{kind}"
+            missing = [f for f in functions if not callable(getattr(module, f, None))]
+            assert not missing, f"genpipe.{name}.{kind} lacks {missing}"
+    assert (models.get("gan").metric, models.get("autoencoder").metric) == (FID, MSE)
+    assert models.get("gan").registered_name("team") == "team-gan"
+
+
+def test_an_unknown_model_is_one_line_naming_the_models():
+    from genpipe import models
+    from genpipe.errors import ParamsError
+
+    with pytest.raises(ParamsError, match="^model: expected one of gan, autoencoder; got 'vae'$"):
+        models.get("vae")
+    with pytest.raises(ParamsError, match="^usage: evaluate.py MODEL: expected one of gan, "
+                                          "autoencoder; got gan extra$"):  # fmt: skip
+        models.from_argv("evaluate.py", ["gan", "extra"])
+    assert models.from_argv("register.py", ["autoencoder"]).name == "autoencoder"
+
+
+@pytest.mark.parametrize("model", ["gan", "autoencoder"])
+def test_a_packages_signature_describes_its_served_images(tmp_path, model):
+    """What register logs with the served model: uint8 images (N, C, S, S) out, and in,
+    seeds for the GAN and images for the autoencoder, from the weights' config.json."""
+    import numpy as np
+
+    from genpipe import models
+
+    if model == "gan":
+        config = {"model": "gan", "image_size": 8, "channels": 3,
+                  "generator": Generator(8, 3, z_dim=4, width=8).config()}  # fmt: skip
+    else:
+        config = {"model": "autoencoder", "image_size": 16, "channels": 1,
+                  "autoencoder": AutoEncoder(16, 1, latent_dim=3, width=4).config()}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    signature, example = models.get(model).artifact().signature(tmp_path)
+    c, s = config["channels"], config["image_size"]
+    [output] = signature.outputs.inputs
+    assert (output.type, output.shape) == (np.dtype(np.uint8), (-1, c, s, s))
+    if model == "gan":
+        assert signature.inputs.input_names() == ["seed"]
+        assert list(example["seed"]) == [0, 1]
+    else:
+        assert signature.inputs == signature.outputs and example.shape == (2, c, s, s)

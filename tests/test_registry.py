@@ -26,7 +26,8 @@ from genpipe.registry import aliases as registry_aliases
 from genpipe.registry import register as registry
 from genpipe.registry.gate import Policy
 from genpipe.registry.register import Outputs, register
-from genpipe.tracking import lineage, store
+from genpipe.tracking import lineage
+from genpipe.tracking import store as tracking_store
 from genpipe.tracking.recorded_run import RecordedRun
 from genpipe.tracking.training_run import TrainingRun
 from genpipe.weights import save_weights
@@ -49,6 +50,20 @@ def wait_until_up(url: str, proc: subprocess.Popen, what: str, seconds: float = 
                 proc.kill()
                 pytest.fail(f"{what} did not start")
             time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A real MLflow store on a temporary sqlite file, its artifacts beside it: the
+    registry's decisions run against it in the fast suite, with no server process. Each
+    test registers models of its own name prefix."""
+    root = tmp_path_factory.mktemp("mlflow-store")
+    cwd = os.getcwd()
+    os.chdir(root)  # where the store's artifact root, ./mlruns, resolves
+    try:
+        yield f"sqlite:///{root}/mlflow.db"
+    finally:
+        os.chdir(cwd)
 
 
 @pytest.fixture(scope="module")
@@ -114,19 +129,18 @@ def aliases(uri: str, name: str) -> dict[str, int]:
     return {alias: int(version) for alias, version in model.aliases.items()}
 
 
-@pytest.mark.integration
-def test_better_version_becomes_champion_worse_one_challenger(server, tmp_path):
-    first = do_register(gan_outputs(tmp_path / "a", server, fid=2.0), server, "t1")
+def test_better_version_becomes_champion_worse_one_challenger(store, tmp_path):
+    first = do_register(gan_outputs(tmp_path / "a", store, fid=2.0), store, "t1")
     assert (first["version"], first["decision"]) == (1, "champion")
-    better = do_register(gan_outputs(tmp_path / "b", server, fid=1.0, seed=1), server, "t1")
+    better = do_register(gan_outputs(tmp_path / "b", store, fid=1.0, seed=1), store, "t1")
     assert (better["version"], better["decision"]) == (2, "champion")
     assert better["compared"] == {"version": 1, "value": 2.0, "std": None}
-    worse = do_register(gan_outputs(tmp_path / "c", server, fid=1.5, seed=2), server, "t1")
+    worse = do_register(gan_outputs(tmp_path / "c", store, fid=1.5, seed=2), store, "t1")
     assert worse["decision"] == "challenger" and "not better" in worse["reason"]
     # within min_improvement of the champion is not better
-    close = do_register(gan_outputs(tmp_path / "d", server, fid=0.995, seed=3), server, "t1")
+    close = do_register(gan_outputs(tmp_path / "d", store, fid=0.995, seed=3), store, "t1")
     assert close["decision"] == "challenger"
-    assert aliases(server, "t1-gan") == {"champion": 2, "previous-champion": 1, "challenger": 4}
+    assert aliases(store, "t1-gan") == {"champion": 2, "previous-champion": 1, "challenger": 4}
 
 
 @pytest.mark.slow
@@ -183,15 +197,14 @@ def test_the_same_model_scored_by_another_evaluation_draw_cannot_become_champion
             assert promoted, f"no draw beat seed 0's by 1%: {fids}"
 
 
-@pytest.mark.integration
-def test_versions_of_another_backbone_are_not_compared(server, tmp_path):
-    do_register(gan_outputs(tmp_path / "a", server, fid=2.0), server, "t2")
-    other = gan_outputs(tmp_path / "b", server, fid=0.1, backbone="inception", seed=1)
-    result = do_register(other, server, "t2")
+def test_versions_of_another_backbone_are_not_compared(store, tmp_path):
+    do_register(gan_outputs(tmp_path / "a", store, fid=2.0), store, "t2")
+    other = gan_outputs(tmp_path / "b", store, fid=0.1, backbone="inception", seed=1)
+    result = do_register(other, store, "t2")
     assert result["decision"] == "challenger" and "genpipe.backbone" in result["reason"]
-    assert aliases(server, "t2-gan")["champion"] == 1
-    forced = do_register(gan_outputs(tmp_path / "c", server, fid=0.2, backbone="inception",
-                                     seed=2), server, "t2", force=True)  # fmt: skip
+    assert aliases(store, "t2-gan")["champion"] == 1
+    forced = do_register(gan_outputs(tmp_path / "c", store, fid=0.2, backbone="inception",
+                                     seed=2), store, "t2", force=True)  # fmt: skip
     assert forced["decision"] == "champion"
 
 
@@ -208,100 +221,94 @@ class Scores:
         return {"fid": self.fid}
 
 
-@pytest.mark.integration
-def test_new_data_is_compared_with_the_champion_scored_again_on_it(server, tmp_path):
+def test_new_data_is_compared_with_the_champion_scored_again_on_it(store, tmp_path):
     """Retrained on grown data: the champion (evaluated on the old data) is scored again on
     today's, and the better of the two by that measure becomes champion."""
-    do_register(gan_outputs(tmp_path / "a", server, fid=2.0, data_hash="old"), server, "r1")
-    without = do_register(gan_outputs(tmp_path / "b", server, fid=1.4, seed=1, data_hash="new"),
-                          server, "r1")  # fmt: skip
+    do_register(gan_outputs(tmp_path / "a", store, fid=2.0, data_hash="old"), store, "r1")
+    without = do_register(gan_outputs(tmp_path / "b", store, fid=1.4, seed=1, data_hash="new"),
+                          store, "r1")  # fmt: skip
     assert without["decision"] == "challenger" and "data.hash differ" in without["reason"]
 
     scores = Scores(fid=1.5)  # the champion, on the new data: worse than v3's 1.2
-    better = do_register(gan_outputs(tmp_path / "c", server, fid=1.2, seed=2, data_hash="new"),
-                         server, "r1", score=scores)  # fmt: skip
+    better = do_register(gan_outputs(tmp_path / "c", store, fid=1.2, seed=2, data_hash="new"),
+                         store, "r1", score=scores)  # fmt: skip
     assert better["decision"] == "champion", better["reason"]
     assert "re-scored on today's data (it had 2 on its own)" in better["reason"]
     assert better["compared"] == {"version": 1, "value": 1.5, "std": None, "rescored_from": {
         "value": 2.0, "data_hash": "old", "backbone": "domain"}}  # fmt: skip
     assert len(scores.seen) == 1 and scores.seen[0]["model"] == "gan"
-    assert aliases(server, "r1-gan") == {"champion": 3, "previous-champion": 1,
+    assert aliases(store, "r1-gan") == {"champion": 3, "previous-champion": 1,
                                           "challenger": 2}  # fmt: skip
     from mlflow import MlflowClient
 
-    tags = MlflowClient(server).get_model_version("r1-gan", "3").tags
+    tags = MlflowClient(store).get_model_version("r1-gan", "3").tags
     assert json.loads(tags[lineage.TAG_COMPARED])["rescored_from"]["value"] == 2.0
     assert tags[lineage.TAG_DECISION] == "champion"
 
     # the same data as the champion now: no re-score
-    worse = do_register(gan_outputs(tmp_path / "d", server, fid=1.3, seed=3, data_hash="new"),
-                        server, "r1", score=scores)  # fmt: skip
+    worse = do_register(gan_outputs(tmp_path / "d", store, fid=1.3, seed=3, data_hash="new"),
+                        store, "r1", score=scores)  # fmt: skip
     assert worse["decision"] == "challenger" and len(scores.seen) == 1
 
 
-@pytest.mark.integration
-def test_a_champion_whose_files_are_gone_is_replaced_with_that_reason(server, tmp_path):
-    do_register(gan_outputs(tmp_path / "a", server, fid=1.0, data_hash="old"), server, "r2")
+def test_a_champion_whose_files_are_gone_is_replaced_with_that_reason(store, tmp_path):
+    do_register(gan_outputs(tmp_path / "a", store, fid=1.0, data_hash="old"), store, "r2")
 
     def lost(weights_dir: Path) -> dict:
         raise FileNotFoundError(f"{weights_dir}: the artifact store lost it")
 
-    new = gan_outputs(tmp_path / "b", server, fid=5.0, seed=1, data_hash="new")
-    result = do_register(new, server, "r2", score=lost)
+    new = gan_outputs(tmp_path / "b", store, fid=5.0, seed=1, data_hash="new")
+    result = do_register(new, store, "r2", score=lost)
     assert result["decision"] == "champion"
     assert "cannot be loaded" in result["reason"]
     assert "the artifact store lost it" in result["reason"]
 
 
-@pytest.mark.integration
-def test_a_branch_registers_a_candidate_and_leaves_champion_and_challenger(server, tmp_path):
-    do_register(gan_outputs(tmp_path / "a", server, fid=2.0), server, "r3")
-    do_register(gan_outputs(tmp_path / "b", server, fid=3.0, seed=1), server, "r3")
-    before = aliases(server, "r3-gan")
+def test_a_branch_registers_a_candidate_and_leaves_champion_and_challenger(store, tmp_path):
+    do_register(gan_outputs(tmp_path / "a", store, fid=2.0), store, "r3")
+    do_register(gan_outputs(tmp_path / "b", store, fid=3.0, seed=1), store, "r3")
+    before = aliases(store, "r3-gan")
     assert before == {"champion": 1, "challenger": 2}
-    outputs = gan_outputs(tmp_path / "c", server, fid=1.0, seed=2)
-    pr = do_register(outputs, server, "r3", branch="feature/better-lr")
+    outputs = gan_outputs(tmp_path / "c", store, fid=1.0, seed=2)
+    pr = do_register(outputs, store, "r3", branch="feature/better-lr")
     assert pr["decision"] == "candidate" and pr["branch"] == "feature/better-lr"
     assert "on merge it would become champion (fid 1 vs champion v1's 2)" in pr["reason"]
-    assert aliases(server, "r3-gan") == {**before, "candidate-feature-better-lr": 3}
+    assert aliases(store, "r3-gan") == {**before, "candidate-feature-better-lr": 3}
     # the branch again: nothing more; merged, the default branch's register decides
-    assert do_register(outputs, server, "r3", branch="feature/better-lr")["decision"] == (
+    assert do_register(outputs, store, "r3", branch="feature/better-lr")["decision"] == (
         "already registered"
     )
-    merged = do_register(outputs, server, "r3", branch="main")
+    merged = do_register(outputs, store, "r3", branch="main")
     assert (merged["version"], merged["decision"]) == (3, "champion")
-    assert aliases(server, "r3-gan")["champion"] == 3
+    assert aliases(store, "r3-gan")["champion"] == 3
 
 
-@pytest.mark.integration
-def test_registering_a_run_twice_makes_one_version(server, tmp_path):
-    outputs = gan_outputs(tmp_path, server, fid=1.0)
-    first = do_register(outputs, server, "t3")
-    again = do_register(outputs, server, "t3")
+def test_registering_a_run_twice_makes_one_version(store, tmp_path):
+    outputs = gan_outputs(tmp_path, store, fid=1.0)
+    first = do_register(outputs, store, "t3")
+    again = do_register(outputs, store, "t3")
     assert again["version"] == first["version"] == 1
     assert again["decision"] == "already registered" and again["aliases"] == ["champion"]
 
 
-@pytest.mark.integration
-def test_a_rerun_that_reproduces_the_weights_is_not_a_new_version(server, tmp_path):
+def test_a_rerun_that_reproduces_the_weights_is_not_a_new_version(store, tmp_path):
     """Another run (a forced retraining, a --temp experiment) with bitwise-identical weights
     is the same model."""
-    first = do_register(gan_outputs(tmp_path / "a", server, fid=1.0, seed=0), server, "t12")
-    same = do_register(gan_outputs(tmp_path / "b", server, fid=1.0, seed=0), server, "t12")
+    first = do_register(gan_outputs(tmp_path / "a", store, fid=1.0, seed=0), store, "t12")
+    same = do_register(gan_outputs(tmp_path / "b", store, fid=1.0, seed=0), store, "t12")
     assert same["run_id"] != first["run_id"]
     assert (same["version"], same["decision"]) == (1, "already registered")
-    other = do_register(gan_outputs(tmp_path / "c", server, fid=1.0, seed=1), server, "t12")
+    other = do_register(gan_outputs(tmp_path / "c", store, fid=1.0, seed=1), store, "t12")
     assert other["version"] == 2
 
 
-@pytest.mark.integration
 def test_a_failure_before_the_aliases_move_leaves_the_champion_and_is_finished_later(
-    server, tmp_path, monkeypatch
+    store, tmp_path, monkeypatch
 ):
     from mlflow import MlflowClient
 
-    do_register(gan_outputs(tmp_path / "a", server, fid=2.0), server, "t9")
-    better = gan_outputs(tmp_path / "b", server, fid=1.0, seed=1)
+    do_register(gan_outputs(tmp_path / "a", store, fid=2.0), store, "t9")
+    better = gan_outputs(tmp_path / "b", store, fid=1.0, seed=1)
 
     def crash(*args, **kwargs):
         raise RuntimeError("the process dies here")
@@ -309,21 +316,21 @@ def test_a_failure_before_the_aliases_move_leaves_the_champion_and_is_finished_l
     with monkeypatch.context() as patch:
         patch.setattr(MlflowClient, "set_registered_model_alias", crash)
         with pytest.raises(RuntimeError):
-            do_register(better, server, "t9")
+            do_register(better, store, "t9")
     # version 2 exists, but no alias points at it: the champion is still version 1
-    assert aliases(server, "t9-gan") == {"champion": 1}
-    assert len(MlflowClient(server).search_model_versions("name = 't9-gan'")) == 2
+    assert aliases(store, "t9-gan") == {"champion": 1}
+    assert len(MlflowClient(store).search_model_versions("name = 't9-gan'")) == 2
     # the rerun finishes the gate for that version rather than registering a third
-    result = do_register(better, server, "t9")
+    result = do_register(better, store, "t9")
     assert (result["version"], result["decision"]) == (2, "champion")
-    assert aliases(server, "t9-gan") == {"champion": 2, "previous-champion": 1}
+    assert aliases(store, "t9-gan") == {"champion": 2, "previous-champion": 1}
 
     # cut short after the aliases moved but before the decision was recorded: the champion
     # is not compared with itself (which would make it its own challenger)
-    MlflowClient(server).delete_model_version_tag("t9-gan", "2", lineage.TAG_DECISION)
-    again = do_register(better, server, "t9")
+    MlflowClient(store).delete_model_version_tag("t9-gan", "2", lineage.TAG_DECISION)
+    again = do_register(better, store, "t9")
     assert (again["version"], again["decision"]) == (2, "champion")
-    assert aliases(server, "t9-gan") == {"champion": 2, "previous-champion": 1}
+    assert aliases(store, "t9-gan") == {"champion": 2, "previous-champion": 1}
 
 
 def hand_set_champion(uri: str, name: str, version: int) -> str:
@@ -340,76 +347,71 @@ def hand_set_champion(uri: str, name: str, version: int) -> str:
     return found.run_id
 
 
-@pytest.mark.integration
-def test_a_champion_set_by_hand_is_compared_on_its_runs_eval_metric(server, tmp_path):
+def test_a_champion_set_by_hand_is_compared_on_its_runs_eval_metric(store, tmp_path):
     from mlflow import MlflowClient
 
-    do_register(gan_outputs(tmp_path / "a", server, fid=2.0), server, "t13")
-    run_id = hand_set_champion(server, "t13-gan", 1)
-    MlflowClient(server).log_metric(run_id, "eval/fid", 2.0)  # as evaluate@gan logs
-    worse = do_register(gan_outputs(tmp_path / "b", server, fid=3.0, seed=1), server, "t13")
+    do_register(gan_outputs(tmp_path / "a", store, fid=2.0), store, "t13")
+    run_id = hand_set_champion(store, "t13-gan", 1)
+    MlflowClient(store).log_metric(run_id, "eval/fid", 2.0)  # as evaluate@gan logs
+    worse = do_register(gan_outputs(tmp_path / "b", store, fid=3.0, seed=1), store, "t13")
     assert (worse["decision"], worse["compared"]) == ("challenger", {"version": 1, "value": 2.0,
                                                                      "std": None})  # fmt: skip
     assert "its run's eval/fid" in worse["reason"]
-    better = do_register(gan_outputs(tmp_path / "c", server, fid=1.0, seed=2), server, "t13")
+    better = do_register(gan_outputs(tmp_path / "c", store, fid=1.0, seed=2), store, "t13")
     assert better["decision"] == "champion"
-    assert aliases(server, "t13-gan") == {"champion": 3, "previous-champion": 1, "challenger": 2}
+    assert aliases(store, "t13-gan") == {"champion": 3, "previous-champion": 1, "challenger": 2}
 
 
-@pytest.mark.integration
-def test_a_champion_set_by_hand_without_a_value_is_replaced(server, tmp_path):
-    do_register(gan_outputs(tmp_path / "a", server, fid=1.0), server, "t14")
-    hand_set_champion(server, "t14-gan", 1)  # its run has no eval/fid either
-    result = do_register(gan_outputs(tmp_path / "b", server, fid=5.0, seed=1), server, "t14")
+def test_a_champion_set_by_hand_without_a_value_is_replaced(store, tmp_path):
+    do_register(gan_outputs(tmp_path / "a", store, fid=1.0), store, "t14")
+    hand_set_champion(store, "t14-gan", 1)  # its run has no eval/fid either
+    result = do_register(gan_outputs(tmp_path / "b", store, fid=5.0, seed=1), store, "t14")
     assert (result["version"], result["decision"]) == (2, "champion")
     assert "replaced" in result["reason"]
     assert result["compared"] == {"version": 1, "value": None, "std": None}
-    assert aliases(server, "t14-gan") == {"champion": 2, "previous-champion": 1}
+    assert aliases(store, "t14-gan") == {"champion": 2, "previous-champion": 1}
 
 
-@pytest.mark.integration
-def test_an_operators_rollback_of_champion_sticks(server, tmp_path):
+def test_an_operators_rollback_of_champion_sticks(store, tmp_path):
     """An operator rolls champion back to a worse version (v3 has a problem no metric sees).
     The next register compares with the operator's champion and never moves it on its own:
     no "v1 beats champion v2" from reconcile, which repairs only a race."""
     from mlflow import MlflowClient
 
-    do_register(gan_outputs(tmp_path / "a", server, fid=2.0), server, "o1")  # v1 champion
-    do_register(gan_outputs(tmp_path / "b", server, fid=1.0, seed=1), server, "o1")  # v2
-    assert aliases(server, "o1-gan")["champion"] == 2
-    MlflowClient(server).set_registered_model_alias("o1-gan", "champion", "1")  # the rollback
-    worse = do_register(gan_outputs(tmp_path / "c", server, fid=1.99, seed=2), server, "o1")
+    do_register(gan_outputs(tmp_path / "a", store, fid=2.0), store, "o1")  # v1 champion
+    do_register(gan_outputs(tmp_path / "b", store, fid=1.0, seed=1), store, "o1")  # v2
+    assert aliases(store, "o1-gan")["champion"] == 2
+    MlflowClient(store).set_registered_model_alias("o1-gan", "champion", "1")  # the rollback
+    worse = do_register(gan_outputs(tmp_path / "c", store, fid=1.99, seed=2), store, "o1")
     assert worse["decision"] == "challenger" and worse["compared"]["version"] == 1
-    assert aliases(server, "o1-gan")["champion"] == 1  # the operator's choice stands
+    assert aliases(store, "o1-gan")["champion"] == 1  # the operator's choice stands
     assert worse["aliases"] == ["challenger"]
     # a version that beats the operator's champion still becomes champion: the gate's rule
-    better = do_register(gan_outputs(tmp_path / "d", server, fid=1.5, seed=3), server, "o1")
+    better = do_register(gan_outputs(tmp_path / "d", store, fid=1.5, seed=3), store, "o1")
     assert better["decision"] == "champion" and better["aliases"] == ["champion"]
-    assert aliases(server, "o1-gan")["champion"] == 4  # not v2, though v2's fid is lower
+    assert aliases(store, "o1-gan")["champion"] == 4  # not v2, though v2's fid is lower
 
 
-@pytest.mark.integration
-def test_a_champion_set_by_hand_on_a_version_without_a_run_stays_replaced(server, tmp_path):
+def test_a_champion_set_by_hand_on_a_version_without_a_run_stays_replaced(store, tmp_path):
     """A champion set by hand on a version with no run is replaced by the next register, and
     reconcile leaves it so: registry.json's decision and aliases agree."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(server)
-    do_register(gan_outputs(tmp_path / "a", server, fid=1.0), server, "o2")  # v1, the best
+    client = MlflowClient(store)
+    do_register(gan_outputs(tmp_path / "a", store, fid=1.0), store, "o2")  # v1, the best
     logged = client.create_logged_model(client.get_experiment_by_name("Default").experiment_id)
     bare = client.create_model_version("o2-gan", f"models:/{logged.model_id}",
                                        model_id=logged.model_id)  # v2: a model with no run
     client.set_registered_model_alias("o2-gan", "champion", bare.version)
-    result = do_register(gan_outputs(tmp_path / "b", server, fid=3.0, seed=1), server, "o2")
+    result = do_register(gan_outputs(tmp_path / "b", store, fid=3.0, seed=1), store, "o2")
     assert (result["version"], result["decision"]) == (3, "champion")
     assert result["decision"] in result["aliases"]
-    assert aliases(server, "o2-gan")["champion"] == 3  # not moved on to v1's lower fid
+    assert aliases(store, "o2-gan")["champion"] == 3  # not moved on to v1's lower fid
 
 
-@pytest.mark.integration
-def test_a_conflicting_write_is_retried(server, tmp_path, monkeypatch):
+def test_a_conflicting_write_is_retried(store, tmp_path, monkeypatch):
     """Another register writing the same model at once fails a call (a conflicting insert on
-    the server): the pass is repeated, and finishes."""
+    the store): the pass is repeated, and finishes."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -424,17 +426,16 @@ def test_a_conflicting_write_is_retried(server, tmp_path, monkeypatch):
         return set_alias(self, *args, **kwargs)
 
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", conflict_once)
-    result = do_register(gan_outputs(tmp_path, server, fid=1.0), server, "t11")
+    result = do_register(gan_outputs(tmp_path, store, fid=1.0), store, "t11")
     assert (result["version"], result["decision"]) == (1, "champion") and len(calls) == 2
 
 
-@pytest.mark.integration
-def test_rebuild_from_dvc_outputs_when_the_run_is_not_on_the_server(server, tmp_path):
+def test_rebuild_from_dvc_outputs_when_the_run_is_not_on_the_server(store, tmp_path):
     from mlflow import MlflowClient
 
-    outputs = gan_outputs(tmp_path, server, fid=1.0, run=False)
-    result = do_register(outputs, server, "t4")
-    client = MlflowClient(server)
+    outputs = gan_outputs(tmp_path, store, fid=1.0, run=False)
+    result = do_register(outputs, store, "t4")
+    client = MlflowClient(store)
     run = client.get_run(result["run_id"])
     assert run.data.tags[lineage.TAG_SOURCE_RUN] == "f" * 32
     # where, and tagged as, the train stage would have put it
@@ -446,7 +447,7 @@ def test_rebuild_from_dvc_outputs_when_the_run_is_not_on_the_server(server, tmp_
     assert run.data.metrics["eval/fid"] == 1.0 and run.data.metrics["loss_d"] == 1.1
     assert run.data.params["seed"] == "0"
     # a second register finds the rebuilt run instead of rebuilding it
-    assert do_register(outputs, server, "t4")["run_id"] == result["run_id"]
+    assert do_register(outputs, store, "t4")["run_id"] == result["run_id"]
 
 
 @pytest.mark.integration
@@ -465,7 +466,6 @@ def test_champion_loads_and_generates_in_a_fresh_process(server, tmp_path):
     assert "(3, 1, 8, 8) uint8" in out.stdout
 
 
-@pytest.mark.integration
 def test_lost_model_files_are_logged_again_or_the_champion_replaced(tmp_path, monkeypatch):
     """A store that lost its files (a restarted S3 stand-in, a lifecycle rule): register
     logs this very version's files again from the DVC-cached weights, and a champion whose
@@ -503,16 +503,13 @@ def test_lost_model_files_are_logged_again_or_the_champion_replaced(tmp_path, mo
     assert mlflow.pyfunc.load_model("models:/r5-gan@champion") is not None
 
 
-@pytest.mark.integration
-def test_a_register_that_fails_after_logging_leaves_no_orphan_model(tmp_path, monkeypatch):
+def test_a_register_that_fails_after_logging_leaves_no_orphan_model(store, tmp_path, monkeypatch):
     """The store fails between logging the model and registering it (PostgreSQL down, say):
     the next register registers that logged model rather than logging another."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    monkeypatch.chdir(tmp_path)
-    store = f"sqlite:///{tmp_path}/mlflow.db"
     outputs = gan_outputs(tmp_path / "a", store, fid=1.0)
     real = mlflow.register_model
 
@@ -533,10 +530,9 @@ def test_a_register_that_fails_after_logging_leaves_no_orphan_model(tmp_path, mo
     assert client.get_model_version("r6-gan", "1").source == f"models:/{logged[0].model_id}"
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize("stop", ["SIGTERM", "an error", "SIGINT"])
 def test_a_register_stopped_while_logging_leaves_the_training_run_finished(
-    tmp_path, monkeypatch, stop
+    store, tmp_path, monkeypatch, stop
 ):
     """register logs the model with the training run as its source, without reopening the
     run; a signal or an error while it logs must not mark the training FAILED or KILLED:
@@ -546,8 +542,6 @@ def test_a_register_stopped_while_logging_leaves_the_training_run_finished(
 
     from genpipe.stage import Terminated
 
-    monkeypatch.chdir(tmp_path)
-    store = f"sqlite:///{tmp_path}/mlflow.db"
     outputs = gan_outputs(tmp_path / "a", store, fid=1.0)
     run_id = json.loads(outputs.record.read_text())["run_id"]
     assert MlflowClient(store).get_run(run_id).info.status == "FINISHED"
@@ -559,7 +553,7 @@ def test_a_register_stopped_while_logging_leaves_the_training_run_finished(
 
     monkeypatch.setattr(pyfunc, "save_model", stopped)
     with pytest.raises((KeyboardInterrupt, OSError, RegistryError)):
-        do_register(outputs, store, "r7")
+        do_register(outputs, store, f"r7-{stop.split()[-1].lower()}")
     assert MlflowClient(store).get_run(run_id).info.status == "FINISHED"
 
 
@@ -714,12 +708,11 @@ def test_server_down_is_a_clear_error_and_changes_nothing(tmp_path, server):
         do_register(outputs, down, "t7")
 
 
-@pytest.mark.integration
-def test_missing_metrics_are_named(tmp_path, server):
-    outputs = gan_outputs(tmp_path, server, fid=1.0)
+def test_missing_metrics_are_named(tmp_path, store):
+    outputs = gan_outputs(tmp_path, store, fid=1.0)
     outputs.metrics.unlink()
     with pytest.raises(RegistryError, match=r"metrics.json: expected the evaluate stage"):
-        do_register(outputs, server, "t8")
+        do_register(outputs, store, "t8")
 
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / ".test-artifacts"  # git-ignored
@@ -802,18 +795,17 @@ def test_mlflow_ui_opens_in_model_training_and_shows_runs_datasets_and_aliases(
 # --- what goes wrong ---------------------------------------------------------------------------
 
 
-@pytest.mark.integration
-def test_weights_replaced_under_the_same_run_get_a_new_version(server, tmp_path):
+def test_weights_replaced_under_the_same_run_get_a_new_version(store, tmp_path):
     """The run id alone does not make a version: its weights' hash must match too."""
-    outputs = gan_outputs(tmp_path, server, fid=2.0)
-    first = do_register(outputs, server, "t15")
+    outputs = gan_outputs(tmp_path, store, fid=2.0)
+    first = do_register(outputs, store, "t15")
     torch.manual_seed(1)  # other weights, the same mlflow_run.json
     save_weights(Generator(8, 1, z_dim=4, width=8), outputs.weights / "generator_ema.safetensors")
     outputs.metrics.write_text(json.dumps({"fid": 1.0}))
-    second = do_register(outputs, server, "t15")
+    second = do_register(outputs, store, "t15")
     assert second["run_id"] == first["run_id"]
     assert (second["version"], second["decision"]) == (2, "champion")
-    again = do_register(outputs, server, "t15")
+    again = do_register(outputs, store, "t15")
     assert (again["version"], again["decision"]) == (2, "already registered")
 
 
@@ -828,9 +820,10 @@ def test_corrupt_mlflow_db_in_register_is_one_line(tmp_path, monkeypatch):
     assert "`mv mlflow.db mlflow.db.corrupt`" in str(excinfo.value)
 
 
+@pytest.mark.integration  # about 13 s: MLflow's own retries, at genpipe's bounds
 def test_server_whose_api_fails_fails_register_within_seconds(http_server, tmp_path,
                                                               monkeypatch):  # fmt: skip
-    for key in store.HTTP_DEFAULTS:
+    for key in tracking_store.HTTP_DEFAULTS:
         monkeypatch.delenv(key, raising=False)
     http_server.route("/health", (200, b"OK"))
     http_server.route("/api/*", (500, b'{"error_code": "INTERNAL_ERROR", "message": "boom"}'))

@@ -670,3 +670,12 @@ def test_a_missing_info_json_is_one_line(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError, match=r"data/prepared/info.json: expected the fetch stage's"):
         prepared_input({"source": "digits"}, "test", "e" * 64)
+
+
+def test_the_limits_genpipe_cuts_values_to_are_mlflows():
+    from mlflow.utils import validation
+
+    assert limits.PARAM_VALUE_MAX == validation.MAX_PARAM_VAL_LENGTH
+    assert limits.TAG_VALUE_MAX <= validation.MAX_TAG_VAL_LENGTH  # older servers: 5000
+    assert limits.TAG_VALUE_MAX <= validation.MAX_MODEL_REGISTRY_TAG_VALUE_LENGTH
+    assert limits.DATASET_DIGEST_MAX == validation.MAX_DATASET_DIGEST_SIZE

@@ -17,8 +17,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from genpipe.tracking.limits import TAG_VALUE_MAX
+
 TAG_PREFIX = "genpipe.history."
-REASON_MAX = 1500  # MLflow's limit on a tag's value is 5000 characters
+# a change is a tag whose value is its JSON: the reason within it leaves room for the rest
+REASON_MAX = TAG_VALUE_MAX - 3500
 
 
 @dataclass(frozen=True)
