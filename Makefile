@@ -24,8 +24,9 @@ run: $(STAMP)
 test: $(STAMP)
 	python -m pytest
 
+# two workers (pytest-xdist); tests that share a fixture's work run in one group
 test-slow: $(STAMP)
-	python -m pytest -m "slow or integration"
+	python -m pytest -m "slow or integration" -n 2 --dist loadgroup
 
 test-all: $(STAMP)
 	python -m pytest -m ""

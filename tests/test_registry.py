@@ -1025,8 +1025,8 @@ def test_registry_check_finds_a_deleted_version_and_repair_registers_again(
     tmp_path, monkeypatch, capsys
 ):
     """The registry is outside DVC's view: a model deleted in the MLflow UI leaves `dvc repro`
-    up to date. `genpipe registry check` (which `make run` runs) sees it; --repair reruns
-    register@<model>."""
+    up to date. `genpipe registry check` (which `make run` runs) sees it; --repair runs
+    register@<model>'s script again, outside DVC, so dvc.lock is left as it is."""
     from mlflow import MlflowClient
 
     from genpipe.cli import main
@@ -1055,13 +1055,23 @@ def test_registry_check_finds_a_deleted_version_and_repair_registers_again(
                    "(gan); run `genpipe registry check --repair` to register them again")
     ran = []
 
-    def dvc(command):
+    def script(command, **kwargs):
         ran.append(command)
-        return subprocess.CompletedProcess(command, 0)
+        return subprocess.CompletedProcess(command, 0, stderr="")
 
-    monkeypatch.setattr(checking.subprocess, "run", dvc)
+    monkeypatch.setattr(checking.subprocess, "run", script)
     main(["registry", "check", "--repair"])  # returns: the repair succeeded
-    assert ran == [["dvc", "repro", "--force", "--single-item", "register@gan"]]
+    assert ran == [[sys.executable, "pipeline/register.py", "gan"]]  # not `dvc repro`
+
+    def fails(command, **kwargs):
+        return subprocess.CompletedProcess(command, 1, stderr="error: the server is down\n")
+
+    monkeypatch.setattr(checking.subprocess, "run", fails)
+    with pytest.raises(SystemExit) as excinfo:
+        main(["registry", "check", "--repair"])
+    assert excinfo.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: register@gan: expected the model registered again; error: the server is down")
 
 
 @pytest.mark.integration
