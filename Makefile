@@ -24,9 +24,10 @@ run: $(STAMP)
 test: $(STAMP)
 	python -m pytest
 
-# two workers (pytest-xdist); tests that share a fixture's work run in one group
+# two workers (pytest-xdist); a module's (or a class's) tests run on one worker, so the
+# module-scoped servers and stacks and the session's trained project are built once
 test-slow: $(STAMP)
-	python -m pytest -m "slow or integration" -n 2 --dist loadgroup
+	python -m pytest -m "slow or integration" -n 2 --dist loadscope
 
 test-all: $(STAMP)
 	python -m pytest -m ""

@@ -383,156 +383,168 @@ def versions(uri: str, name: str) -> list[int]:
     return sorted(int(v.version) for v in found)
 
 
-@pytest.mark.slow
-def test_ci_retrain_on_new_images_in_a_dvc_tracked_folder(project, tmp_path, server):  # noqa: F811
-    images = project / "images"
-    for c, cls in enumerate(("circle", "square")):
-        for i in range(120):
-            write_png(images / cls / f"{i:03d}.png", (8, 8), seed=1000 * c + i)
-    set_params(project, data={"source": "folder", "path": "images", "channels": 3,
-                              "image_size": 8},
-               validate={"min_images_per_split": 20},
-               evaluate={"domain": {"steps": 20, "width": 4, "min_accuracy": 0.0}},
-               register={"name_prefix": "ci"})  # fmt: skip
-    remote = tmp_path / "remote"
-    (tmp_path / "a-file").write_text("not a folder")  # a remote the push cannot write to
-    sh("dvc", "remote", "add", "-d", "storage", str(tmp_path / "a-file/remote"), cwd=project)
-    sh("dvc", "add", "images", cwd=project)
-    sh("git", "add", "-A", cwd=project)
-    sh("git", "commit", "-q", "-m", "images", cwd=project)
+class TestRetrainOnNewImages:
+    """`genpipe ci-retrain` end to end on a folder that grows on a branch (a class: its own
+    pytest-xdist scope, beside the other end-to-end test)."""
 
-    # the remote refuses the push: the stages ran, but no version names outputs it lacks
-    refused, report = retrain(project, server, "HEAD", check=False)
-    assert refused.returncode != 0
-    assert stages_run(refused.stdout) == [s for s in ALL_STAGES if not s.startswith("register")]
-    assert "**Failed:** dvc push: expected the outputs to reach the remote" in report
-    assert versions(server, "ci-gan") == [] and versions(server, "ci-autoencoder") == []
-
-    # the first run with a remote that takes the outputs: pushed, then version 1 of each
-    sh("dvc", "remote", "modify", "storage", "url", str(remote), cwd=project)
-    sh("git", "commit", "-q", "-am", "the remote", cwd=project)
-    first, report = retrain(project, server, "HEAD")
-    assert stages_run(first.stdout) == ["register@gan", "register@autoencoder"]
-    assert versions(server, "ci-gan") == [1] and versions(server, "ci-autoencoder") == [1]
-    assert any(remote.rglob("*")), "nothing was pushed"
-    linked = (f"[ci-gan]({server}/#/models/ci-gan?workflowType=machine_learning) | "
-              f"[v1]({server}/#/models/ci-gan/versions/1?workflowType=machine_learning)")
-    assert linked in report
-    assert "checks.images.shape" not in report  # validation checks: failures are reported
-    sh("git", "add", "dvc.lock", cwd=project)  # as the workflow does
-    sh("git", "commit", "-q", "-m", "retrain", cwd=project)
-
-    # a fresh clone (a CI runner) with the same data and code: nothing reruns
-    clone = tmp_path / "clone"
-    sh("git", "clone", "-q", str(project), str(clone), cwd=tmp_path)
-    second, report = retrain(clone, server, "HEAD")
-    assert stages_run(second.stdout) == []
-    assert "Nothing rerun" in report
-    assert versions(server, "ci-gan") == [1] and versions(server, "ci-autoencoder") == [1]
-
-    # new images on a branch, committed with `dvc add`: everything from fetch on reruns, new
-    # versions, each under the branch's own alias: champion and challenger do not move
-    sh("git", "checkout", "-q", "-b", "more-images", cwd=clone)
-    sh("dvc", "pull", "-q", "images.dvc", cwd=clone)
-    for i in range(30):
-        write_png(clone / "images/circle" / f"new{i:02d}.png", (8, 8), seed=5000 + i)
-    sh("dvc", "add", "images", cwd=clone)
-    sh("git", "commit", "-q", "-am", "more images", cwd=clone)
-    third, report = retrain(clone, server, "HEAD~1")
-    assert stages_run(third.stdout) == ALL_STAGES[1:]  # params.yaml is as it was
-    assert versions(server, "ci-gan") == [1, 2] and versions(server, "ci-autoencoder") == [1, 2]
-    registered = json.loads((clone / "reports/gan/registry.json").read_text())
-    assert (registered["version"], registered["decision"]) == (2, "candidate")
-    assert registered["reason"].startswith("branch more-images, not main: on merge it would")
-    assert aliases(server, "ci-gan") == {"champion": 1, "candidate-more-images": 2}
-    assert "Branch: `more-images`" in report
-    assert "| **candidate** |" in report and "[v2](" in report
-    # the report diffs metrics against the previous commit: the FID changed
-    assert "### Metrics against `HEAD~1`" in report
-    assert "reports/gan/metrics.json" in report and "| fid " in report
-    sh("git", "add", "dvc.lock", cwd=clone)  # as the workflow does
-    sh("git", "commit", "-q", "-m", "retrain", cwd=clone)
-
-    # merged: no stage reruns on main, but main's gate decides each candidate, against the
-    # champion scored again on the grown data
-    sh("git", "checkout", "-q", "main", cwd=clone)
-    sh("git", "merge", "-q", "--ff-only", "more-images", cwd=clone)
-    fourth, report = retrain(clone, server, "HEAD~2")
-    assert stages_run(fourth.stdout) == []
-    for model in ("gan", "autoencoder"):
-        registered = json.loads((clone / f"reports/{model}/registry.json").read_text())
-        assert registered["version"] == 2 and registered["branch"] == "main"
-        assert registered["decision"] in ("champion", "challenger"), registered
-        assert registered["compared"]["version"] == 1
-        assert registered["compared"]["rescored_from"]["value"] is not None
-        assert "re-scored on today's data" in registered["reason"]
-        assert aliases(server, f"ci-{model}")[registered["decision"]] == 2
-    assert versions(server, "ci-gan") == [1, 2]  # decided, not registered again
-    # and the new outputs reached the remote: a third clone pulls them
-    other = tmp_path / "other"
-    sh("git", "clone", "-q", str(project), str(other), cwd=tmp_path)
-    sh("git", "pull", "-q", str(clone), "HEAD", cwd=other)
-    sh("dvc", "pull", "-q", "train@gan", cwd=other)
-    assert (other / "models/gan/weights/config.json").is_file()
-
-
-@pytest.mark.slow
-def test_a_grown_folder_makes_a_better_model_champion_and_a_worse_one_challenger(
-    project, tmp_path, server  # noqa: F811
-):
-    """A folder of handwritten digits grows twice on main. First with models trained for
-    400 steps against a champion of one step: better on today's data than the champion
-    scored again on it, so they become champion. Then with models of one step again:
-    worse, so they stay challenger."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = project / "images"
-
-    def add_digits(start: int, stop: int) -> None:
-        for i in range(start, stop):
-            pixels = (digits.images[i] * (255 / 16)).round().astype("uint8")
-            path = images / str(digits.target[i]) / f"{i:04d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels).save(path)
-
-    set_params(project, data={"source": "folder", "path": "images", "image_size": 8},
-               validate={"min_images_per_split": 20},
-               register={"name_prefix": "grow"})  # fmt: skip
-    sh("dvc", "remote", "add", "-d", "storage", str(tmp_path / "remote"), cwd=project)
-
-    def grow_and_retrain(stop: int, steps: int) -> dict[str, dict]:
-        add_digits(0, stop)
-        set_params(project, gan={"steps": steps}, autoencoder={"steps": steps})
+    @pytest.mark.slow
+    def test_ci_retrain_on_new_images_in_a_dvc_tracked_folder(
+        self, project, tmp_path, server  # noqa: F811
+    ):
+        images = project / "images"
+        for c, cls in enumerate(("circle", "square")):
+            for i in range(120):
+                write_png(images / cls / f"{i:03d}.png", (8, 8), seed=1000 * c + i)
+        set_params(project, data={"source": "folder", "path": "images", "channels": 3,
+                                  "image_size": 8},
+                   validate={"min_images_per_split": 20},
+                   evaluate={"domain": {"steps": 20, "width": 4, "min_accuracy": 0.0}},
+                   register={"name_prefix": "ci"})  # fmt: skip
+        remote = tmp_path / "remote"
+        (tmp_path / "a-file").write_text("not a folder")  # a remote the push cannot write to
+        sh("dvc", "remote", "add", "-d", "storage", str(tmp_path / "a-file/remote"), cwd=project)
         sh("dvc", "add", "images", cwd=project)
         sh("git", "add", "-A", cwd=project)
-        sh("git", "commit", "-q", "-m", f"digits up to {stop}, {steps} steps", cwd=project)
-        first = stop == 600
-        result, _ = retrain(project, server, "HEAD" if first else "HEAD~1")
-        assert "fetch" in stages_run(result.stdout), result.stdout  # the data changed
+        sh("git", "commit", "-q", "-m", "images", cwd=project)
+
+        # the remote refuses the push: the stages ran, but no version names outputs it lacks
+        refused, report = retrain(project, server, "HEAD", check=False)
+        assert refused.returncode != 0
+        assert stages_run(refused.stdout) == [s for s in ALL_STAGES if not s.startswith("register")]
+        assert "**Failed:** dvc push: expected the outputs to reach the remote" in report
+        assert versions(server, "ci-gan") == [] and versions(server, "ci-autoencoder") == []
+
+        # the first run with a remote that takes the outputs: pushed, then version 1 of each
+        sh("dvc", "remote", "modify", "storage", "url", str(remote), cwd=project)
+        sh("git", "commit", "-q", "-am", "the remote", cwd=project)
+        first, report = retrain(project, server, "HEAD")
+        assert stages_run(first.stdout) == ["register@gan", "register@autoencoder"]
+        assert versions(server, "ci-gan") == [1] and versions(server, "ci-autoencoder") == [1]
+        assert any(remote.rglob("*")), "nothing was pushed"
+        linked = (f"[ci-gan]({server}/#/models/ci-gan?workflowType=machine_learning) | "
+                  f"[v1]({server}/#/models/ci-gan/versions/1?workflowType=machine_learning)")
+        assert linked in report
+        assert "checks.images.shape" not in report  # validation checks: failures are reported
         sh("git", "add", "dvc.lock", cwd=project)  # as the workflow does
         sh("git", "commit", "-q", "-m", "retrain", cwd=project)
-        return {model: json.loads((project / f"reports/{model}/registry.json").read_text())
-                for model in ("gan", "autoencoder")}  # fmt: skip
 
-    first = grow_and_retrain(600, steps=1)
-    assert {r["decision"] for r in first.values()} == {"champion"}
+        # a fresh clone (a CI runner) with the same data and code: nothing reruns
+        clone = tmp_path / "clone"
+        sh("git", "clone", "-q", str(project), str(clone), cwd=tmp_path)
+        second, report = retrain(clone, server, "HEAD")
+        assert stages_run(second.stdout) == []
+        assert "Nothing rerun" in report
+        assert versions(server, "ci-gan") == [1] and versions(server, "ci-autoencoder") == [1]
 
-    better = grow_and_retrain(800, steps=400)
-    for model, registered in better.items():
-        assert registered["version"] == 2 and registered["decision"] == "champion", registered
-        compared = registered["compared"]
-        assert compared["version"] == 1 and compared["rescored_from"]["value"] is not None
-        assert compared["rescored_from"]["value"] != compared["value"]  # on the grown data
-        assert registered["value"] < compared["value"], model
-        assert aliases(server, f"grow-{model}") == {"champion": 2, "previous-champion": 1}
+        # new images on a branch, committed with `dvc add`: everything from fetch on reruns, new
+        # versions, each under the branch's own alias: champion and challenger do not move
+        sh("git", "checkout", "-q", "-b", "more-images", cwd=clone)
+        sh("dvc", "pull", "-q", "images.dvc", cwd=clone)
+        for i in range(30):
+            write_png(clone / "images/circle" / f"new{i:02d}.png", (8, 8), seed=5000 + i)
+        sh("dvc", "add", "images", cwd=clone)
+        sh("git", "commit", "-q", "-am", "more images", cwd=clone)
+        third, report = retrain(clone, server, "HEAD~1")
+        assert stages_run(third.stdout) == ALL_STAGES[1:]  # params.yaml is as it was
+        assert versions(server, "ci-gan") == [1, 2] and versions(server, "ci-autoencoder") == [1, 2]
+        registered = json.loads((clone / "reports/gan/registry.json").read_text())
+        assert (registered["version"], registered["decision"]) == (2, "candidate")
+        assert registered["reason"].startswith("branch more-images, not main: on merge it would")
+        assert aliases(server, "ci-gan") == {"champion": 1, "candidate-more-images": 2}
+        assert "Branch: `more-images`" in report
+        assert "| **candidate** |" in report and "[v2](" in report
+        # the report diffs metrics against the previous commit: the FID changed
+        assert "### Metrics against `HEAD~1`" in report
+        assert "reports/gan/metrics.json" in report and "| fid " in report
+        sh("git", "add", "dvc.lock", cwd=clone)  # as the workflow does
+        sh("git", "commit", "-q", "-m", "retrain", cwd=clone)
 
-    worse = grow_and_retrain(1000, steps=1)
-    for model, registered in worse.items():
-        assert registered["version"] == 3 and registered["decision"] == "challenger", registered
-        compared = registered["compared"]
-        assert compared["version"] == 2 and compared["rescored_from"]["value"] is not None
-        assert registered["value"] > compared["value"], model
-        assert aliases(server, f"grow-{model}")["champion"] == 2
-        assert aliases(server, f"grow-{model}")["challenger"] == 3
+        # merged: no stage reruns on main, but main's gate decides each candidate, against the
+        # champion scored again on the grown data
+        sh("git", "checkout", "-q", "main", cwd=clone)
+        sh("git", "merge", "-q", "--ff-only", "more-images", cwd=clone)
+        fourth, report = retrain(clone, server, "HEAD~2")
+        assert stages_run(fourth.stdout) == []
+        for model in ("gan", "autoencoder"):
+            registered = json.loads((clone / f"reports/{model}/registry.json").read_text())
+            assert registered["version"] == 2 and registered["branch"] == "main"
+            assert registered["decision"] in ("champion", "challenger"), registered
+            assert registered["compared"]["version"] == 1
+            assert registered["compared"]["rescored_from"]["value"] is not None
+            assert "re-scored on today's data" in registered["reason"]
+            assert aliases(server, f"ci-{model}")[registered["decision"]] == 2
+        assert versions(server, "ci-gan") == [1, 2]  # decided, not registered again
+        # and the new outputs reached the remote: a third clone pulls them
+        other = tmp_path / "other"
+        sh("git", "clone", "-q", str(project), str(other), cwd=tmp_path)
+        sh("git", "pull", "-q", str(clone), "HEAD", cwd=other)
+        sh("dvc", "pull", "-q", "train@gan", cwd=other)
+        assert (other / "models/gan/weights/config.json").is_file()
+
+
+class TestRetrainOnGrownData:
+    """`genpipe ci-retrain` end to end on a folder of digits that grows on main (a class: its
+    own pytest-xdist scope)."""
+
+    @pytest.mark.slow
+    def test_a_grown_folder_makes_a_better_model_champion_and_a_worse_one_challenger(
+        self, project, tmp_path, server  # noqa: F811
+    ):
+        """A folder of handwritten digits grows twice on main. First with models trained for
+        400 steps against a champion of one step: better on today's data than the champion
+        scored again on it, so they become champion. Then with models of one step again:
+        worse, so they stay challenger."""
+        from PIL import Image
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        images = project / "images"
+
+        def add_digits(start: int, stop: int) -> None:
+            for i in range(start, stop):
+                pixels = (digits.images[i] * (255 / 16)).round().astype("uint8")
+                path = images / str(digits.target[i]) / f"{i:04d}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels).save(path)
+
+        set_params(project, data={"source": "folder", "path": "images", "image_size": 8},
+                   validate={"min_images_per_split": 20},
+                   register={"name_prefix": "grow"})  # fmt: skip
+        sh("dvc", "remote", "add", "-d", "storage", str(tmp_path / "remote"), cwd=project)
+
+        def grow_and_retrain(stop: int, steps: int) -> dict[str, dict]:
+            add_digits(0, stop)
+            set_params(project, gan={"steps": steps}, autoencoder={"steps": steps})
+            sh("dvc", "add", "images", cwd=project)
+            sh("git", "add", "-A", cwd=project)
+            sh("git", "commit", "-q", "-m", f"digits up to {stop}, {steps} steps", cwd=project)
+            first = stop == 600
+            result, _ = retrain(project, server, "HEAD" if first else "HEAD~1")
+            assert "fetch" in stages_run(result.stdout), result.stdout  # the data changed
+            sh("git", "add", "dvc.lock", cwd=project)  # as the workflow does
+            sh("git", "commit", "-q", "-m", "retrain", cwd=project)
+            return {model: json.loads((project / f"reports/{model}/registry.json").read_text())
+                    for model in ("gan", "autoencoder")}  # fmt: skip
+
+        first = grow_and_retrain(600, steps=1)
+        assert {r["decision"] for r in first.values()} == {"champion"}
+
+        better = grow_and_retrain(800, steps=400)
+        for model, registered in better.items():
+            assert registered["version"] == 2 and registered["decision"] == "champion", registered
+            compared = registered["compared"]
+            assert compared["version"] == 1 and compared["rescored_from"]["value"] is not None
+            assert compared["rescored_from"]["value"] != compared["value"]  # on the grown data
+            assert registered["value"] < compared["value"], model
+            assert aliases(server, f"grow-{model}") == {"champion": 2, "previous-champion": 1}
+
+        worse = grow_and_retrain(1000, steps=1)
+        for model, registered in worse.items():
+            assert registered["version"] == 3 and registered["decision"] == "challenger", registered
+            compared = registered["compared"]
+            assert compared["version"] == 2 and compared["rescored_from"]["value"] is not None
+            assert registered["value"] > compared["value"], model
+            assert aliases(server, f"grow-{model}")["champion"] == 2
+            assert aliases(server, f"grow-{model}")["challenger"] == 3
+
+

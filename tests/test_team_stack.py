@@ -35,7 +35,7 @@ from test_pipeline import copy_project, set_params, stages_run
 from builders import write_png
 from net import free_port, free_ports
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("team-stack")]  # one stack, one worker
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

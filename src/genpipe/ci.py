@@ -109,7 +109,7 @@ def stage_names(cwd: Path) -> list[str]:
 
 def check_setup(cwd: Path) -> None:
     """Before anything runs: a default DVC remote and an MLflow server to register to."""
-    remote = dvc("remote", "default", cwd=cwd)
+    remote = dvc("remote", "default", cwd=cwd)  # its name alone, or nothing (no JSON form)
     if remote.returncode != 0 or not remote.stdout.strip():
         raise CIError(
             "DVC remote: expected a default remote (`dvc remote add -d NAME URL`, committed "

@@ -15,7 +15,7 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -214,8 +214,6 @@ def apply_gate(mlflow: Any, client: Any, name: str, found: Candidate, number: in
                policy: gate.Policy) -> dict[str, Any]:  # fmt: skip
     """The gate's decision for version `number`, carried out: recorded against the champion
     it read, the aliases set (a race repaired), the decision tags written last."""
-    from dataclasses import replace
-
     new = replace(found.version, version=number)
     verdict = champion.decide(mlflow, client, name, new, policy)
     level = logging.WARNING if verdict.decision == gate.CHALLENGER else logging.INFO
