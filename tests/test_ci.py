@@ -112,6 +112,8 @@ METRICS_DIFF = {
         "fid": {"old": 1.5, "new": 1.2, "diff": -0.3},
         "fid_std": {"old": 0.3, "new": 0.25, "diff": -0.05},
         "kid_mean": {"old": 0.01, "new": 0.01, "diff": 0.0},
+        "precision": {"old": 0.7, "new": 0.7, "diff": 0.0},  # only its spread changed
+        "precision_std": {"old": 0.01, "new": 0.02, "diff": 0.01},
         "kid_std": {"old": 0.002, "new": 0.003, "diff": 0.001},
         "memorised_std": {"new": 0.005},
         "floor.fid": {"old": 0.66, "new": 0.94, "diff": 0.28},
@@ -212,6 +214,7 @@ def test_the_report_puts_each_model_against_its_champion(fake_dvc, tmp_path, mon
     assert "| kid_std | 0.002 | 0.003 | 0.001 |" in text  # KID's own std: no `kid` to fold into
     assert "| memorised_std | - | 0.005 | - |" in text  # no figure row to fold into: kept
     assert "| kid_mean |" not in text  # unchanged: only the figures that changed
+    assert "| precision | 0.7 ± 0.01 | 0.7 ± 0.02 | 0 |" in text  # its spread changed
     # the metrics that describe the evaluation, not the model, are left out
     assert "floor.fid" not in text and "num_samples" not in text
     assert "kid_subset_size" not in text and "test_images" not in text
@@ -283,6 +286,34 @@ def test_a_push_the_remote_refuses_registers_nothing(fake_dvc, tmp_path):
     calls = [c[0] if c[0] != "repro" else c[-1] for c in fake_dvc.fake.calls[-6:]]
     assert calls.index("push") < calls.index("register@autoencoder")
     assert result.ran == ALL_STAGES and result.decided == ["gan", "autoencoder"]
+
+
+def test_a_model_registered_before_another_failed_is_reported(fake_dvc, tmp_path):
+    fake_dvc.fake.runs = [*ALL_STAGES[:-1]]  # register@gan ran; register@autoencoder failed
+    fake_dvc.fake.fails = ("register@autoencoder", "error: MLflow registry at http://x: could "
+                                                   "not register genpipe-autoencoder")
+    result = fake_dvc.Retrain(branch="main")
+    with pytest.raises(fake_dvc.CIError, match="stage register@autoencoder failed"):
+        fake_dvc.retrain(result, parse_params({}), tmp_path, push=True)
+    assert result.ran == ALL_STAGES[:-1] and result.decided == ["gan"]
+
+
+def test_dvc_lock_entries_of_another_shape_are_no_outputs(tmp_path):
+    from genpipe import dvclock
+
+    lock = tmp_path / "dvc.lock"
+    lock.write_text(yamlio.dump({"schema": "2.0", "stages": {
+        "fetch": {"outs": [{"path": "data/prepared", "md5": "abc.dir"}, "odd"]},
+        "odd": ["not", "a", "mapping"], "none": {"outs": None}}}))  # fmt: skip
+    entries = dvclock.stages(lock)
+    assert dvclock.out_md5(entries, "fetch", Path("data/prepared")) == "abc.dir"
+    assert dvclock.out_md5(entries, "odd", Path("x")) is None
+    assert dvclock.out_md5(entries, "none", Path("x")) is None
+    assert dvclock.out_md5(entries, "missing", Path("x")) is None
+    lock.write_text("stages: [unclosed")
+    assert dvclock.stages(lock) == {} and dvclock.stages(tmp_path / "none.lock") == {}
+    before = {"a": {"cmd": "x"}, "b": {"cmd": "y"}}
+    assert dvclock.changed(before, {**before, "b": {"cmd": "z"}, "c": {}}) == ["b", "c"]
 
 
 def test_a_register_that_failed_reports_no_stale_record(fake_dvc, tmp_path, monkeypatch):

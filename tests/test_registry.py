@@ -26,6 +26,7 @@ from genpipe.registry import aliases as registry_aliases
 from genpipe.registry import register as registry
 from genpipe.registry.gate import Policy
 from genpipe.registry.register import Outputs, register
+from genpipe.registry.versions import logged_model_id
 from genpipe.tracking import lineage
 from genpipe.tracking import store as tracking_store
 from genpipe.tracking.recorded_run import RecordedRun
@@ -448,6 +449,29 @@ def test_rebuild_from_dvc_outputs_when_the_run_is_not_on_the_server(store, tmp_p
     assert run.data.params["seed"] == "0"
     # a second register finds the rebuilt run instead of rebuilding it
     assert do_register(outputs, store, "t4")["run_id"] == result["run_id"]
+    # the version's logged model: READY, from the run, with the run's evaluation figures
+    version = client.get_model_version("t4-gan", str(result["version"]))
+    logged = client.get_logged_model(logged_model_id(version))
+    assert str(logged.status).endswith("READY") and logged.source_run_id == result["run_id"]
+    assert {m.key: m.value for m in logged.metrics} == {"eval/fid": 1.0}
+    assert logged.params["seed"] == "0"
+
+
+def test_a_version_is_registered_in_the_store_register_was_given(store, tmp_path):
+    """Not in MLflow's process-wide store: an earlier set_tracking_uri (another store's run,
+    in a process that registers to two) does not send the version elsewhere."""
+    import mlflow
+
+    outputs = gan_outputs(tmp_path / "a", store, fid=1.0)
+    other = f"sqlite:///{tmp_path}/other.db"
+    mlflow.set_tracking_uri(other)
+    try:
+        result = do_register(outputs, store, "t18")
+    finally:
+        mlflow.set_tracking_uri(store)
+    assert (result["version"], result["decision"]) == (1, "champion")
+    assert aliases(store, "t18-gan") == {"champion": 1}
+    assert not (tmp_path / "other.db").exists()  # nothing went to the other store
 
 
 @pytest.mark.integration
@@ -506,20 +530,18 @@ def test_lost_model_files_are_logged_again_or_the_champion_replaced(tmp_path, mo
 def test_a_register_that_fails_after_logging_leaves_no_orphan_model(store, tmp_path, monkeypatch):
     """The store fails between logging the model and registering it (PostgreSQL down, say):
     the next register registers that logged model rather than logging another."""
-    import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     outputs = gan_outputs(tmp_path / "a", store, fid=1.0)
-    real = mlflow.register_model
 
     def down(*args, **kwargs):
         raise MlflowException("connection refused", error_code="PERMISSION_DENIED")
 
-    monkeypatch.setattr(mlflow, "register_model", down)
-    with pytest.raises(RegistryError, match="connection refused"):
-        do_register(outputs, store, "r6")
-    monkeypatch.setattr(mlflow, "register_model", real)
+    with monkeypatch.context() as patch:
+        patch.setattr(MlflowClient, "create_model_version", down)
+        with pytest.raises(RegistryError, match="connection refused"):
+            do_register(outputs, store, "r6")
     result = do_register(outputs, store, "r6")
     assert (result["version"], result["decision"]) == (1, "champion")
     client = MlflowClient(store)
@@ -554,7 +576,13 @@ def test_a_register_stopped_while_logging_leaves_the_training_run_finished(
     monkeypatch.setattr(pyfunc, "save_model", stopped)
     with pytest.raises((KeyboardInterrupt, OSError, RegistryError)):
         do_register(outputs, store, f"r7-{stop.split()[-1].lower()}")
-    assert MlflowClient(store).get_run(run_id).info.status == "FINISHED"
+    client = MlflowClient(store)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    # the model it began to log is marked FAILED, not left PENDING
+    run = client.get_run(run_id)
+    logged = client.search_logged_models([run.info.experiment_id],
+                                         f"source_run_id = '{run_id}'")  # fmt: skip
+    assert [str(m.status).split(".")[-1] for m in logged] == ["FAILED"]
 
 
 @pytest.mark.parametrize("bad", ["a pickle", "another network", "a truncated file"])
@@ -713,6 +741,21 @@ def test_missing_metrics_are_named(tmp_path, store):
     outputs.metrics.unlink()
     with pytest.raises(RegistryError, match=r"metrics.json: expected the evaluate stage"):
         do_register(outputs, store, "t8")
+
+
+@pytest.mark.parametrize(
+    ("output", "text", "expected"),
+    [("metrics", "[1.0]", "metrics.json: expected the evaluate stage's metrics, a JSON "
+                          "object; found a JSON list"),
+     ("record", '{"run_id": "x\' OR 1=1"}', "mlflow_run.json: expected the train stage's "
+                                             "run record, whose run_id is 32 hex digits")],
+)  # fmt: skip
+def test_outputs_edited_by_hand_are_one_line(tmp_path, store, output, text, expected):
+    outputs = gan_outputs(tmp_path, store, fid=1.0)
+    getattr(outputs, output).write_text(text)
+    with pytest.raises(RegistryError) as excinfo:
+        do_register(outputs, store, "t19")
+    assert expected in str(excinfo.value) and "\n" not in str(excinfo.value)
 
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / ".test-artifacts"  # git-ignored
@@ -1053,25 +1096,25 @@ def test_registry_check_finds_a_deleted_version_and_repair_registers_again(
     err = capsys.readouterr().err.strip()
     assert err == ("error: registry check: 1 model(s) not in the registry as registry.json says "
                    "(gan); run `genpipe registry check --repair` to register them again")
-    ran = []
-
-    def script(command, **kwargs):
-        ran.append(command)
-        return subprocess.CompletedProcess(command, 0, stderr="")
-
-    monkeypatch.setattr(checking.subprocess, "run", script)
+    # a stand-in for the register stage's script: what it was given, and how it ends
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    monkeypatch.setattr(checking.paths, "PIPELINE", scripts)
+    (scripts / "register.py").write_text(
+        "import sys, pathlib\n"
+        "pathlib.Path('ran.txt').write_text(' '.join(sys.argv[1:]))\n"
+        "print('INFO genpipe: registering', file=sys.stderr)\n")  # fmt: skip
     main(["registry", "check", "--repair"])  # returns: the repair succeeded
-    assert ran == [[sys.executable, "pipeline/register.py", "gan"]]  # not `dvc repro`
+    assert (tmp_path / "ran.txt").read_text() == "gan"  # the script itself, not `dvc repro`
+    assert "INFO genpipe: registering" in capsys.readouterr().err  # its log, passed on
 
-    def fails(command, **kwargs):
-        return subprocess.CompletedProcess(command, 1, stderr="error: the server is down\n")
-
-    monkeypatch.setattr(checking.subprocess, "run", fails)
+    (scripts / "register.py").write_text(
+        "import sys\nprint('error: the server is down', file=sys.stderr)\nsys.exit(1)\n")
     with pytest.raises(SystemExit) as excinfo:
         main(["registry", "check", "--repair"])
     assert excinfo.value.code == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "error: register@gan: expected the model registered again; error: the server is down")
+        "error: register@gan: expected the model registered again; the server is down")
 
 
 @pytest.mark.integration

@@ -679,3 +679,13 @@ def test_the_limits_genpipe_cuts_values_to_are_mlflows():
     assert limits.TAG_VALUE_MAX <= validation.MAX_TAG_VAL_LENGTH  # older servers: 5000
     assert limits.TAG_VALUE_MAX <= validation.MAX_MODEL_REGISTRY_TAG_VALUE_LENGTH
     assert limits.DATASET_DIGEST_MAX == validation.MAX_DATASET_DIGEST_SIZE
+
+
+def test_ending_an_orphan_on_a_store_that_cannot_be_read_is_a_warning(tmp_path, caplog):
+    """Ended while another error is handled (workers that failed): a store that cannot be
+    opened must not replace that error."""
+    from genpipe.tracking.orphans import end_orphan
+
+    (tmp_path / "mlflow.db").write_bytes(b"\x00garbage, not sqlite" * 100)
+    assert end_orphan("a" * 32, "FAILED", f"sqlite:///{tmp_path}/mlflow.db") is False
+    assert "could not end run " + "a" * 32 + " as FAILED" in caplog.text

@@ -332,7 +332,7 @@ def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path):
 
 
 class RecordingRun:
-    """Stands in for tracking.runs.TrainingRun: records what the loop logs."""
+    """Stands in for tracking.training_run.TrainingRun: records what the loop logs."""
 
     def __init__(self):
         self.calls: list[tuple[int, dict]] = []

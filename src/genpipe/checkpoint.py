@@ -1,7 +1,7 @@
 """A run's one checkpoint: what it must match to be resumed (the run's identity, with the
 code's fingerprint), writing it atomically, restoring it on every rank, and putting back the
 file a failed run found. It knows no tracking store: restore() returns the run id the file
-names, and the training run ends that run (tracking.runs.TrainingRun.end_orphan)."""
+names, and the training run ends that run (tracking.training_run.TrainingRun.end_orphan)."""
 
 from __future__ import annotations
 

@@ -36,6 +36,7 @@ from urllib.parse import quote, urlsplit
 from genpipe import dvclock, paths
 from genpipe.errors import GenpipeError
 from genpipe.metrics.keys import EVAL_PREFIX, EVALUATION_CONSTANTS, STD
+from genpipe.stage import stage_error
 from genpipe.tracking.store import ui_url, without_credentials
 
 log = logging.getLogger("genpipe.ci")
@@ -55,7 +56,6 @@ class Retrain:
     failure: str | None = None  # what failed, in one line: the job fails after the report
     decided: list[str] = field(default_factory=list)  # models whose register step ran well
     report: str = ""  # Markdown
-
 
 
 def ci_branch(given: str | None, cwd: Path) -> str | None:
@@ -185,7 +185,6 @@ def retrain(result: Retrain, params: Any, cwd: Path, push: bool) -> None:
                           f"version names them; {last_line(pushed)} (nothing was "
                           "registered)")  # fmt: skip
     reproduce(result, cwd, registers)
-    result.decided += [s.split("@", 1)[1] for s in result.ran if s.startswith("register@")]
     # the metrics of stages that did not run are on the remote, not here
     pulled = dvc("pull", "--allow-missing", *METRIC_STAGES, cwd=cwd)
     if pulled.returncode != 0:
@@ -207,12 +206,17 @@ def reproduce(result: Retrain, cwd: Path, targets: list[str]) -> None:
     before = dvclock.stages(cwd / dvclock.LOCK)
     log.info("dvc repro --pull --allow-missing %s", " ".join(targets))
     repro = dvc("repro", "--pull", "--allow-missing", *targets, cwd=cwd, capture=False)
-    result.ran += dvclock.changed(before, dvclock.stages(cwd / dvclock.LOCK))
+    ran = dvclock.changed(before, dvclock.stages(cwd / dvclock.LOCK))
+    result.ran += ran
+    # a register stage that ran wrote this run's registry.json, whatever fails after it
+    result.decided += [s.split("@", 1)[1] for s in ran if s.startswith("register@")]
     if repro.returncode != 0:
         # `dvc repro` has no machine-readable output: the stage that failed is read from
         # DVC's error line ("failed to reproduce 'X'"), the why from the stage's own
         failed = re.search(r"failed to reproduce '([^']+)'", repro.stdout)
-        where = f"stage {failed[1]} failed" if failed else "failed before any stage ran"
+        where = (f"stage {failed[1]} failed" if failed else
+                 f"failed after stage {result.ran[-1]}" if result.ran else
+                 "failed before any stage ran")  # fmt: skip
         raise CIError(f"dvc repro {where}: {error_line(repro.stdout)}")
 
 
@@ -354,9 +358,9 @@ def metrics_table(diff: dict[str, dict[str, dict]]) -> list[str]:
             if key.endswith(STD) and key.removesuffix(STD) in figures:
                 continue  # folded into its figure's row
             old, new = change.get("old"), change.get("new")
-            if old == new:
-                continue
             spread = figures.get(key + STD, {})
+            if old == new and spread.get("old") == spread.get("new"):
+                continue  # neither the figure nor its spread changed
             cells = []
             for side, value in (("old", old), ("new", new)):
                 cell = _value(value)
@@ -382,9 +386,8 @@ def error_line(output: str) -> str:
     says why, before DVC's ("ERROR: failed to reproduce ..."), which says where; else the
     output's last line."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
-    stage = [line for line in lines if line.startswith("error: ")]
     dvc = [line for line in lines if line.startswith("ERROR:")]
-    return (stage or dvc or lines or ["no output"])[-1][:500]
+    return (stage_error(output) or (dvc or lines or ["no output"])[-1])[:500]
 
 
 def last_line(result: subprocess.CompletedProcess) -> str:

@@ -23,7 +23,9 @@ def stages(lock: Path = LOCK) -> dict[str, dict[str, Any]]:
 
 def out_md5(entries: dict[str, dict[str, Any]], stage: str, out: Path) -> str | None:
     """The md5 dvc.lock records for `stage`'s output `out`, if any."""
-    for entry in (entries.get(stage) or {}).get("outs") or []:
+    entry = entries.get(stage)
+    outs = entry.get("outs") if isinstance(entry, dict) else None
+    for entry in outs if isinstance(outs, list) else []:
         if isinstance(entry, dict) and Path(entry.get("path", "")) == Path(out):
             return str(entry["md5"]) if entry.get("md5") else None
     return None

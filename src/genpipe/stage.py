@@ -11,6 +11,14 @@ from collections.abc import Callable
 from genpipe.errors import GenpipeError, disk_full
 
 log = logging.getLogger("genpipe")
+ERROR = "error: "  # how a stage's one line begins on stderr
+
+
+def stage_error(output: str) -> str | None:
+    """The last one-line error a stage printed ("error: ..."), from its output; None when it
+    printed none (it was killed, or failed outside genpipe)."""
+    found = [line.strip() for line in output.splitlines() if line.startswith(ERROR)]
+    return found[-1] if found else None
 
 
 def setup_logging() -> None:
@@ -68,19 +76,19 @@ def run_stage(main: Callable[[], None]) -> None:
     try:
         main()
     except GenpipeError as exc:
-        _say(f"error: {exc}")
+        _say(f"{ERROR}{exc}")
         sys.exit(exc.exit_code)
     except Exception as exc:  # a full disk where no writer of ours saw it (MLflow's, say)
         full = disk_full(exc)
         if full is None:
             raise
-        _say(f"error: {disk_full_line(full)}")
+        _say(f"{ERROR}{disk_full_line(full)}")
         sys.exit(1)
     except Terminated as exc:
-        _say(f"error: terminated ({signal.Signals(exc.signum).name})")
+        _say(f"{ERROR}terminated ({signal.Signals(exc.signum).name})")
         sys.exit(128 + exc.signum)
     except KeyboardInterrupt:
-        _say("error: interrupted")
+        _say(f"{ERROR}interrupted")
         sys.exit(130)
     finally:
         for stop, handler in previous.items():

@@ -83,7 +83,8 @@ def build_network(
     schema: type[Section], key: str,
 ) -> nn.Module:  # fmt: skip
     """cls(**kwargs) from the entry `key` of a config.json at `path`, held first to
-    `schema` (params.py: the params' bounds); a config that does not fit is one line."""
+    `schema` (params/configs.py: the params' bounds); a config that does not fit is one
+    line."""
     try:
         return cls(**check_config(schema, kwargs, key))
     except (TypeError, ValueError) as exc:

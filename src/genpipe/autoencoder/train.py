@@ -47,7 +47,7 @@ def train_autoencoder(
     device: torch.device,
     checkpoint: Path,
     log_path: Path,
-    run: Any = None,  # a tracking.runs.TrainingRun, or None
+    run: Any = None,  # a tracking.training_run.TrainingRun, or None
     world: distributed.World | None = None,  # under torchrun: rank 0 writes, all train
 ) -> AutoencoderResult:
     """params.autoencoder.steps steps on `images`, resumed from `checkpoint` when it holds

@@ -227,7 +227,7 @@ def train_gan(
     device: torch.device,
     checkpoint: Path,
     log_path: Path,
-    run: Any = None,  # a tracking.runs.TrainingRun, or None
+    run: Any = None,  # a tracking.training_run.TrainingRun, or None
     world: distributed.World | None = None,  # under torchrun: rank 0 writes, all train
     labels: np.ndarray | None = None,  # (N,) the train split's: gan.conditional needs them
 ) -> GanResult:

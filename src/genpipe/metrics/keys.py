@@ -1,6 +1,8 @@
 """The metric keys of metrics.json (and, prefixed with eval/, of MLflow): one home, with no
 imports, so that the CI report and the registry read them without loading torch."""
 
+from __future__ import annotations
+
 # an evaluation's figures in MLflow: eval/<key> on the training run (its points, and the
 # EVALUATION_CONSTANTS as tags); its grids in the run's artifact folder "eval"
 EVAL_PREFIX = "eval/"
@@ -26,3 +28,9 @@ KID_SUBSET_SIZE = "kid_subset_size"
 # the CI report leaves them out of its table
 EVALUATION_CONSTANTS = (f"{FLOOR}.", KID_SUBSET_SIZE, "num_samples", "test_images",
                         "latent_dim", f"{MEASURED_ON}.")  # fmt: skip
+
+
+def std_of(metrics: dict, metric: str) -> float | None:
+    """A metrics.json's spread of `metric` (its <metric>_std), or None where not measured."""
+    std = metrics.get(metric + STD)
+    return float(std) if isinstance(std, int | float) and not isinstance(std, bool) else None

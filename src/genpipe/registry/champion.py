@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from genpipe.metrics.keys import EVAL_PREFIX, STD
+from genpipe.metrics.keys import EVAL_PREFIX, std_of
 from genpipe.registry import gate
 from genpipe.registry.gate import CHAMPION
 from genpipe.registry.versions import WEIGHTS, files_gone
@@ -131,6 +131,4 @@ def rescored(mlflow: Any, client: Any, name: str, held: gate.Version, new: gate.
         return replace(held, unloadable=how)
     log.info("%s: champion v%d on today's data: %s %.6g (was %.6g), scored in %s", name,
              held.version, new.metric, value, held.value, how)  # fmt: skip
-    std = (metrics or {}).get(f"{new.metric}{STD}")
-    return gate.rescored(held, new, float(value),
-                         float(std) if isinstance(std, int | float) else None)  # fmt: skip
+    return gate.rescored(held, new, float(value), std_of(metrics or {}, new.metric))

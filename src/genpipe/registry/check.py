@@ -19,6 +19,7 @@ from pathlib import Path
 from genpipe import paths
 from genpipe.errors import GenpipeError, RegistryError, exception_text
 from genpipe.registry.versions import weights_sha256
+from genpipe.stage import ERROR, stage_error
 from genpipe.tracking import store
 from genpipe.tracking.lineage import TAG_WEIGHTS
 
@@ -75,13 +76,19 @@ def _problem(uri: str, name: str, version: str, weights: Path) -> str | None:
 
 def repair(model: str, cwd: Path = Path("."), env: dict[str, str] | None = None) -> None:
     """Register the model again: its register stage's script, run in `cwd` as DVC would
-    run it, but outside DVC, so that dvc.lock is left as it is. Its output goes to ours; a
-    failure is one line naming the stage and the script's last line."""
+    run it, but outside DVC, so that dvc.lock is left as it is. Its log reaches ours as it
+    comes (a re-score can take minutes); a failure is one line naming the stage and its
+    error."""
     command = [sys.executable, str(paths.PIPELINE / "register.py"), model]
     log.info("%s: %s", model, " ".join(command[1:]))
-    done = subprocess.run(command, cwd=cwd, env=env, stderr=subprocess.PIPE, text=True)
-    sys.stderr.write(done.stderr)
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines()
-        raise GenpipeError(f"register@{model}: expected the model registered again; "
-                           f"{lines[-1] if lines else f'exit {done.returncode}'}")  # fmt: skip
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stderr=subprocess.PIPE, text=True)
+    lines = []
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+        lines.append(line)
+    if proc.wait() != 0:
+        said = (stage_error("".join(lines)) or "").removeprefix(ERROR)
+        said = said or f"it exited with {proc.returncode}"
+        raise GenpipeError(f"register@{model}: expected the model registered again; {said}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch
 from genpipe import models, paths
 from genpipe.errors import RegistryError, exception_text
 from genpipe.fileio import sha256_files
-from genpipe.metrics.keys import STD
+from genpipe.metrics.keys import std_of
 from genpipe.registry import aliases, champion, gate, versions
 from genpipe.tracking import lineage, store
 from genpipe.tracking.lineage import TAG_DECISION
@@ -81,11 +82,15 @@ class Candidate:
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
     try:
-        return json.loads(Path(path).read_text())
+        found = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise RegistryError(f"{path}: expected {what}; found no such file") from None
     except ValueError as exc:
         raise RegistryError(f"{path}: expected {what} as JSON; {exception_text(exc)}") from None
+    if not isinstance(found, dict):
+        raise RegistryError(f"{path}: expected {what}, a JSON object; found a JSON "
+                            f"{type(found).__name__}")  # fmt: skip
+    return found
 
 
 def candidate(outputs: Outputs, params: dict[str, Any], experiment: str) -> Candidate:
@@ -100,18 +105,17 @@ def candidate(outputs: Outputs, params: dict[str, Any], experiment: str) -> Cand
             f"{outputs.metrics}: expected a number under '{metric}'; found "
             f"{metrics.get(metric)!r} (run `dvc repro evaluate@{outputs.model}`)"
         )
-    if not isinstance(record.get("run_id"), str):
-        raise RegistryError(f"{outputs.record}: expected the train stage's run record with a "
-                            f"run_id; found {sorted(record)} (run `dvc repro train@"
-                            f"{outputs.model}`)")  # fmt: skip
-    std = metrics.get(f"{metric}{STD}")
-    recorded = Recorded(record["run_id"], outputs.model, experiment, params,
+    run_id = record.get("run_id")
+    if not (isinstance(run_id, str) and re.fullmatch(r"[0-9a-f]{32}", run_id)):
+        raise RegistryError(f"{outputs.record}: expected the train stage's run record, whose "
+                            f"run_id is 32 hex digits; found {run_id!r} (run `dvc repro "
+                            f"--force train@{outputs.model}`)")  # fmt: skip
+    recorded = Recorded(run_id, outputs.model, experiment, params,
                         outputs.data_hash, metrics, outputs.train_log,
                         (outputs.train_log, outputs.metrics, *outputs.images))  # fmt: skip
-    values = gate.Version(0, metric, float(metrics[metric]), str(reference.get("backbone")),
+    values = gate.Version(0, metric, float(metrics[metric]), reference.get("backbone"),
                           outputs.data_hash, versions.weights_sha256(outputs.weights),
-                          sha256_files([outputs.reference]),
-                          std=float(std) if isinstance(std, int | float) else None)  # fmt: skip
+                          sha256_files([outputs.reference]), std=std_of(metrics, metric))
     return Candidate(outputs, recorded, params, values)
 
 
@@ -125,6 +129,9 @@ def register(outputs: Outputs, params: dict[str, Any], name_prefix: str, policy:
     from mlflow.exceptions import MlflowException
     from sqlalchemy.exc import SQLAlchemyError
 
+    # process-wide too: a database store resolves a version's source (models:/<id>) through
+    # MLflow's global tracking URI, not its client's
+    mlflow.set_tracking_uri(uri)
     found = candidate(outputs, params, experiment)
     name = models.get(outputs.model).registered_name(name_prefix)
     started = time.monotonic()

@@ -7,6 +7,7 @@ has lost them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 from genpipe import models
 from genpipe.errors import exception_text
 from genpipe.fileio import sha256_files
+from genpipe.metrics.keys import EVAL_PREFIX
 from genpipe.tracking.lineage import TAG_WEIGHTS
 
 log = logging.getLogger(__name__)
@@ -72,7 +74,10 @@ def one_version_of_weights(client: Any, name: str, version: Any, weights: str) -
 def log_and_register(mlflow: Any, client: Any, run_id: str, name: str, model: str,
                      weights_dir: Path, tags: dict[str, str]) -> Any:  # fmt: skip
     """The pyfunc model logged with the run as its source (or the one a register that failed
-    before registering it left there), then a new version of `name`, READY and tagged."""
+    before registering it left there), then a new version of `name` in the client's
+    registry, READY and tagged."""
+    from mlflow.exceptions import MlflowException
+
     weights = {TAG_WEIGHTS: tags[TAG_WEIGHTS]}
     model_id = logged_model_left(client, run_id, tags[TAG_WEIGHTS])
     if model_id is None:
@@ -80,32 +85,58 @@ def log_and_register(mlflow: Any, client: Any, run_id: str, name: str, model: st
     else:
         log.info("%s: registering logged model %s, which an earlier register logged but did "
                  "not register", name, model_id)  # fmt: skip
-    return mlflow.register_model(f"models:/{model_id}", name, tags=tags)
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    # waits until the version is READY (MlflowClient's await_creation_for)
+    return client.create_model_version(name, f"models:/{model_id}", run_id=run_id, tags=tags,
+                                       model_id=model_id)  # fmt: skip
 
 
 def log_model(mlflow: Any, client: Any, run_id: str, model: str, weights_dir: Path,
               tags: dict[str, str]) -> str:  # fmt: skip
     """A logged model of the training run `run_id`, without reopening the run (its status
-    stays what training left): created with the run as its source and linked to it as an
-    output, its files saved from the DVC-cached weights and uploaded, then marked READY.
-    Returns its id."""
-    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+    stays what training left): created with the run as its source and its params, linked to
+    the run as an output with the run's evaluation figures, its files saved from the
+    DVC-cached weights and uploaded, then READY (FAILED if any of that fails). Returns its
+    id."""
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
     from mlflow.models import Model
 
     run = client.get_run(run_id)
     logged = client.create_logged_model(run.info.experiment_id, MODEL_ARTIFACT,
                                         source_run_id=run_id, tags=tags,
                                         params=dict(run.data.params))  # fmt: skip
-    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
-    meta = Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id,
-                 run_id=run_id, model_id=logged.model_id)  # fmt: skip
+    try:
+        client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+        # the figures evaluate logged (step 0), on the model too: its page and searches
+        figures = [Metric(key, value, 0, 0, model_id=logged.model_id, run_id=run_id)
+                   for key, value in run.data.metrics.items()
+                   if key.startswith(EVAL_PREFIX)]  # fmt: skip
+        if figures:
+            client.log_batch(run_id, metrics=figures)
+        meta = Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id,
+                     run_id=run_id, model_id=logged.model_id)  # fmt: skip
+        upload(mlflow, client, logged.model_id, model, weights_dir, meta)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the error in flight is the one to report
+            client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+        raise
+    client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+    return logged.model_id
+
+
+def upload(mlflow: Any, client: Any, model_id: str, model: str, weights_dir: Path,
+           meta: Any = None) -> None:  # fmt: skip
+    """The pyfunc model's files, saved from the DVC-cached weights into a temporary folder,
+    uploaded to logged model `model_id`."""
     with tempfile.TemporaryDirectory(prefix="genpipe-model-") as tmp:
         path = Path(tmp) / MODEL_ARTIFACT
         mlflow.pyfunc.save_model(path=str(path), mlflow_model=meta,
                                  **pyfunc(mlflow, model, weights_dir))  # fmt: skip
-        client.log_model_artifacts(logged.model_id, str(path))
-    client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
-    return logged.model_id
+        client.log_model_artifacts(model_id, str(path))
 
 
 def logged_model_left(client: Any, run_id: str, weights: str) -> str | None:
@@ -175,9 +206,6 @@ def repair(mlflow: Any, client: Any, name: str, version: Any, model: str,
     why = files_gone(client, version)
     if why is None:
         return
-    with tempfile.TemporaryDirectory(prefix="genpipe-repair-") as tmp:
-        path = Path(tmp) / MODEL_ARTIFACT
-        mlflow.pyfunc.save_model(path=str(path), **pyfunc(mlflow, model, weights_dir))
-        client.log_model_artifacts(logged_model_id(version), str(path))
+    upload(mlflow, client, logged_model_id(version), model, weights_dir)
     log.warning("%s v%s: %s; logged again from %s", name, version.version, why,
                 weights_dir)  # fmt: skip

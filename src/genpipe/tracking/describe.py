@@ -35,8 +35,6 @@ def describe_training(model: str, params: dict[str, Any], dataset: DataInput) ->
     )
 
 
-
-
 def with_evaluation(note: str, summary: str) -> str:
     """The run's description `note` with `summary` (how the model did) as its last part, in
     place of an earlier evaluation's."""

@@ -17,6 +17,7 @@ def end_if_running(client: Any, run_id: str, status: str) -> bool:
     gone (another store), or a store that cannot be reached, leaves it as it is, with a
     warning for the latter."""
     from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
 
     try:
         if client.get_run(run_id).info.status != "RUNNING":
@@ -26,7 +27,7 @@ def end_if_running(client: Any, run_id: str, status: str) -> bool:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             log.warning("could not end run %s as %s (%s)", run_id, status, exception_text(exc))
         return False
-    except OSError as exc:
+    except (OSError, SQLAlchemyError) as exc:  # a store gone, a corrupt sqlite file
         log.warning("could not end run %s as %s (%s)", run_id, status, exception_text(exc))
         return False
     log.info("run %s, left RUNNING by a killed process, is marked %s", run_id, status)
@@ -34,8 +35,19 @@ def end_if_running(client: Any, run_id: str, status: str) -> bool:
 
 
 def end_orphan(run_id: str, status: str, uri: str | None = None) -> bool:
-    """end_if_running on the tracking store at `uri` (else the project's)."""
+    """end_if_running on the tracking store at `uri` (else the project's); a store that
+    cannot be opened is a warning, never an error over the one being handled."""
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
     from genpipe.tracking.store import import_mlflow, tracking_uri
 
     mlflow = import_mlflow()
-    return end_if_running(mlflow.MlflowClient(tracking_uri=uri or tracking_uri()), run_id, status)
+    uri = uri or tracking_uri()
+    try:
+        client = mlflow.MlflowClient(tracking_uri=uri)
+    except (MlflowException, OSError, SQLAlchemyError) as exc:
+        log.warning("could not end run %s as %s: %s (%s)", run_id, status, uri,
+                    exception_text(exc))  # fmt: skip
+        return False
+    return end_if_running(client, run_id, status)

@@ -111,7 +111,7 @@ class RecordedRun:
 
     def log(self, metrics: dict[str, Any], artifacts: list[Path], *,
             inputs: Sequence[DataInput] = (), summary: str | None = None) -> None:  # fmt: skip
-        """An evaluation: its metrics (flatten.evaluation_points: eval/<key> points, the
+        """An evaluation: its metrics (evaluation_points: eval/<key> points, the
         evaluation's constants as tags) and its files under the artifact folder "eval".
         `inputs`: the datasets it was evaluated on; `summary`: how it did, in the run's
         description (replacing an earlier one)."""
