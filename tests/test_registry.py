@@ -717,6 +717,42 @@ def test_two_register_processes_of_the_same_weights_at_once_make_one_version(ser
     assert all(r["decision"] in ("champion", "already registered") for r in records)
 
 
+def test_a_race_whose_promotions_were_recorded_in_the_other_order_is_repaired(store, tmp_path):
+    """Two registers judged against the same champion each record their promotion, then set
+    the alias: the worse one's alias write can come last while the better one's record
+    does. Reconcile still knows the race by TAG_AGAINST and moves champion to the better."""
+    from mlflow import MlflowClient
+
+    from genpipe.registry import history
+
+    client = MlflowClient(store)
+    first = do_register(gan_outputs(tmp_path / "a", store, fid=2.0), store, "t20")  # v1
+    better = do_register(gan_outputs(tmp_path / "b", store, fid=1.0, seed=1), store, "t20")
+    assert (first["version"], better["version"]) == (1, 2)
+    # the state that interleaving leaves: v1 and v2 judged against no champion at once, v1's
+    # promotion recorded first, v2's next, and v1's alias write the last
+    judged = json.dumps({"champion": None, "changes": 0, "decision": "champion"}, sort_keys=True)
+    for version in ("1", "2"):
+        client.set_model_version_tag("t20-gan", version, lineage.TAG_AGAINST, judged)
+    for key in [k for k in client.get_registered_model("t20-gan").tags
+                if k.startswith(history.TAG_PREFIX)]:  # fmt: skip
+        client.delete_registered_model_tag("t20-gan", key)
+    for version in (1, 2):
+        history.record(client, "t20-gan", [history.change("champion", version, None, "race",
+                                                          "fid", {}, "main")], None)  # fmt: skip
+    client.delete_registered_model_alias("t20-gan", "previous-champion")
+    client.set_registered_model_alias("t20-gan", "champion", "1")
+    policy = Policy(0.01, False, None, "main")
+    moved = registry_aliases.reconcile(client, "t20-gan", "fid", policy, tmp_path / "h.jsonl")
+    assert moved[-1] == ("champion", 2) and aliases(store, "t20-gan")["champion"] == 2
+
+    # an operator's rollback is no race: the last promotion's version judged otherwise
+    client.set_model_version_tag("t20-gan", "2", lineage.TAG_AGAINST, judged.replace("0", "1"))
+    client.set_registered_model_alias("t20-gan", "champion", "1")
+    assert registry_aliases.reconcile(client, "t20-gan", "fid", policy, tmp_path / "h.jsonl") == ()
+    assert aliases(store, "t20-gan")["champion"] == 1
+
+
 @pytest.mark.integration
 def test_two_register_processes_at_once_leave_one_champion(server, tmp_path):
     roots = [tmp_path / "a", tmp_path / "b"]

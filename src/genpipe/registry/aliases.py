@@ -63,17 +63,18 @@ def reconcile(client: Any, name: str, metric: str, policy: gate.Policy,
               history_path: Path) -> gate.Aliases:  # fmt: skip
     """Undo a race between two register processes (see gate.reconcile), and nothing else.
     The race is known by genpipe's own records, not derived from the metrics: the champion
-    is the one genpipe set last (its alias history), and its rivals are the versions that
-    gates promoted over the same champion at the same count of changes (TAG_AGAINST),
-    within RACE_SECONDS of it. A champion an operator set (in the UI, or with
-    set_registered_model_alias) is never moved here. Every process ends here after its own
-    writes, so the last one to run sees all versions. Returns the aliases it moved."""
+    is one genpipe promoted (its alias history), its rivals are the versions that gates
+    promoted over the same champion at the same count of changes (TAG_AGAINST), within
+    RACE_SECONDS of it, and genpipe's last promotion is the champion's or a rival's. A
+    champion an operator set (in the UI, or with set_registered_model_alias) is never moved
+    here. Every process ends here after its own writes, so the last one to run sees all
+    versions. Returns the aliases it moved."""
     current = champion.champion_version(client, name)
     judged = None if current is None else current.tags.get(TAG_AGAINST)
     if judged is None or "'" in judged:  # genpipe's JSON holds no quote: not its tag
         return ()
     set_by_genpipe = [c.version for c in history.read(client, name) if c.alias == CHAMPION]
-    if not set_by_genpipe or set_by_genpipe[-1] != int(current.version):
+    if int(current.version) not in set_by_genpipe:
         return ()  # the operator's choice
     held = champion.champion(client, name, metric)
     if held is None:  # the alias went in between
@@ -82,6 +83,10 @@ def reconcile(client: Any, name: str, metric: str, policy: gate.Policy,
     rivals = [v for v in client.search_model_versions(
                   f"name = '{name}' AND tags.`{TAG_AGAINST}` = '{judged}'")
               if abs(int(v.creation_timestamp or 0) / 1000 - born) <= RACE_SECONDS]  # fmt: skip
+    # genpipe's last promotion was this champion, or a rival's: two registers record their
+    # promotions, then set the alias, in either order. Any other: the operator moved it back
+    if set_by_genpipe[-1] not in {int(v.version) for v in rivals} | {int(current.version)}:
+        return ()
     aliases = gate.reconcile(held, [champion.values(v) for v in rivals],
                              policy.min_improvement, policy.noise_z)  # fmt: skip
     best = next((v for v in rivals if aliases and int(v.version) == aliases[-1][1]), None)
