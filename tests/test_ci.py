@@ -87,6 +87,29 @@ def test_the_workflow_runs_on_every_change_a_stage_depends_on():
         assert not unmatched, f"{event}: no trigger path matches {unmatched}"
 
 
+def test_the_retrain_step_runs_under_the_launcher_a_repository_variable_names(tmp_path):
+    """RETRAIN_LAUNCHER (`srun --gres=gpu:1 ...` on a login node) prefixes the retrain, its
+    flags split as a command's; unset, the retrain runs on the runner itself. GitHub's own
+    runner stays the default (RETRAIN_RUNNER unset)."""
+    job = yamlio.load(WORKFLOW.read_text())["jobs"]["retrain"]
+    assert job["runs-on"] == ("${{ vars.RETRAIN_RUNNER && fromJSON(vars.RETRAIN_RUNNER) "
+                              "|| 'ubuntu-latest' }}")  # fmt: skip
+    [step] = [s for s in job["steps"] if "ci-retrain" in s.get("run", "")]
+    fake = tmp_path / ".venv/bin/genpipe"
+    fake.parent.mkdir(parents=True)
+    fake.write_text('#!/bin/sh\necho "genpipe $*"\n')
+    fake.chmod(0o755)
+    env = {"PATH": os.environ["PATH"], "BASE": "origin/main", "BRANCH": "feature/x",
+           "GITHUB_STEP_SUMMARY": "summary.md"}  # fmt: skip
+    for launcher, first in (("", "genpipe"), ("echo srun --gres=gpu:1 --time=04:00:00", "srun")):
+        out = subprocess.run(["bash", "-e", "-c", step["run"]], cwd=tmp_path, text=True,
+                             env={**env, "LAUNCHER": launcher}, capture_output=True)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        words = out.stdout.split()
+        assert words[0] == first and "ci-retrain" in words and "feature/x" in words, words
+    assert words[1:3] == ["--gres=gpu:1", "--time=04:00:00"]
+
+
 @pytest.mark.parametrize(
     ("given", "env", "expected"),
     [("feature/x", {"GITHUB_HEAD_REF": "pr-branch"}, "feature/x"),

@@ -25,7 +25,7 @@ LAYERS = [
     {"reference", "models", "tracking"},
     {"training", "gan", "autoencoder"},
     {"registry", "serving"},
-    {"ci", "recipes", "cli"},
+    {"ci", "recipes", "sweep", "cli"},
 ]  # fmt: skip
 
 

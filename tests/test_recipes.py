@@ -76,3 +76,14 @@ def test_runs_from_before_a_metric_count_for_the_ones_they_have():
     assert "1.5 ± 0.71  0.9" in table([recipe], ("fid", "density"))
     [bare] = group(runs[:1], ("fid", "density"))
     assert table([bare], ("fid", "density")).splitlines()[1].split()[3:] == ["2", "-"]
+
+
+def test_the_seeds_are_never_what_sets_recipes_apart():
+    """Each recipe's params are its first run's: two recipes whose first runs had other
+    seeds still differ only in what the table names, lr_g here."""
+    runs = [run("a0", "A", 10.0), run("a1", "A", 12.0), run("b1", "B", 10.5, "0.0004"),
+            run("b0", "B", 11.9, "0.0004")]  # fmt: skip
+    groups = recipes.group(runs, ("fid",))
+    assert recipes.varying_params(groups) == ["gan.lr_g"]
+    header = recipes.table(groups, ("fid",)).splitlines()[0].split()
+    assert header[-1] == "gan.lr_g" and "seed" not in header

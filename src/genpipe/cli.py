@@ -109,6 +109,15 @@ def _history_command(args: argparse.Namespace) -> None:
         _print(history.table(changes))
 
 
+def _sweep_id(text: str) -> str:
+    import re
+
+    if not re.fullmatch(r"sw[0-9a-f]{8}", text):
+        raise argparse.ArgumentTypeError(f"expected a sweep's id (sw and 8 hex digits); "
+                                         f"found {text!r}")  # fmt: skip
+    return text
+
+
 # what `genpipe compare` shows of each model, its primary (the gate's) metric first
 COMPARED = {"gan": (FID, KID_MEAN, PRECISION, RECALL, DENSITY, COVERAGE),
             "autoencoder": (MSE, PSNR, SSIM, FID)}  # fmt: skip
@@ -121,7 +130,7 @@ def _compare_command(args: argparse.Namespace) -> None:
     from genpipe.params.load import load_params
     from genpipe.tracking import store
     from genpipe.tracking.experiments import experiment_name
-    from genpipe.tracking.lineage import TAG_DATA_HASH, TAG_RECIPE
+    from genpipe.tracking.lineage import TAG_DATA_HASH, TAG_RECIPE, TAG_SWEEP
 
     metrics = tuple(args.metric) if args.metric else COMPARED[args.model]
     experiment = experiment_name(load_params().train.experiment, args.model)
@@ -136,8 +145,10 @@ def _compare_command(args: argparse.Namespace) -> None:
         if found is None:
             raise TrackingError(f"MLflow experiment {experiment!r}: expected it in {uri}; "
                                 "found none (train the model first)")  # fmt: skip
-        runs = client.search_runs([found.experiment_id], "attributes.status = 'FINISHED'",
-                                  max_results=args.max_runs)  # fmt: skip
+        where = "attributes.status = 'FINISHED'"
+        if args.sweep:  # a sweep's id is [a-z0-9]: nothing to quote
+            where += f" and tags.`{TAG_SWEEP}` = '{args.sweep}'"
+        runs = client.search_runs([found.experiment_id], where, max_results=args.max_runs)
     except MlflowException as exc:
         raise TrackingError(f"MLflow tracking store {uri}: could not search the runs of "
                             f"{experiment} ({store.brief(exc)})") from exc  # fmt: skip
@@ -147,6 +158,36 @@ def _compare_command(args: argparse.Namespace) -> None:
                          if f"{EVAL_PREFIX}{m}" in run.data.metrics}}
             for run in runs]  # fmt: skip
     _print(recipes.table(recipes.group(rows, metrics), metrics))
+
+
+def _sweep_command(args: argparse.Namespace) -> None:
+    from genpipe.sweep.grid import SweepError
+
+    action, *rest = args.action or ["submit"]
+    if action == "status" and len(rest) == 1:
+        from genpipe.sweep.submit import status
+
+        for line in status(rest[0]):
+            _print(line)
+    elif action == "task" and len(rest) == 2 and rest[1].isdigit():
+        from genpipe.sweep.task import run_task
+
+        run_task(Path(rest[0]), int(rest[1]))
+    elif action == "submit" and not rest:
+        from genpipe.sweep.submit import Request, submit
+
+        flags = {name: getattr(args, name) for name in SWEEP_FLAGS}
+        submit(Request(args.set_param or [], args.on, args.wait, flags), say=_print)
+    else:
+        raise SweepError(f"genpipe sweep {' '.join(args.action)}: expected `genpipe sweep -S "
+                         "key=a,b ...`, `genpipe sweep status <id>` or `genpipe sweep task "
+                         "<dir> <index>`")  # fmt: skip
+
+
+# the sweep section's keys that `genpipe sweep` also takes as flags (--cpus-per-task ...)
+SWEEP_FLAGS = {"partition": str, "time": str, "cpus_per_task": int, "mem": str, "gres": str,
+               "account": str, "max_parallel": int, "git_remote": str, "scratch": str,
+               "checkpoints": str}  # fmt: skip
 
 
 def _ui_command(args: argparse.Namespace) -> None:
@@ -230,7 +271,23 @@ def main(argv: list[str] | None = None) -> None:
     compare.add_argument("--metric", action="append", help="an eval/ metric to show, the "
                          "first one ranks (repeatable; default: the model's figures)")  # fmt: skip
     compare.add_argument("--max-runs", type=int, default=1000, help="(default: %(default)s)")
+    compare.add_argument("--sweep", type=_sweep_id, help="only the runs of this `genpipe sweep`")
     compare.set_defaults(func=_compare_command)
+    sweep = commands.add_parser(
+        "sweep", help="a grid of params (-S key=a,b -S other=range(0,3)): one DVC experiment "
+        "a point, on DVC's queue here (--on local) or a Slurm array (--on slurm); "
+        "`genpipe sweep status <id>` says where each point stands")  # fmt: skip
+    sweep.add_argument("action", nargs="*", help="status <id> | (none: submit)")
+    sweep.add_argument("-S", "--set-param", action="append", metavar="key=values",
+                       help="as `dvc exp run -S`; the grid is every combination (repeatable)")
+    sweep.add_argument("--on", choices=["local", "slurm"],
+                       help="the engine (default: params.yaml's sweep.engine)")
+    sweep.add_argument("--wait", action="store_true",
+                       help="block until every task has ended (as sbatch --wait); fail if any did")
+    for name, kind in SWEEP_FLAGS.items():
+        sweep.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None,
+                           help=f"sweep.{name} for this sweep")  # fmt: skip
+    sweep.set_defaults(func=_sweep_command)
     ui = commands.add_parser("ui", help="the MLflow UI on the project's tracking store, "
                              "opened in its model-training view")  # fmt: skip
     ui.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")

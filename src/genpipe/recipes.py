@@ -67,9 +67,13 @@ def differ(a: Recipe, b: Recipe, metric: str) -> bool | None:
     return abs(a.mean(metric) - b.mean(metric)) > Z * error
 
 
+SEEDS = ("seed", "train.seed")  # in every recipe's runs, one value or another: not a recipe's
+
+
 def varying_params(recipes: list[Recipe]) -> list[str]:
-    """The param keys whose values differ between recipes (what sets them apart)."""
-    keys = sorted({k for r in recipes for k in r.params})
+    """The param keys whose values differ between recipes (what sets them apart); never the
+    seeds, which differ within a recipe (its params are its first run's)."""
+    keys = sorted({k for r in recipes for k in r.params} - set(SEEDS))
     return [k for k in keys if len({r.params.get(k) for r in recipes}) > 1]
 
 

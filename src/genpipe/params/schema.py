@@ -215,6 +215,31 @@ class RegisterParams(Section):
     noise_z: float = Field(2.0, ge=0, le=10)
 
 
+# what goes into an #SBATCH line: Slurm's own spellings, nothing a shell would read
+SLURM_TIME = r"^(\d+-)?\d+(:\d{1,2}){0,2}$"  # minutes, M:S, H:M:S, D-H, D-H:M, D-H:M:S
+SLURM_MEMORY = r"^\d+[KMGT]?$"  # per node; no unit: megabytes
+SLURM_WORD = r"^[A-Za-z0-9][A-Za-z0-9_.:,=+-]*$"  # a partition, a gres list, an account
+
+
+class SweepParams(Section):
+    """`genpipe sweep`: the engine its tasks run on by default, and what each Slurm task asks
+    for (its #SBATCH lines; the flags of the same names win)."""
+
+    engine: Literal["local", "slurm"] = "local"
+    max_parallel: int | None = Field(None, ge=1, le=100_000)  # tasks at once; null: no cap
+    partition: str | None = Field(None, pattern=SLURM_WORD, max_length=200)
+    time: str = Field("04:00:00", pattern=SLURM_TIME, max_length=20)  # each task's limit
+    cpus_per_task: int = Field(2, ge=1, le=4096)
+    mem: str = Field("8G", pattern=SLURM_MEMORY, max_length=20)
+    gres: str | None = Field(None, pattern=SLURM_WORD, max_length=200)  # gpu:1
+    account: str | None = Field(None, pattern=SLURM_WORD, max_length=200)
+    git_remote: str = Field("origin", pattern=SLURM_WORD, max_length=200)  # the tasks clone
+    # where each task clones and runs (null: $TMPDIR on the node, else /tmp); its checkpoints
+    # live apart from it (null: sweeps/<id>/checkpoints/, which the nodes must share)
+    scratch: str | None = Field(None, min_length=1, max_length=4096)
+    checkpoints: str | None = Field(None, min_length=1, max_length=4096)
+
+
 class Params(Section):
     seed: int = Field(0, ge=0, le=MAX_SEED)
     # avx2: the CPU kernels pinned to one ISA, so any x86-64 machine with AVX2 gives the same
@@ -230,6 +255,7 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
     # `register` would shadow the metaclass's ABC register, hence the alias
     registry: RegisterParams = Field(RegisterParams(), alias="register")
+    sweep: SweepParams = SweepParams()
 
     @property
     def training_seed(self) -> int:

@@ -27,6 +27,7 @@ TAG_GIT_COMMIT = "git.commit"
 TAG_GIT_DIRTY = "git.dirty"
 TAG_DATA_HASH = "data.hash"  # of data/prepared
 TAG_DVC_EXP = "dvc.exp_name"
+TAG_SWEEP = "genpipe.sweep"  # the `genpipe sweep` a run is a point of ($GENPIPE_SWEEP)
 TAG_RECIPE = "genpipe.recipe"  # recipe_id: runs of one recipe differ only in their seeds
 TAG_RESUMED_FROM = "genpipe.resumed_from_run_id"  # the killed run a resumed one goes on from
 TAG_SOURCE_RUN = "genpipe.source_run_id"  # on a rebuilt run: the run mlflow_run.json names
@@ -149,6 +150,8 @@ def run_tags(model: str, data_hash: str, git: dict[str, str]) -> dict[str, str]:
     }
     if exp_name := dvc_exp_name():
         tags[TAG_DVC_EXP] = exp_name
+    if sweep := os.environ.get("GENPIPE_SWEEP"):
+        tags[TAG_SWEEP] = sweep
     if git["commit"] != "unknown":
         tags["mlflow.source.git.commit"] = git["commit"]
         if remote := _git(Path("."), "config", "--get", "remote.origin.url"):
