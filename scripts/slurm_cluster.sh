@@ -29,6 +29,7 @@ saved=()
 [ -f "$dir/cluster.env" ] && mapfile -t saved < "$dir/cluster.env"
 for line in "${saved[@]}"; do
     key=${line%%=*}
+    case $key in SLURM_CLUSTER_*) ;; *) continue ;; esac  # nothing else, as root
     [ -n "${!key:-}" ] || export "$line"
 done
 ctld_port=${SLURM_CLUSTER_CTLD_PORT:-6817}
@@ -66,10 +67,11 @@ stop() {  # $1: the service; SIGTERM, then SIGKILL after 10 s
 write_config() {
     printf '%s\n' "SLURM_CLUSTER_CTLD_PORT=$ctld_port" "SLURM_CLUSTER_D_PORT=$d_port" \
         "SLURM_CLUSTER_CPUS=$cpus" "SLURM_CLUSTER_MEMORY_MB=$memory" > "$dir/cluster.env"
-    [ -f "$dir/munge.key" ] || {
+    [ -f "$dir/munge.key" ] || (
+        umask 077  # the key is never readable by others, not even for a moment
         mungekey --create --keyfile="$dir/munge.key" 2>/dev/null ||
             dd if=/dev/urandom of="$dir/munge.key" bs=1024 count=1 status=none
-    }
+    )
     chmod 600 "$dir/munge.key"
     cat > "$conf" <<EOF
 # a one-node cluster for genpipe's tests (scripts/slurm_cluster.sh)

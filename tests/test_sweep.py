@@ -186,10 +186,12 @@ def test_the_status_says_what_slurm_knows_of_a_task_that_recorded_no_end(tmp_pat
     write_point(sweep, 2, PointState(RUNNING, job="7_2"))
     write_point(sweep, 3, PointState(FAILED, job="7_3", error="error: train.device: no GPU",
                                      log="/logs/3-7.out"))  # fmt: skip
-    said = {1: ("OUT_OF_MEMORY", "None"), 2: ("RUNNING", "None"), 4: ("PENDING", "Resources")}
+    said = {1: ("7", "OUT_OF_MEMORY", "None"), 2: ("7", "RUNNING", "None"),
+            4: ("7", "PENDING", "Resources")}  # fmt: skip
     monkeypatch.setattr(slurm, "states", lambda jobs: said if jobs == ["7"] else {})
     states = submitting.point_states(sweep)
     assert [states[i].state for i in range(5)] == [DONE, FAILED, RUNNING, FAILED, PENDING]
+    assert states[4].job == "7_4"
     assert states[1].error == ("Slurm says OUT_OF_MEMORY (None) and the task recorded no end "
                                "(killed? see its log)")  # fmt: skip
     lines, failed = submitting.status_lines(sweep)
@@ -207,6 +209,18 @@ def test_the_status_says_what_slurm_knows_of_a_task_that_recorded_no_end(tmp_pat
     # a task that Slurm no longer lists at all
     monkeypatch.setattr(slurm, "states", lambda jobs: {})
     assert submitting.point_states(sweep)[2].error.startswith("Slurm no longer lists it")
+    # Slurm cannot be asked: the records as they are, no running task called failed
+    monkeypatch.setattr(slurm, "states", lambda jobs: None)
+    assert submitting.point_states(sweep)[2].state == RUNNING
+    # point 3 submitted again (job 9) and pending: not its earlier failure; a job submitted
+    # by hand (8, named only by a task's record) is asked about too
+    write_point(sweep, 0, PointState(DONE, job="8_0"))
+    asked = []
+    again = {3: ("9", "PENDING", "Priority")}
+    monkeypatch.setattr(slurm, "states", lambda jobs: asked.append(jobs) or again)
+    states = submitting.point_states(sweep)
+    assert (states[3].state, states[3].job, states[3].error) == (PENDING, "9_3", None)
+    assert asked == [["7", "8"]]
 
 
 def test_a_sweep_that_is_not_there_is_one_line(tmp_path, monkeypatch):
@@ -216,23 +230,32 @@ def test_a_sweep_that_is_not_there_is_one_line(tmp_path, monkeypatch):
         load(Path("sw00000000"))
     (tmp_path / "sweeps/sw1").mkdir(parents=True)
     (tmp_path / "sweeps/sw1/sweep.json").write_text('{"id": 1}')
-    with pytest.raises(SweepError, match="expected the record genpipe sweep wrote; found KeyError"):
+    with pytest.raises(SweepError, match="expected the record genpipe sweep wrote; found Type"):
         load(Path("sw1"))
+    sweep = make_sweep(tmp_path)  # a record as written, then edited by hand
+    record = sweep.dir / "sweep.json"
+    record.write_text(record.read_text().replace('"jobs": []', '"jobs": "123"'))
+    with pytest.raises(SweepError, match=r"found TypeError: jobs is '123', not a list of job ids"):
+        load(sweep.dir)
 
 
 def test_waiting_asks_squeue_more_slowly_until_no_task_is_active(monkeypatch):
     said = [("PENDING", "PENDING"), ("RUNNING", "PENDING"), ("COMPLETED", "RUNNING"),
             ("COMPLETED", "FAILED")]  # fmt: skip
-    answers = iter([{0: (a, ""), 1: (b, "")} for a, b in said])
+    answers = iter([{0: ("7", a, ""), 1: ("7", b, "")} for a, b in said])
     monkeypatch.setattr(slurm, "_squeue", lambda job: next(answers))
     slept = []
     slurm.wait("7", sleep=slept.append)
     assert slept == [1.0, 2.0, 3.0]
     # a job squeue has forgotten (past MinJobAge) has ended too
     monkeypatch.setattr(slurm, "_squeue", lambda job: {})
-    monkeypatch.setattr(slurm, "_listed", lambda job: False)
     slurm.wait("7", sleep=slept.append)
     assert slept == [1.0, 2.0, 3.0]
+    # a controller that does not answer ends the waiting, in one line, after `patience`
+    monkeypatch.setattr(slurm, "_squeue", lambda job: None)
+    with pytest.raises(SweepError, match=r"^squeue: expected to follow job 7; found no answer "
+                       r"3 times in a row \(the job goes on"):  # fmt: skip
+        slurm.wait("7", sleep=lambda s: None, patience=3)
 
 
 def fake_dvc(tmp_path: Path, body: str) -> Path:

@@ -40,16 +40,31 @@ def queue_env(sweep: Sweep) -> dict[str, str]:
 def submit(sweep: Sweep, indices: list[int], max_parallel: int | None, wait: bool) -> None:
     """Queue the points `indices` and start the queue's workers (1 unless max_parallel);
     with `wait`, return once none of the sweep's entries is queued or running."""
+    from dvc.repo import Repo
+
+    with Repo(sweep.workspace) as repo:
+        workers = repo.experiments.celery_queue.worker_status()
+    if workers:  # it would run the points without the sweep's environment
+        raise SweepError(f"dvc queue: expected no queue worker running (a running one would "
+                         f"run the sweep's points without its branch and MLflow store); found "
+                         f"{len(workers)}: `dvc queue stop`, or wait for its "
+                         "experiments")  # fmt: skip
     for index in indices:
         args = ["exp", "run", "--queue", "-n", sweep.experiment(index)]
         for override in sweep.points[index]:
             args += ["-S", override]
         _dvc(args)
     _dvc(["queue", "start", "-j", str(max_parallel or 1)], env=queue_env(sweep))
+    idle = 0
     while wait:
         waiting = [s for s in states(sweep).values() if s.state in (PENDING, RUNNING)]
         if not waiting:
             return
+        with Repo(sweep.workspace) as repo:
+            idle = 0 if repo.experiments.celery_queue.worker_status() else idle + 1
+        if idle >= 5:  # no worker for 10 s and points still queued
+            raise SweepError(f"dvc queue: its workers stopped with {len(waiting)} of the "
+                             "sweep's points still queued; `dvc queue start` runs them")
         time.sleep(2)
 
 

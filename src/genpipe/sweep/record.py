@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from genpipe.errors import exception_text
 from genpipe.fileio import atomic_path
 from genpipe.sweep.grid import Point, SweepError
 
@@ -54,10 +55,13 @@ class Sweep:
         return base / str(index)
 
     def save(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "points").mkdir(exist_ok=True)
-        (self.dir / "logs").mkdir(exist_ok=True)
         record = {**asdict(self), "points": [list(point) for point in self.points]}
+        try:
+            for folder in (self.dir, self.dir / "points", self.dir / "logs"):
+                folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SweepError(f"{self.dir}: expected a folder the sweep can write its records "
+                             f"to; found {exception_text(exc)}") from None  # fmt: skip
         write_json(self.dir / "sweep.json", record)
 
 
@@ -66,14 +70,37 @@ def load(path: Path) -> Sweep:
     where = path if (path / "sweep.json").exists() else SWEEPS_DIR / path
     try:
         data = json.loads((where / "sweep.json").read_text(encoding="utf-8"))
-        data["points"] = [tuple(p) for p in data["points"]]
-        return Sweep(**data)
+        sweep = Sweep(**data)
+        _check_types(sweep)
+        sweep.points = [tuple(point) for point in sweep.points]
+        return sweep
     except FileNotFoundError:
         raise SweepError(f"sweep {path}: expected {where / 'sweep.json'}; found no such file "
                          "(`ls sweeps/` lists the sweeps submitted from here)") from None
     except (ValueError, TypeError, KeyError) as exc:
         raise SweepError(f"{where / 'sweep.json'}: expected the record genpipe sweep wrote; "
                          f"found {type(exc).__name__}: {exc}") from None  # fmt: skip
+    except OSError as exc:
+        raise SweepError(f"{where / 'sweep.json'}: expected a record this user can read; "
+                         f"found {exception_text(exc)}") from None  # fmt: skip
+
+
+def _check_types(sweep: Sweep) -> None:
+    """A hand-edited record fails here, naming the field, not later as a traceback."""
+    texts = ("id", "engine", "commit", "workspace", "git_url", "git_remote", "tracking_uri",
+             "python_bin")  # fmt: skip
+    for name in texts:
+        if not isinstance(getattr(sweep, name), str):
+            raise TypeError(f"{name} is {getattr(sweep, name)!r}, not a string")
+    for name in ("scratch", "checkpoints"):
+        if getattr(sweep, name) is not None and not isinstance(getattr(sweep, name), str):
+            raise TypeError(f"{name} is {getattr(sweep, name)!r}, not a string or null")
+    if not isinstance(sweep.jobs, list) or not all(isinstance(j, str) for j in sweep.jobs):
+        raise TypeError(f"jobs is {sweep.jobs!r}, not a list of job ids")
+    if not isinstance(sweep.points, list) or not all(
+        isinstance(p, list) and all(isinstance(o, str) for o in p) for p in sweep.points
+    ):
+        raise TypeError("points is not a list of lists of key=value strings")
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -104,13 +131,21 @@ def point_path(sweep: Sweep, index: int) -> Path:
 def read_point(sweep: Sweep, index: int) -> PointState:
     try:
         data = json.loads(point_path(sweep, index).read_text(encoding="utf-8"))
-        return PointState(**data)
+        state = PointState(**data)
+        for name in ("runs", "weights", "seconds"):
+            if not isinstance(getattr(state, name), dict):
+                raise TypeError(f"{name} is not a map")
+        return state
     except FileNotFoundError:
         return PointState()
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OSError) as exc:
         return PointState(FAILED, error=f"{point_path(sweep, index)}: unreadable ({exc})")
 
 
 def write_point(sweep: Sweep, index: int, state: PointState) -> None:
     state.updated = round(time.time(), 3)
-    write_json(point_path(sweep, index), asdict(state))
+    try:
+        write_json(point_path(sweep, index), asdict(state))
+    except OSError as exc:  # a full disk is DiskFullError, the stage's own line
+        raise SweepError(f"{point_path(sweep, index)}: expected to write the point's state; "
+                         f"found {exception_text(exc)}") from None  # fmt: skip

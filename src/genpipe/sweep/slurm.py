@@ -54,6 +54,9 @@ def script(sweep: Sweep, resources: Resources) -> str:
         f"#SBATCH --cpus-per-task={resources.cpus_per_task}",
         f"#SBATCH --mem={resources.mem}",
         "#SBATCH --ntasks=1",
+        # SIGTERM 2 minutes before the time limit: the task records its end and keeps its
+        # checkpoint for the resubmission
+        "#SBATCH --signal=B:TERM@120",
     ]
     for flag, value in (("partition", resources.partition), ("gres", resources.gres),
                         ("account", resources.account)):  # fmt: skip
@@ -101,60 +104,64 @@ def submit(path: Path, indices: list[int], max_parallel: int | None) -> str:
     return job
 
 
-def wait(job: str, sleep: Callable[[float], None] = time.sleep) -> None:
-    """Return once no task of `job` is pending or running. squeue is asked every few
-    seconds (1, 2, ... up to 10): sbatch --wait's own polling backs off to 32 s and more,
-    half a minute lost on a task of a minute."""
-    pause = 1.0
+Said = tuple[str, str, str]  # what Slurm says of an array task: (job, state, reason)
+
+
+def wait(job: str, sleep: Callable[[float], None] = time.sleep, patience: int = 30) -> None:
+    """Return once no task of `job` is pending or running (or squeue no longer knows the
+    job). squeue is asked every few seconds (1, 2, ... up to 10): sbatch --wait's own polling
+    backs off to 32 s and more, half a minute lost on a task of a minute. `patience`
+    unanswered questions in a row end the waiting with one line; the job goes on."""
+    pause, unanswered = 1.0, 0
     while True:
         found = _squeue(job)
-        if found and not any(state in ACTIVE for state, _ in found.values()):
+        if found is None:
+            unanswered += 1
+            if unanswered >= patience:
+                raise SweepError(f"squeue: expected to follow job {job}; found no answer "
+                                 f"{patience} times in a row (the job goes on: "
+                                 "`genpipe sweep status` follows it)")  # fmt: skip
+        elif not any(state in ACTIVE for _, state, _ in found.values()):
             return
-        if not found and _listed(job) is False:  # gone from squeue (past MinJobAge)
-            return
+        else:
+            unanswered = 0
         sleep(pause)
         pause = min(pause + 1.0, 10.0)
 
 
-def _listed(job: str) -> bool | None:
-    """Whether squeue knows `job` at all; None when it cannot be asked."""
-    try:
-        out = _run(["squeue", "-h", "-j", job, "--states=all", "-o", "%i"])
-    except SweepError:
-        return None
-    if out.returncode != 0:
-        return False if "Invalid job id" in out.stderr else None
-    return bool(out.stdout.strip())
-
-
-def states(jobs: list[str]) -> dict[int, tuple[str, str]]:
+def states(jobs: list[str]) -> dict[int, Said] | None:
     """Slurm's word on each array task of the sweep's jobs, the latest job's last: index ->
-    (state, reason). squeue holds a task until MinJobAge after it ends; sacct, where
-    accounting is on, beyond that."""
-    found: dict[int, tuple[str, str]] = {}
+    (job, state, reason); None when squeue cannot be asked. squeue holds a task until
+    MinJobAge after it ends; sacct, where accounting is on, beyond that."""
+    found: dict[int, Said] = {}
     for job in jobs:
-        for index, state in _sacct(job).items():
-            found[index] = state
-        for index, state in _squeue(job).items():
-            found[index] = state
+        found.update(_sacct(job))
+        queued = _squeue(job)
+        if queued is None:
+            return None
+        found.update(queued)
     return found
 
 
-def _squeue(job: str) -> dict[int, tuple[str, str]]:
+def _squeue(job: str) -> dict[int, Said] | None:
+    """The job's array tasks as squeue lists them; {} for a job it no longer knows, None
+    when it cannot be asked (the controller down)."""
     try:
         out = _run(["squeue", "-h", "-r", "--states=all", "-j", job, "-o", "%K|%T|%r"])
     except SweepError:
-        return {}
+        return None
+    if out.returncode != 0:
+        return {} if "Invalid job id" in out.stderr else None
     found = {}
     for line in out.stdout.splitlines():
         index, _, rest = line.partition("|")
         state, _, reason = rest.partition("|")
         if index.strip().isdigit():
-            found[int(index)] = (state.strip(), reason.strip())
+            found[int(index)] = (job, state.strip(), reason.strip())
     return found
 
 
-def _sacct(job: str) -> dict[int, tuple[str, str]]:
+def _sacct(job: str) -> dict[int, Said]:
     try:
         out = _run(["sacct", "-n", "-P", "-X", "-j", job, "-o", "JobID,State,ExitCode"])
     except SweepError:
@@ -164,7 +171,7 @@ def _sacct(job: str) -> dict[int, tuple[str, str]]:
         parts = line.split("|")
         if len(parts) == 3 and "_" in parts[0] and parts[0].rsplit("_", 1)[1].isdigit():
             state = parts[1].split()[0] if parts[1] else ""
-            found[int(parts[0].rsplit("_", 1)[1])] = (state, f"exit {parts[2]}")
+            found[int(parts[0].rsplit("_", 1)[1])] = (job, state, f"exit {parts[2]}")
     return found
 
 

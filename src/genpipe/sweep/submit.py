@@ -9,6 +9,7 @@ only the points without a finished experiment."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -28,6 +29,8 @@ from genpipe.sweep.record import (
     read_point,
 )
 
+SAFE_PATH = re.compile(r"[A-Za-z0-9._+/-]+")  # what an #SBATCH line takes as it is
+
 
 @dataclass(frozen=True)
 class Request:
@@ -38,7 +41,13 @@ class Request:
 
 
 def _git(*args: str, check_ok: bool = True) -> str:
-    out = subprocess.run(["git", *args], capture_output=True, text=True)
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=300)
+    except FileNotFoundError:
+        raise SweepError("git: expected git on PATH (a sweep runs a commit); found no such "
+                         "command") from None  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise SweepError(f"git {args[0]}: expected an answer within 300 s; found none") from None
     if check_ok and out.returncode != 0:
         raise SweepError(f"git {args[0]}: expected a git checkout with a commit; found "
                          f"{' '.join(out.stderr.split()) or f'exit {out.returncode}'}")  # fmt: skip
@@ -59,13 +68,24 @@ def _clean_commit() -> str:
 def _remote_url(remote: str, commit: str) -> str:
     """The git remote's URL (a local path made absolute), once the commit is known to be
     there: each task clones it from there."""
+    from urllib.parse import urlsplit
+
     url = _git("remote", "get-url", remote, check_ok=False)
     if not url:
         raise SweepError(f"sweep.git_remote: expected a git remote named {remote!r} (the tasks "
                          "clone from it and push their experiments to it); found none")  # fmt: skip
+    if "://" in url and urlsplit(url).password:
+        raise SweepError(f"git remote {remote}: expected a URL without a password or token (it "
+                         "goes into the sweep's record and every task's log; use a credential "
+                         "helper or SSH); found one")  # fmt: skip
     if "://" not in url and not _scp_like(url) and Path(url).exists():
         url = str(Path(url).resolve())
-    _git("fetch", "--quiet", remote, check_ok=False)
+    fetched = subprocess.run(["git", "fetch", "--quiet", remote], capture_output=True, text=True,
+                             timeout=300)  # fmt: skip
+    if fetched.returncode != 0:
+        found = " ".join(fetched.stderr.split()) or f"exit {fetched.returncode}"
+        raise SweepError(f"git fetch {remote}: expected the git remote the tasks clone from to "
+                         f"answer; found {found}")  # fmt: skip
     if not _git("branch", "-r", "--contains", commit, "--list", f"{remote}/*", check_ok=False):
         raise SweepError(f"genpipe sweep: expected commit {commit[:12]} on the git remote "
                          f"{remote} (each task clones it from there); found it only here: "
@@ -122,21 +142,29 @@ def prepare(request: Request) -> tuple[Sweep, list[int], slurm.Resources]:
     check(paths.PARAMS, points)
     settings = _settings(params, request.flags)
     commit = _clean_commit()
+    workspace = Path.cwd().resolve()
+    if not SAFE_PATH.fullmatch(str(workspace)):
+        raise SweepError(f"genpipe sweep: expected a workspace path of letters, digits and "
+                         f"._+-/ (it goes into #SBATCH lines); found "
+                         f"{str(workspace)!r}")  # fmt: skip
     ident = sweep_id(commit, engine, points)
-    try:
+    try:  # a resubmission: the same record, its checkpoints where they were
         sweep = load(Path("sweeps") / ident)
     except SweepError:
-        sweep = Sweep(ident, engine, commit, points, workspace=str(Path.cwd().resolve()),
-                      git_remote=settings.git_remote, scratch=settings.scratch,
+        sweep = Sweep(ident, engine, commit, points, workspace=str(workspace),
                       checkpoints=settings.checkpoints,
                       python_bin=str(Path(sys.executable).parent))  # fmt: skip
+    sweep.git_remote, sweep.scratch = settings.git_remote, settings.scratch
     if engine == "slurm":
         sweep.tracking_uri = _server_uri()
         sweep.git_url = _remote_url(settings.git_remote, commit)
         done = finished_names(sweep)
+        said = slurm.states(sweep.jobs) or {}
+        active = {i for i, (_, state, _) in said.items() if state in slurm.ACTIVE}
     else:
         done = set(local.experiments(commit))
-    todo = [i for i in range(len(points)) if sweep.experiment(i) not in done]
+        active = {i for i, s in local.states(sweep).items() if s.state in (PENDING, RUNNING)}
+    todo = [i for i in range(len(points)) if sweep.experiment(i) not in done and i not in active]
     return sweep, todo, resources(settings, {})
 
 
@@ -145,9 +173,10 @@ def submit(request: Request, say: Callable[[str], None] = print) -> Sweep:
     sweep.save()
     ident, total = sweep.id, len(sweep.points)
     say(f"sweep {ident}: {total} points of commit {sweep.commit[:12]} on {sweep.engine} "
-        f"({total - len(todo)} finished already); records in {sweep.dir}")  # fmt: skip
+        f"({total - len(todo)} finished or under way already); records in {sweep.dir}")  # fmt: skip
     if not todo:
-        say(f"nothing to run: every point has a finished experiment (genpipe sweep status {ident})")
+        say(f"nothing to submit: every point has a finished experiment or a task under way "
+            f"(genpipe sweep status {ident})")  # fmt: skip
         return sweep
     if sweep.engine == "slurm":
         script = slurm.write_script(sweep, asked)
@@ -158,7 +187,8 @@ def submit(request: Request, say: Callable[[str], None] = print) -> Sweep:
         say(f"submitted job {job} ({len(todo)} tasks); follow it with: {slurm.follow(job)}"
             f" or genpipe sweep status {ident}")  # fmt: skip
         if request.wait:
-            slurm.wait(job)
+            for each in sweep.jobs:  # an earlier job's tasks still under way, then this one
+                slurm.wait(each)
     else:
         local.submit(sweep, todo, asked.max_parallel, request.wait)
         say(f"queued {len(todo)} experiments; follow them with: dvc queue status, "
@@ -189,24 +219,36 @@ def finished_names(sweep: Sweep) -> set[str]:
 
 def point_states(sweep: Sweep) -> dict[int, PointState]:
     """Each point's state: on Slurm, the task's own record, corrected by what Slurm says of
-    a task that ended without recording its end (killed, out of memory, a node lost)."""
+    a task that ended without recording its end (killed, out of memory, a node lost), and
+    of a point submitted again whose new task has not started; the records as they are
+    when Slurm cannot be asked."""
     if sweep.engine != "slurm":
         return local.states(sweep)
-    scheduler = slurm.states(sweep.jobs)
-    found = {}
-    for index in range(len(sweep.points)):
-        state = read_point(sweep, index)
-        said, reason = scheduler.get(index, ("", ""))
-        if state.state == RUNNING and said not in slurm.ACTIVE:
-            state.state = FAILED
+    records = {index: read_point(sweep, index) for index in range(len(sweep.points))}
+    # the jobs submitted from here, and any a person submitted by hand (sbatch sweep.sbatch)
+    jobs = list(dict.fromkeys(sweep.jobs + [r.job.split("_")[0] for r in records.values()
+                                            if r.job]))  # fmt: skip
+    scheduler = slurm.states(jobs)
+    if scheduler is None:
+        return records
+    for index, state in records.items():
+        job, said, reason = scheduler.get(index, ("", "", ""))
+        mine = (state.job or "").split("_")[0]
+        if job and job != mine and said in slurm.ACTIVE:  # a newer task of the point
+            records[index] = PointState(PENDING if said == "PENDING" else RUNNING,
+                                        job=f"{job}_{index}")  # fmt: skip
+        elif state.state == RUNNING and said not in slurm.ACTIVE and said != "COMPLETED":
             what = f"Slurm says {said} ({reason})" if said else "Slurm no longer lists it"
+            state.state = FAILED
             state.error = f"{what} and the task recorded no end (killed? see its log)"
         elif state.state == PENDING and said in slurm.ENDED_BADLY:
             state.state, state.error = FAILED, f"Slurm says {said} ({reason}) before it started"
-        elif state.state == FAILED and said in slurm.ENDED_BADLY - {"FAILED"}:
+            state.job = f"{job}_{index}"
+        elif state.state == FAILED and job == mine and said in slurm.ENDED_BADLY - {"FAILED"}:
             state.error = f"{state.error} (Slurm: {said})"
-        found[index] = state
-    return found
+        elif state.state == PENDING and said == "PENDING":
+            state.job = f"{job}_{index}"
+    return records
 
 
 def status_lines(sweep: Sweep) -> tuple[list[str], int]:
@@ -242,6 +284,10 @@ def status_lines(sweep: Sweep) -> tuple[list[str], int]:
 
 def status(ident: str) -> list[str]:
     sweep = load(Path(ident))
-    if Path.cwd().resolve() != Path(sweep.workspace) and sweep.engine == "local":
-        os.chdir(sweep.workspace)
+    if sweep.engine == "local" and Path.cwd().resolve() != Path(sweep.workspace):
+        try:  # DVC's queue is the workspace's
+            os.chdir(sweep.workspace)
+        except OSError as exc:
+            raise SweepError(f"sweep {sweep.id}: expected its workspace at {sweep.workspace} "
+                             f"(DVC's queue lives there); found {exc.strerror}") from None
     return status_lines(sweep)[0]

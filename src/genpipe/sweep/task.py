@@ -26,7 +26,16 @@ from genpipe import paths
 from genpipe.models import TABLE
 from genpipe.stage import ERROR
 from genpipe.sweep.grid import SweepError
-from genpipe.sweep.record import DONE, FAILED, RUNNING, PointState, Sweep, load, write_point
+from genpipe.sweep.record import (
+    DONE,
+    FAILED,
+    RUNNING,
+    PointState,
+    Sweep,
+    load,
+    read_point,
+    write_point,
+)
 
 
 class Cancelled(Exception):
@@ -63,13 +72,17 @@ def run_task(where: Path, index: int) -> None:
     log = sweep.dir / "logs" / f"{index}-{job}.out" if job else None
     state = PointState(RUNNING, job=f"{job}_{index}" if job else None, host=socket.gethostname(),
                        log=str(log) if log else None)  # fmt: skip
+    earlier_state = read_point(sweep, index)
     write_point(sweep, index, state)
     for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(stop, _stop)
     scratch = None
     try:
         name = sweep.experiment(index)
-        if finished(sweep.git_url, sweep.commit, name):
+        if finished(sweep.git_url, sweep.commit, name):  # its record, if any, stays as it was
+            earlier = earlier_state if earlier_state.state == DONE else PointState()
+            state.runs, state.weights = earlier.runs, earlier.weights
+            state.seconds = earlier.seconds
             state.state, state.skipped = DONE, True
             print(f"sweep {sweep.id}: point {index} ({name}) is on the git remote already",
                   flush=True)  # fmt: skip
@@ -84,7 +97,7 @@ def run_task(where: Path, index: int) -> None:
             run += ["-S", override]
         _timed(state, "run", lambda: _dvc(run, clone, state, env=task_env(sweep)))
         state.runs, state.weights = results(clone)
-        push = ["exp", "push", sweep.git_remote, name]
+        push = ["exp", "push", "origin", name]  # the clone's remote: sweep.git_url
         _timed(state, "push", lambda: _dvc(push, clone, state))
         state.state = DONE
         shutil.rmtree(sweep.checkpoint_dir(index), ignore_errors=True)  # a finished run's
@@ -93,9 +106,9 @@ def run_task(where: Path, index: int) -> None:
         state.error = state.error or " ".join(str(exc).split())
         raise SweepError(f"sweep {sweep.id} point {index}: {state.error}") from None
     finally:
-        write_point(sweep, index, state)
-        if scratch is not None:
+        if scratch is not None:  # first: the clone holds a copy of .dvc/config.local
             shutil.rmtree(scratch, ignore_errors=True)
+        write_point(sweep, index, state)
 
 
 def task_env(sweep: Sweep) -> dict[str, str]:
@@ -155,8 +168,8 @@ def _dvc(args: list[str], cwd: Path, state: PointState, env: dict[str, str] | No
     finally:
         if proc.poll() is None:  # a signal ended the reading: the command stops too
             proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
+            try:  # within Slurm's KillWait (30 s by default), so the task records its end
+                proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
         proc.wait()
