@@ -15,6 +15,10 @@
 # from nothing running, and later calls read them back):
 #   TEAM_STACK_PG_PORT (5433)  TEAM_STACK_S3_PORT (9000)  TEAM_STACK_MLFLOW_PORT (5050: `mlflow ui` keeps 5000)
 #   TEAM_STACK_BUCKET (genpipe)  TEAM_STACK_MLFLOW_WORKERS (2)  TEAM_STACK_TIMEOUT (60 s a service)
+#   TEAM_STACK_WEBHOOK_CACHE_TTL (5 s: how soon the server posts to a webhook just registered)
+# The server posts MLflow webhooks (`genpipe serve` registers one) to http addresses on this
+# machine: everything here is loopback. Its webhook secrets are encrypted with a key kept in
+# DIR/webhook.key (private), so its workers and its restarts read them.
 # Needs: Debian's postgresql package, and the project's environment first on PATH with the
 # team extra (pip install -e '.[team]': moto[server], psycopg2-binary, dvc-s3).
 set -euo pipefail
@@ -156,13 +160,23 @@ s3.create_bucket(Bucket=sys.argv[2])
 EOF
 }
 
+webhook_key() {  # DIR/webhook.key: a Fernet key, made once, readable by this user alone
+    [ -s "$dir/webhook.key" ] && return
+    (umask 077 && python3 -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())' \
+        >"$dir/webhook.key")
+}
+
 start_mlflow() {
     local log=$dir/logs/mlflow.log
     command -v mlflow >/dev/null || fail "mlflow not found on PATH (activate the project's environment)"
     need_port "mlflow server" "$mlflow_port" TEAM_STACK_MLFLOW_PORT
+    webhook_key
     # the server alone talks to S3; clients up- and download artifacts through it
     PGPASSFILE=$dir/pgpass MLFLOW_S3_ENDPOINT_URL=$s3_url AWS_DEFAULT_REGION=us-east-1 \
     AWS_ACCESS_KEY_ID=$MOTO_KEY_ID AWS_SECRET_ACCESS_KEY=$MOTO_SECRET \
+    MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY=$(cat "$dir/webhook.key") \
+    MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS=true MLFLOW_WEBHOOK_ALLOWED_SCHEMES=http,https \
+    MLFLOW_WEBHOOK_CACHE_TTL=${TEAM_STACK_WEBHOOK_CACHE_TTL:-5} \
         setsid mlflow server --host 127.0.0.1 --port "$mlflow_port" --workers "$workers" \
         --backend-store-uri "postgresql+psycopg2://mlflow@127.0.0.1:$pg_port/mlflow" \
         --artifacts-destination "s3://$bucket/mlartifacts" </dev/null >"$log" 2>&1 &

@@ -25,7 +25,7 @@ LAYERS = [
     {"reference", "models", "tracking"},
     {"training", "gan", "autoencoder"},
     {"registry", "serving"},
-    {"ci", "recipes", "sweep", "cli"},
+    {"ci", "recipes", "sweep", "serve", "cli"},
 ]  # fmt: skip
 
 

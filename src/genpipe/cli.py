@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from genpipe.fileio import atomic_path
 from genpipe.metrics.keys import (
@@ -190,6 +191,13 @@ SWEEP_FLAGS = {"partition": str, "time": str, "cpus_per_task": int, "mem": str, 
                "checkpoints": str}  # fmt: skip
 
 
+def _serve_command(args: argparse.Namespace) -> None:
+    from genpipe.serve.run import Options, serve
+
+    serve(Options(args.model, args.alias, args.host, args.port, args.poll_s, args.webhook_url,
+                  not args.no_webhook))
+
+
 def _ui_command(args: argparse.Namespace) -> None:
     """`mlflow ui` on the project's tracking store, and the URL of its model-training view
     (MLflow 3's UI opens in its GenAI view otherwise)."""
@@ -226,6 +234,24 @@ def _ui_command(args: argparse.Namespace) -> None:
 
         raise GenpipeError(f"mlflow ui exited with {code} (port {args.port} taken? "
                            "choose another with --port)")  # fmt: skip
+
+
+def _add_serve(commands: Any) -> None:
+    served = commands.add_parser(
+        "serve", help="serve the version an alias names (@champion) over HTTP: MLflow's "
+        "/invocations, /sample.png, /reconstruct, /health; switch when the alias moves")
+    served.add_argument("model", help="gan, autoencoder (with register.name_prefix) or a "
+                        "registered model's full name")  # fmt: skip
+    served.add_argument("--alias", default="champion", help="(default: %(default)s)")
+    served.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")
+    served.add_argument("--port", type=int, default=5001, help="(default: %(default)s)")
+    served.add_argument("--poll-s", type=float, default=10.0, help="seconds between asking the "
+                        "registry where the alias is (default: %(default)s)")  # fmt: skip
+    served.add_argument("--webhook-url", help="where the MLflow server posts alias moves "
+                        "(default: http://HOST:PORT/webhook)")  # fmt: skip
+    served.add_argument("--no-webhook", action="store_true",
+                        help="follow the alias by polling alone, with no webhook")
+    served.set_defaults(func=_serve_command)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -288,6 +314,7 @@ def main(argv: list[str] | None = None) -> None:
         sweep.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None,
                            help=f"sweep.{name} for this sweep")  # fmt: skip
     sweep.set_defaults(func=_sweep_command)
+    _add_serve(commands)
     ui = commands.add_parser("ui", help="the MLflow UI on the project's tracking store, "
                              "opened in its model-training view")  # fmt: skip
     ui.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")
