@@ -162,6 +162,12 @@ def test_a_version_whose_files_are_gone_leaves_the_old_one_serving_and_is_retrie
     assert loads == ["1", "2"]
     follow.check(again=True)  # the webhook says the alias was set again: tried again
     assert loads == ["1", "2", "2"] and follow.current.version == "1"
+    registry = client(store)
+    registry.set_registered_model_alias(name, "champion", "1")  # moved back (a rollback)
+    follow.check()
+    registry.set_registered_model_alias(name, "champion", "2")  # and on to 2 again: tried
+    follow.check()
+    assert loads == ["1", "2", "2", "2"] and follow.current.version == "1"
     with follow.serving() as served:
         np.testing.assert_array_equal(served.predict(pd.DataFrame({"seed": SEEDS})),
                                       expected(store, name, "1", SEEDS))  # fmt: skip
@@ -177,6 +183,35 @@ def test_a_removed_alias_keeps_the_version_serving_and_health_says_so(store, tmp
     fresh = follower(store, "s3-gan")
     with pytest.raises(LoadFailed, match="expected a version with the alias"):
         fresh.start()
+
+
+def test_a_check_that_fails_is_said_and_following_goes_on(store, tmp_path, caplog):
+    register_gan(tmp_path, store, "s5", fid=2.0, seed=1)
+    follow = follower(store, "s5-gan")
+    follow.start()
+    resolve = follow._resolve
+    failures = []
+
+    def broken() -> str | None:
+        if len(failures) < 2:
+            failures.append(1)
+            raise OSError(28, "No space left on device")
+        return resolve()
+
+    follow._resolve = broken
+    following = threading.Thread(target=follow.run)
+    following.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(failures) < 2 or follow.health()["check_error"] is not None:
+            assert time.monotonic() < deadline and following.is_alive()
+            time.sleep(0.02)
+    finally:
+        follow.stop()
+        following.join(timeout=30)
+    lines = [r.getMessage() for r in caplog.records
+             if "check of the alias failed" in r.getMessage()]  # fmt: skip
+    assert len(lines) == 2 and "No space left on device" in lines[0]
 
 
 def test_a_version_of_another_model_is_not_served(store, tmp_path):
@@ -215,7 +250,12 @@ def test_a_post_is_taken_only_signed_with_the_secret_recent_and_not_seen_before(
                      if k != "x-mlflow-signature"},
         "another body": lower(mlflow_signed("s3cret", b"{}", now, "d-5")),
     }  # fmt: skip
+    refused["not ascii"] = {**refused["wrong secret"], "x-mlflow-signature": "v1,\u00e9",
+                            "x-mlflow-delivery-id": "d-6"}  # fmt: skip
+    refused["odd digits"] = {**refused["wrong secret"], "x-mlflow-timestamp": "\u00b2"}
     reasons = {why: verifier.refusal(headers, body, at=now) for why, headers in refused.items()}
+    assert "does not match" in reasons["not ascii"]
+    assert "Unix seconds" in reasons["odd digits"]
     assert "does not match" in reasons["wrong secret"]
     assert "301 s old" in reasons["old"] and "found none" in reasons["unsigned"]
     assert "does not match" in reasons["another body"]
@@ -345,13 +385,28 @@ def test_reconstruct_answers_a_png_or_jpeg_at_the_models_size_and_refuses_others
             np.testing.assert_array_equal(answer, served.predict(image[None, None])[0, 0])
         status, body, _ = call(f"{url}/reconstruct", encoded(image, "JPEG", "RGB"))
         assert status == 200 and Image.open(io.BytesIO(body)).size == (8, 8)
-        for body, says in ((encoded(np.zeros((9, 8), np.uint8), "PNG"), "expected an image of 8x8 pixels"),
+        wrong_size = encoded(np.zeros((9, 8), np.uint8), "PNG")
+        for body, says in ((wrong_size, "expected an image of 8x8 pixels"),
                            (b"not an image", "expected a PNG or JPEG image"),
                            (encoded(image, "GIF"), "got GIF"), (b"", "empty body")):
             status, answer, _ = call(f"{url}/reconstruct", body)
             assert status == 400 and says in answer.decode(), answer
         assert call(f"{url}/sample.png?seed=1")[0] == 404
         assert call(f"{url}/webhook", b"{}")[0] == 404  # polling alone: no webhook here
+
+
+def test_an_image_whose_header_claims_billions_of_pixels_is_refused_unread():
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))  # fmt: skip
+
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+    with pytest.raises(pictures.BadRequest, match="expected an image of 8x8 pixels"):
+        pictures.upload(bomb, 1, 8)
 
 
 def test_seeds_from_a_query():

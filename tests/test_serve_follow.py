@@ -53,8 +53,10 @@ def project(root: Path, prefix: str) -> Path:
 
 
 @contextlib.contextmanager
-def genpipe_serve(cwd: Path, uri: str, *flags: str) -> Iterator[tuple[str, Path]]:
-    """`genpipe serve gan` on a free port of 127.0.0.1, once /ping answers; its log."""
+def genpipe_serve(cwd: Path, uri: str, *flags: str, stop: int = signal.SIGTERM
+                  ) -> Iterator[tuple[str, Path]]:  # fmt: skip
+    """`genpipe serve gan` on a free port of 127.0.0.1, once /ping answers; its log. `stop`
+    ends it, and it must exit 0."""
     port = free_port()
     log = cwd / f"serve-{port}.log"
     with log.open("w") as out:
@@ -73,7 +75,7 @@ def genpipe_serve(cwd: Path, uri: str, *flags: str) -> Iterator[tuple[str, Path]
         yield url, log
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.kill(proc.pid, stop)
         try:
             assert proc.wait(timeout=60) == 0, log.read_text()
         except subprocess.TimeoutExpired:
@@ -227,7 +229,8 @@ def test_a_server_that_refuses_the_webhook_is_followed_by_polling_and_says_why(s
     loopback address; genpipe serve says so in one line and follows by polling."""
     outputs = gan_outputs(tmp_path / "run-1", server, fid=2.0, seed=1)
     assert do_register(outputs, server, "rf")["decision"] == "champion"
-    with genpipe_serve(project(tmp_path / "serve", "rf"), server, "--poll-s", "1") as (url, log):
+    with genpipe_serve(project(tmp_path / "serve", "rf"), server, "--poll-s", "1",
+                       stop=signal.SIGHUP) as (url, log):  # the terminal closed: a clean stop
         deadline = time.monotonic() + 60
         while health(url)["follows"]["webhook"] == "off":  # until the webhook was tried
             assert time.monotonic() < deadline

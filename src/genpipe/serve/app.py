@@ -153,8 +153,10 @@ class Routes:
         body = await _capped(request, WEBHOOK_MAX_BYTES)
         if self.verifier is None:
             return text("webhook: this server follows its alias by polling alone", 404)
-        refusal = (f"expected a body of at most {WEBHOOK_MAX_BYTES} bytes" if body is None
-                   else self.verifier.refusal(request.headers, body))  # fmt: skip
+        if body is None:
+            return text(f"webhook refused: expected a body of at most {WEBHOOK_MAX_BYTES} "
+                        "bytes", 413)  # fmt: skip
+        refusal = self.verifier.refusal(request.headers, body)
         if refusal:
             return text(f"webhook refused: {refusal}", 401)
         try:

@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from genpipe.errors import exception_text
 from genpipe.serve.loaded import LoadFailed, Served, load, now
 
 log = logging.getLogger("genpipe.serve")
@@ -37,10 +38,13 @@ class Follower:
         self._swap = threading.Lock()  # taking `current` and counting the request: one step
         self._wake = threading.Event()
         self._again = False  # the webhook said the alias was set: a failed version is retried
+        self._flag = threading.Lock()  # _again: set by the webhook's thread, taken by run()
+        self._skip: str | None = None  # the version that failed, until the alias moves on
         self._stop = threading.Event()
         self._moves = threading.Lock()  # one check at a time
         self.state: dict[str, Any] = {"alias": "set", "failed": None, "registry": "answers",
-                                      "checked": None, "webhook": "off"}  # fmt: skip
+                                      "checked": None, "webhook": "off",
+                                      "follow_error": None}  # fmt: skip
 
     # --- the requests' side -------------------------------------------------------------
     @contextlib.contextmanager
@@ -64,6 +68,7 @@ class Follower:
         return {**(served.describe() if served else {"model": self.name, "alias": self.alias}),
                 "alias_state": self.state["alias"], "registry": self.state["registry"],
                 "last_failure": self.state["failed"], "checked": self.state["checked"],
+                "check_error": self.state["follow_error"],
                 "follows": {"poll_s": self.poll_s, "webhook": self.state["webhook"]}}  # fmt: skip
 
     # --- the alias's side ---------------------------------------------------------------
@@ -79,12 +84,13 @@ class Follower:
         served = self.loader(version)
         served.since = now()
         self.current, self.kind = served, served.kind
-        gc.freeze()  # what is loaded now stays: the collector no longer walks it each request
+        _settle()
         return served
 
     def nudge(self, again: bool = True) -> None:
         """The webhook's word that the alias moved (or was set again, or removed)."""
-        self._again = self._again or again
+        with self._flag:
+            self._again = self._again or again
         self._wake.set()
 
     def run(self) -> None:
@@ -98,8 +104,16 @@ class Follower:
             self._wake.clear()
             if time.monotonic() >= due:
                 due = max(due + self.poll_s, time.monotonic())
-            again, self._again = self._again, False
-            self.check(again)
+            with self._flag:
+                again, self._again = self._again, False
+            try:
+                self.check(again)
+            except Exception as exc:  # noqa: BLE001 (following must outlive any one check)
+                self.state["follow_error"] = {"reason": exception_text(exc), "at": now()}
+                log.warning("%s@%s: a check of the alias failed (%s); the next one is in "
+                            "%g s", self.name, self.alias, exception_text(exc), self.poll_s)
+            else:
+                self.state["follow_error"] = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -111,10 +125,11 @@ class Follower:
         with self._moves:
             started = time.monotonic()
             version = self._resolve()
+            if version != self._skip:
+                self._skip = None  # the alias moved on: the failed version may be tried again
             if version is None or (self.current and version == self.current.version):
                 return
-            failed = self.state["failed"]
-            if failed and failed["version"] == version and not again:
+            if version == self._skip and not again:
                 return
             log.info("%s@%s moved to version %s: loading it beside version %s",
                      self.name, self.alias, version, self.current and self.current.version)
@@ -122,6 +137,7 @@ class Follower:
                 served = self.loader(version)
                 served.load_s = time.monotonic() - started  # the registry asked, then loaded
             except LoadFailed as exc:
+                self._skip = version
                 self.state["failed"] = {"version": version, "reason": str(exc), "at": now()}
                 log.warning("%s version %s not served (%s); version %s still serves",
                             self.name, version, exc, self.current and self.current.version)
@@ -152,8 +168,8 @@ class Follower:
         del old
         if alive() is not None:
             gc.unfreeze()
-            gc.collect()
-        gc.freeze()  # the new version's objects, like the first's: not walked each request
+        _settle()
+
 
     def _resolve(self) -> str | None:
         """The version the alias names, or None (the alias removed, the registry not
@@ -192,3 +208,10 @@ class Follower:
         elif state != self.state["registry"]:
             log.info("%s@%s: the registry answers again", self.name, self.alias)
         self.state["registry"] = state
+
+
+def _settle() -> None:
+    """Collect what is garbage now (what is frozen is not walked), then freeze the rest: the
+    served version's objects are not walked again at each request's collections."""
+    gc.collect()
+    gc.freeze()

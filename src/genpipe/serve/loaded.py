@@ -101,9 +101,10 @@ def load(client: Any, name: str, version: str, alias: str, kind: str | None) -> 
         details = client.get_model_version(name, version)
     except Exception as exc:  # noqa: BLE001 (any failure leaves the served version serving)
         raise LoadFailed(f"the registry: {exception_text(exc)}") from exc
-    scratch = tempfile.mkdtemp(prefix=f"genpipe-serve-{version}-")
+    scratch = None
     path = list(sys.path)  # the model's code_paths go first in sys.path while it loads
     try:
+        scratch = tempfile.mkdtemp(prefix=f"genpipe-serve-{version}-")
         download(client, f"models:/{name}/{version}", scratch)
         model = mlflow.pyfunc.load_model(scratch)
         python_model = model.unwrap_python_model()
@@ -126,6 +127,7 @@ def load(client: Any, name: str, version: str, alias: str, kind: str | None) -> 
         raise LoadFailed(exception_text(exc)) from exc
     finally:
         sys.path[:] = path
-        shutil.rmtree(scratch, ignore_errors=True)  # the weights are in memory now
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)  # the weights are in memory now
     return Served(name, str(version), alias, details.run_id, details.tags.get(TAG_DATA_HASH),
                   model, found, channels, size, time.monotonic() - started)  # fmt: skip

@@ -66,6 +66,9 @@ def upload(body: bytes, channels: int, size: int) -> np.ndarray:
         raise BadRequest("expected a PNG or JPEG image as the request's body; got an empty body")
     try:
         picture = Image.open(io.BytesIO(body))  # reads the header only
+    except Image.DecompressionBombError:
+        raise BadRequest(f"expected an image of {size}x{size} pixels (the model's size); got "
+                         f"one of more than {Image.MAX_IMAGE_PIXELS} pixels") from None
     except (UnidentifiedImageError, OSError):
         raise BadRequest(f"expected a PNG or JPEG image; got {len(body)} bytes of something "
                          "else") from None  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import signal
 import socket
 import threading
 import time
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from genpipe import models
+from genpipe import models, serving
 from genpipe.errors import GenpipeError
 from genpipe.serve import webhook
 from genpipe.serve.follow import Follower
@@ -21,7 +22,9 @@ from genpipe.serve.loaded import LoadFailed
 
 log = logging.getLogger("genpipe.serve")
 
-STOP_S = 30  # requests in flight may finish this long after SIGTERM or Ctrl-C
+STOP_S = 25  # requests in flight may finish this long after SIGTERM or Ctrl-C
+CLOSE_S = 5  # then the webhook's deletion, at most
+POLL_MAX_S = 86400
 
 
 @dataclass(frozen=True)
@@ -38,8 +41,13 @@ class Options:
 def check(options: Options) -> None:
     if not 0 < options.port < 65536:
         raise GenpipeError(f"--port: expected 1..65535; got {options.port}")
-    if not options.poll_s > 0:
-        raise GenpipeError(f"--poll-s: expected seconds above 0; got {options.poll_s}")
+    if not 0 < options.poll_s <= POLL_MAX_S:
+        raise GenpipeError(f"--poll-s: expected seconds above 0, at most {POLL_MAX_S}; "
+                           f"got {options.poll_s}")  # fmt: skip
+    try:
+        serving.max_images()
+    except ValueError as exc:
+        raise GenpipeError(str(exc)) from None
     if not options.alias or not options.alias.replace("-", "").replace("_", "").isalnum():
         raise GenpipeError(f"--alias: expected letters, digits, '-' or '_'; "
                            f"got {options.alias!r}")  # fmt: skip
@@ -131,32 +139,75 @@ def serve(options: Options) -> None:
         timeout_graceful_shutdown=STOP_S, lifespan="off"))  # fmt: skip
     log.info("serving %s version %s (@%s, run %s) on %s: POST /invocations, GET /health",
              name, served.version, options.alias, served.run_id, url)  # fmt: skip
-    hook: dict[str, Any] = {}
-    follow = threading.Thread(target=_follow, name="genpipe-follow", daemon=True,
-                              args=(server, follower, client, verifier, hook,
-                                    options.webhook_url or url + WEBHOOK_PATH))  # fmt: skip
+    follow = threading.Thread(target=follower.run, name="genpipe-follow", daemon=True)
     follow.start()
+    hook = Hook(client, follower, verifier, options.webhook_url or url + WEBHOOK_PATH)
+    hooking = threading.Thread(target=hook.open, args=(server,), name="genpipe-webhook",
+                               daemon=True)  # fmt: skip
+    hooking.start()
+    hang_up = _hang_up_stops(server)
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # SIGTERM or Ctrl-C during the shutdown: the way to stop
         pass
     finally:
+        if hang_up is not None:
+            signal.signal(signal.SIGHUP, hang_up)
         follower.stop()
-        if hook.get("webhook") is not None:
-            with contextlib.suppress(Exception):
-                client.delete_webhook(hook["webhook"].webhook_id)
+        hook.close(hooking)
         sock.close()
     log.info("stopped serving %s", name)
 
 
-def _follow(server: Any, follower: Follower, client: Any, verifier: webhook.Verifier | None,
-            hook: dict[str, Any], url: str) -> None:  # fmt: skip
-    """Once the server listens: the webhook (when there is a verifier), then the follower."""
-    while not server.started and not server.should_exit:
-        time.sleep(0.05)
-    if verifier is not None and not server.should_exit:
-        hook["webhook"] = _webhook(client, follower, verifier, url)
-    follower.run()
+def _hang_up_stops(server: Any) -> Any:
+    """SIGHUP (the terminal closed) stops the server as SIGTERM does, letting requests under
+    way finish (uvicorn itself takes SIGINT and SIGTERM alone). The handler it replaced, or
+    None where SIGHUP is ignored (`nohup`) and stays so."""
+    previous = signal.getsignal(signal.SIGHUP)
+    if previous == signal.SIG_IGN:
+        return None
+    signal.signal(signal.SIGHUP, lambda signum, frame: server.handle_exit(signal.SIGTERM, frame))
+    return previous
+
+
+class Hook:
+    """The webhook's life: registered once the server listens, deleted when it stops (also
+    when the stop comes while it is being registered)."""
+
+    def __init__(self, client: Any, follower: Follower, verifier: webhook.Verifier | None,
+                 url: str) -> None:  # fmt: skip
+        self.client, self.follower, self.verifier, self.url = client, follower, verifier, url
+        self.webhook: Any = None
+        self.closing = False
+        self.lock = threading.Lock()
+
+    def open(self, server: Any) -> None:
+        while not server.started and not server.should_exit:
+            time.sleep(0.05)
+        if self.verifier is None or server.should_exit:
+            return
+        made = _webhook(self.client, self.follower, self.verifier, self.url)
+        with self.lock:
+            if not self.closing:
+                self.webhook, made = made, None
+        if made is not None:  # the server stopped meanwhile
+            self._delete(made)
+
+    def close(self, opening: threading.Thread) -> None:
+        """Delete the webhook, waiting CLOSE_S at most (a registry that does not answer
+        must not hold the stop)."""
+        with self.lock:
+            self.closing = True
+            made, self.webhook = self.webhook, None
+        if made is not None:
+            deleting = threading.Thread(target=self._delete, args=(made,), daemon=True)
+            deleting.start()
+            deleting.join(CLOSE_S)
+        opening.join(CLOSE_S)
+
+    def _delete(self, made: Any) -> None:
+        with contextlib.suppress(Exception):
+            self.client.delete_webhook(made.webhook_id)
 
 
 def _webhook(client: Any, follower: Follower, verifier: webhook.Verifier, url: str) -> Any:

@@ -55,13 +55,15 @@ class Verifier:
         delivery = headers.get(DELIVERY, "")
         if not signature:
             return "expected an X-MLflow-Signature header; found none"
-        if not timestamp.isdigit() or not delivery:
+        if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12) or (
+                not delivery):  # fmt: skip
             return "expected X-MLflow-Timestamp (Unix seconds) and X-MLflow-Delivery-Id headers"
         age = (time.time() if at is None else at) - int(timestamp)
         if abs(age) > TOLERANCE_S:
             return (f"expected a timestamp within {TOLERANCE_S} s of now; found one "
                     f"{abs(age):.0f} s {'old' if age > 0 else 'ahead'}")  # fmt: skip
-        if not hmac.compare_digest(signature, sign(self.secret, delivery, timestamp, body)):
+        expected = sign(self.secret, delivery, timestamp, body).encode()
+        if not hmac.compare_digest(signature.encode("utf-8", "replace"), expected):
             return "the signature does not match this server's secret"
         with self._lock:
             if delivery in self._seen:
