@@ -533,3 +533,15 @@ def test_an_unreadable_class_folder_fails_naming_it(tmp_path, monkeypatch):
         read_folder(root, size=8, channels=1)
     assert ("expected folders this user can read; found 1, which cannot be listed (Permission "
             "denied)") in one_line_error(excinfo)
+
+
+def test_a_fifo_in_the_folder_is_skipped_and_said(tmp_path, caplog):
+    import os
+
+    write_png(tmp_path / "a" / "0.png", (9, 9))
+    os.mkfifo(tmp_path / "a" / "pipe.png")  # reading it would block for ever
+    with caplog.at_level("WARNING"):
+        result = read_folder(tmp_path, 8, 1)
+    assert result.sources == ["a/0.png"]
+    said = [r.getMessage() for r in caplog.records if "not a file or folder" in r.getMessage()]
+    assert len(said) == 1 and "skipped 1 entry" in said[0] and "a/pipe.png" in said[0]

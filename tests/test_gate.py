@@ -58,9 +58,15 @@ GATE = {
     "other metric": (version(2, 0.1, metric="mse"), OLD, False,
                      CHALLENGER, CHALLENGED, "genpipe.metric differ"),
     "force: another backbone, worse": (version(2, 9.0, backbone="inception"), OLD, True,
-                                       CHAMPION, PROMOTED, "fid 9 vs"),
-    "force: a worse comparable":
-        (version(2, 3.0), OLD, True, CHALLENGER, CHALLENGED, "not better"),
+                                       CHAMPION, PROMOTED, "fid 9 vs champion v1"),
+    "force: a worse version on the same data, not compared":
+        (version(2, 3.0), OLD, True, CHAMPION, PROMOTED,
+         "register.force: promoted without comparing (fid 3 vs champion v1's 2)"),
+    "force: within the noise":
+        (version(2, 1.9, std=0.5), replace(OLD, std=0.5), True, CHAMPION, PROMOTED,
+         "register.force"),
+    "force: the same weights as the champion":
+        (version(2, 1.0, weights="w1"), OLD, True, CHALLENGER, CHALLENGED, "the same weights"),
     "the same version": (version(1, 2.0), OLD, False, CHAMPION, (), "already champion"),
     "equal weights": (version(2, 1.0, weights="w1"), OLD, False,
                       CHALLENGER, CHALLENGED, "the same weights as champion v1"),

@@ -408,3 +408,13 @@ def test_the_bounds_hold_the_defaults_and_the_preset():
     preset = yamlio.load((REPO / "examples/fashion-mnist/params.yaml").read_text())
     assert parse_params(preset).evaluate.num_samples == 10_000
     assert parse_params({"seed": 2**63 - 1}).seed == 2**63 - 1
+
+
+@pytest.mark.parametrize(("models", "says"), [
+    ([], "models: expected one or more of gan, autoencoder; got []"),
+    (["gan", "gan"], "models: expected each model once; got gan more than once"),
+    (["gan", "autoencoder", "autoencoder"], "got autoencoder more than once"),
+])  # fmt: skip
+def test_an_empty_or_repeated_models_list_is_refused_naming_the_key(models, says):
+    assert says in error_for({"models": models})
+    assert parse_params({"models": ["autoencoder"]}).models == ["autoencoder"]

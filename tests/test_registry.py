@@ -209,6 +209,16 @@ def test_versions_of_another_backbone_are_not_compared(store, tmp_path):
     assert forced["decision"] == "champion"
 
 
+def test_register_force_promotes_worse_weights_on_the_same_data(store, tmp_path):
+    """register.force: true promotes without comparing, on the same data and backbone too."""
+    do_register(gan_outputs(tmp_path / "a", store, fid=2.0), store, "t2f")
+    worse = do_register(gan_outputs(tmp_path / "b", store, fid=3.0, seed=1), store, "t2f",
+                        force=True)  # fmt: skip
+    assert worse["decision"] == "champion", worse
+    assert worse["reason"].startswith("register.force: promoted without comparing (fid 3 vs")
+    assert aliases(store, "t2f-gan") == {"champion": 2, "previous-champion": 1}
+
+
 class Scores:
     """Stands in for registry.rescore.Scorer: the champion's FID on today's data, and the
     config.json of each weights directory it was given (they are the champion's own)."""

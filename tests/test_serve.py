@@ -441,3 +441,23 @@ def test_the_command_refuses_bad_flags_a_taken_port_and_a_missing_alias_in_one_l
         assert exited.value.code == 1 and len(lines) == 1 and lines[0].startswith("error: ")
         assert says in lines[0], lines
     taken.close()
+
+
+def test_genpipe_ui_refuses_a_port_out_of_range_or_taken_in_one_line(tmp_path, capsys,
+                                                                     monkeypatch):  # fmt: skip
+    from genpipe import cli
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for flags, says in ((["--port", "99999"], "--port: expected 1..65535; got 99999"),
+                            (["--port", port], f"--port {port}: expected a free port"),
+                            (["--host", "203.0.113.9"], "expected a free port on an address "
+                                                        "of this machine")):  # fmt: skip
+            with pytest.raises(SystemExit) as exited:
+                cli.main(["ui", *flags])
+            lines = capsys.readouterr().err.strip().splitlines()
+            assert exited.value.code == 1 and len(lines) == 1, lines
+            assert lines[0].startswith("error: ") and says in lines[0], lines

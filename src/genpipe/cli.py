@@ -204,12 +204,17 @@ def _ui_command(args: argparse.Namespace) -> None:
     import signal
     import subprocess
 
+    from genpipe.errors import GenpipeError
+    from genpipe.serve.run import bind
     from genpipe.tracking import store
 
     uri = store.tracking_uri()
     if uri.startswith(("http://", "https://")):
         _print(f"the tracking store is a server: open {store.ui_url(uri, 'experiments')}")
         return
+    if not 0 < args.port < 65536:
+        raise GenpipeError(f"--port: expected 1..65535; got {args.port}")
+    bind(args.host, args.port).close()  # a port in use, an address not here: one line now
     store.check_tracking_server(uri)
     url = f"http://{args.host}:{args.port}"
     _print(f"MLflow UI on {store.without_credentials(uri)}: open "

@@ -53,6 +53,7 @@ def list_files(root: Path) -> list[Path]:
     stay inside `root`'s target. Paths are as seen through the links (under `root`)."""
     real_root = root.resolve()
     files: list[Path] = []
+    others: list[str] = []  # FIFOs, sockets, devices: no image can be read from them
 
     def walk(folder: Path, ancestors: tuple[Path, ...]) -> None:
         try:
@@ -72,8 +73,16 @@ def list_files(root: Path) -> list[Path]:
                 walk(path, (*ancestors, path.resolve()))
             elif path.is_file():
                 files.append(path)
+            else:
+                others.append(path.relative_to(root).as_posix())
 
     walk(root, (real_root,))
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        log.warning("data.path %s: skipped %d entr%s that %s not a file or folder (a FIFO, "
+                    "socket or device): %s", root, len(others),
+                    "y" if len(others) == 1 else "ies", "is" if len(others) == 1 else "are",
+                    shown)  # fmt: skip
     return sorted(files)
 
 

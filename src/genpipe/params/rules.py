@@ -13,6 +13,7 @@ from genpipe.params.schema import DataParams, Params
 
 def check_rules(params: Params) -> None:
     """Rules that depend on more than one key."""
+    _check_models(params.models)
     data = params.data
     if data.source == "folder" and not data.path:
         raise ParamsError(
@@ -35,6 +36,16 @@ def check_rules(params: Params) -> None:
     per_process = train.batch_size // train.nproc_per_node  # not a whole number: refused at launch
     if group == 1 or (group and per_process % group):
         raise ParamsError(minibatch_group_error(group, per_process))
+
+
+def _check_models(models: list[str]) -> None:
+    """At least one model, each once: dvc.yaml makes a stage of each entry."""
+    if not models:
+        raise ParamsError("models: expected one or more of gan, autoencoder; got []")
+    twice = sorted({name for name in models if models.count(name) > 1})
+    if twice:
+        raise ParamsError(f"models: expected each model once; got {', '.join(twice)} "
+                          f"more than once ({models})")  # fmt: skip
 
 
 def minibatch_group_error(group: int, per_process: int) -> str:

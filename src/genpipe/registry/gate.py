@@ -6,7 +6,8 @@ A version better by at least `min_improvement` (relative; lower is better) becom
 `champion` and the old one `previous-champion`; any other gets `challenger`. A champion
 evaluated on other data or with another backbone is compared as re-scored on today's
 (registry.champion scores it again before the gate: `Rescore`); one that could not be
-re-scored, or was evaluated on another metric, is never compared (unless `force`). A
+re-scored, or was evaluated on another metric, is never compared. `force` promotes the new
+version without comparing at all (the same weights as the champion's excepted). A
 champion whose values are unknown (an alias set by hand on a version without genpipe's
 tags, whose run has no `eval/<metric>` either), or whose files cannot be loaded, is
 replaced.
@@ -182,7 +183,13 @@ def decide(
     if champion.weights is not None and champion.weights == candidate.weights:
         return Decision(CHALLENGER, f"the same weights as {old}", compared, challenge)
     different = differs(candidate, champion)
-    if different and not force:
+    if force:  # register.force: promoted without comparing, whatever the figures say
+        figures = (f"{candidate.metric} {_figure(candidate)} vs {old}"
+                   + (f"'s {_figure(champion)}" if not different else
+                      f" ({', '.join(different)} differ)"))  # fmt: skip
+        return Decision(CHAMPION, f"register.force: promoted without comparing ({figures})",
+                        compared, promote)  # fmt: skip
+    if different:
         reason = (
             f"not compared with {old}: {', '.join(different)} differ "
             "(set register.force to promote anyway)"
@@ -190,8 +197,6 @@ def decide(
         return Decision(CHALLENGER, reason, compared, challenge)
     value = f"{candidate.metric} {_figure(candidate)}"
     old += f"'s {_figure(champion)}{_how_scored(champion)}"
-    if different:  # forced
-        return Decision(CHAMPION, f"{value} vs {old}", compared, promote)
     if not beats(candidate.value, champion.value, min_improvement):
         reason = (f"{value} is not better than {old} by register.min_improvement "
                   f"{min_improvement:g}")  # fmt: skip
