@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from genpipe.errors import ParamsError
+from genpipe.errors import GenpipeError, ParamsError
 from genpipe.params.load import parse_params
 from genpipe.params.schema import Params
 from genpipe.sweep import local, slurm, task
@@ -158,6 +158,10 @@ def test_slurm_needs_an_mlflow_server_and_the_commit_on_the_git_remote(repo, mon
                        "found sqlite:///mlflow.db"):  # fmt: skip
         submitting.submit(request())
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://user:secret@127.0.0.1:1")
+    with pytest.raises(GenpipeError, match=r"got http://user:\*\*\*@127.0.0.1:1 ") as refused:
+        submitting.submit(request())  # the password would reach every task's environment
+    assert "secret" not in str(refused.value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
     with pytest.raises(SweepError, match="expected a git remote named 'origin'"):
         submitting.submit(request())
     remote = repo.parent / "remote.git"

@@ -37,7 +37,7 @@ from genpipe import dvclock, paths
 from genpipe.errors import GenpipeError
 from genpipe.metrics.keys import EVAL_PREFIX, EVALUATION_CONSTANTS, STD
 from genpipe.stage import stage_error
-from genpipe.tracking.store import ui_url, without_credentials
+from genpipe.tracking.store import tracking_uri, ui_url, without_credentials
 
 log = logging.getLogger("genpipe.ci")
 
@@ -116,6 +116,8 @@ def check_setup(cwd: Path) -> None:
             "in .dvc/config); found none"
         )
     uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if uri:
+        tracking_uri()  # a user or password in it: refused, masked
     if not uri:
         raise CIError(
             "MLFLOW_TRACKING_URI: expected the MLflow server's URL (in CI, the repository "
@@ -313,7 +315,7 @@ def _spread(record: dict) -> str:
 
 def mlflow_links(model: str, record: dict, cwd: Path) -> dict[str, str]:
     """Links into the MLflow UI and to the evaluation grid, for an http(s) tracking URI."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "").rstrip("/")
+    uri = without_credentials(os.environ.get("MLFLOW_TRACKING_URI", "")).rstrip("/")
     if not uri.startswith(("http://", "https://")):
         return {}
     if not urlsplit(uri).hostname:

@@ -98,9 +98,9 @@ def _history_command(args: argparse.Namespace) -> None:
         changes = history.read(mlflow.MlflowClient(uri), name)
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            raise TrackingError(f"registered model {name!r}: expected it in {uri}; "
+            raise TrackingError(f"registered model {name!r}: expected it in {store.masked(uri)}; "
                                 "found no such model") from None  # fmt: skip
-        raise TrackingError(f"MLflow registry at {uri}: could not read {name} "
+        raise TrackingError(f"MLflow registry at {store.masked(uri)}: could not read {name} "
                             f"({store.brief(exc)})") from exc  # fmt: skip
     if args.json:
         from dataclasses import asdict
@@ -144,15 +144,15 @@ def _compare_command(args: argparse.Namespace) -> None:
         client = mlflow.MlflowClient(uri)
         found = client.get_experiment_by_name(experiment)
         if found is None:
-            raise TrackingError(f"MLflow experiment {experiment!r}: expected it in {uri}; "
-                                "found none (train the model first)")  # fmt: skip
+            raise TrackingError(f"MLflow experiment {experiment!r}: expected it in "
+                                f"{store.masked(uri)}; found none (train the model first)")
         where = "attributes.status = 'FINISHED'"
         if args.sweep:  # a sweep's id is [a-z0-9]: nothing to quote
             where += f" and tags.`{TAG_SWEEP}` = '{args.sweep}'"
         runs = client.search_runs([found.experiment_id], where, max_results=args.max_runs)
     except MlflowException as exc:
-        raise TrackingError(f"MLflow tracking store {uri}: could not search the runs of "
-                            f"{experiment} ({store.brief(exc)})") from exc  # fmt: skip
+        raise TrackingError(f"MLflow tracking store {store.masked(uri)}: could not search the "
+                            f"runs of {experiment} ({store.brief(exc)})") from exc  # fmt: skip
     rows = [{"name": run.info.run_name, "recipe": run.data.tags.get(TAG_RECIPE),
              "data_hash": run.data.tags.get(TAG_DATA_HASH, ""), "params": run.data.params,
              "metrics": {m: run.data.metrics[f"{EVAL_PREFIX}{m}"] for m in metrics
@@ -217,7 +217,7 @@ def _ui_command(args: argparse.Namespace) -> None:
     bind(args.host, args.port).close()  # a port in use, an address not here: one line now
     store.check_tracking_server(uri)
     url = f"http://{args.host}:{args.port}"
-    _print(f"MLflow UI on {store.without_credentials(uri)}: open "
+    _print(f"MLflow UI on {store.masked(uri)}: open "
            f"{store.ui_url(url, 'experiments')}  (Ctrl-C stops it)")  # fmt: skip
     mlflow = Path(sys.executable).parent / "mlflow"
     command = [str(mlflow) if mlflow.exists() else "mlflow", "ui", "--host", args.host,

@@ -65,8 +65,9 @@ def _problem(uri: str, name: str, version: str, weights: Path) -> str | None:
         held = client.get_model_version(name, version)
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise RegistryError(store.failure(f"MLflow registry at {uri}: could not read "
-                                              f"{name} v{version}", uri, exc)) from exc  # fmt: skip
+            raise RegistryError(store.failure(f"MLflow registry at {store.masked(uri)}: could "
+                                              f"not read {name} v{version}", uri,
+                                              exc)) from exc  # fmt: skip
         where = store.without_credentials(uri)
         return f"registry.json names {name} v{version}, which the registry at {where} does not hold"
     if weights.is_dir() and held.tags.get(TAG_WEIGHTS) not in (None, weights_sha256(weights)):

@@ -156,7 +156,8 @@ def register(outputs: Outputs, params: dict[str, Any], name_prefix: str, policy:
                 time.sleep(random.uniform(0.5, 2.0) * attempt)
                 continue
             raise RegistryError(
-                store.failure(f"MLflow registry at {uri}: could not register {name}", uri, exc)
+                store.failure(f"MLflow registry at {store.masked(uri)}: could not register {name}",
+                              uri, exc)
             ) from exc
     new = found.version
     return {"name": name, "version": int(version.version), "aliases": held, "run_id": run_id,

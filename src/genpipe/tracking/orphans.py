@@ -40,14 +40,14 @@ def end_orphan(run_id: str, status: str, uri: str | None = None) -> bool:
     from mlflow.exceptions import MlflowException
     from sqlalchemy.exc import SQLAlchemyError
 
-    from genpipe.tracking.store import import_mlflow, tracking_uri
+    from genpipe.tracking.store import import_mlflow, masked, tracking_uri
 
     mlflow = import_mlflow()
     uri = uri or tracking_uri()
     try:
         client = mlflow.MlflowClient(tracking_uri=uri)
     except (MlflowException, OSError, SQLAlchemyError) as exc:
-        log.warning("could not end run %s as %s: %s (%s)", run_id, status, uri,
+        log.warning("could not end run %s as %s: %s (%s)", run_id, status, masked(uri),
                     exception_text(exc))  # fmt: skip
         return False
     return end_if_running(client, run_id, status)

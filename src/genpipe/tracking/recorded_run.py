@@ -20,6 +20,7 @@ from genpipe.tracking.store import (
     check_tracking_server,
     failure,
     import_mlflow,
+    masked,
     store_error,
     tracking_uri,
 )
@@ -96,15 +97,15 @@ class RecordedRun:
                     return self
                 raise TrackingError(
                     f"{self.record_path}: expected run {self.run_id} in the MLflow store "
-                    f"{self.uri}; it is not there (retrain to record a new run: "
+                    f"{masked(self.uri)}; it is not there (retrain to record a new run: "
                     f"`dvc repro --force` the train stage)"
                 ) from None
             raise TrackingError(failure(
-                f"MLflow tracking store {self.uri}: could not read run {self.run_id}",
+                f"MLflow tracking store {masked(self.uri)}: could not read run {self.run_id}",
                 self.uri, exc)) from exc  # fmt: skip
         if run.info.lifecycle_stage == "deleted":
             raise TrackingError(
-                f"{self.record_path}: MLflow run {self.run_id} in {self.uri} is deleted; "
+                f"{self.record_path}: MLflow run {self.run_id} in {masked(self.uri)} is deleted; "
                 f"restore it (mlflow runs restore --run-id {self.run_id}) or retrain"
             )
         return self
@@ -135,5 +136,5 @@ class RecordedRun:
                 self._client.log_artifact(self.run_id, str(path), EVAL_PREFIX.rstrip("/"))
         except (MlflowException, OSError) as exc:
             raise TrackingError(failure(
-                f"MLflow tracking store {self.uri}: could not log to run {self.run_id}",
+                f"MLflow tracking store {masked(self.uri)}: could not log to run {self.run_id}",
                 self.uri, exc)) from exc  # fmt: skip

@@ -25,8 +25,31 @@ log = logging.getLogger(__name__)
 
 
 def tracking_uri() -> str:
-    """$MLFLOW_TRACKING_URI if set (and not empty), else DEFAULT_TRACKING_URI."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """$MLFLOW_TRACKING_URI if set (and not empty), else DEFAULT_TRACKING_URI. A server's URI
+    with a user or password in it is refused (shown masked): such a URI would reach every
+    log line, record and report that names the store; MLflow's own variables carry them."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    parts = urlsplit(uri)
+    if parts.scheme.lower() in ("http", "https") and "@" in parts.netloc:
+        raise TrackingError(
+            f"MLFLOW_TRACKING_URI: expected the server's URL without a user or password; "
+            f"got {masked(uri)} (set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, "
+            "which MLflow sends as HTTP basic auth, or MLFLOW_TRACKING_TOKEN)"
+        )
+    return uri
+
+
+def masked(uri: str) -> str:
+    """The URI with its password (or a token in the user's place) as ***: what a log line,
+    an error or a record may show. postgresql://mlflow:pw@db/x -> postgresql://mlflow:***@db/x;
+    http://token@host -> http://***@host."""
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    user, host = parts.netloc.rsplit("@", 1)
+    name, has_password, _ = user.partition(":")
+    shown = f"{name}:***" if has_password else "***"
+    return urlunsplit((parts.scheme, f"{shown}@{host}", parts.path, parts.query, parts.fragment))
 
 
 _USE_DEFAULT = f"unset MLFLOW_TRACKING_URI to use {DEFAULT_TRACKING_URI}"
@@ -74,10 +97,11 @@ def _check_http(uri: str, timeout: float) -> None:
         parts = urlsplit(uri)
         parts.port  # noqa: B018 (raises ValueError on a port that is not a number)
     except ValueError as exc:
-        raise TrackingError(f"MLflow tracking URI {uri!r} is malformed ({exc})") from None
+        raise TrackingError(f"MLflow tracking URI {masked(uri)!r} is malformed ({exc})") from None
     if not parts.hostname:
         raise TrackingError(
-            f"MLflow tracking URI {uri!r} is malformed; expected http(s)://host[:port][/path]"
+            f"MLflow tracking URI {masked(uri)!r} is malformed; expected "
+            "http(s)://host[:port][/path]"
         )
     url = uri.rstrip("/") + "/health"
     try:
@@ -93,7 +117,8 @@ def _check_http(uri: str, timeout: float) -> None:
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = _unreachable_reason(exc, timeout)
     raise TrackingError(
-        f"MLflow tracking server {uri} is unreachable ({reason}); start it or {_USE_DEFAULT}"
+        f"MLflow tracking server {masked(uri)} is unreachable ({reason}); start it or "
+        f"{_USE_DEFAULT}"
     )
 
 
@@ -127,13 +152,13 @@ def _check_sqlite(uri: str) -> None:
         return
     if not uri.startswith("sqlite:///"):
         raise TrackingError(
-            f"MLflow tracking URI {uri!r} is malformed; expected sqlite:///relative/path.db "
-            "or sqlite:////absolute/path.db"
+            f"MLflow tracking URI {masked(uri)!r} is malformed; expected "
+            "sqlite:///relative/path.db or sqlite:////absolute/path.db"
         )
     db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
     if not db.parent.is_dir():
         raise TrackingError(
-            f"MLflow tracking store {uri}: directory {db.parent} does not exist; "
+            f"MLflow tracking store {masked(uri)}: directory {db.parent} does not exist; "
             f"create it or {_USE_DEFAULT}"
         )
 
@@ -218,22 +243,22 @@ def diagnose(uri: str) -> str | None:
     base = uri.rstrip("/")
     status, body = _probe(f"{base}/health", PROBE_SECONDS["health"])
     if status is None:
-        return f"the MLflow server at {uri} does not answer ({body})"
+        return f"the MLflow server at {masked(uri)} does not answer ({body})"
     if status >= 500:
-        return f"the MLflow server at {uri} is failing (HTTP {status} on /health)"
+        return f"the MLflow server at {masked(uri)} is failing (HTTP {status} on /health)"
     status, body = _probe(f"{base}/api/2.0/mlflow/experiments/get?experiment_id=0",
                           PROBE_SECONDS["database"])  # fmt: skip
     if status is None:
-        return (f"the MLflow server at {uri} is up, but a query of its database gets "
+        return (f"the MLflow server at {masked(uri)} is up, but a query of its database gets "
                 f"{body}: the database behind it (its --backend-store-uri) is down or "
                 "stuck; see the server's log")  # fmt: skip
     if status >= 500:
-        return f"the MLflow server at {uri} is up, but {_database_fault(body)}"
+        return f"the MLflow server at {masked(uri)} is up, but {_database_fault(body)}"
     status, body = _probe(f"{base}/api/2.0/mlflow-artifacts/artifacts?path=",
                           PROBE_SECONDS["artifacts"])  # fmt: skip
     if status is None or status >= 500:
         got = body if status is None else f"HTTP {status}"
-        return (f"the MLflow server at {uri} is up, but listing its artifact store gets "
+        return (f"the MLflow server at {masked(uri)} is up, but listing its artifact store gets "
                 f"{got}: the store behind it (its --artifacts-destination, an S3 bucket "
                 "on the team stack) is down or refuses; see the server's log")  # fmt: skip
     return None
@@ -288,7 +313,8 @@ def store_error(uri: str, exc: BaseException) -> TrackingError | None:
             f"move it aside (`mv {db} {db}.corrupt`) to start a new store: the register "
             "stages rebuild the runs from the DVC outputs"
         )
-    return TrackingError(f"MLflow tracking store {uri}: database error ({exception_text(cause)})")
+    return TrackingError(f"MLflow tracking store {masked(uri)}: database error "
+                         f"({exception_text(cause)})")
 
 
 def import_mlflow() -> Any:

@@ -37,6 +37,7 @@ from genpipe.tracking.store import (
     check_tracking_server,
     failure,
     import_mlflow,
+    masked,
     store_error,
     tracking_uri,
     ui_url,
@@ -151,7 +152,7 @@ class TrainingRun:
             if self._run_id is not None:
                 self._terminate("FAILED")
             raise store_error(self.uri, exc) or TrackingError(failure(
-                f"MLflow tracking store {self.uri}: could not start a run in experiment "
+                f"MLflow tracking store {masked(self.uri)}: could not start a run in experiment "
                 f"'{self.experiment}'", self.uri, exc)) from exc  # fmt: skip
         self._last_flush = time.monotonic()
         return self
@@ -185,7 +186,7 @@ class TrainingRun:
                 self._sent.wait()
         except MlflowException as exc:
             raise TrackingError(failure(
-                f"MLflow tracking store {self.uri}: could not log metrics to run "
+                f"MLflow tracking store {masked(self.uri)}: could not log metrics to run "
                 f"{self.run_id}", self.uri, exc)) from exc  # fmt: skip
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
@@ -242,7 +243,7 @@ class TrainingRun:
             self.record_path,
             {
                 "run_id": self.run_id,
-                "tracking_uri": self.uri,
+                "tracking_uri": masked(self.uri),  # what names the store, no password
                 "experiment_id": self.experiment_id,
                 "run_name": self.run_name,
             },
@@ -275,7 +276,7 @@ class TrainingRun:
             self._client.set_terminated(self.run_id, status=status)
         except (MlflowException, OSError) as exc:
             return TrackingError(
-                f"MLflow tracking store {self.uri}: could not end run {self.run_id} "
+                f"MLflow tracking store {masked(self.uri)}: could not end run {self.run_id} "
                 f"as {status} ({exception_text(exc)})"
             )
         return None
