@@ -64,7 +64,7 @@ def genpipe_serve(cwd: Path, uri: str, *flags: str, stop: int = signal.SIGTERM
                                  *flags], cwd=cwd, env={**client_env(uri),
                                                         "MLFLOW_TRACKING_URI": uri},
                                 stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+                                start_new_session=True, preexec_fn=_terminal_signals)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -81,6 +81,11 @@ def genpipe_serve(cwd: Path, uri: str, *flags: str, stop: int = signal.SIGTERM
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             raise
+
+
+def _terminal_signals() -> None:
+    """SIGHUP as a terminal session has it, even under `nohup make test-slow`."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def status(url: str) -> int | None:

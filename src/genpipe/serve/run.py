@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from genpipe import models, serving
+from genpipe import models
 from genpipe.errors import GenpipeError
 from genpipe.serve import webhook
 from genpipe.serve.follow import Follower
@@ -44,6 +44,8 @@ def check(options: Options) -> None:
     if not 0 < options.poll_s <= POLL_MAX_S:
         raise GenpipeError(f"--poll-s: expected seconds above 0, at most {POLL_MAX_S}; "
                            f"got {options.poll_s}")  # fmt: skip
+    from genpipe import serving  # (its model class is defined on import: after the warnings)
+
     try:
         serving.max_images()
     except ValueError as exc:
@@ -110,8 +112,8 @@ def _quiet_type_hint_advice() -> None:
 def serve(options: Options) -> None:
     from genpipe.tracking import store
 
-    check(options)
     _quiet_type_hint_advice()
+    check(options)
     from genpipe.serve.app import WEBHOOK_PATH, build
 
     name, kind = registered(options.model)
