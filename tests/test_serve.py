@@ -264,6 +264,56 @@ def test_a_post_is_taken_only_signed_with_the_secret_recent_and_not_seen_before(
     assert webhook.sign("k", "i", "1", b"b") == "v1," + base64.b64encode(digest).decode()
 
 
+class Registry:
+    """MLflow's client as a server answers webhooks: refusing them (a file store, http on a
+    loopback address, an older server), or taking one whose test post does not arrive."""
+
+    def __init__(self, refuse: str | None, test_post: str | None) -> None:
+        self.refuse, self.test_post, self.deleted = refuse, test_post, []
+
+    def list_webhooks(self, max_results=None, page_token=None):
+        from mlflow.store.entities.paged_list import PagedList
+
+        return PagedList([], None)
+
+    def create_webhook(self, **kwargs):
+        from types import SimpleNamespace
+
+        from mlflow.exceptions import MlflowException
+
+        if self.refuse:
+            raise MlflowException.invalid_parameter_value(self.refuse)
+        return SimpleNamespace(webhook_id="w1", **kwargs)
+
+    def test_webhook(self, webhook_id):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(success=self.test_post is None, error_message=self.test_post,
+                               response_status=None, response_body=None)  # fmt: skip
+
+    def delete_webhook(self, webhook_id):
+        self.deleted.append(webhook_id)
+
+
+@pytest.mark.parametrize(("refuse", "test_post", "says"), [
+    ("Invalid webhook URL scheme: 'http'. Allowed schemes are: https.", None, "not registered"),
+    (None, "Failed to test webhook: SSRFProtectionError('... not a public IP address')",
+     "test post to http://127.0.0.1:1/webhook failed"),
+])  # fmt: skip
+def test_a_webhook_the_server_refuses_or_cannot_reach_leaves_polling_and_says_why(
+        refuse, test_post, says, caplog):  # fmt: skip
+    from genpipe.serve import run
+
+    registry = Registry(refuse, test_post)
+    follow = Follower(registry, "x-gan", "champion", "gan", poll_s=1)
+    assert run._webhook(registry, follow, webhook.Verifier(), "http://127.0.0.1:1/webhook") is None
+    assert follow.state["webhook"].startswith("off (") and follow.state["webhook"] != "off ()"
+    assert registry.deleted == ([] if refuse else ["w1"])  # a webhook that cannot post is gone
+    warned = [r.getMessage() for r in caplog.records if "webhook for x-gan" in r.getMessage()]
+    assert len(warned) == 1 and says in warned[0] and "polling every 1 s" in warned[0]
+    assert (refuse or test_post).split(":")[0] in warned[0]
+
+
 # --- over HTTP ----------------------------------------------------------------------------
 
 
